@@ -1,0 +1,46 @@
+# One venv, built from pyproject.toml; every target uses it.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: help install tools lint format test demo bench soak clean
+
+help:
+	@echo "make demo   - run the monitor against the built-in simulator (metrics on :10464)"
+	@echo "make test   - lint, then the whole test suite (installs what it needs)"
+	@echo "make lint   - ruff (lint + format check) and mypy --strict"
+	@echo "make bench  - performance benchmarks (results in tests/benchmarks/results/)"
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# promtool/amtool/prometheus/alertmanager from Debian; needs root, otherwise the tests that need them skip loudly.
+tools:
+	@sh tests/tools/install-tools.sh
+
+lint: $(STAMP)
+	$(BIN)/ruff check monitor tests
+	$(BIN)/ruff format --check monitor tests
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff format monitor tests
+	$(BIN)/ruff check --fix monitor tests
+
+test: lint tools
+	$(BIN)/pytest
+
+demo: $(STAMP)
+	$(BIN)/promo-monitor demo
+
+bench: $(STAMP)
+	$(BIN)/python -m tests.benchmarks
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache

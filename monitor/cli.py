@@ -1,0 +1,206 @@
+"""`promo-monitor run | once | check-config | demo`.
+
+User errors (bad config, a port in use) end in one clear line on stderr and exit 2 or 1,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from monitor import __version__
+from monitor.app import Monitor, serve
+from monitor.models import ACTIVE_STATUSES, COMPLETED, FAILED, PromotionSnapshot
+from monitor.poller import PollOutcome
+from monitor.settings import CONFIG_ENV, DEFAULT_PORT, ConfigError, Settings, load_settings
+from monitor.settings import parse_settings as parse_settings_document
+from monitor.sinks.logs import configure_logging
+
+EXIT_OK, EXIT_POLL_FAILED, EXIT_CONFIG = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="promo-monitor",
+        description="Watch Elastic Path promotion code jobs; failures become metrics and events.",
+    )
+    parser.add_argument("--version", action="version", version=f"promo-monitor {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    def with_config(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument(
+            "--config",
+            type=Path,
+            default=None,
+            help=f"YAML config file (default: ${CONFIG_ENV})",
+        )
+        return sub
+
+    with_config("run", "Run the daemon: poll on a schedule, serve /metrics.")
+    once = with_config("once", "Poll every promotion once and print what changed.")
+    once.add_argument(
+        "--format",
+        choices=("json", "table"),
+        default="json",
+        help="json: one event per line (default); table: jobs by promotion and status",
+    )
+    with_config("check-config", "Validate a config file and print a summary.")
+    demo = commands.add_parser(
+        "demo", help="Run against a built-in simulated Elastic Path (no credentials needed)."
+    )
+    demo.add_argument("--duration", type=float, default=None, help="stop after S seconds")
+    demo.add_argument("--port", type=int, default=DEFAULT_PORT, help="metrics port")
+    demo.add_argument("--promotions", type=int, default=4, help="simulated promotions")
+    return parser
+
+
+def _config_path(given: Path | None) -> Path:
+    if given is not None:
+        return given
+    from_env = os.environ.get(CONFIG_ENV)
+    if from_env:
+        return Path(from_env)
+    raise ConfigError([f"config: pass --config FILE or set {CONFIG_ENV}"])
+
+
+def _fail(lines: Sequence[str], code: int, stream: TextIO = sys.stderr) -> int:
+    for line in lines:
+        print(f"promo-monitor: {line}", file=stream)
+    return code
+
+
+async def _run(settings: Settings) -> int:
+    monitor = Monitor.build(settings)
+    return await serve(monitor)
+
+
+async def _once(settings: Settings, fmt: str) -> int:
+    # In table mode the per-change events would interleave with the table, so keep errors only.
+    configure_logging("error" if fmt == "table" else settings.log.level, "json")
+    monitor = Monitor.build(settings, serve_http=False)
+    outcomes = await monitor.run_once()
+    if fmt == "table":
+        print(render_table(monitor, outcomes))
+    return EXIT_OK if all(o.ok for o in outcomes) else EXIT_POLL_FAILED
+
+
+def _when(epoch: float | None) -> str:
+    if epoch is None:
+        return "-"
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def render_table(monitor: Monitor, outcomes: Sequence[PollOutcome]) -> str:
+    """Jobs by promotion and status, then every failed job with its error."""
+    by_id = {o.promotion_id: o for o in outcomes}
+    header = ["PROMOTION", "KIND", "POLL", "JOBS", "ACTIVE", "COMPLETED", "FAILED", "OTHER"]
+    rows: list[list[str]] = [header]
+    failures: list[str] = []
+    for target in monitor.targets:
+        outcome = by_id.get(target.promotion_id)
+        poll = "ok" if outcome and outcome.ok else f"failed: {outcome.reason if outcome else '?'}"
+        snapshot = monitor.store.get(target.promotion_id) or PromotionSnapshot(
+            target.promotion_id, {}
+        )
+        statuses = Counter(job.status for job in snapshot.jobs.values())
+        active = sum(statuses[s] for s in ACTIVE_STATUSES)
+        other = sum(statuses.values()) - active - statuses[COMPLETED] - statuses[FAILED]
+        counts = [len(snapshot.jobs), active, statuses[COMPLETED], statuses[FAILED], other]
+        rows.append([target.promotion_id, target.kind.value, poll, *map(str, counts)])
+        failed = sorted(
+            (job for job in snapshot.jobs.values() if job.status == FAILED),
+            key=lambda job: job.status_since or 0.0,
+            reverse=True,
+        )
+        failures.extend(
+            f"  {target.promotion_id}  {job.id}  {job.job_type:<13}  "
+            f"{_when(job.status_since)}  {job.error or '(no error text)'}"
+            for job in failed
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        for row in rows
+    ]
+    if failures:
+        lines += ["", "FAILED JOBS (promotion, job, type, failed at, error):", *failures]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+async def _demo(duration: float | None, port: int, promotions: int) -> int:
+    # Imported here: only the demo needs the simulator, and `run` should not load it.
+    from monitor.simulator import Simulator, populate_demo  # noqa: PLC0415
+
+    simulator = Simulator(seed=7)
+    populate_demo(simulator, promotions=promotions, jobs_per_promotion=12)
+    base_url = await simulator.start("127.0.0.1", 0)
+    lifecycle = asyncio.create_task(simulator.run_lifecycle(period=3.0))
+    with tempfile.TemporaryDirectory(prefix="promo-monitor-demo-") as state_dir:
+        document: dict[str, Any] = {
+            "api": {
+                "base_url": base_url,
+                "client_id": "demo-client-id",
+                "client_secret": "demo-client-secret",
+                "max_requests_per_second": 20,
+            },
+            "poll": {"interval_seconds": 5, "stuck_after_seconds": 60},
+            "promotions": [{"id": p["id"], "kind": p["type"]} for p in simulator.promotions()],
+            "server": {"host": "127.0.0.1", "port": port},
+            "state": {"path": str(Path(state_dir) / "snapshot.json")},
+            "log": {"level": "info", "format": "console"},
+        }
+        settings = parse_settings_document(document)
+        configure_logging(settings.log.level, settings.log.format)
+        print(
+            f"demo: simulated Elastic Path at {base_url}; metrics at "
+            f"http://127.0.0.1:{port}/metrics (Ctrl-C to stop)",
+            flush=True,
+        )
+        stop = asyncio.Event()
+        timer = None
+        if duration is not None:
+            timer = asyncio.get_running_loop().call_later(duration, stop.set)
+        try:
+            return await serve(Monitor.build(settings), stop)
+        finally:
+            if timer is not None:
+                timer.cancel()
+            lifecycle.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await lifecycle
+            await simulator.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "demo":
+            return asyncio.run(_demo(args.duration, args.port, args.promotions))
+        settings = load_settings(_config_path(args.config))
+        if args.command == "check-config":
+            print(f"config OK: {args.config or os.environ.get(CONFIG_ENV)}")
+            print(settings.summary())
+            return EXIT_OK
+        if args.command == "once":
+            return asyncio.run(_once(settings, args.format))
+        configure_logging(settings.log.level, settings.log.format)
+        return asyncio.run(_run(settings))
+    except ConfigError as exc:
+        return _fail(exc.problems, EXIT_CONFIG)
+    except OSError as exc:
+        # The usual one: the metrics port is already taken.
+        return _fail([f"{exc.strerror or exc}"], EXIT_POLL_FAILED)
+    except KeyboardInterrupt:
+        return EXIT_OK

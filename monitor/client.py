@@ -1,0 +1,516 @@
+"""The Elastic Path HTTP client: tokens, pages, filters, the request budget, retries, typed errors.
+
+Every request the process makes goes through `ElasticPathClient._send`, so the budget, the
+request metric and the error classification hold for tokens and jobs alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any, Final, Literal, Protocol
+
+import aiohttp
+import stamina
+from yarl import URL
+
+from monitor.budget import RequestBudget
+from monitor.models import Job, PromotionKind, parse_jobs, single_line
+from monitor.settings import ApiSettings
+
+Reason = Literal[
+    "timeout",
+    "network",
+    "rate_limited",
+    "auth",
+    "not_found",
+    "http_4xx",
+    "http_5xx",
+    "bad_response",
+]
+REASONS: Final[tuple[Reason, ...]] = (
+    "timeout",
+    "network",
+    "rate_limited",
+    "auth",
+    "not_found",
+    "http_4xx",
+    "http_5xx",
+    "bad_response",
+)
+# The API refuses offsets beyond this; stores with more jobs per promotion are read partially.
+MAX_OFFSET: Final = 10_000
+# A jobs page of 100 is ~100 KB; anything far larger is not an answer we should hold in memory.
+MAX_BODY_BYTES: Final = 16 * 1024 * 1024
+# Renew a token this long before it expires, so no request races its expiry.
+TOKEN_MARGIN_SECONDS: Final = 60.0
+MAX_RETRY_AFTER_SECONDS: Final = 300.0
+
+JOBS_ENDPOINT: Final = {
+    PromotionKind.PROMOTION: ("promotions", "promotion_jobs"),
+    PromotionKind.RULE_PROMOTION: ("rule-promotions", "rule_promotion_jobs"),
+}
+
+
+class ApiError(Exception):
+    """A request that did not produce a usable answer, classified by `reason`."""
+
+    def __init__(
+        self,
+        reason: Reason,
+        message: str,
+        *,
+        http_status: int | None = None,
+        retry_after: float | None = None,
+        transient: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.reason: Reason = reason
+        self.http_status = http_status
+        self.retry_after = retry_after
+        self.transient = transient
+
+
+class ClientEvents(Protocol):
+    """What the client reports; the app wires this to metrics and logs."""
+
+    def request_done(self, endpoint: str, code: str) -> None: ...
+    def token_refreshed(self, expires_in: float) -> None: ...
+    def retry_scheduled(self, endpoint: str, error: ApiError, attempt: int) -> None: ...
+    def budget_waited(self, seconds: float) -> None: ...
+
+
+class NoEvents:
+    """A ClientEvents that records nothing (for one-off scripts)."""
+
+    def request_done(self, endpoint: str, code: str) -> None:
+        return None
+
+    def token_refreshed(self, expires_in: float) -> None:
+        return None
+
+    def retry_scheduled(self, endpoint: str, error: ApiError, attempt: int) -> None:
+        return None
+
+    def budget_waited(self, seconds: float) -> None:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class JobsTarget:
+    """One promotion to poll, with its URL and query built once."""
+
+    promotion_id: str
+    kind: PromotionKind
+    url: URL
+    endpoint: str
+    params: Mapping[str, str]
+
+    @classmethod
+    def build(
+        cls,
+        base_url: str,
+        promotion_id: str,
+        kind: PromotionKind,
+        job_filter: str | None,
+        limit: int,
+    ) -> JobsTarget:
+        segment, endpoint = JOBS_ENDPOINT[kind]
+        params = {"page[limit]": str(limit)}
+        if job_filter:
+            params["filter"] = job_filter
+        url = URL(base_url) / "v2" / segment / promotion_id / "jobs"
+        return cls(promotion_id, kind, url, endpoint, params)
+
+
+@dataclass(slots=True)
+class FetchResult:
+    """All jobs of one promotion, as far as the API let us read them."""
+
+    jobs: list[Job] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    # True when the promotion has more jobs than the API lets anyone page through.
+    truncated: bool = False
+    pages: int = 0
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Retry-After as seconds from now: either delta-seconds or an HTTP date; capped."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - now
+        except (TypeError, ValueError, IndexError):
+            return None
+    if math.isnan(seconds):
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
+
+
+def error_summary(body: bytes) -> str:
+    """The title/detail of an Elastic Path error body, or a hint of what the body was."""
+    try:
+        document = json.loads(body)
+        first = document["errors"][0]
+        parts = [str(first.get(k)) for k in ("title", "detail") if first.get(k)]
+        return single_line(": ".join(parts), 200) or "no error detail"
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        kind = "HTML page" if body.lstrip()[:1] == b"<" else f"{len(body)} bytes"
+        return f"non-JSON error body ({kind})"
+
+
+def classify_status(status: int) -> Reason:
+    if status in (401, 403):
+        return "auth"
+    if status == 404:
+        return "not_found"
+    if status == 429:
+        return "rate_limited"
+    if status >= 500:
+        return "http_5xx"
+    return "http_4xx"
+
+
+class TokenSource(Protocol):
+    async def token(self, stale: str | None) -> str:
+        """A bearer token; `stale` is one the API just rejected, so do not return it again."""
+        ...
+
+
+class StaticTokenFile:
+    """A bearer token kept in a file by someone else (e.g. a mounted Secret); re-read on 401."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._token: str | None = None
+
+    async def token(self, stale: str | None) -> str:
+        if self._token is None or self._token == stale:
+            try:
+                text = await asyncio.to_thread(self._path.read_text, encoding="utf-8")
+            except OSError as exc:
+                raise ApiError(
+                    "auth", f"cannot read token file {self._path}: {exc.strerror}"
+                ) from None
+            fresh = text.strip()
+            if not fresh or fresh == stale:
+                raise ApiError("auth", f"the token in {self._path} was rejected or is empty")
+            self._token = fresh
+        return self._token
+
+
+class ClientCredentials:
+    """OAuth2 client_credentials tokens, reused until shortly before they expire."""
+
+    def __init__(
+        self,
+        client: ElasticPathClient,
+        client_id: str,
+        secret: Callable[[], Awaitable[str]],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._client = client
+        self._client_id = client_id
+        self._secret = secret
+        self._clock = clock
+        self._token: str | None = None
+        self._renew_at = 0.0
+        # One refresh at a time: fifty polls finding an expired token must cause one POST.
+        self._lock = asyncio.Lock()
+
+    async def token(self, stale: str | None) -> str:
+        async with self._lock:
+            if self._token is not None and self._token != stale and self._clock() < self._renew_at:
+                return self._token
+            form = {
+                "grant_type": "client_credentials",
+                "client_id": self._client_id,
+                "client_secret": await self._secret(),
+            }
+            body = await self._client.post_form("/oauth/access_token", form, endpoint="token")
+            if not isinstance(body, dict) or not isinstance(body.get("access_token"), str):
+                raise ApiError("bad_response", "token answer has no access_token")
+            expires_in = body.get("expires_in")
+            lifetime = float(expires_in) if isinstance(expires_in, int | float) else 3600.0
+            self._token = body["access_token"]
+            self._renew_at = self._clock() + max(lifetime - TOKEN_MARGIN_SECONDS, lifetime / 2)
+            self._client.events.token_refreshed(lifetime)
+            return self._token
+
+
+def _read_secret_file(path: Path) -> Callable[[], Awaitable[str]]:
+    async def read() -> str:
+        # Re-read each time: a rotated Kubernetes Secret is picked up at the next token.
+        try:
+            return (await asyncio.to_thread(path.read_text, encoding="utf-8")).strip()
+        except OSError as exc:
+            raise ApiError(
+                "auth", f"cannot read client secret file {path}: {exc.strerror}"
+            ) from None
+
+    return read
+
+
+def _constant(value: str) -> Callable[[], Awaitable[str]]:
+    async def read() -> str:
+        return value
+
+    return read
+
+
+class ElasticPathClient:
+    """One aiohttp session, one budget, one token source for every request of the process."""
+
+    def __init__(
+        self,
+        settings: ApiSettings,
+        *,
+        budget: RequestBudget,
+        events: ClientEvents | None = None,
+        max_retries: int = 3,
+        retry_wait_initial: float = 0.5,
+        retry_wait_max: float = 10.0,
+        user_agent: str = "promo-monitor",
+    ) -> None:
+        self.settings = settings
+        self.budget = budget
+        self.events: ClientEvents = events or NoEvents()
+        self._base = URL(settings.base_url)
+        self._max_retries = max_retries
+        self._wait_initial = retry_wait_initial
+        self._wait_max = retry_wait_max
+        self._headers = {"Accept": "application/json", "User-Agent": user_agent}
+        self._timeout = aiohttp.ClientTimeout(total=settings.timeout_seconds)
+        self._session: aiohttp.ClientSession | None = None
+        self.tokens: TokenSource
+        if settings.token_file is not None:
+            self.tokens = StaticTokenFile(settings.token_file)
+        else:
+            assert settings.client_id is not None  # guaranteed by ApiSettings validation
+            if settings.client_secret_file is not None:
+                secret = _read_secret_file(settings.client_secret_file)
+            else:
+                assert settings.client_secret is not None
+                secret = _constant(settings.client_secret.get_secret_value())
+            self.tokens = ClientCredentials(self, settings.client_id, secret)
+
+    async def __aenter__(self) -> ElasticPathClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            # Created lazily: a session must be made inside the running event loop.
+            self._session = aiohttp.ClientSession(
+                headers=self._headers, timeout=self._timeout, raise_for_status=False
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def target(
+        self, promotion_id: str, kind: PromotionKind, job_filter: str | None = None
+    ) -> JobsTarget:
+        return JobsTarget.build(
+            str(self._base), promotion_id, kind, job_filter, self.settings.page_limit
+        )
+
+    async def fetch_jobs(self, target: JobsTarget) -> FetchResult:
+        """Every job of one promotion, page by page, driven by meta.results.total.
+
+        links.next is ignored on purpose: the real API fills it even on the last page.
+        """
+        result = FetchResult()
+        limit = self.settings.page_limit
+        offset = 0
+        while True:
+            if offset > MAX_OFFSET:
+                result.truncated = True
+                break
+            params = {**target.params, "page[offset]": str(offset)}
+            body = await self._get_json(target.url, params, target.endpoint)
+            data, total = _jobs_page(body)
+            result.pages += 1
+            parsed = parse_jobs(data)
+            result.jobs.extend(parsed.jobs)
+            result.skipped.extend(parsed.skipped)
+            if not data:
+                break
+            offset += limit
+            if total is not None and offset >= total:
+                break
+            if total is None and len(data) < limit:
+                break
+        return result
+
+    async def post_form(self, path: str, form: Mapping[str, str], *, endpoint: str) -> Any:
+        """POST form-encoded without a bearer token (the token endpoint itself)."""
+        url = self._base.with_path(path)
+
+        async def attempt() -> Any:
+            return await self._send("POST", url, endpoint, data=dict(form), authorize=False)
+
+        return await self._with_retries(endpoint, attempt)
+
+    async def _get_json(self, url: URL, params: Mapping[str, str], endpoint: str) -> Any:
+        async def attempt() -> Any:
+            return await self._send("GET", url, endpoint, params=params, authorize=True)
+
+        return await self._with_retries(endpoint, attempt)
+
+    async def _with_retries(self, endpoint: str, attempt: Callable[[], Awaitable[Any]]) -> Any:
+        tries = 0
+
+        def backoff(exc: Exception) -> bool | float:
+            nonlocal tries
+            if not isinstance(exc, ApiError):
+                return False
+            tries += 1
+            if exc.reason == "rate_limited":
+                self.budget.slow_down()
+            retry: bool | float = exc.transient
+            if exc.reason == "rate_limited" and exc.retry_after is not None:
+                retry = exc.retry_after
+            if retry is not False:
+                self.events.retry_scheduled(endpoint, exc, tries)
+            return retry
+
+        async for retry in stamina.retry_context(
+            on=backoff,
+            attempts=self._max_retries + 1,
+            timeout=None,
+            wait_initial=self._wait_initial,
+            wait_max=self._wait_max,
+            wait_jitter=self._wait_initial,
+        ):
+            with retry:
+                return await attempt()
+        raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
+
+    async def _send(
+        self,
+        method: str,
+        url: URL,
+        endpoint: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        data: Mapping[str, str] | None = None,
+        authorize: bool,
+    ) -> Any:
+        stale: str | None = None
+        # Two rounds at most: a 401 on the first gets one fresh token, then it is an auth error.
+        for round_ in (1, 2):
+            headers: dict[str, str] = {}
+            token = ""
+            if authorize:
+                token = await self.tokens.token(stale)
+                headers["Authorization"] = f"Bearer {token}"
+            waited = await self.budget.acquire()
+            if waited > 0:
+                self.events.budget_waited(waited)
+            status, body, retry_after = await self._exchange(
+                method, url, endpoint, params=params, data=data, headers=headers
+            )
+            if status == 401 and authorize and round_ == 1:
+                stale = token
+                continue
+            if 200 <= status < 300:
+                self.budget.recover()
+                try:
+                    return json.loads(body)
+                except ValueError:
+                    raise ApiError(
+                        "bad_response",
+                        f"{endpoint}: answer is not JSON ({len(body)} bytes)",
+                        http_status=status,
+                        transient=True,
+                    ) from None
+            reason = classify_status(status)
+            raise ApiError(
+                reason,
+                f"{endpoint}: HTTP {status}: {error_summary(body)}",
+                http_status=status,
+                retry_after=retry_after,
+                transient=reason in ("http_5xx", "rate_limited"),
+            )
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _exchange(
+        self,
+        method: str,
+        url: URL,
+        endpoint: str,
+        *,
+        params: Mapping[str, str] | None,
+        data: Mapping[str, str] | None,
+        headers: Mapping[str, str],
+    ) -> tuple[int, bytes, float | None]:
+        """One HTTP exchange; returns status, body and Retry-After, or raises a typed ApiError."""
+        code = "error"
+        try:
+            async with self.session.request(
+                method, url, params=params, data=data, headers=headers, allow_redirects=False
+            ) as response:
+                code = str(response.status)
+                body = await _read_capped(response, endpoint)
+                retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
+                return response.status, body, retry_after
+        except TimeoutError:
+            raise ApiError(
+                "timeout",
+                f"{endpoint}: no answer within {self.settings.timeout_seconds:g}s",
+                transient=True,
+            ) from None
+        except aiohttp.ClientPayloadError as exc:
+            raise ApiError(
+                "bad_response", f"{endpoint}: truncated answer ({exc})", transient=True
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise ApiError(
+                "network", f"{endpoint}: {type(exc).__name__}: {exc}", transient=True
+            ) from None
+        finally:
+            self.events.request_done(endpoint, code)
+
+
+async def _read_capped(response: aiohttp.ClientResponse, endpoint: str) -> bytes:
+    declared = response.content_length
+    if declared is not None and declared > MAX_BODY_BYTES:
+        raise ApiError("bad_response", f"{endpoint}: answer of {declared} bytes is too large")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise ApiError("bad_response", f"{endpoint}: answer larger than {MAX_BODY_BYTES} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _jobs_page(body: Any) -> tuple[list[Any], int | None]:
+    """The data array and meta.results.total of a jobs page; anything else is bad_response."""
+    if not isinstance(body, dict) or not isinstance(body.get("data"), list):
+        raise ApiError("bad_response", "jobs answer has no data array")
+    total: int | None = None
+    meta = body.get("meta")
+    results = meta.get("results") if isinstance(meta, dict) else None
+    raw_total = results.get("total") if isinstance(results, dict) else None
+    if isinstance(raw_total, int) and not isinstance(raw_total, bool) and raw_total >= 0:
+        total = raw_total
+    return body["data"], total

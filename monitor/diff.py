@@ -1,0 +1,94 @@
+"""The pure core: what changed between the last snapshot of a promotion and its jobs now.
+
+No I/O and no clock reads: `now` comes in as an argument, so every rule here is a table test.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from monitor.models import Change, ChangeKind, Job, PromotionSnapshot
+
+
+@dataclass(frozen=True, slots=True)
+class Diff:
+    """The changes a poll revealed and the snapshot that results from them."""
+
+    changes: Sequence[Change]
+    snapshot: PromotionSnapshot
+
+
+def is_stuck(job: Job, now: float, stuck_after: float) -> bool:
+    """An active job that has sat in its status longer than `stuck_after` seconds."""
+    since = job.status_since
+    return job.is_active and since is not None and now - since > stuck_after
+
+
+def diff(
+    previous: PromotionSnapshot | None,
+    current: Iterable[Job],
+    *,
+    promotion_id: str,
+    now: float,
+    stuck_after: float,
+) -> Diff:
+    """Compare a successful poll's jobs with the previous snapshot of the same promotion.
+
+    Only call this for a poll that succeeded: a failed poll must change nothing, and a job
+    missing from a partial answer would otherwise look vanished.
+    """
+    # The API gives no order and pages can shift under us; a job seen twice counts once.
+    jobs = {job.id: job for job in current}
+
+    if previous is None:
+        # First sight of a promotion: its history is the baseline, not news. Jobs already
+        # stuck are marked silently so the next poll does not announce them as fresh.
+        counts = Counter(job.status for job in jobs.values())
+        stuck = frozenset(j.id for j in jobs.values() if is_stuck(j, now, stuck_after))
+        baseline = Change(ChangeKind.BASELINE, promotion_id, counts=dict(counts))
+        return Diff([baseline], PromotionSnapshot(promotion_id, jobs, stuck))
+
+    changes: list[Change] = []
+    before = previous.jobs
+    for job in jobs.values():
+        old = before.get(job.id)
+        if old is None:
+            changes.append(Change(ChangeKind.DISCOVERED, promotion_id, job))
+        elif old.status != job.status:
+            changes.append(Change(ChangeKind.STATUS_CHANGED, promotion_id, job, old))
+        elif old != job:
+            changes.append(Change(ChangeKind.UPDATED, promotion_id, job, old))
+    changes.extend(
+        Change(ChangeKind.VANISHED, promotion_id, old)
+        for job_id, old in before.items()
+        if job_id not in jobs
+    )
+    changes.extend(
+        Change(ChangeKind.STUCK, promotion_id, job)
+        for job in jobs.values()
+        if job.id not in previous.stuck and is_stuck(job, now, stuck_after)
+    )
+    if not changes:
+        return Diff(changes, previous)
+    return Diff(changes, apply(previous, changes))
+
+
+def apply(previous: PromotionSnapshot, changes: Iterable[Change]) -> PromotionSnapshot:
+    """Replay changes onto a snapshot; `apply(a, diff(a, b).changes)` is the snapshot of b."""
+    jobs = dict(previous.jobs)
+    stuck = set(previous.stuck)
+    for change in changes:
+        job = change.job
+        if job is None:
+            continue
+        if change.kind is ChangeKind.VANISHED:
+            jobs.pop(job.id, None)
+        elif change.kind is ChangeKind.STUCK:
+            stuck.add(job.id)
+        else:
+            jobs[job.id] = job
+    # A job leaves the stuck set once it is no longer active, so a later stall is news again.
+    kept = frozenset(job_id for job_id in stuck if job_id in jobs and jobs[job_id].is_active)
+    return PromotionSnapshot(previous.promotion_id, jobs, kept)

@@ -1,0 +1,221 @@
+"""Domain types: jobs as the monitor understands them, snapshots, and changes between them.
+
+Job objects come from an API whose public descriptions disagree with each other (see
+shared/docs/elastic-path-api.md), so parsing is deliberately tolerant: anything we can still
+identify is kept, anything we cannot is dropped with a reason instead of raising.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+PENDING: Final = "pending"
+PROCESSING: Final = "processing"
+COMPLETED: Final = "completed"
+FAILED: Final = "failed"
+CANCELLING: Final = "cancelling"
+CANCELLED: Final = "cancelled"
+
+# Statuses in which a job still has work ahead of it; the ones that can get "stuck".
+ACTIVE_STATUSES: Final = frozenset({PENDING, PROCESSING, CANCELLING})
+TERMINAL_STATUSES: Final = frozenset({COMPLETED, FAILED, CANCELLED})
+JOB_TYPES: Final = ("code_generate", "code_export")
+UNKNOWN: Final = "unknown"
+
+# The API reference's filter example writes "complete"; everything else writes "completed".
+_STATUS_ALIASES: Final = {"complete": COMPLETED}
+
+# Label values must stay one line and bounded however long the API's error text is.
+MAX_ERROR_CHARS: Final = 200
+_WHITESPACE = re.compile(r"\s+")
+# Python < 3.11 fromisoformat rejected these, and 3.11 rejects more than 6 fractional digits on
+# some builds; trimming the fraction to microseconds keeps nanosecond timestamps parseable.
+_FRACTION = re.compile(r"(\.\d{6})\d+")
+
+
+class PromotionKind(enum.StrEnum):
+    """Which API family a promotion belongs to; it decides the jobs endpoint."""
+
+    PROMOTION = "promotion"
+    RULE_PROMOTION = "rule_promotion"
+
+
+def normalize_status(value: str) -> str:
+    """Lower-case a status and fold known aliases; unknown statuses are kept verbatim."""
+    status = value.strip().lower()
+    return _STATUS_ALIASES.get(status, status)
+
+
+def single_line(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """Collapse whitespace and cap length, so API text is safe as a label value or log field."""
+    flat = _WHITESPACE.sub(" ", text).strip()
+    if len(flat) > limit:
+        return flat[: limit - 1] + "…"
+    return flat
+
+
+def parse_timestamp(value: object) -> float | None:
+    """ISO 8601 (with up to nanosecond precision) to epoch seconds; None when unusable."""
+    if not isinstance(value, str) or not value:
+        return None
+    text = _FRACTION.sub(r"\1", value.strip())
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One promotion job, reduced to what monitoring needs."""
+
+    id: str
+    job_type: str
+    status: str
+    error: str | None = None
+    created_at: float | None = None
+    updated_at: float | None = None
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in ACTIVE_STATUSES
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def status_since(self) -> float | None:
+        """When the job entered its current status, as near as the API tells."""
+        return self.updated_at if self.updated_at is not None else self.created_at
+
+    @property
+    def duration(self) -> float | None:
+        """created_at → updated_at, for jobs that reached a terminal status."""
+        if self.created_at is None or self.updated_at is None:
+            return None
+        elapsed = self.updated_at - self.created_at
+        return elapsed if elapsed >= 0 else None
+
+
+@dataclass(frozen=True, slots=True)
+class ParseResult:
+    """Jobs parsed from one page, and a reason for each object that had to be skipped."""
+
+    jobs: list[Job]
+    skipped: list[str]
+
+
+def _text(obj: Mapping[str, Any], key: str) -> str | None:
+    value = obj.get(key)
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    return None
+
+
+def parse_job(obj: object) -> Job | str:
+    """Parse one API job object; returns the Job, or a short reason why it was skipped."""
+    if not isinstance(obj, Mapping):
+        return f"job is {type(obj).__name__}, not an object"
+    job_id = _text(obj, "id")
+    if job_id is None:
+        return "job has no id"
+    raw_status = _text(obj, "status")
+    status = normalize_status(raw_status) if raw_status else UNKNOWN
+    job_type = _text(obj, "job_type") or UNKNOWN
+    error = _text(obj, "error")
+    meta = obj.get("meta")
+    timestamps = meta.get("timestamps") if isinstance(meta, Mapping) else None
+    if not isinstance(timestamps, Mapping):
+        timestamps = {}
+    return Job(
+        id=job_id,
+        job_type=single_line(job_type, 64),
+        status=single_line(status, 64),
+        error=single_line(error) if error else None,
+        created_at=parse_timestamp(timestamps.get("created_at")),
+        updated_at=parse_timestamp(timestamps.get("updated_at")),
+    )
+
+
+def parse_jobs(data: Iterable[object]) -> ParseResult:
+    """Parse the `data` array of a jobs page, keeping every job that can be identified."""
+    jobs: list[Job] = []
+    skipped: list[str] = []
+    for obj in data:
+        parsed = parse_job(obj)
+        if isinstance(parsed, Job):
+            jobs.append(parsed)
+        else:
+            skipped.append(parsed)
+    return ParseResult(jobs, skipped)
+
+
+@dataclass(frozen=True, slots=True)
+class PromotionSnapshot:
+    """What the monitor last knew about one promotion's jobs."""
+
+    promotion_id: str
+    jobs: Mapping[str, Job]
+    # Jobs already reported stuck, so the event fires once per job and survives restarts.
+    stuck: frozenset[str] = field(default_factory=frozenset)
+
+
+class ChangeKind(enum.StrEnum):
+    """What happened to a job between two polls; values are the log event names."""
+
+    BASELINE = "baseline_loaded"
+    DISCOVERED = "job_discovered"
+    STATUS_CHANGED = "job_status_changed"
+    UPDATED = "job_updated"
+    VANISHED = "job_vanished"
+    STUCK = "job_stuck"
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One observed change. `job` is the job as now seen (as last seen, for vanished jobs)."""
+
+    kind: ChangeKind
+    promotion_id: str
+    job: Job | None = None
+    previous: Job | None = None
+    # For BASELINE only: how many jobs the promotion had, by status.
+    counts: Mapping[str, int] | None = None
+
+    @property
+    def is_failure(self) -> bool:
+        """A job that became failed while we watched (not one that already was at baseline)."""
+        if self.job is None or self.job.status != FAILED:
+            return False
+        if self.kind is ChangeKind.DISCOVERED:
+            return True
+        return (
+            self.kind is ChangeKind.STATUS_CHANGED
+            and self.previous is not None
+            and self.previous.status != FAILED
+        )
+
+    @property
+    def reached_terminal(self) -> bool:
+        """The job was seen arriving in a terminal status (for duration histograms)."""
+        if self.job is None or not self.job.is_terminal:
+            return False
+        return self.kind is ChangeKind.DISCOVERED or (
+            self.kind is ChangeKind.STATUS_CHANGED
+            and self.previous is not None
+            and not self.previous.is_terminal
+        )
+
+
+def utc_now() -> float:
+    """Wall-clock epoch seconds; the one clock the app injects everywhere."""
+    return datetime.now(UTC).timestamp()

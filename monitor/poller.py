@@ -1,0 +1,115 @@
+"""One poll of one promotion: fetch → diff → remember → emit. The only place I/O is sequenced."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from monitor.client import ApiError, ElasticPathClient, JobsTarget
+from monitor.diff import Diff, diff
+from monitor.models import Change
+from monitor.sinks.logs import LogSink
+from monitor.sinks.metrics import MonitorMetrics
+from monitor.state import SnapshotStore
+
+
+@dataclass(frozen=True, slots=True)
+class PollOutcome:
+    promotion_id: str
+    ok: bool
+    changes: tuple[Change, ...] = ()
+    reason: str | None = None
+
+
+class Poller:
+    """Polls promotions and turns what it sees into snapshot updates, metrics and events."""
+
+    def __init__(
+        self,
+        client: ElasticPathClient,
+        store: SnapshotStore,
+        metrics: MonitorMetrics,
+        logs: LogSink,
+        *,
+        clock: Callable[[], float],
+        stuck_after: float,
+    ) -> None:
+        self._client = client
+        self._store = store
+        self._metrics = metrics
+        self._logs = logs
+        self._clock = clock
+        self._stuck_after = stuck_after
+        self._log = structlog.get_logger()
+        self._truncation_warned: set[str] = set()
+
+    async def poll(self, target: JobsTarget) -> PollOutcome:
+        pid = target.promotion_id
+        started = time.perf_counter()
+        try:
+            result = await self._client.fetch_jobs(target)
+        except ApiError as exc:
+            # What the monitor knew stays known: no vanished jobs, gauges keep their values.
+            self._metrics.poll_failed(pid, exc.reason)
+            fields: dict[str, object] = {"promotion_id": pid, "reason": exc.reason}
+            if exc.http_status is not None:
+                fields["http_status"] = exc.http_status
+            self._log.warning("poll_failed", detail=str(exc), **fields)
+            return PollOutcome(pid, ok=False, reason=exc.reason)
+        except Exception as exc:
+            # An answer shaped in a way nobody foresaw must cost one poll, not the daemon.
+            self._metrics.poll_failed(pid, "bad_response")
+            self._log.exception(
+                "poll_failed", promotion_id=pid, reason="bad_response", detail=repr(exc)[:300]
+            )
+            return PollOutcome(pid, ok=False, reason="bad_response")
+        finally:
+            self._metrics.poll_duration.observe(time.perf_counter() - started)
+
+        if result.skipped:
+            self._metrics.jobs_skipped.labels(pid).inc(len(result.skipped))
+            self._log.warning(
+                "jobs_skipped",
+                promotion_id=pid,
+                count=len(result.skipped),
+                reason=result.skipped[0],
+            )
+        previous = self._store.get(pid)
+        jobs = result.jobs
+        if result.truncated:
+            if pid not in self._truncation_warned:
+                self._truncation_warned.add(pid)
+                self._log.warning(
+                    "poll_truncated",
+                    promotion_id=pid,
+                    detail="more jobs than the API pages through (offset 10,000); the rest are "
+                    "unseen and kept as last known",
+                )
+            if previous is not None:
+                # Jobs past the last page the API serves were not seen, not removed.
+                seen = {job.id for job in jobs}
+                jobs = jobs + [job for job in previous.jobs.values() if job.id not in seen]
+
+        now = self._clock()
+        outcome: Diff = diff(
+            previous, jobs, promotion_id=pid, now=now, stuck_after=self._stuck_after
+        )
+        if outcome.changes:
+            self._store.put(outcome.snapshot)
+            # Durable before announced: a crash now may lose these events, but a restart
+            # never announces them twice.
+            try:
+                await self._store.persist(now)
+            except OSError as exc:
+                self._log.error(
+                    "state_write_failed",
+                    path=str(self._store.path),
+                    detail=exc.strerror or str(exc),
+                )
+            self._metrics.record(outcome.changes)
+            self._logs.emit(outcome.changes)
+        self._metrics.poll_succeeded(pid, now)
+        return PollOutcome(pid, ok=True, changes=tuple(outcome.changes))

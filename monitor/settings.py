@@ -1,0 +1,304 @@
+"""Configuration: the YAML schema, environment overrides and user-facing validation messages."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from monitor.models import PromotionKind
+
+CONFIG_ENV = "PROMO_MONITOR_CONFIG"
+DEFAULT_PORT = 10464
+
+
+class ConfigError(Exception):
+    """A configuration the monitor cannot run with; `problems` are one line each, key first."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class _Section(BaseModel):
+    # Unknown keys are errors: a misspelt key silently ignored is a monitor silently wrong.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class ApiSettings(_Section):
+    base_url: str = "https://useast.api.elasticpath.com"
+    client_id: str | None = None
+    client_secret: SecretStr | None = None
+    client_secret_file: Path | None = None
+    token_file: Path | None = None
+    allow_insecure_http: bool = False
+    timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 10.0
+    max_requests_per_second: Annotated[float, Field(gt=0, le=1000)] = 10.0
+    page_limit: Annotated[int, Field(ge=1, le=100)] = 100
+
+    @field_validator("base_url")
+    @classmethod
+    def _url_shape(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http(s) URL such as https://useast.api.elasticpath.com")
+        if parts.path not in ("", "/") or parts.query:
+            raise ValueError(
+                "must be the API root without a path, e.g. https://euwest.api.elasticpath.com"
+            )
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _auth_and_transport(self) -> ApiSettings:
+        host = urlsplit(self.base_url).hostname or ""
+        if self.base_url.startswith("http://") and not (
+            self.allow_insecure_http or is_loopback_host(host)
+        ):
+            # Credentials and tokens would cross the network in clear text.
+            raise ValueError(
+                "base_url: http:// is refused for non-loopback hosts "
+                "(use https, or set api.allow_insecure_http: true)"
+            )
+        has_secret = self.client_secret is not None or self.client_secret_file is not None
+        if self.client_secret is not None and self.client_secret_file is not None:
+            raise ValueError("client_secret: set client_secret or client_secret_file, not both")
+        if self.token_file is not None:
+            if self.client_id or has_secret:
+                raise ValueError("token_file: use token_file or client credentials, not both")
+            return self
+        if not self.client_id:
+            raise ValueError("client_id: required (or set EPCC_CLIENT_ID, or use api.token_file)")
+        if not has_secret:
+            raise ValueError(
+                "client_secret: required (or client_secret_file, or set EPCC_CLIENT_SECRET)"
+            )
+        return self
+
+    @property
+    def auth_kind(self) -> str:
+        if self.token_file is not None:
+            return f"static token from {self.token_file}"
+        source = "client_secret_file" if self.client_secret_file else "client_secret"
+        return f"client_credentials (client_id {self.client_id}, secret from {source})"
+
+
+class PollSettings(_Section):
+    interval_seconds: Annotated[float, Field(gt=0)] = 60.0
+    stuck_after_seconds: Annotated[float, Field(gt=0)] = 3600.0
+    max_concurrent_polls: Annotated[int, Field(ge=1, le=256)] = 8
+
+
+class PromotionSettings(_Section):
+    id: str
+    kind: PromotionKind = PromotionKind.PROMOTION
+    filter: Annotated[str, Field(min_length=1, max_length=500)] | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _uuid(cls, value: str) -> str:
+        # Ids go into URL paths: only a canonical UUID may, never anything path-like.
+        try:
+            return str(uuid.UUID(value.strip()))
+        except ValueError:
+            msg = "must be a UUID such as ad386702-e780-42c6-b190-0527ad768917"
+            raise ValueError(msg) from None
+
+    @field_validator("filter")
+    @classmethod
+    def _filter_one_line(cls, value: str | None) -> str | None:
+        if value is not None and any(c in value for c in "\r\n\t"):
+            raise ValueError("must be a single line, e.g. eq(job_type,code_generate)")
+        return value
+
+
+class ServerSettings(_Section):
+    host: str = "0.0.0.0"  # noqa: S104 - a sidecar's metrics must be reachable by Prometheus
+    port: Annotated[int, Field(ge=0, le=65535)] = DEFAULT_PORT
+
+
+class StateSettings(_Section):
+    path: Path = Path("./state/snapshot.json")
+
+
+class LogSettings(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "console"] = "json"
+
+
+class Settings(_Section):
+    api: ApiSettings
+    poll: PollSettings = PollSettings()
+    promotions: Annotated[list[PromotionSettings], Field(min_length=1)]
+    server: ServerSettings = ServerSettings()
+    state: StateSettings = StateSettings()
+    log: LogSettings = LogSettings()
+
+    @field_validator("promotions")
+    @classmethod
+    def _unique(cls, value: list[PromotionSettings]) -> list[PromotionSettings]:
+        seen: set[str] = set()
+        for promotion in value:
+            if promotion.id in seen:
+                raise ValueError(f"promotion {promotion.id} is listed twice")
+            seen.add(promotion.id)
+        return value
+
+    def summary(self) -> str:
+        """A short description for check-config; names where secrets come from, never them."""
+        kinds = dict.fromkeys(PromotionKind, 0)
+        for promotion in self.promotions:
+            kinds[promotion.kind] += 1
+        counts = ", ".join(f"{n} {kind.value}" for kind, n in kinds.items())
+        return "\n".join(
+            [
+                f"promotions: {len(self.promotions)} ({counts})",
+                f"api.base_url: {self.api.base_url}",
+                f"auth: {self.api.auth_kind}",
+                f"poll: every {self.poll.interval_seconds:g}s, "
+                f"budget {self.api.max_requests_per_second:g} requests/s",
+                f"metrics: http://{self.server.host}:{self.server.port}/metrics",
+                f"state: {self.state.path}",
+            ]
+        )
+
+
+class EnvironmentOverrides(BaseSettings):
+    """The variables Elastic Path's own CLI reads; they win over the file."""
+
+    model_config = SettingsConfigDict(env_prefix="EPCC_", extra="ignore")
+
+    client_id: str | None = None
+    client_secret: SecretStr | None = None
+    api_base_url: str | None = None
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif parts:
+            parts.append(f".{item}")
+        else:
+            parts.append(item)
+    return "".join(parts)
+
+
+def _bound(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, int | float) else str(value)
+
+
+def _message(error: Mapping[str, Any]) -> str:
+    kind = error["type"]
+    ctx = {key: _bound(value) for key, value in (error.get("ctx") or {}).items()}
+    known = {
+        "missing": "required",
+        "extra_forbidden": "unknown key",
+        "greater_than": f"must be > {ctx.get('gt')}",
+        "greater_than_equal": f"must be >= {ctx.get('ge')}",
+        "less_than": f"must be < {ctx.get('lt')}",
+        "less_than_equal": f"must be <= {ctx.get('le')}",
+        "too_short": "must not be empty",
+    }
+    if kind in known:
+        return known[kind]
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return message.replace("Input should be", "must be")
+
+
+def format_validation_error(exc: ValidationError) -> list[str]:
+    """One line per problem, `dotted.key: what is wrong`; input values are never echoed."""
+    problems = []
+    for error in exc.errors(include_input=False, include_url=False):
+        message = _message(error)
+        loc = _location(tuple(error["loc"]))
+        # Model-level checks name their own key inside the message ("client_id: required").
+        head, sep, rest = message.partition(": ")
+        if sep and " " not in head and error["type"] == "value_error":
+            loc = f"{loc}.{head}" if loc else head
+            message = rest
+        problems.append(f"{loc}: {message}" if loc else message)
+    return problems
+
+
+def _apply_environment(raw: dict[str, Any]) -> None:
+    overrides = EnvironmentOverrides()
+    api = raw.setdefault("api", {})
+    if not isinstance(api, dict):
+        return
+    if overrides.client_id:
+        api["client_id"] = overrides.client_id
+    if overrides.client_secret is not None and overrides.client_secret.get_secret_value():
+        api["client_secret"] = overrides.client_secret
+        api.pop("client_secret_file", None)
+    if overrides.api_base_url:
+        api["base_url"] = overrides.api_base_url
+
+
+def parse_settings(raw: object) -> Settings:
+    """Validate an already-parsed document plus the EPCC_* environment overrides."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError([f"config: must be a mapping of sections, not {type(raw).__name__}"])
+    _apply_environment(raw)
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+
+
+def load_settings(path: Path | str) -> Settings:
+    """Read and validate a YAML config file; every problem becomes a ConfigError line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"config: cannot read {path}: {exc.strerror or exc}"]) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or "not valid YAML"
+        raise ConfigError([f"config: {path}: {where}{problem}"]) from None
+    settings = parse_settings(raw)
+    _check_files(settings)
+    return settings
+
+
+def _check_files(settings: Settings) -> None:
+    problems = []
+    for key, file in (
+        ("api.client_secret_file", settings.api.client_secret_file),
+        ("api.token_file", settings.api.token_file),
+    ):
+        if file is not None and not os.access(file, os.R_OK):
+            problems.append(f"{key}: cannot read {file}")
+    if problems:
+        raise ConfigError(problems)

@@ -1,0 +1,178 @@
+"""The snapshot: what the monitor knows, in memory and on disk, so restarts neither repeat nor miss.
+
+Writes are group-committed: polls that finish while a write is under way share the next write,
+so a thousand promotions changing in one cycle cost a handful of writes, not a thousand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from monitor.models import Job, PromotionSnapshot
+
+FORMAT_VERSION: Final = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Discarded:
+    """Why a state file on disk could not be used."""
+
+    path: Path
+    reason: str
+
+
+def encode(snapshots: dict[str, PromotionSnapshot], saved_at: float) -> bytes:
+    """The on-disk form: compact job rows, so 100k jobs stay a few MB."""
+    promotions = {
+        pid: {
+            "jobs": [
+                [j.id, j.job_type, j.status, j.error, j.created_at, j.updated_at]
+                for j in snap.jobs.values()
+            ],
+            "stuck": sorted(snap.stuck),
+        }
+        for pid, snap in snapshots.items()
+    }
+    document = {"version": FORMAT_VERSION, "saved_at": saved_at, "promotions": promotions}
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
+def _optional_float(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    raise ValueError("timestamp is not a number")
+
+
+def _optional_str(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise ValueError("error is not a string")
+
+
+def decode(data: bytes) -> dict[str, PromotionSnapshot]:
+    """Parse a state file; raises ValueError with a reason for anything torn or foreign."""
+    document = json.loads(data)
+    if not isinstance(document, dict) or "promotions" not in document:
+        raise ValueError("not a promo-monitor state file")
+    version = document.get("version")
+    if version != FORMAT_VERSION:
+        # No older format has ever shipped; a future one must add its migration here.
+        raise ValueError(f"state format version {version!r} is not {FORMAT_VERSION}")
+    snapshots: dict[str, PromotionSnapshot] = {}
+    promotions = document["promotions"]
+    if not isinstance(promotions, dict):
+        raise ValueError("promotions is not a mapping")  # noqa: TRY004 - callers catch ValueError
+    for pid, entry in promotions.items():
+        jobs: dict[str, Job] = {}
+        for row in entry["jobs"]:
+            job_id, job_type, status, error, created, updated = row
+            if not all(isinstance(v, str) for v in (job_id, job_type, status)):
+                raise ValueError("job row has non-text fields")
+            jobs[job_id] = Job(
+                job_id,
+                job_type,
+                status,
+                _optional_str(error),
+                _optional_float(created),
+                _optional_float(updated),
+            )
+        stuck = frozenset(str(s) for s in entry.get("stuck", []) if s in jobs)
+        snapshots[str(pid)] = PromotionSnapshot(str(pid), jobs, stuck)
+    return snapshots
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write via a temp file in the same directory, fsync, then rename over the old file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    # The rename itself must reach the disk, or a power cut can bring back the old file.
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+class SnapshotStore:
+    """The current snapshot of every watched promotion, and its durable copy."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._snapshots: dict[str, PromotionSnapshot] = {}
+        self._lock = asyncio.Lock()
+        self._generation = 0  # bumped by every change in memory
+        self._written = 0  # the generation the file on disk holds
+
+    def load(self) -> Discarded | None:
+        """Load the file if there is one; a torn or foreign file is set aside, never fatal."""
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            return Discarded(self.path, f"unreadable: {exc.strerror}")
+        try:
+            self._snapshots = decode(data)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            return Discarded(self.path, str(exc) or type(exc).__name__)
+        return None
+
+    def get(self, promotion_id: str) -> PromotionSnapshot | None:
+        return self._snapshots.get(promotion_id)
+
+    def put(self, snapshot: PromotionSnapshot) -> None:
+        self._snapshots[snapshot.promotion_id] = snapshot
+        self._generation += 1
+
+    def retain(self, promotion_ids: set[str]) -> list[str]:
+        """Forget promotions no longer watched; returns the ids dropped."""
+        dropped = [pid for pid in self._snapshots if pid not in promotion_ids]
+        for pid in dropped:
+            del self._snapshots[pid]
+        if dropped:
+            self._generation += 1
+        return dropped
+
+    def __iter__(self) -> Iterator[PromotionSnapshot]:
+        return iter(list(self._snapshots.values()))
+
+    def __len__(self) -> int:
+        return len(self._snapshots)
+
+    @property
+    def dirty(self) -> bool:
+        return self._written < self._generation
+
+    async def persist(self, saved_at: float) -> None:
+        """Make every change made so far durable; concurrent callers share one write."""
+        wanted = self._generation
+        async with self._lock:
+            if self._written >= wanted:
+                return
+            generation = self._generation
+            # Snapshots are immutable, so a shallow copy is a consistent view to encode off-loop.
+            view = dict(self._snapshots)
+            data = await asyncio.to_thread(encode, view, saved_at)
+            await asyncio.to_thread(write_atomic, self.path, data)
+            self._written = generation
