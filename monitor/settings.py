@@ -224,6 +224,8 @@ def _message(error: Mapping[str, Any]) -> str:
         "less_than": f"must be < {ctx.get('lt')}",
         "less_than_equal": f"must be <= {ctx.get('le')}",
         "too_short": "must not be empty",
+        "string_too_short": "must not be empty",
+        "path_type": "must be a file path",
     }
     if kind in known:
         return known[kind]

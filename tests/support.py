@@ -1,0 +1,215 @@
+"""Shared test helpers: run the real daemon as a subprocess, write configs, read /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from monitor.simulator import Simulator
+
+Sample = tuple[str, frozenset[tuple[str, str]]]
+
+
+def write_config(
+    directory: Path,
+    sim: Simulator,
+    promotions: Iterable[Mapping[str, Any]],
+    **sections: Mapping[str, Any],
+) -> Path:
+    """A config for the daemon against `sim`: fast polls, port 0, state in `directory`."""
+    document: dict[str, Any] = {
+        "api": {
+            "base_url": sim.base_url,
+            "client_id": sim.client_id,
+            "client_secret": sim.client_secret,
+            "timeout_seconds": 2,
+            "max_requests_per_second": 200,
+        },
+        "poll": {"interval_seconds": 0.5, "stuck_after_seconds": 3600},
+        "promotions": [dict(p) for p in promotions],
+        "server": {"host": "127.0.0.1", "port": 0},
+        "state": {"path": str(directory / "state" / "snapshot.json")},
+        "log": {"level": "info", "format": "json"},
+    }
+    for name, values in sections.items():
+        document.setdefault(name, {}).update(values)
+    path = directory / "config.yaml"
+    path.write_text(yaml.safe_dump(document), encoding="utf-8")
+    return path
+
+
+def parse_metrics(text: str) -> dict[Sample, float]:
+    """Every sample in an exposition, keyed by name and label set."""
+    samples: dict[Sample, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return samples
+
+
+def value(samples: Mapping[Sample, float], name: str, **labels: str) -> float | None:
+    return samples.get((name, frozenset(labels.items())))
+
+
+def series(samples: Mapping[Sample, float], name: str) -> dict[frozenset[tuple[str, str]], float]:
+    return {labels: v for (n, labels), v in samples.items() if n == name}
+
+
+class Daemon:
+    """`python -m monitor run` as a subprocess, its JSON log lines collected as they come."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.events: list[dict[str, Any]] = []
+        self.raw: list[str] = []
+        self.stderr = ""
+        self.port = 0
+        self._new_line = asyncio.Condition()
+        self._reader = asyncio.create_task(self._read())
+
+    @classmethod
+    async def start(
+        cls, config: Path, *, env: Mapping[str, str] | None = None, command: str = "run"
+    ) -> Daemon:
+        full_env = {**os.environ, **(env or {})}
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "monitor",
+            command,
+            "--config",
+            str(config),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=full_env,
+        )
+        daemon = cls(process)
+        started = await daemon.wait_for("monitor_started")
+        daemon.port = int(started["metrics_port"])
+        return daemon
+
+    async def _read(self) -> None:
+        assert self.process.stdout is not None
+        async for line in self.process.stdout:
+            text = line.decode(errors="replace").rstrip("\n")
+            self.raw.append(text)
+            with contextlib.suppress(ValueError):
+                event = json.loads(text)
+                if isinstance(event, dict):
+                    self.events.append(event)
+            async with self._new_line:
+                self._new_line.notify_all()
+        async with self._new_line:
+            self._new_line.notify_all()
+
+    def named(self, name: str, **fields: Any) -> list[dict[str, Any]]:
+        return [
+            e
+            for e in self.events
+            if e.get("event") == name and all(e.get(k) == v for k, v in fields.items())
+        ]
+
+    async def wait_for(
+        self,
+        name: str,
+        predicate: Callable[[dict[str, Any]], bool] = lambda _: True,
+        *,
+        timeout: float = 20.0,
+        count: int = 1,
+    ) -> dict[str, Any]:
+        """Wait until `count` events named `name` match; returns the last of them."""
+        deadline = time.monotonic() + timeout
+        async with self._new_line:
+            while True:
+                matches = [e for e in self.named(name) if predicate(e)]
+                if len(matches) >= count:
+                    return matches[count - 1]
+                if self._reader.done():
+                    raise AssertionError(
+                        f"daemon exited before {name!r}; stderr:\n{await self._stderr()}"
+                        f"\nstdout tail:\n" + "\n".join(self.raw[-20:])
+                    )
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(
+                        f"no {name!r} within {timeout}s; last lines:\n" + "\n".join(self.raw[-20:])
+                    )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._new_line.wait(), remaining)
+
+    async def _stderr(self) -> str:
+        if self.process.stderr is not None and not self.stderr:
+            self.stderr = (await self.process.stderr.read()).decode(errors="replace")
+        return self.stderr
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def get(self, path: str) -> tuple[int, str]:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(self.url + path, timeout=aiohttp.ClientTimeout(total=5)) as response,
+        ):
+            return response.status, await response.text()
+
+    async def metrics(self) -> dict[Sample, float]:
+        status, text = await self.get("/metrics")
+        assert status == 200
+        return parse_metrics(text)
+
+    async def wait_for_metric(
+        self,
+        check: Callable[[dict[Sample, float]], bool],
+        *,
+        timeout: float = 20.0,
+    ) -> dict[Sample, float]:
+        deadline = time.monotonic() + timeout
+        while True:
+            samples = await self.metrics()
+            if check(samples):
+                return samples
+            if time.monotonic() > deadline:
+                raise AssertionError("metric condition not met in time")
+            await asyncio.sleep(0.1)
+
+    async def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        """Send `sig` and wait for the exit code; kills after `timeout`."""
+        if self.process.returncode is None:
+            self.process.send_signal(sig)
+        try:
+            code = await asyncio.wait_for(self.process.wait(), timeout)
+        except TimeoutError:
+            self.process.kill()
+            code = await self.process.wait()
+        await self._reader
+        await self._stderr()
+        return code
+
+
+def require_tool(name: str) -> str:
+    """Path of a Debian-packaged tool; skip loudly without root, fail if root lacks it.
+
+    `make test` installs the tools when it runs as root (as CI does), so there a missing tool
+    is a broken setup, not a reason to skip.
+    """
+    found = shutil.which(name)
+    if found is None:
+        if os.geteuid() == 0:
+            pytest.fail(f"{name} is missing although we run as root: `make tools` should install it")
+        pytest.skip(f"{name} not installed and not root: run `sudo make tools` to test this")
+    return found

@@ -1,0 +1,255 @@
+"""The diff rules, as one table, plus properties that must hold for any pair of polls."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from monitor.diff import apply, diff
+from monitor.models import ChangeKind, Job, PromotionSnapshot
+
+PID = "ad386702-e780-42c6-b190-0527ad768917"
+NOW = 1_700_000_000.0
+STUCK_AFTER = 3600.0
+
+
+def job(
+    job_id: str,
+    status: str,
+    *,
+    error: str | None = None,
+    job_type: str = "code_generate",
+    since: float | None = NOW - 60,
+) -> Job:
+    return Job(job_id, job_type, status, error, created_at=since, updated_at=since)
+
+
+def snap(*jobs: Job, stuck: frozenset[str] = frozenset()) -> PromotionSnapshot:
+    return PromotionSnapshot(PID, {j.id: j for j in jobs}, stuck)
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    previous: PromotionSnapshot | None
+    current: tuple[Job, ...]
+    # (event, job id, previous status, status, counted as a failure)
+    expected: tuple[tuple[str, str | None, str | None, str | None, bool], ...]
+
+
+OLD = NOW - 2 * STUCK_AFTER
+
+CASES = [
+    Case(
+        "first poll is a baseline: no per-job events, no failure counted",
+        None,
+        (job("a", "failed", error="codes limit exceeded"), job("b", "completed")),
+        (("baseline_loaded", None, None, None, False),),
+    ),
+    Case(
+        "empty first poll is still a baseline",
+        None,
+        (),
+        (("baseline_loaded", None, None, None, False),),
+    ),
+    Case("nothing changed", snap(job("a", "pending")), (job("a", "pending"),), ()),
+    Case(
+        "a new job",
+        snap(job("a", "completed")),
+        (job("a", "completed"), job("b", "pending")),
+        (("job_discovered", "b", None, "pending", False),),
+    ),
+    Case(
+        "a new job that is already failed is a failure",
+        snap(),
+        (job("b", "failed", error="codes limit exceeded"),),
+        (("job_discovered", "b", None, "failed", True),),
+    ),
+    Case(
+        "a transition",
+        snap(job("a", "pending")),
+        (job("a", "processing"),),
+        (("job_status_changed", "a", "pending", "processing", False),),
+    ),
+    Case(
+        "a transition into failed is a failure",
+        snap(job("a", "processing")),
+        (job("a", "failed", error="codes limit exceeded"),),
+        (("job_status_changed", "a", "processing", "failed", True),),
+    ),
+    Case(
+        "a failed job that stays failed is not counted again",
+        snap(job("a", "failed", error="x")),
+        (job("a", "failed", error="x"),),
+        (),
+    ),
+    Case(
+        "error text appearing later is an update, not a second failure",
+        snap(job("a", "failed")),
+        (job("a", "failed", error="codes limit exceeded"),),
+        (("job_updated", "a", "failed", "failed", False),),
+    ),
+    Case(
+        "a job no longer returned has vanished",
+        snap(job("a", "completed"), job("b", "failed")),
+        (job("a", "completed"),),
+        (("job_vanished", "b", None, "failed", False),),
+    ),
+    Case(
+        "an unknown status is kept and reported as it is",
+        snap(job("a", "processing")),
+        (job("a", "paused_by_ops"),),
+        (("job_status_changed", "a", "processing", "paused_by_ops", False),),
+    ),
+    Case(
+        "a job active for longer than stuck_after is stuck, once",
+        snap(job("a", "processing", since=OLD)),
+        (job("a", "processing", since=OLD),),
+        (("job_stuck", "a", None, "processing", False),),
+    ),
+    Case(
+        "a job already reported stuck is not reported again",
+        snap(job("a", "pending", since=OLD), stuck=frozenset({"a"})),
+        (job("a", "pending", since=OLD),),
+        (),
+    ),
+    Case(
+        "terminal jobs are never stuck",
+        snap(job("a", "completed", since=OLD)),
+        (job("a", "completed", since=OLD),),
+        (),
+    ),
+    Case(
+        "a job without timestamps cannot be judged stuck",
+        snap(job("a", "pending", since=None)),
+        (job("a", "pending", since=None),),
+        (),
+    ),
+    Case(
+        "a job listed twice (pages shifted) counts once",
+        snap(),
+        (job("b", "pending"), job("b", "pending")),
+        (("job_discovered", "b", None, "pending", False),),
+    ),
+    Case(
+        "several changes in one poll, in a stable order",
+        snap(job("a", "pending"), job("b", "processing"), job("c", "completed")),
+        (job("a", "processing"), job("b", "failed", error="e"), job("d", "pending")),
+        (
+            ("job_status_changed", "a", "pending", "processing", False),
+            ("job_status_changed", "b", "processing", "failed", True),
+            ("job_discovered", "d", None, "pending", False),
+            ("job_vanished", "c", None, "completed", False),
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_diff_table(case: Case) -> None:
+    result = diff(case.previous, case.current, promotion_id=PID, now=NOW, stuck_after=STUCK_AFTER)
+    seen = tuple(
+        (
+            c.kind.value,
+            c.job.id if c.job else None,
+            c.previous.status if c.previous else None,
+            c.job.status if c.job else None,
+            c.is_failure,
+        )
+        for c in result.changes
+    )
+    assert seen == case.expected
+    assert all(c.promotion_id == PID for c in result.changes)
+
+
+def test_baseline_counts_jobs_by_status_and_marks_stuck_silently() -> None:
+    current = [job("a", "failed"), job("b", "failed"), job("c", "pending", since=OLD)]
+    result = diff(None, current, promotion_id=PID, now=NOW, stuck_after=STUCK_AFTER)
+    (baseline,) = result.changes
+    assert baseline.kind is ChangeKind.BASELINE
+    assert baseline.counts == {"failed": 2, "pending": 1}
+    assert result.snapshot.stuck == {"c"}
+    # The next identical poll must be quiet: the stuck job was already known at baseline.
+    again = diff(result.snapshot, current, promotion_id=PID, now=NOW, stuck_after=STUCK_AFTER)
+    assert again.changes == []
+
+
+def test_unchanged_poll_keeps_the_same_snapshot_object() -> None:
+    previous = snap(job("a", "pending"))
+    result = diff(previous, [job("a", "pending")], promotion_id=PID, now=NOW, stuck_after=1e9)
+    assert result.snapshot is previous
+
+
+def test_a_job_leaving_active_status_leaves_the_stuck_set() -> None:
+    previous = snap(job("a", "processing", since=OLD), stuck=frozenset({"a"}))
+    result = diff(previous, [job("a", "completed")], promotion_id=PID, now=NOW, stuck_after=1)
+    assert result.snapshot.stuck == frozenset()
+
+
+def test_reached_terminal_marks_arrivals_only() -> None:
+    previous = snap(job("a", "processing"), job("b", "failed"))
+    current = [job("a", "completed"), job("b", "failed", error="late text"), job("c", "cancelled")]
+    result = diff(previous, current, promotion_id=PID, now=NOW, stuck_after=STUCK_AFTER)
+    arrivals = {c.job.id for c in result.changes if c.reached_terminal and c.job}
+    assert arrivals == {"a", "c"}
+
+
+# Properties over arbitrary polls: a small id space makes overlaps between polls likely.
+statuses = st.sampled_from(
+    ["pending", "processing", "completed", "failed", "cancelling", "cancelled", "weird"]
+)
+jobs_strategy = st.lists(
+    st.builds(
+        Job,
+        id=st.sampled_from([f"job-{i}" for i in range(8)]),
+        job_type=st.sampled_from(["code_generate", "code_export"]),
+        status=statuses,
+        error=st.none() | st.sampled_from(["codes limit exceeded", "timeout"]),
+        created_at=st.none() | st.floats(NOW - 3 * STUCK_AFTER, NOW),
+        updated_at=st.none() | st.floats(NOW - 3 * STUCK_AFTER, NOW),
+    ),
+    max_size=10,
+)
+
+
+def _snapshot_of(jobs: list[Job]) -> PromotionSnapshot:
+    return diff(None, jobs, promotion_id=PID, now=NOW, stuck_after=STUCK_AFTER).snapshot
+
+
+@given(jobs_strategy)
+def test_diff_of_a_snapshot_with_itself_is_empty(jobs: list[Job]) -> None:
+    previous = _snapshot_of(jobs)
+    result = diff(
+        previous,
+        list(previous.jobs.values()),
+        promotion_id=PID,
+        now=NOW,
+        stuck_after=STUCK_AFTER,
+    )
+    assert result.changes == []
+
+
+@given(jobs_strategy, jobs_strategy)
+def test_applying_the_changes_of_a_diff_gives_the_new_poll(a: list[Job], b: list[Job]) -> None:
+    previous = _snapshot_of(a)
+    result = diff(previous, b, promotion_id=PID, now=NOW, stuck_after=STUCK_AFTER)
+    replayed = apply(previous, result.changes)
+    expected = {j.id: j for j in b}
+    assert dict(replayed.jobs) == expected
+    assert replayed == result.snapshot
+
+
+@given(jobs_strategy, jobs_strategy)
+def test_every_failure_is_a_job_now_failed_that_was_not_failed_before(
+    a: list[Job], b: list[Job]
+) -> None:
+    previous = _snapshot_of(a)
+    result = diff(previous, b, promotion_id=PID, now=NOW, stuck_after=STUCK_AFTER)
+    failures = {c.job.id for c in result.changes if c.is_failure and c.job}
+    # A job listed twice counts as its last listing.
+    now_failed = {j.id for j in {j.id: j for j in b}.values() if j.status == "failed"}
+    before_failed = {j.id for j in previous.jobs.values() if j.status == "failed"}
+    assert failures == now_failed - before_failed

@@ -1,0 +1,265 @@
+"""Configuration: every validation message names its key; env overrides; check-config output."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from monitor.models import PromotionKind
+from monitor.settings import ConfigError, load_settings, parse_settings
+
+PID = "ad386702-e780-42c6-b190-0527ad768917"
+SECRET = "s3cr3t-value-that-must-never-print"
+
+
+def valid() -> dict[str, Any]:
+    return {
+        "api": {
+            "base_url": "https://useast.api.elasticpath.com",
+            "client_id": "client-1",
+            "client_secret": SECRET,
+        },
+        "promotions": [{"id": PID}],
+    }
+
+
+@pytest.fixture(autouse=True)
+def _no_epcc_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("EPCC_CLIENT_ID", "EPCC_CLIENT_SECRET", "EPCC_API_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def problems(document: object) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(document)
+    return caught.value.problems
+
+
+def test_defaults_fill_what_the_file_leaves_out() -> None:
+    settings = parse_settings(valid())
+    assert settings.poll.interval_seconds == 60
+    assert settings.poll.stuck_after_seconds == 3600
+    assert settings.api.page_limit == 100
+    assert settings.server.port == 10464
+    assert settings.log.format == "json"
+    assert settings.promotions[0].kind is PromotionKind.PROMOTION
+
+
+def edit(path: str, new: object) -> dict[str, Any]:
+    document = valid()
+    *parents, leaf = path.split(".")
+    node: Any = document
+    for key in parents:
+        node = node[int(key)] if key.isdigit() else node.setdefault(key, {})
+    if new is DELETE:
+        del node[leaf]
+    else:
+        node[leaf] = new
+    return document
+
+
+DELETE = object()
+
+INVALID = [
+    ("poll.interval_seconds", 0, "poll.interval_seconds: must be > 0"),
+    ("poll.interval_seconds", "often", "poll.interval_seconds: must be a valid number"),
+    ("poll.stuck_after_seconds", -5, "poll.stuck_after_seconds: must be > 0"),
+    ("poll.max_concurrent_polls", 0, "poll.max_concurrent_polls: must be >= 1"),
+    ("poll.every", 5, "poll.every: unknown key"),
+    ("api.page_limit", 101, "api.page_limit: must be <= 100"),
+    ("api.page_limit", 0, "api.page_limit: must be >= 1"),
+    ("api.timeout_seconds", 0, "api.timeout_seconds: must be > 0"),
+    ("api.max_requests_per_second", 0, "api.max_requests_per_second: must be > 0"),
+    ("api.base_url", "ftp://x.example", "api.base_url: must be an http(s) URL"),
+    ("api.base_url", "https://x.example/v2", "api.base_url: must be the API root"),
+    ("api.base_url", "http://useast.api.elasticpath.com", "api.base_url: http:// is refused"),
+    ("api.client_id", DELETE, "api.client_id: required"),
+    ("api.client_secret", DELETE, "api.client_secret: required"),
+    ("api.clientid", "x", "api.clientid: unknown key"),
+    ("promotions", [], "promotions: must not be empty"),
+    ("promotions", DELETE, "promotions: required"),
+    ("promotions.0.id", "../../oauth", "promotions[0].id: must be a UUID"),
+    ("promotions.0.kind", "coupon", "promotions[0].kind: must be 'promotion' or 'rule_promotion'"),
+    (
+        "promotions.0.filter",
+        "eq(status,failed)\neq(x,y)",
+        "promotions[0].filter: must be a single line",
+    ),
+    ("promotions.0.filter", "", "promotions[0].filter: must not be empty"),
+    ("server.port", 70000, "server.port: must be <= 65535"),
+    ("log.level", "verbose", "log.level: must be 'debug', 'info', 'warning' or 'error'"),
+    ("log.format", "xml", "log.format: must be 'json' or 'console'"),
+    ("state.path", 5, "state.path: must be a file path"),
+    ("surprise", {}, "surprise: unknown key"),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "new", "message"), INVALID, ids=[f"{p}={n!r}" for p, n, _ in INVALID]
+)
+def test_each_invalid_value_is_named_with_its_key(path: str, new: object, message: str) -> None:
+    found = problems(edit(path, new))
+    assert any(line.startswith(message) for line in found), found
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    document = edit("poll.interval_seconds", 0)
+    document["log"] = {"format": "xml"}
+    document["promotions"] = [{"id": "nope"}]
+    found = problems(document)
+    assert len(found) == 3
+    assert [line.split(":")[0] for line in found] == [
+        "poll.interval_seconds",
+        "promotions[0].id",
+        "log.format",
+    ]
+
+
+def test_auth_choices_are_exclusive() -> None:
+    both_secrets = edit("api.client_secret_file", "/run/secret")
+    assert problems(both_secrets) == [
+        "api.client_secret: set client_secret or client_secret_file, not both"
+    ]
+    document = valid()
+    document["api"]["token_file"] = "/run/token"
+    assert problems(document) == ["api.token_file: use token_file or client credentials, not both"]
+    token_only = {"base_url": "https://x.example", "token_file": "/run/token"}
+    settings = parse_settings({"api": token_only, "promotions": [{"id": PID}]})
+    assert settings.api.token_file == Path("/run/token")
+
+
+def test_duplicate_promotions_are_refused() -> None:
+    document = edit("promotions", [{"id": PID}, {"id": PID.upper()}])
+    assert problems(document) == [f"promotions: promotion {PID} is listed twice"]
+
+
+def test_ids_are_normalized_to_canonical_uuids() -> None:
+    settings = parse_settings(edit("promotions", [{"id": PID.upper()}]))
+    assert settings.promotions[0].id == PID
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "[::1]", "127.10.0.3"])
+def test_plain_http_is_allowed_to_loopback(host: str) -> None:
+    settings = parse_settings(edit("api.base_url", f"http://{host}:8080"))
+    assert settings.api.base_url == f"http://{host}:8080"
+
+
+def test_plain_http_to_a_remote_host_needs_explicit_consent() -> None:
+    document = edit("api.base_url", "http://store.internal:8080")
+    document["api"]["allow_insecure_http"] = True
+    assert parse_settings(document).api.base_url == "http://store.internal:8080"
+
+
+def test_environment_overrides_the_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EPCC_CLIENT_ID", "from-env")
+    monkeypatch.setenv("EPCC_CLIENT_SECRET", "env-secret")
+    monkeypatch.setenv("EPCC_API_BASE_URL", "https://euwest.api.elasticpath.com")
+    document = valid()
+    del document["api"]["client_secret"]
+    document["api"]["client_secret_file"] = "/nonexistent"
+    settings = parse_settings(document)
+    assert settings.api.client_id == "from-env"
+    assert settings.api.client_secret is not None
+    assert settings.api.client_secret.get_secret_value() == "env-secret"
+    assert settings.api.client_secret_file is None
+    assert settings.api.base_url == "https://euwest.api.elasticpath.com"
+
+
+def test_credentials_may_come_only_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EPCC_CLIENT_ID", "from-env")
+    monkeypatch.setenv("EPCC_CLIENT_SECRET", "env-secret")
+    settings = parse_settings({"promotions": [{"id": PID}]})
+    assert settings.api.client_id == "from-env"
+
+
+def test_yaml_errors_name_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("api:\n  base_url: [unclosed\npromotions: []\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    (line,) = caught.value.problems
+    assert line.startswith(f"config: {path}: line ")
+
+
+def test_a_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(tmp_path / "absent.yaml")
+    assert caught.value.problems == [
+        f"config: cannot read {tmp_path / 'absent.yaml'}: No such file or directory"
+    ]
+
+
+def test_a_document_that_is_not_a_mapping_is_refused() -> None:
+    assert problems(["api"]) == ["config: must be a mapping of sections, not list"]
+
+
+def test_unreadable_secret_file_is_reported(tmp_path: Path) -> None:
+    document = valid()
+    del document["api"]["client_secret"]
+    document["api"]["client_secret_file"] = str(tmp_path / "missing-secret")
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(document), encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    assert caught.value.problems == [
+        f"api.client_secret_file: cannot read {tmp_path / 'missing-secret'}"
+    ]
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "monitor", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=env,
+    )
+
+
+def test_check_config_prints_a_summary_without_secrets(tmp_path: Path) -> None:
+    path = tmp_path / "ok.yaml"
+    document = valid()
+    document["promotions"].append(
+        {"id": "dd85ee8b-fddd-4ae8-9a4d-eb9404ead7bd", "kind": "rule_promotion"}
+    )
+    path.write_text(yaml.safe_dump(document), encoding="utf-8")
+    result = run_cli("check-config", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "promotions: 2 (1 promotion, 1 rule_promotion)" in result.stdout
+    assert "https://useast.api.elasticpath.com" in result.stdout
+    assert "client_credentials" in result.stdout
+    assert SECRET not in result.stdout + result.stderr
+
+
+def test_check_config_exits_2_with_one_line_per_problem_and_no_traceback(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    document = edit("poll.interval_seconds", 0)
+    document["api"]["page_limit"] = 500
+    path.write_text(yaml.safe_dump(document), encoding="utf-8")
+    result = run_cli("check-config", "--config", str(path))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "promo-monitor: api.page_limit: must be <= 100",
+        "promo-monitor: poll.interval_seconds: must be > 0",
+    ]
+    assert "Traceback" not in result.stderr
+    assert SECRET not in result.stdout + result.stderr
+
+
+def test_config_path_can_come_from_the_environment(tmp_path: Path) -> None:
+    path = tmp_path / "ok.yaml"
+    path.write_text(yaml.safe_dump(valid()), encoding="utf-8")
+    env = {**os.environ, "PROMO_MONITOR_CONFIG": str(path)}
+    result = run_cli("check-config", env=env)
+    assert result.returncode == 0, result.stderr
+    missing = {k: v for k, v in os.environ.items() if k != "PROMO_MONITOR_CONFIG"}
+    result = run_cli("run", env=missing)
+    assert result.returncode == 2
+    assert "pass --config FILE or set PROMO_MONITOR_CONFIG" in result.stderr
