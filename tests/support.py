@@ -210,6 +210,6 @@ def require_tool(name: str) -> str:
     found = shutil.which(name)
     if found is None:
         if os.geteuid() == 0:
-            pytest.fail(f"{name} is missing although we run as root: `make tools` should install it")
+            pytest.fail(f"{name} is missing though we run as root: `make tools` should install it")
         pytest.skip(f"{name} not installed and not root: run `sudo make tools` to test this")
     return found
