@@ -236,7 +236,7 @@ class Simulator:
         """Create a promotion and return its id."""
         if kind not in get_args(Kind):
             raise ValueError(f"unknown promotion kind {kind!r}")
-        promotion_id = promotion_id or str(uuid.uuid4())
+        promotion_id = promotion_id or self._new_id()
         if promotion_id in self._promotions:
             raise ValueError(f"promotion {promotion_id} already exists")
         now = self._clock()
@@ -290,7 +290,7 @@ class Simulator:
     ) -> str:
         """Add a job as given, without the real API's one-active-job check, and return its id."""
         promotion = self._promotions[promotion_id]
-        job_id = job_id or str(uuid.uuid4())
+        job_id = job_id or self._new_id()
         if job_id in promotion.jobs:
             raise ValueError(f"job {job_id} already exists")
         created = self._clock() if created_at is None else created_at
@@ -361,6 +361,10 @@ class Simulator:
 
     def revoke_tokens(self) -> None:
         self._tokens.clear()
+
+    def _new_id(self) -> str:
+        # From the seeded RNG, so `--seed N` always serves the same promotion ids.
+        return str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
 
     def issued_tokens(self) -> list[str]:
         """Every access token handed out so far, revoked or not."""

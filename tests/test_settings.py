@@ -263,3 +263,25 @@ def test_config_path_can_come_from_the_environment(tmp_path: Path) -> None:
     result = run_cli("run", env=missing)
     assert result.returncode == 2
     assert "pass --config FILE or set PROMO_MONITOR_CONFIG" in result.stderr
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_the_shipped_example_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The example points at a Secret mount; the environment stands in for it, as in a pod.
+    monkeypatch.setenv("EPCC_CLIENT_SECRET", "from-the-pod-env")
+    settings = load_settings(REPO / "config" / "monitor.example.yaml")
+    assert {p.kind for p in settings.promotions} == set(PromotionKind)
+    assert any(p.filter for p in settings.promotions)
+
+
+def test_the_demo_config_names_the_promotions_the_simulator_serves() -> None:
+    from monitor.simulator import Simulator, populate_demo
+
+    settings = load_settings(REPO / "config" / "demo.yaml")
+    # The same call `python -m monitor.simulator --seed 1` makes with its defaults.
+    sim = Simulator(seed=1)
+    populate_demo(sim, 3, 5)
+    served = {(p["id"], p["type"]) for p in sim.promotions()}
+    assert {(p.id, p.kind.value) for p in settings.promotions} == served
