@@ -7,7 +7,8 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import structlog
@@ -16,14 +17,16 @@ from prometheus_client import CollectorRegistry
 from monitor import __version__
 from monitor.budget import RequestBudget
 from monitor.client import ApiError, ElasticPathClient, JobsTarget
-from monitor.models import PromotionSnapshot, utc_now
+from monitor.discovery import Discovery
+from monitor.models import PromotionKind, PromotionSnapshot, utc_now
+from monitor.planner import PollPlan
 from monitor.poller import Poller, PollOutcome
 from monitor.scheduler import PollScheduler
-from monitor.settings import Settings
+from monitor.settings import ConfigError, Settings
 from monitor.sinks.logs import LogSink
 from monitor.sinks.metrics import MonitorMetrics
 from monitor.state import SnapshotStore
-from monitor.web import Health, WebServer, build_app
+from monitor.web import Health, WebServer, build_app, load_web_security
 
 # SIGTERM gives in-flight polls this long before they are cancelled; Kubernetes waits 30 s.
 SHUTDOWN_GRACE_SECONDS = 5.0
@@ -67,6 +70,7 @@ class Monitor:
     metrics: MonitorMetrics
     client: ElasticPathClient
     poller: Poller
+    discovery: Discovery
     scheduler: PollScheduler
     health: Health
     web: WebServer | None
@@ -80,6 +84,7 @@ class Monitor:
         registry: CollectorRegistry | None = None,
         clock: Callable[[], float] = utc_now,
         serve_http: bool = True,
+        env: Mapping[str, str] | None = None,
     ) -> Monitor:
         registry = registry or CollectorRegistry(auto_describe=True)
         store = SnapshotStore(settings.state.path)
@@ -96,7 +101,7 @@ class Monitor:
         )
         client = ElasticPathClient(
             settings.api,
-            budget=RequestBudget(settings.api.max_requests_per_second),
+            budget=RequestBudget(settings.request_rate),
             events=ClientEventsToMetrics(metrics),
             user_agent=f"promo-monitor/{__version__}",
         )
@@ -107,66 +112,161 @@ class Monitor:
             LogSink(),
             clock=clock,
             stuck_after=settings.poll.stuck_after_seconds,
+            retention=settings.state.retention_days * 86_400,
         )
-        targets = [client.target(p.id, p.kind, p.filter) for p in settings.promotions]
+        try:
+            discovery = Discovery(client, settings, env)
+        except ValueError as exc:
+            raise ConfigError([str(exc)]) from None
+        plan = PollPlan(
+            interval=settings.poll.interval_seconds,
+            active_interval=settings.poll.active_interval,
+            anchor=time.monotonic(),
+        )
         scheduler = PollScheduler(
             poller,
-            targets,
+            plan,
             store,
-            interval=settings.poll.interval_seconds,
+            metrics,
             concurrency=settings.poll.max_concurrent_polls,
             clock=clock,
         )
-        # Liveness fails only when the loop has made no progress for several cycles.
+        # Liveness fails only when the loop has made no progress for several intervals.
         health = Health(
             progress=lambda: scheduler.heartbeat,
             stale_after=max(5 * settings.poll.interval_seconds, 300.0),
             version=__version__,
         )
-        web = WebServer(build_app(registry, health)) if serve_http else None
-        return cls(
-            settings, registry, store, metrics, client, poller, scheduler, health, web, clock
+        web = None
+        if serve_http:
+            security = load_web_security(settings.server)
+            web = WebServer(build_app(registry, health, security), security.ssl_context)
+        monitor = cls(
+            settings,
+            registry,
+            store,
+            metrics,
+            client,
+            poller,
+            discovery,
+            scheduler,
+            health,
+            web,
+            clock,
         )
+        # The scheduler calls this for a promotion removed while its poll was in flight.
+        scheduler.on_unwatched = monitor.unwatch
+        return monitor
 
     @property
     def targets(self) -> list[JobsTarget]:
         return self.scheduler.targets
 
+    @property
+    def _log(self) -> structlog.typing.FilteringBoundLogger:
+        logger: structlog.typing.FilteringBoundLogger = structlog.get_logger()
+        return logger
+
     def load_state(self) -> None:
-        log = structlog.get_logger()
         discarded = self.store.load()
         if discarded is not None:
             aside = discarded.path.with_name(discarded.path.name + ".discarded")
             with contextlib.suppress(OSError):
                 os.replace(discarded.path, aside)
-            log.warning(
+            self._log.warning(
                 "state_discarded",
                 path=str(discarded.path),
                 reason=discarded.reason,
                 kept_as=str(aside),
                 detail="starting from a fresh baseline",
             )
-        dropped = self.store.retain({t.promotion_id for t in self.targets})
-        if dropped:
-            log.info("state_pruned", promotions=len(dropped))
-        for target in self.targets:
-            self.metrics.watch(target.promotion_id)
+        explicit = self.discovery.explicit()
+        # With discovery on, saved state of discovered promotions is kept until the first
+        # discovery says whether they are still watched; dropping it now would re-baseline
+        # them and swallow whatever changed while the monitor was down.
+        self.watch(explicit, authoritative=not self.settings.discovery.enabled)
+
+    def watch(
+        self,
+        targets: Mapping[str, JobsTarget],
+        *,
+        authoritative: bool,
+        discovered: frozenset[str] = frozenset(),
+    ) -> tuple[int, int]:
+        """Make the plan poll exactly `targets`; returns (added, removed)."""
+        plan = self.scheduler.plan
+        now = time.monotonic()
+        added = 0
+        for pid, target in targets.items():
+            if pid in plan:
+                plan.add(target, now)  # keeps its place in the schedule; takes a new filter
+                continue
+            added += 1
+            snapshot = self.store.get(pid)
+            active = snapshot is not None and any(j.is_active for j in snapshot.jobs.values())
+            plan.add(target, now, active=active)
+            self.metrics.watch(pid)
+            if pid in discovered:
+                self._log.info("promotion_added", promotion_id=pid, kind=target.kind.value)
+        removed = [t.promotion_id for t in plan.targets if t.promotion_id not in targets]
+        for pid in removed:
+            plan.remove(pid)
+            self.unwatch(pid)
+            self._log.info("promotion_removed", promotion_id=pid)
+        if authoritative:
+            dropped = self.store.retain(set(targets))
+            if dropped:
+                self._log.info("state_pruned", promotions=len(dropped))
+        kinds = Counter(t.kind for t in plan.targets)
+        for kind in PromotionKind:
+            self.metrics.promotions.labels(kind.value).set(kinds[kind])
+        return added, len(removed)
+
+    def unwatch(self, promotion_id: str) -> None:
+        """Forget a promotion that is no longer watched: its series and its snapshot."""
+        self.metrics.forget(promotion_id)
+        self.store.drop(promotion_id)
+
+    async def discover(self) -> None:
+        """One discovery run; a failure keeps the last known list."""
+        try:
+            found = await self.discovery.discover(self.clock())
+        except ApiError as exc:
+            self.metrics.discovery_errors.labels(exc.reason).inc()
+            self._log.warning("discovery_failed", reason=exc.reason, detail=str(exc))
+            return
+        added, removed = self.watch(found.targets, authoritative=True, discovered=found.discovered)
+        self._log.info(
+            "discovery_completed",
+            promotions=len(found.targets),
+            discovered=len(found.discovered),
+            added=added,
+            removed=removed,
+        )
+        self.scheduler.dispatch()
 
     async def start(self) -> None:
         self.load_state()
         port = self.settings.server.port
         if self.web is not None:
             port = await self.web.start(self.settings.server.host, self.settings.server.port)
-        self.scheduler.heartbeat = time.monotonic()
         self.scheduler.start()
+        if self.settings.discovery.enabled:
+            self.scheduler.every(
+                self.settings.discovery.interval_seconds, self.discover, name="discovery", now=True
+            )
         self.health.started = True
-        structlog.get_logger().info(
+        self._log.info(
             "monitor_started",
             version=__version__,
             promotions=len(self.targets),
+            discovery=self.settings.discovery.enabled,
+            shard=f"{self.discovery.shard_index}/{self.discovery.shard_count}",
             base_url=self.settings.api.base_url,
             metrics_port=port,
             interval_seconds=self.settings.poll.interval_seconds,
+            active_interval_seconds=self.settings.poll.active_interval,
+            requests_per_second=self.settings.request_rate,
             state_path=str(self.store.path),
         )
 
@@ -174,6 +274,8 @@ class Monitor:
         """One poll of every promotion, for `promo-monitor once`."""
         self.load_state()
         try:
+            if self.settings.discovery.enabled:
+                await self.discover()
             return await self.scheduler.run_cycle()
         finally:
             await self.client.close()
@@ -187,10 +289,10 @@ class Monitor:
             await self.store.persist(self.clock())
         except OSError as exc:
             saved = False
-            structlog.get_logger().error(
+            self._log.error(
                 "state_write_failed", path=str(self.store.path), detail=exc.strerror or str(exc)
             )
-        structlog.get_logger().info("monitor_stopped", state_saved=saved)
+        self._log.info("monitor_stopped", state_saved=saved)
         if self.web is not None:
             await self.web.stop()
 

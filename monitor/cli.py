@@ -87,8 +87,11 @@ async def _run(settings: Settings) -> int:
 
 
 async def _once(settings: Settings, fmt: str) -> int:
-    # In table mode the per-change events would interleave with the table, so keep errors only.
-    configure_logging("error" if fmt == "table" else settings.log.level, "json")
+    if fmt == "table":
+        # stdout is the table; warnings (failed polls) still reach the user, on stderr.
+        configure_logging("warning", "json", stream=sys.stderr)
+    else:
+        configure_logging(settings.log.level, "json")
     monitor = Monitor.build(settings, serve_http=False)
     outcomes = await monitor.run_once()
     if fmt == "table":

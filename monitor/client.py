@@ -10,7 +10,7 @@ import asyncio
 import json
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -282,6 +282,9 @@ class ElasticPathClient:
         retry_wait_max: float = 10.0,
         user_agent: str = "promo-monitor",
     ) -> None:
+        # stamina would otherwise log its own events and count retries on prometheus_client's
+        # global registry; retries are reported through `events` instead.
+        stamina.instrumentation.set_on_retry_hooks([])
         self.settings = settings
         self.budget = budget
         self.events: ClientEvents = events or NoEvents()
@@ -317,6 +320,10 @@ class ElasticPathClient:
             self._session = aiohttp.ClientSession(
                 headers=self._headers, timeout=self._timeout, raise_for_status=False
             )
+            # aiohttp silently re-sends a GET once when a kept-alive connection was reset; that
+            # request would bypass the budget and the request metric. Our retries cover it.
+            if hasattr(self._session, "_retry_connection"):
+                self._session._retry_connection = False
         return self._session
 
     async def close(self) -> None:
@@ -332,32 +339,49 @@ class ElasticPathClient:
         )
 
     async def fetch_jobs(self, target: JobsTarget) -> FetchResult:
-        """Every job of one promotion, page by page, driven by meta.results.total.
+        """Every job of one promotion, as far as the API pages."""
+        result = FetchResult()
+        async for data in self._pages(target.url, target.params, target.endpoint, result):
+            parsed = parse_jobs(data)
+            result.jobs.extend(parsed.jobs)
+            result.skipped.extend(parsed.skipped)
+        return result
+
+    async def list_promotions(self, kind: PromotionKind) -> list[Mapping[str, Any]]:
+        """Every promotion of one kind (GET /v2/promotions or /v2/rule-promotions)."""
+        segment, _ = JOBS_ENDPOINT[kind]
+        endpoint = "promotions" if kind is PromotionKind.PROMOTION else "rule_promotions"
+        url = self._base / "v2" / segment
+        params = {"page[limit]": str(self.settings.page_limit)}
+        found: list[Mapping[str, Any]] = []
+        async for data in self._pages(url, params, endpoint, FetchResult()):
+            found.extend(item for item in data if isinstance(item, Mapping))
+        return found
+
+    async def _pages(
+        self, url: URL, params: Mapping[str, str], endpoint: str, result: FetchResult
+    ) -> AsyncIterator[list[Any]]:
+        """The `data` of each page, driven by meta.results.total and the offset.
 
         links.next is ignored on purpose: the real API fills it even on the last page.
         """
-        result = FetchResult()
         limit = self.settings.page_limit
         offset = 0
         while True:
             if offset > MAX_OFFSET:
                 result.truncated = True
-                break
-            params = {**target.params, "page[offset]": str(offset)}
-            body = await self._get_json(target.url, params, target.endpoint)
-            data, total = _jobs_page(body)
+                return
+            body = await self._get_json(url, {**params, "page[offset]": str(offset)}, endpoint)
+            data, total = _list_page(body, endpoint)
             result.pages += 1
-            parsed = parse_jobs(data)
-            result.jobs.extend(parsed.jobs)
-            result.skipped.extend(parsed.skipped)
+            yield data
             if not data:
-                break
+                return
             offset += limit
             if total is not None and offset >= total:
-                break
+                return
             if total is None and len(data) < limit:
-                break
-        return result
+                return
 
     async def post_form(self, path: str, form: Mapping[str, str], *, endpoint: str) -> Any:
         """POST form-encoded without a bearer token (the token endpoint itself)."""
@@ -384,12 +408,12 @@ class ElasticPathClient:
             tries += 1
             if exc.reason == "rate_limited":
                 self.budget.slow_down()
-            retry: bool | float = exc.transient
+            if not exc.transient or tries > self._max_retries:
+                return False
+            self.events.retry_scheduled(endpoint, exc, tries)
             if exc.reason == "rate_limited" and exc.retry_after is not None:
-                retry = exc.retry_after
-            if retry is not False:
-                self.events.retry_scheduled(endpoint, exc, tries)
-            return retry
+                return exc.retry_after
+            return True
 
         async for retry in stamina.retry_context(
             on=backoff,
@@ -419,7 +443,13 @@ class ElasticPathClient:
             headers: dict[str, str] = {}
             token = ""
             if authorize:
-                token = await self.tokens.token(stale)
+                try:
+                    token = await self.tokens.token(stale)
+                except ApiError as exc:
+                    # The token request had its own retries; retrying the request around it
+                    # too would square the attempts against an endpoint that is failing.
+                    exc.transient = False
+                    raise
                 headers["Authorization"] = f"Bearer {token}"
             waited = await self.budget.acquire()
             if waited > 0:
@@ -434,7 +464,7 @@ class ElasticPathClient:
                 self.budget.recover()
                 try:
                     return json.loads(body)
-                except ValueError:
+                except (ValueError, RecursionError):
                     raise ApiError(
                         "bad_response",
                         f"{endpoint}: answer is not JSON ({len(body)} bytes)",
@@ -503,10 +533,10 @@ async def _read_capped(response: aiohttp.ClientResponse, endpoint: str) -> bytes
     return b"".join(chunks)
 
 
-def _jobs_page(body: Any) -> tuple[list[Any], int | None]:
-    """The data array and meta.results.total of a jobs page; anything else is bad_response."""
+def _list_page(body: Any, endpoint: str) -> tuple[list[Any], int | None]:
+    """The data array and meta.results.total of a list page; anything else is bad_response."""
     if not isinstance(body, dict) or not isinstance(body.get("data"), list):
-        raise ApiError("bad_response", "jobs answer has no data array")
+        raise ApiError("bad_response", f"{endpoint}: answer has no data array")
     total: int | None = None
     meta = body.get("meta")
     results = meta.get("results") if isinstance(meta, dict) else None

@@ -20,6 +20,11 @@ class Diff:
     snapshot: PromotionSnapshot
 
 
+def _expired(job: Job, horizon: float) -> bool:
+    since = job.status_since
+    return job.is_terminal and since is not None and since < horizon
+
+
 def is_stuck(job: Job, now: float, stuck_after: float) -> bool:
     """An active job that has sat in its status longer than `stuck_after` seconds."""
     since = job.status_since
@@ -33,14 +38,23 @@ def diff(
     promotion_id: str,
     now: float,
     stuck_after: float,
+    retention: float | None = None,
 ) -> Diff:
     """Compare a successful poll's jobs with the previous snapshot of the same promotion.
 
     Only call this for a poll that succeeded: a failed poll must change nothing, and a job
-    missing from a partial answer would otherwise look vanished.
+    missing from a partial answer would otherwise look vanished. With `retention`, finished
+    jobs older than that many seconds are left out of both sides, silently: they are history,
+    and memory must not grow with it.
     """
     # The API gives no order and pages can shift under us; a job seen twice counts once.
     jobs = {job.id: job for job in current}
+    if retention is not None:
+        horizon = now - retention
+        jobs = {k: j for k, j in jobs.items() if not _expired(j, horizon)}
+        if previous is not None and any(_expired(j, horizon) for j in previous.jobs.values()):
+            kept = {k: j for k, j in previous.jobs.items() if not _expired(j, horizon)}
+            previous = PromotionSnapshot(previous.promotion_id, kept, previous.stuck & kept.keys())
 
     if previous is None:
         # First sight of a promotion: its history is the baseline, not news. Jobs already

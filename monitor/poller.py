@@ -36,6 +36,7 @@ class Poller:
         *,
         clock: Callable[[], float],
         stuck_after: float,
+        retention: float | None = None,
     ) -> None:
         self._client = client
         self._store = store
@@ -43,6 +44,7 @@ class Poller:
         self._logs = logs
         self._clock = clock
         self._stuck_after = stuck_after
+        self._retention = retention
         self._log = structlog.get_logger()
         self._truncation_warned: set[str] = set()
 
@@ -95,8 +97,16 @@ class Poller:
 
         now = self._clock()
         outcome: Diff = diff(
-            previous, jobs, promotion_id=pid, now=now, stuck_after=self._stuck_after
+            previous,
+            jobs,
+            promotion_id=pid,
+            now=now,
+            stuck_after=self._stuck_after,
+            retention=self._retention,
         )
+        if not outcome.changes and outcome.snapshot is not previous:
+            # Only expired history was pruned: no news, and the next write will carry it.
+            self._store.put(outcome.snapshot)
         if outcome.changes:
             self._store.put(outcome.snapshot)
             # Durable before announced: a crash now may lose these events, but a restart

@@ -1,10 +1,14 @@
-"""APScheduler wiring: the poll cycle, and a flush that retries state writes that failed."""
+"""APScheduler wiring: dispatch due polls, retry failed state writes, run discovery.
+
+APScheduler's interval job is the heartbeat; which promotion is polled when is the PollPlan's
+decision, so adaptive intervals and priorities stay in one pure, tested place.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
 import structlog
@@ -12,45 +16,57 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from monitor.client import JobsTarget
+from monitor.planner import PollPlan
 from monitor.poller import Poller, PollOutcome
+from monitor.sinks.metrics import MonitorMetrics
 from monitor.state import SnapshotStore
 
 FLUSH_SECONDS = 30.0
 
 
 class PollScheduler:
-    """Runs a poll cycle every interval: every promotion once, concurrently and bounded."""
+    """Keeps up to `concurrency` polls in flight, taking due promotions from the plan."""
 
     def __init__(
         self,
         poller: Poller,
-        targets: Sequence[JobsTarget],
+        plan: PollPlan,
         store: SnapshotStore,
+        metrics: MonitorMetrics,
         *,
-        interval: float,
         concurrency: int,
         clock: Callable[[], float],
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.poller = poller
-        self.targets = list(targets)
+        self.plan = plan
         self._store = store
-        self._interval = interval
+        self._metrics = metrics
         self._concurrency = concurrency
         self._clock = clock
+        self._monotonic = monotonic
+        self.on_unwatched: Callable[[str], None] = lambda _: None
         self._scheduler = AsyncIOScheduler(timezone=UTC)
-        self._inflight: set[asyncio.Task[object]] = set()
+        self._inflight: set[asyncio.Task[PollOutcome]] = set()
+        self._stopping = False
         self._log = structlog.get_logger()
         # Monotonic time of the last finished poll; /healthz reads it to tell a live loop.
-        self.heartbeat = time.monotonic()
-        self.cycles = 0
+        self.heartbeat = monotonic()
+        # Fine enough that an active promotion is polled close to its due time.
+        self._tick = min(1.0, max(0.05, plan.active_interval / 10))
+
+    @property
+    def targets(self) -> list[JobsTarget]:
+        return self.plan.targets
 
     def start(self) -> None:
+        self.heartbeat = self._monotonic()
         self._scheduler.add_job(
-            self._tracked_cycle,
-            IntervalTrigger(seconds=self._interval, timezone=UTC),
-            id="poll_cycle",
-            name="poll every promotion",
-            # A cycle slower than the interval must not pile up a queue of cycles behind it.
+            self._dispatch_job,
+            IntervalTrigger(seconds=self._tick, timezone=UTC),
+            id="dispatch",
+            name="start due polls",
+            # A slow dispatch must not queue more behind it: the next tick does the same work.
             max_instances=1,
             coalesce=True,
             misfire_grace_time=None,
@@ -66,29 +82,60 @@ class PollScheduler:
         )
         self._scheduler.start()
 
-    async def _tracked_cycle(self) -> None:
-        task = asyncio.current_task()
-        if task is not None:
+    def every(
+        self, seconds: float, job: Callable[[], Awaitable[None]], *, name: str, now: bool
+    ) -> None:
+        """Run another periodic coroutine (discovery) on the same scheduler."""
+        self._scheduler.add_job(
+            job,
+            IntervalTrigger(seconds=seconds, timezone=UTC),
+            id=name,
+            name=name,
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=None,
+            next_run_time=datetime.now(UTC) if now else None,
+        )
+
+    async def _dispatch_job(self) -> None:
+        self.dispatch()
+
+    def dispatch(self) -> None:
+        """Start polls for due promotions while there are free slots."""
+        if self._stopping:
+            return
+        now = self._monotonic()
+        free = self._concurrency - len(self._inflight)
+        for target in self.plan.take_due(now, free):
+            task = asyncio.create_task(self._poll(target), name=f"poll {target.promotion_id}")
             self._inflight.add(task)
-        try:
-            await self.run_cycle()
-        finally:
-            if task is not None:
-                self._inflight.discard(task)
+            task.add_done_callback(self._inflight.discard)
+        self._metrics.schedule_lag.set(self.plan.lag(now))
+        self._metrics.active_promotions.set(self.plan.active_count())
+
+    async def _poll(self, target: JobsTarget) -> PollOutcome:
+        outcome = await self.poller.poll(target)
+        if target.promotion_id not in self.plan:
+            # Removed while this poll was in flight: undo what the poll just recorded.
+            self.on_unwatched(target.promotion_id)
+            return outcome
+        snapshot = self._store.get(target.promotion_id)
+        active = snapshot is not None and any(job.is_active for job in snapshot.jobs.values())
+        self.heartbeat = self._monotonic()
+        self.plan.finished(target.promotion_id, self.heartbeat, active=active)
+        # Fill the freed slot now rather than at the next tick.
+        asyncio.get_running_loop().call_soon(self.dispatch)
+        return outcome
 
     async def run_cycle(self) -> list[PollOutcome]:
-        """Poll every target once; the request budget paces them, the semaphore bounds them."""
+        """Poll every promotion once, bounded by the concurrency (for `promo-monitor once`)."""
         limit = asyncio.Semaphore(self._concurrency)
 
         async def one(target: JobsTarget) -> PollOutcome:
             async with limit:
-                outcome = await self.poller.poll(target)
-            self.heartbeat = time.monotonic()
-            return outcome
+                return await self.poller.poll(target)
 
-        outcomes = await asyncio.gather(*(one(target) for target in self.targets))
-        self.cycles += 1
-        return list(outcomes)
+        return list(await asyncio.gather(*(one(target) for target in self.plan.targets)))
 
     async def _flush(self) -> None:
         if not self._store.dirty:
@@ -103,9 +150,10 @@ class PollScheduler:
 
     async def stop(self, grace: float) -> None:
         """Stop scheduling; give in-flight polls `grace` seconds, then cancel them."""
+        self._stopping = True
         if self._scheduler.running:
             self._scheduler.shutdown(wait=False)
-        pending = {task for task in self._inflight if not task.done()}
+        pending: Sequence[asyncio.Task[PollOutcome]] = [t for t in self._inflight if not t.done()]
         if pending:
             _, late = await asyncio.wait(pending, timeout=grace)
             for task in late:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -109,8 +110,26 @@ class ApiSettings(_Section):
 
 class PollSettings(_Section):
     interval_seconds: Annotated[float, Field(gt=0)] = 60.0
+    # Promotions with a job pending/processing/cancelling are polled this often instead;
+    # unset means 10 s, or interval_seconds if that is shorter.
+    active_interval_seconds: Annotated[float, Field(gt=0)] | None = None
     stuck_after_seconds: Annotated[float, Field(gt=0)] = 3600.0
     max_concurrent_polls: Annotated[int, Field(ge=1, le=256)] = 8
+
+    @property
+    def active_interval(self) -> float:
+        if self.active_interval_seconds is not None:
+            return self.active_interval_seconds
+        return min(10.0, self.interval_seconds)
+
+    @model_validator(mode="after")
+    def _active_not_slower(self) -> PollSettings:
+        if self.active_interval > self.interval_seconds:
+            raise ValueError(
+                "active_interval_seconds: must be <= interval_seconds (active promotions are "
+                "polled more often, not less)"
+            )
+        return self
 
 
 class PromotionSettings(_Section):
@@ -136,13 +155,68 @@ class PromotionSettings(_Section):
         return value
 
 
+class BasicAuthSettings(_Section):
+    username: Annotated[str, Field(min_length=1)]
+    password: SecretStr | None = None
+    password_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_password(self) -> BasicAuthSettings:
+        if (self.password is None) == (self.password_file is None):
+            raise ValueError("password: set exactly one of password or password_file")
+        return self
+
+
 class ServerSettings(_Section):
     host: str = "0.0.0.0"  # noqa: S104 - a sidecar's metrics must be reachable by Prometheus
     port: Annotated[int, Field(ge=0, le=65535)] = DEFAULT_PORT
+    # For clusters that require encrypted or authenticated scrapes; probes stay open.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    basic_auth: BasicAuthSettings | None = None
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServerSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file: set both tls_cert_file and tls_key_file, or neither")
+        return self
 
 
 class StateSettings(_Section):
     path: Path = Path("./state/snapshot.json")
+    # Finished jobs older than this leave the snapshot (and /metrics), so memory stays bounded
+    # however many jobs a promotion accumulates.
+    retention_days: Annotated[float, Field(gt=0)] = 7.0
+
+
+class DiscoverySettings(_Section):
+    enabled: bool = False
+    kinds: Annotated[list[PromotionKind], Field(min_length=1)] = [
+        PromotionKind.PROMOTION,
+        PromotionKind.RULE_PROMOTION,
+    ]
+    interval_seconds: Annotated[float, Field(gt=0)] = 300.0
+    include_disabled: bool = False
+    include_expired: bool = False
+    name_pattern: str | None = None
+
+    @field_validator("name_pattern")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
+
+
+class ShardingSettings(_Section):
+    shard_count: Annotated[int, Field(ge=1, le=1024)] = 1
+    # None: from $SHARD_INDEX, else the ordinal at the end of the pod name (StatefulSet).
+    shard_index: Annotated[int, Field(ge=0)] | None = None
+    # None: api.max_requests_per_second / shard_count, so N replicas share one store budget.
+    max_requests_per_second: Annotated[float, Field(gt=0)] | None = None
 
 
 class LogSettings(_Section):
@@ -153,10 +227,28 @@ class LogSettings(_Section):
 class Settings(_Section):
     api: ApiSettings
     poll: PollSettings = PollSettings()
-    promotions: Annotated[list[PromotionSettings], Field(min_length=1)]
+    promotions: list[PromotionSettings] = []
+    discovery: DiscoverySettings = DiscoverySettings()
+    sharding: ShardingSettings = ShardingSettings()
     server: ServerSettings = ServerSettings()
     state: StateSettings = StateSettings()
     log: LogSettings = LogSettings()
+
+    @model_validator(mode="after")
+    def _something_to_watch(self) -> Settings:
+        if not self.promotions and not self.discovery.enabled:
+            raise ValueError("promotions: list at least one promotion, or set discovery.enabled")
+        index = self.sharding.shard_index
+        if index is not None and index >= self.sharding.shard_count:
+            raise ValueError("sharding: shard_index must be < shard_count")
+        return self
+
+    @property
+    def request_rate(self) -> float:
+        """This replica's share of the store's request budget."""
+        if self.sharding.max_requests_per_second is not None:
+            return self.sharding.max_requests_per_second
+        return self.api.max_requests_per_second / self.sharding.shard_count
 
     @field_validator("promotions")
     @classmethod
@@ -174,13 +266,21 @@ class Settings(_Section):
         for promotion in self.promotions:
             kinds[promotion.kind] += 1
         counts = ", ".join(f"{n} {kind.value}" for kind, n in kinds.items())
+        discovery = (
+            f"discovery: every {self.discovery.interval_seconds:g}s of "
+            + ", ".join(k.value for k in self.discovery.kinds)
+            if self.discovery.enabled
+            else "discovery: off"
+        )
         return "\n".join(
             [
                 f"promotions: {len(self.promotions)} ({counts})",
+                discovery,
                 f"api.base_url: {self.api.base_url}",
                 f"auth: {self.api.auth_kind}",
-                f"poll: every {self.poll.interval_seconds:g}s, "
-                f"budget {self.api.max_requests_per_second:g} requests/s",
+                f"poll: every {self.poll.interval_seconds:g}s "
+                f"({self.poll.active_interval:g}s while a job is active), "
+                f"budget {self.request_rate:g} requests/s",
                 f"metrics: http://{self.server.host}:{self.server.port}/metrics",
                 f"state: {self.state.path}",
             ]
@@ -296,9 +396,13 @@ def load_settings(path: Path | str) -> Settings:
 
 def _check_files(settings: Settings) -> None:
     problems = []
+    auth = settings.server.basic_auth
     for key, file in (
         ("api.client_secret_file", settings.api.client_secret_file),
         ("api.token_file", settings.api.token_file),
+        ("server.tls_cert_file", settings.server.tls_cert_file),
+        ("server.tls_key_file", settings.server.tls_key_file),
+        ("server.basic_auth.password_file", auth.password_file if auth else None),
     ):
         if file is not None and not os.access(file, os.R_OK):
             problems.append(f"{key}: cannot read {file}")

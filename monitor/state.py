@@ -134,7 +134,7 @@ class SnapshotStore:
             return Discarded(self.path, f"unreadable: {exc.strerror}")
         try:
             self._snapshots = decode(data)
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             return Discarded(self.path, str(exc) or type(exc).__name__)
         return None
 
@@ -144,6 +144,10 @@ class SnapshotStore:
     def put(self, snapshot: PromotionSnapshot) -> None:
         self._snapshots[snapshot.promotion_id] = snapshot
         self._generation += 1
+
+    def drop(self, promotion_id: str) -> None:
+        if self._snapshots.pop(promotion_id, None) is not None:
+            self._generation += 1
 
     def retain(self, promotion_ids: set[str]) -> list[str]:
         """Forget promotions no longer watched; returns the ids dropped."""

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import hmac
 import html
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -10,6 +13,8 @@ from dataclasses import dataclass
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
+
+from monitor.settings import ServerSettings
 
 
 @dataclass
@@ -40,7 +45,68 @@ def landing_page(version: str) -> str:
     )
 
 
-def build_app(registry: CollectorRegistry, health: Health) -> web.Application:
+@dataclass(frozen=True)
+class WebSecurity:
+    """Optional TLS and basic auth for /metrics, for clusters that require them."""
+
+    ssl_context: ssl.SSLContext | None = None
+    username: str | None = None
+    password: str | None = None
+
+
+def load_web_security(server: ServerSettings) -> WebSecurity:
+    """Read certificates and the scrape password once, at start."""
+    context = None
+    if server.tls_cert_file is not None and server.tls_key_file is not None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(server.tls_cert_file, server.tls_key_file)
+    auth = server.basic_auth
+    if auth is None:
+        return WebSecurity(context)
+    if auth.password_file is not None:
+        password = auth.password_file.read_text(encoding="utf-8").strip()
+    else:
+        assert auth.password is not None  # guaranteed by BasicAuthSettings
+        password = auth.password.get_secret_value()
+    return WebSecurity(context, auth.username, password)
+
+
+def authorized(header: str | None, username: str, password: str) -> bool:
+    """Check an Authorization header for basic auth, in constant time."""
+    if not header or not header.startswith("Basic "):
+        return False
+    try:
+        decoded = base64.b64decode(header[6:], validate=True).decode()
+    except (ValueError, UnicodeDecodeError):
+        return False
+    user, _, given = decoded.partition(":")
+    # Both comparisons always run, so timing says nothing about which part was wrong.
+    user_ok = hmac.compare_digest(user.encode(), username.encode())
+    password_ok = hmac.compare_digest(given.encode(), password.encode())
+    return user_ok and password_ok
+
+
+def build_app(
+    registry: CollectorRegistry, health: Health, security: WebSecurity | None = None
+) -> web.Application:
+    security = security or WebSecurity()
+    metrics_handler = make_aiohttp_handler(registry)
+
+    async def metrics(request: web.Request) -> web.Response:
+        # Probes stay open (the kubelet sends no credentials); only the data is protected.
+        if security.username is not None and security.password is not None:
+            header = request.headers.get("Authorization")
+            if not authorized(header, security.username, security.password):
+                return web.Response(
+                    status=401,
+                    text="authentication required\n",
+                    headers={"WWW-Authenticate": 'Basic realm="promo-monitor"'},
+                )
+        response = await metrics_handler(request)
+        assert isinstance(response, web.Response)
+        return response
+
     async def healthz(_: web.Request) -> web.Response:
         if health.alive(time.monotonic()):
             return web.Response(text="ok\n")
@@ -56,7 +122,7 @@ def build_app(registry: CollectorRegistry, health: Health) -> web.Application:
         return web.Response(text=landing_page(health.version), content_type="text/html")
 
     app = web.Application()
-    app.router.add_get("/metrics", make_aiohttp_handler(registry))
+    app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/", index)
@@ -66,7 +132,8 @@ def build_app(registry: CollectorRegistry, health: Health) -> web.Application:
 class WebServer:
     """Serves the app on host:port; port 0 picks a free one, read back from `port`."""
 
-    def __init__(self, app: web.Application) -> None:
+    def __init__(self, app: web.Application, ssl_context: ssl.SSLContext | None = None) -> None:
+        self._ssl_context = ssl_context
         self._runner = web.AppRunner(
             app, access_log=None, handle_signals=False, shutdown_timeout=1.0
         )
@@ -74,7 +141,7 @@ class WebServer:
 
     async def start(self, host: str, port: int) -> int:
         await self._runner.setup()
-        await web.TCPSite(self._runner, host, port).start()
+        await web.TCPSite(self._runner, host, port, ssl_context=self._ssl_context).start()
         addresses = self._runner.addresses
         self.port = int(addresses[0][1]) if addresses else port
         return self.port

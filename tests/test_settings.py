@@ -13,6 +13,7 @@ import yaml
 
 from monitor.models import PromotionKind
 from monitor.settings import ConfigError, load_settings, parse_settings
+from monitor.simulator import Simulator, populate_demo
 
 PID = "ad386702-e780-42c6-b190-0527ad768917"
 SECRET = "s3cr3t-value-that-must-never-print"
@@ -82,8 +83,24 @@ INVALID = [
     ("api.client_id", DELETE, "api.client_id: required"),
     ("api.client_secret", DELETE, "api.client_secret: required"),
     ("api.clientid", "x", "api.clientid: unknown key"),
-    ("promotions", [], "promotions: must not be empty"),
-    ("promotions", DELETE, "promotions: required"),
+    ("promotions", [], "promotions: list at least one promotion, or set discovery.enabled"),
+    ("promotions", DELETE, "promotions: list at least one promotion, or set discovery.enabled"),
+    (
+        "poll.active_interval_seconds",
+        120,
+        "poll.active_interval_seconds: must be <= interval_seconds",
+    ),
+    ("discovery.name_pattern", "([", "discovery.name_pattern: not a valid regular expression"),
+    ("discovery.kinds", [], "discovery.kinds: must not be empty"),
+    ("sharding.shard_count", 0, "sharding.shard_count: must be >= 1"),
+    ("sharding.shard_index", 3, "sharding: shard_index must be < shard_count"),
+    ("state.retention_days", 0, "state.retention_days: must be > 0"),
+    (
+        "server.tls_cert_file",
+        "/x.pem",
+        "server.tls_cert_file: set both tls_cert_file and tls_key_file",
+    ),
+    ("server.basic_auth", {"username": "prom"}, "server.basic_auth.password: set exactly one"),
     ("promotions.0.id", "../../oauth", "promotions[0].id: must be a UUID"),
     ("promotions.0.kind", "coupon", "promotions[0].kind: must be 'promotion' or 'rule_promotion'"),
     (
@@ -277,8 +294,6 @@ def test_the_shipped_example_config_is_valid(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_the_demo_config_names_the_promotions_the_simulator_serves() -> None:
-    from monitor.simulator import Simulator, populate_demo
-
     settings = load_settings(REPO / "config" / "demo.yaml")
     # The same call `python -m monitor.simulator --seed 1` makes with its defaults.
     sim = Simulator(seed=1)

@@ -24,8 +24,9 @@ MAX_ERROR_KINDS: Final = 50
 OTHER: Final = "other"
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
-# Hex runs with at least one digit: request ids, hashes. Plain words like "deadbeef"-free text stay.
-_HEX = re.compile(r"\b(?=[0-9a-f]*\d)[0-9a-f]{6,}\b", re.IGNORECASE)
+# Hex runs with a digit and a letter: request ids, hashes. Plain numbers are left to _NUMBER, so
+# 5000 and 250000 normalize alike; words without digits ("deadline") are never masked.
+_HEX = re.compile(r"\b(?=[0-9a-f]*\d)(?=[0-9a-f]*[a-f])[0-9a-f]{6,}\b", re.IGNORECASE)
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 _WHITESPACE = re.compile(r"\s+")
 
@@ -232,6 +233,29 @@ class MonitorMetrics:
             "epcc_monitor_jobs_skipped_total",
             "Job objects in API answers that could not be identified (no id, not an object).",
             ["promotion_id"],
+            registry=registry,
+        )
+        self.schedule_lag = Gauge(
+            "epcc_monitor_schedule_lag_seconds",
+            "How far behind its due time the most overdue promotion is (budget too small if > 0 "
+            "for long).",
+            registry=registry,
+        )
+        self.active_promotions = Gauge(
+            "epcc_monitor_active_promotions",
+            "Promotions with a job pending/processing/cancelling, polled at the active interval.",
+            registry=registry,
+        )
+        self.promotions = Gauge(
+            "epcc_monitor_promotions",
+            "Promotions this replica watches, by kind.",
+            ["kind"],
+            registry=registry,
+        )
+        self.discovery_errors = Counter(
+            "epcc_monitor_discovery_errors_total",
+            "Discovery runs that failed (the last known list is kept), by reason.",
+            ["reason"],
             registry=registry,
         )
         Info(

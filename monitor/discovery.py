@@ -1,0 +1,117 @@
+"""Which promotions this replica watches: explicit ones, discovered ones, and its shard of both."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from monitor.client import ElasticPathClient, JobsTarget
+from monitor.models import parse_timestamp
+from monitor.settings import DiscoverySettings, Settings, ShardingSettings
+
+_ORDINAL = re.compile(r"-(\d+)$")
+
+
+def shard_of(promotion_id: str, shard_count: int) -> int:
+    """The shard that owns a promotion; stable across processes, versions and restarts."""
+    # A different personalisation from the poll phase hash: otherwise one shard's promotions
+    # would all share a narrow band of phases and bunch their polls.
+    digest = hashlib.blake2b(promotion_id.encode(), digest_size=8, person=b"shard").digest()
+    return int.from_bytes(digest, "big") % shard_count
+
+
+def resolve_shard_index(sharding: ShardingSettings, env: Mapping[str, str]) -> int:
+    """shard_index from the config, else $SHARD_INDEX, else the StatefulSet pod's ordinal."""
+    if sharding.shard_count == 1:
+        return 0
+    if sharding.shard_index is not None:
+        return sharding.shard_index
+    raw = env.get("SHARD_INDEX")
+    if raw is not None and raw.strip().isdigit():
+        index = int(raw)
+    else:
+        name = env.get("POD_NAME") or env.get("HOSTNAME") or ""
+        match = _ORDINAL.search(name)
+        if match is None:
+            raise ValueError(
+                "sharding: shard_count > 1 but no shard_index, $SHARD_INDEX or pod ordinal "
+                f"(pod name {name!r})"
+            )
+        index = int(match.group(1))
+    if index >= sharding.shard_count:
+        raise ValueError(f"sharding: shard index {index} is not < shard_count")
+    return index
+
+
+def wanted(promotion: Mapping[str, object], rules: DiscoverySettings, now: float) -> bool:
+    """Whether a listed promotion should be watched under the discovery rules."""
+    if not rules.include_disabled and promotion.get("enabled") is False:
+        return False
+    if not rules.include_expired:
+        end = parse_timestamp(promotion.get("end"))
+        if end is not None and end < now:
+            return False
+    if rules.name_pattern is not None:
+        name = promotion.get("name")
+        if not isinstance(name, str) or re.search(rules.name_pattern, name) is None:
+            return False
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class Watchlist:
+    """The promotions one replica polls, keyed by id, and where each came from."""
+
+    targets: Mapping[str, JobsTarget]
+    discovered: frozenset[str]
+
+
+class Discovery:
+    """Builds the watchlist: explicit entries win (e.g. for their filter), then discovered ones."""
+
+    def __init__(
+        self, client: ElasticPathClient, settings: Settings, env: Mapping[str, str] | None = None
+    ) -> None:
+        self._client = client
+        self._settings = settings
+        self.shard_count = settings.sharding.shard_count
+        self.shard_index = resolve_shard_index(settings.sharding, env or os.environ)
+
+    def owns(self, promotion_id: str) -> bool:
+        return shard_of(promotion_id, self.shard_count) == self.shard_index
+
+    def explicit(self) -> dict[str, JobsTarget]:
+        return {
+            p.id: self._client.target(p.id, p.kind, p.filter)
+            for p in self._settings.promotions
+            if self.owns(p.id)
+        }
+
+    async def discover(self, now: float) -> Watchlist:
+        """List the store's promotions; raises ApiError if any list call fails (keep the old)."""
+        targets = self.explicit()
+        discovered: set[str] = set()
+        rules = self._settings.discovery
+        for kind in rules.kinds:
+            for promotion in await self._client.list_promotions(kind):
+                raw_id = promotion.get("id")
+                if not isinstance(raw_id, str) or not wanted(promotion, rules, now):
+                    continue
+                pid = _canonical(raw_id)
+                if pid is None or pid in targets or not self.owns(pid):
+                    continue
+                targets[pid] = self._client.target(pid, kind)
+                discovered.add(pid)
+        return Watchlist(targets, frozenset(discovered))
+
+
+def _canonical(raw: str) -> str | None:
+    # Ids from the API go into URL paths too: the same UUID rule as configured ids.
+    try:
+        return str(uuid.UUID(raw))
+    except ValueError:
+        return None
