@@ -1,0 +1,156 @@
+"""Helpers for the checks of deploy/: metric names, rules, manifests (no pytest: reusable)."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+KUBERNETES = DEPLOY / "kubernetes"
+ALERTS = DEPLOY / "prometheus" / "alerts.yaml"
+ALERT_TESTS = DEPLOY / "prometheus" / "alerts.test.yaml"
+PROMETHEUS_RULE = KUBERNETES / "base" / "prometheusrule.yaml"
+ALERTMANAGER = DEPLOY / "alertmanager" / "alertmanager.yaml"
+DASHBOARD = DEPLOY / "grafana" / "dashboard.json"
+RUNBOOK = DEPLOY / "RUNBOOK.md"
+DOCKERFILE = DEPLOY / "Dockerfile"
+
+# The metric families of the monitor that deploy/ may rely on (the names fixed by issue 2; the
+# monitor exports a few more), histograms by their family name.
+MONITOR_METRIC_NAMES: frozenset[str] = frozenset(
+    {
+        "epcc_promotion_jobs",
+        "epcc_promotion_jobs_stuck",
+        "epcc_promotion_job_failed_info",
+        "epcc_promotion_job_failures_total",
+        "epcc_promotion_job_errors_total",
+        "epcc_promotion_job_transitions_total",
+        "epcc_promotion_job_duration_seconds",
+        "epcc_monitor_up",
+        "epcc_monitor_last_success_timestamp_seconds",
+        "epcc_monitor_poll_duration_seconds",
+        "epcc_monitor_poll_errors_total",
+        "epcc_monitor_api_requests_total",
+        "epcc_monitor_build_info",
+    }
+)
+
+HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
+_METRIC_NAME = re.compile(r"(?<![A-Za-z0-9_:])epcc_[A-Za-z0-9_:]*")
+# Keys under which a Grafana dashboard keeps PromQL: panel targets and annotations ("expr"),
+# template variables ("query", a string or {"query": ...}, and "definition").
+_QUERY_KEYS = frozenset({"expr", "query", "definition"})
+
+
+def family_name(sample_name: str) -> str:
+    """`x_bucket`, `x_sum`, `x_count` -> `x`; any other name unchanged."""
+    for suffix in HISTOGRAM_SUFFIXES:
+        if sample_name.endswith(suffix):
+            return sample_name.removesuffix(suffix)
+    return sample_name
+
+
+def metric_names_in(text: str) -> set[str]:
+    """The `epcc_*` metric families a PromQL expression (or a template holding some) refers to."""
+    return {family_name(name) for name in _METRIC_NAME.findall(text)}
+
+
+def _query_strings(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in _QUERY_KEYS and isinstance(value, str):
+                yield value
+            else:
+                yield from _query_strings(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _query_strings(item)
+
+
+def dashboard_queries(path: Path) -> list[str]:
+    """Every PromQL string of a Grafana dashboard (panels, nested rows, annotations, variables)."""
+    return list(_query_strings(json.loads(path.read_text(encoding="utf-8"))))
+
+
+def dashboard_metric_names(path: Path) -> set[str]:
+    """The `epcc_*` metric families a Grafana dashboard queries (histogram suffixes folded)."""
+    names: set[str] = set()
+    for query in dashboard_queries(path):
+        names |= metric_names_in(query)
+    return names
+
+
+def load_yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def load_yaml_documents(text: str) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def alert_rules(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [rule for group in groups for rule in group["rules"] if "alert" in rule]
+
+
+def github_anchor(heading: str) -> str:
+    """GitHub's anchor for a Markdown heading: lower case, punctuation dropped, spaces to dashes."""
+    text = heading.strip().lower()
+    text = re.sub(r"[^\w\- ]", "", text)
+    return text.replace(" ", "-")
+
+
+def markdown_anchors(path: Path) -> set[str]:
+    text = path.read_text(encoding="utf-8")
+    headings = re.findall(r"^#{1,6}\s+(.+?)\s*#*\s*$", text, re.MULTILINE)
+    return {github_anchor(heading) for heading in headings}
+
+
+def _dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) in order, continuation lines joined, comments dropped."""
+    logical: list[str] = []
+    current = ""
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not current and (not line or line.startswith("#")):
+            continue
+        if line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            current += line[:-1] + " "
+            continue
+        logical.append(current + line)
+        current = ""
+    instructions = []
+    for line in logical:
+        instruction, _, arguments = line.partition(" ")
+        instructions.append((instruction.upper(), " ".join(arguments.split())))
+    return instructions
+
+
+def dockerfile_global_args(path: Path) -> dict[str, str]:
+    """The ARGs declared before the first FROM, with their defaults (usable in FROM lines)."""
+    args: dict[str, str] = {}
+    for instruction, arguments in _dockerfile_instructions(path):
+        if instruction == "FROM":
+            break
+        if instruction == "ARG":
+            name, _, default = arguments.partition("=")
+            args[name] = default
+    return args
+
+
+def dockerfile_stages(path: Path) -> list[list[tuple[str, str]]]:
+    """The instructions of each build stage, starting with its FROM."""
+    stages: list[list[tuple[str, str]]] = []
+    for instruction, arguments in _dockerfile_instructions(path):
+        if instruction == "FROM":
+            stages.append([])
+        if stages:
+            stages[-1].append((instruction, arguments))
+    return stages
