@@ -1,0 +1,242 @@
+"""Discovery and sharding: watch a store's promotions without listing them; split replicas."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from monitor.discovery import resolve_shard_index, shard_of, wanted
+from monitor.settings import DiscoverySettings, ShardingSettings
+from monitor.simulator import Fault, Simulator
+from tests.support import Daemon, series, value, write_config
+
+PAST = "2020-01-01T00:00:00.000Z"
+FUTURE = "2099-01-01T00:00:00.000Z"
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Simulator]:
+    simulator = Simulator(seed=11)
+    simulator.spawn_rate = 0
+    await simulator.start()
+    yield simulator
+    await simulator.stop()
+
+
+def discovery(**overrides: Any) -> dict[str, Any]:
+    return {"enabled": True, "interval_seconds": 0.5, **overrides}
+
+
+def watched(samples: dict, kind: str) -> float | None:  # type: ignore[type-arg]
+    return value(samples, "epcc_monitor_promotions", kind=kind)
+
+
+def polled_ids(samples: dict) -> set[str]:  # type: ignore[type-arg]
+    return {dict(labels)["promotion_id"] for labels in series(samples, "epcc_monitor_up")}
+
+
+async def test_discovers_both_kinds_and_skips_disabled_expired_and_unmatched(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    live = sim.add_promotion("promotion", name="Summer sale", end=FUTURE)
+    rule = sim.add_promotion("rule_promotion", name="Summer builder", end=FUTURE)
+    sim.add_promotion("promotion", name="Summer off", enabled=False)
+    sim.add_promotion("rule_promotion", name="Summer past", end=PAST)
+    sim.add_promotion("promotion", name="Winter sale")
+    for pid in (live, rule):
+        sim.add_job(pid, status="completed")
+    config = write_config(tmp_path, sim, [], discovery=discovery(name_pattern="^Summer"))
+    daemon = await Daemon.start(config)
+    try:
+        await daemon.wait_for("baseline_loaded", count=2)
+        samples = await daemon.metrics()
+        assert polled_ids(samples) == {live, rule}
+        assert watched(samples, "promotion") == 1
+        assert watched(samples, "rule_promotion") == 1
+        assert {e["promotion_id"] for e in daemon.named("promotion_added")} == {live, rule}
+        # The rule promotion is polled on its own endpoint.
+        assert any(r.path == f"/v2/rule-promotions/{rule}/jobs" for r in sim.requests)
+    finally:
+        assert await daemon.stop() == 0
+
+
+async def test_promotions_come_and_go_at_run_time(sim: Simulator, tmp_path: Path) -> None:
+    first = sim.add_promotion("promotion", name="first")
+    sim.add_job(first, status="failed", error="codes limit exceeded")
+    config = write_config(tmp_path, sim, [], discovery=discovery())
+    daemon = await Daemon.start(config)
+    try:
+        await daemon.wait_for("baseline_loaded")
+        second = sim.add_promotion("rule_promotion", name="second")
+        sim.add_job(second, status="pending")
+        added = await daemon.wait_for(
+            "promotion_added", lambda e: e["promotion_id"] == second, timeout=10
+        )
+        assert added["kind"] == "rule_promotion"
+        await daemon.wait_for("baseline_loaded", lambda e: e["promotion_id"] == second)
+
+        sim.set_promotion(first, enabled=False)
+        await daemon.wait_for("promotion_removed", lambda e: e["promotion_id"] == first)
+        samples = await daemon.wait_for_metric(lambda s: first not in polled_ids(s))
+        # Every series of a removed promotion leaves /metrics, gauges and counters alike.
+        leftovers = [
+            (name, dict(labels))
+            for (name, labels) in samples
+            if dict(labels).get("promotion_id") == first
+        ]
+        assert leftovers == []
+        assert watched(samples, "promotion") == 0
+        assert watched(samples, "rule_promotion") == 1
+    finally:
+        assert await daemon.stop() == 0
+
+
+async def test_explicit_entries_win_and_a_failing_discovery_keeps_the_last_list(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    explicit = sim.add_promotion("promotion", name="explicit")
+    sim.add_job(explicit, job_type="code_generate", status="completed")
+    sim.add_job(explicit, job_type="code_export", status="completed")
+    found = sim.add_promotion("promotion", name="found")
+    sim.add_job(found, status="completed")
+    config = write_config(
+        tmp_path,
+        sim,
+        [{"id": explicit, "filter": "eq(job_type,code_export)"}],
+        discovery=discovery(),
+    )
+    daemon = await Daemon.start(config)
+    try:
+        await daemon.wait_for("baseline_loaded", count=2)
+        samples = await daemon.metrics()
+        # The explicit filter is kept, although discovery lists the same promotion.
+        counted = series(samples, "epcc_promotion_jobs")
+        types = {dict(k)["job_type"] for k in counted if dict(k)["promotion_id"] == explicit}
+        assert types == {"code_export"}
+        assert [e["promotion_id"] for e in daemon.named("promotion_added")] == [found]
+
+        sim.inject(Fault("status", status=503, times=None, path_contains="/v2/promotions"))
+        sim.inject(Fault("status", status=503, times=None, path_contains="/v2/rule-promotions"))
+        failed = await daemon.wait_for("discovery_failed", timeout=15)
+        assert failed["reason"] == "http_5xx"
+        samples = await daemon.wait_for_metric(
+            lambda s: (value(s, "epcc_monitor_discovery_errors_total", reason="http_5xx") or 0) >= 1
+        )
+        assert daemon.named("promotion_removed") == []
+        assert watched(samples, "promotion") == 2
+    finally:
+        await daemon.stop()
+
+
+async def test_three_shards_watch_each_promotion_exactly_once(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    ids = {sim.add_promotion("promotion", name=f"p{n}") for n in range(24)}
+    ids |= {sim.add_promotion("rule_promotion", name=f"r{n}") for n in range(6)}
+    daemons = []
+    try:
+        for index in range(3):
+            directory = tmp_path / f"shard-{index}"
+            directory.mkdir()
+            config = write_config(
+                directory,
+                sim,
+                [],
+                discovery=discovery(),
+                sharding={"shard_count": 3},
+            )
+            # The ordinal comes from the pod name, as in the StatefulSet.
+            daemons.append(await Daemon.start(config, env={"POD_NAME": f"promo-monitor-{index}"}))
+        owned: list[set[str]] = []
+        deadline = time.monotonic() + 20
+        for daemon in daemons:
+            while True:
+                samples = await daemon.metrics()
+                mine = polled_ids(samples)
+                expected = sum(1 for pid in ids if shard_of(pid, 3) == daemons.index(daemon))
+                if len(mine) == expected or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.2)
+            owned.append(mine)
+        assert set.union(*owned) == ids
+        assert sum(len(s) for s in owned) == len(ids)
+        for index, mine in enumerate(owned):
+            assert all(shard_of(pid, 3) == index for pid in mine)
+            started = daemons[index].named("monitor_started")[0]
+            assert started["shard"] == f"{index}/3"
+            # Each replica takes a third of the store's budget.
+            assert started["requests_per_second"] == pytest.approx(200 / 3)
+    finally:
+        for daemon in daemons:
+            await daemon.stop()
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"SHARD_INDEX": "2"}, 2),
+        ({"POD_NAME": "promo-monitor-1"}, 1),
+        ({"HOSTNAME": "promo-monitor-0"}, 0),
+        ({"SHARD_INDEX": "1", "POD_NAME": "promo-monitor-2"}, 1),
+    ],
+)
+def test_shard_index_comes_from_the_environment(env: dict[str, str], expected: int) -> None:
+    assert resolve_shard_index(ShardingSettings(shard_count=3), env) == expected
+
+
+@pytest.mark.parametrize(
+    "env", [{}, {"POD_NAME": "promo-monitor"}, {"SHARD_INDEX": "7"}, {"POD_NAME": "x-3"}]
+)
+def test_a_missing_or_impossible_shard_index_is_refused(env: dict[str, str]) -> None:
+    with pytest.raises(ValueError, match="sharding"):
+        resolve_shard_index(ShardingSettings(shard_count=3), env)
+
+
+def test_a_bad_shard_setup_exits_2_naming_sharding(sim: Simulator, tmp_path: Path) -> None:
+    config = write_config(tmp_path, sim, [], discovery=discovery(), sharding={"shard_count": 2})
+    result = subprocess.run(
+        [sys.executable, "-m", "monitor", "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env={"PATH": "/usr/bin:/bin", "HOSTNAME": "no-ordinal"},
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("promo-monitor: sharding:")
+    assert "Traceback" not in result.stderr
+
+
+def test_shards_split_evenly() -> None:
+    counts = [0, 0, 0]
+    for n in range(3000):
+        counts[shard_of(str(uuid.UUID(int=n * 7919 + 1, version=4)), 3)] += 1
+    assert min(counts) > 900
+
+
+@pytest.mark.parametrize(
+    ("promotion", "rules", "expected"),
+    [
+        ({"enabled": True}, {}, True),
+        ({"enabled": False}, {}, False),
+        ({"enabled": False}, {"include_disabled": True}, True),
+        ({"end": PAST}, {}, False),
+        ({"end": PAST}, {"include_expired": True}, True),
+        ({"end": FUTURE}, {}, True),
+        ({"end": None}, {}, True),
+        ({"end": "not a date"}, {}, True),
+        ({"name": "Summer sale"}, {"name_pattern": "sale$"}, True),
+        ({"name": "Summer sale"}, {"name_pattern": "^Winter"}, False),
+        ({}, {"name_pattern": "x"}, False),
+    ],
+)
+def test_discovery_rules(promotion: dict[str, Any], rules: dict[str, Any], expected: bool) -> None:
+    assert wanted(promotion, DiscoverySettings(**rules), now=time.time()) is expected
