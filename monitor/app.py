@@ -154,6 +154,7 @@ class Monitor:
             web,
             clock,
         )
+        metrics.shard_count.set(discovery.shard_count)
         # The scheduler calls this for a promotion removed while its poll was in flight.
         scheduler.on_unwatched = monitor.unwatch
         return monitor

@@ -287,7 +287,7 @@ class ElasticPathClient:
         stamina.instrumentation.set_on_retry_hooks([])
         self.settings = settings
         self.budget = budget
-        self.events: ClientEvents = events or NoEvents()
+        self.events: ClientEvents = NoEvents() if events is None else events
         self._base = URL(settings.base_url)
         self._max_retries = max_retries
         self._wait_initial = retry_wait_initial
@@ -406,7 +406,10 @@ class ElasticPathClient:
             if not isinstance(exc, ApiError):
                 return False
             tries += 1
-            if exc.reason == "rate_limited":
+            # Once per 429 answer: a token request's 429 reaches this hook twice (its own retry
+            # loop, then re-raised as non-transient around the jobs request), so only count it
+            # while it is still transient.
+            if exc.reason == "rate_limited" and exc.transient:
                 self.budget.slow_down()
             if not exc.transient or tries > self._max_retries:
                 return False

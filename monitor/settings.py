@@ -348,7 +348,20 @@ def format_validation_error(exc: ValidationError) -> list[str]:
     return problems
 
 
+class ShardEnvironment(BaseSettings):
+    """SHARD_COUNT: the StatefulSet copies its replica count here, so scaling is one number."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    shard_count: int | None = None
+
+
 def _apply_environment(raw: dict[str, Any]) -> None:
+    shards = ShardEnvironment()
+    if shards.shard_count is not None:
+        sharding = raw.setdefault("sharding", {})
+        if isinstance(sharding, dict):
+            sharding["shard_count"] = shards.shard_count
     overrides = EnvironmentOverrides()
     api = raw.setdefault("api", {})
     if not isinstance(api, dict):

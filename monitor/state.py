@@ -65,7 +65,7 @@ def decode(data: bytes) -> dict[str, PromotionSnapshot]:
     if not isinstance(document, dict) or "promotions" not in document:
         raise ValueError("not a promo-monitor state file")
     version = document.get("version")
-    if version != FORMAT_VERSION:
+    if type(version) is not int or version != FORMAT_VERSION:
         # No older format has ever shipped; a future one must add its migration here.
         raise ValueError(f"state format version {version!r} is not {FORMAT_VERSION}")
     snapshots: dict[str, PromotionSnapshot] = {}

@@ -74,10 +74,11 @@ def load_web_security(server: ServerSettings) -> WebSecurity:
 
 def authorized(header: str | None, username: str, password: str) -> bool:
     """Check an Authorization header for basic auth, in constant time."""
-    if not header or not header.startswith("Basic "):
+    scheme, _, credentials = (header or "").partition(" ")
+    if scheme.lower() != "basic":  # the scheme name is case-insensitive (RFC 9110)
         return False
     try:
-        decoded = base64.b64decode(header[6:], validate=True).decode()
+        decoded = base64.b64decode(credentials.strip(), validate=True).decode()
     except (ValueError, UnicodeDecodeError):
         return False
     user, _, given = decoded.partition(":")

@@ -41,6 +41,7 @@ from tests.deploy_support import (
     markdown_anchors,
     metric_names_in,
 )
+from tests.support import require_tool
 
 pytestmark = pytest.mark.tools
 
@@ -60,23 +61,6 @@ INSTALL_TOOLS = ROOT / "tests" / "tools" / "install-tools.sh"
 
 
 # --- tools ---------------------------------------------------------------------------------------
-
-
-def require_tool(name: str) -> str:
-    """The tool's path; skip loudly when missing and not root, fail when root."""
-    candidates = (Path("/usr/bin") / name, Path("/usr/local/bin") / name)
-    path = shutil.which(name) or next((str(p) for p in candidates if p.exists()), None)
-    if path:
-        return path
-    if os.geteuid() == 0:
-        pytest.fail(
-            f"{name} is not installed although the tests run as root: `make tools` "
-            f"(tests/tools/install-tools.sh) should have installed it from Debian"
-        )
-    pytest.skip(
-        f"!!! {name} NOT INSTALLED and not root: skipping. Install Debian's prometheus and "
-        f"prometheus-alertmanager packages (or run `make tools` as root) to run this check !!!"
-    )
 
 
 def run(*args: str | Path, timeout: float = 60, env: dict[str, str] | None = None) -> str:
@@ -130,6 +114,11 @@ def example(kubectl: str) -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def standalone(kubectl: str) -> list[dict[str, Any]]:
     return kustomize(kubectl, KUBERNETES / "standalone")
+
+
+@pytest.fixture(scope="module")
+def statefulset(kubectl: str) -> list[dict[str, Any]]:
+    return kustomize(kubectl, KUBERNETES / "statefulset")
 
 
 # --- manifest helpers ----------------------------------------------------------------------------
@@ -248,11 +237,20 @@ def test_standalone_renders_one_recreated_replica(standalone: list[dict[str, Any
     pod_monitor_selects(only(standalone, "PodMonitor"), deployment)
 
 
-@pytest.mark.parametrize("variant", ["example", "standalone"])
-def test_builtin_kinds_pass_strict_schema(variant: str, request: pytest.FixtureRequest) -> None:
+@pytest.mark.parametrize(
+    ("variant", "kinds"),
+    [
+        ("example", {"ConfigMap", "Deployment"}),
+        ("standalone", {"ConfigMap", "Deployment"}),
+        ("statefulset", {"ConfigMap", "Service", "StatefulSet"}),
+    ],
+)
+def test_builtin_kinds_pass_strict_schema(
+    variant: str, kinds: set[str], request: pytest.FixtureRequest
+) -> None:
     docs: list[dict[str, Any]] = request.getfixturevalue(variant)
     builtin = [doc for doc in docs if not doc["apiVersion"].startswith("monitoring.coreos.com/")]
-    assert {doc["kind"] for doc in builtin} == {"ConfigMap", "Deployment"}
+    assert {doc["kind"] for doc in builtin} == kinds
     for doc in builtin:
         kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
 
@@ -263,6 +261,65 @@ def test_strict_schema_catches_a_typo(example: list[dict[str, Any]]) -> None:
     deployment["spec"]["template"]["spec"]["initContainers"][0]["restartPolicyy"] = "Always"
     with pytest.raises(kubernetes_validate.ValidationError, match="restartPolicyy"):
         kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
+
+
+def test_statefulset_shards_follow_the_replica_count(statefulset: list[dict[str, Any]]) -> None:
+    sts = only(statefulset, "StatefulSet")
+    pod = sts["spec"]["template"]["spec"]
+    container = by_name(pod["containers"], "promo-monitor")
+    env = {item["name"]: item for item in container["env"]}
+    # One number to scale: the replica count is copied into SHARD_COUNT by the kustomization.
+    assert env["SHARD_COUNT"]["value"] == str(sts["spec"]["replicas"]) == "3"
+    # The shard index is the pod's ordinal, read from its name.
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    for key in SECRET_KEYS:
+        assert env[key]["valueFrom"]["secretKeyRef"] == {"name": SECRET_NAME, "key": key}
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["capabilities"]["drop"] == ["ALL"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    # Each shard keeps its snapshot on its own volume across pod replacements.
+    (claim,) = sts["spec"]["volumeClaimTemplates"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts[claim["metadata"]["name"]] == "/var/lib/promo-monitor"
+    assert only(statefulset, "Service")["spec"]["clusterIP"] == "None"
+    assert sts["spec"]["serviceName"] == only(statefulset, "Service")["metadata"]["name"]
+    pod_monitor_selects(only(statefulset, "PodMonitor"), sts)
+
+
+def test_scaling_the_statefulset_is_one_number(kubectl: str, tmp_path: Path) -> None:
+    """Edit spec.replicas in statefulset.yaml, as the README says: the shard count follows."""
+    tree = tmp_path / "kubernetes"
+    shutil.copytree(KUBERNETES, tree)
+    manifest = tree / "statefulset" / "statefulset.yaml"
+    text = manifest.read_text(encoding="utf-8")
+    assert text.count("replicas: 3") == 1
+    manifest.write_text(text.replace("replicas: 3", "replicas: 5"), encoding="utf-8")
+    docs = kustomize(kubectl, tree / "statefulset")
+    sts = only(docs, "StatefulSet")
+    container = by_name(sts["spec"]["template"]["spec"]["containers"], "promo-monitor")
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    assert sts["spec"]["replicas"] == 5
+    assert env["SHARD_COUNT"] == "5"
+
+
+def test_daemon_accepts_the_statefulset_config_in_a_pod(
+    statefulset: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    """The rendered config plus what the pod provides (secret env, SHARD_COUNT, POD_NAME)."""
+    config = tmp_path / "config.yaml"
+    config.write_text(only(statefulset, "ConfigMap")["data"]["config.yaml"], encoding="utf-8")
+    env = {
+        **os.environ,
+        "EPCC_CLIENT_ID": "id",
+        "EPCC_CLIENT_SECRET": "secret-for-check-config",
+        "SHARD_COUNT": "3",
+        "POD_NAME": "promo-monitor-2",
+    }
+    out = run(sys.executable, "-m", "monitor", "check-config", "--config", config, env=env)
+    assert "discovery: every 300s of promotion, rule_promotion" in out
+    # 20 requests/s for the whole StatefulSet, a third of it for this replica.
+    assert "budget 6.66667 requests/s" in out
 
 
 def test_secret_example_is_valid_placeholder_and_not_deployed() -> None:

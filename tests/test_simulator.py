@@ -19,13 +19,8 @@ from yarl import URL
 
 from monitor.simulator import Fault, RecordedRequest, Simulator, populate_demo
 
-
-def _fixtures_dir() -> Path:
-    local = Path(__file__).parent / "fixtures"
-    return local if local.is_dir() else Path("/work/shared/fixtures")
-
-
-FIXTURES = _fixtures_dir()
+# Elastic Path's documented example responses (copied from shared/fixtures, see its README).
+FIXTURES = Path(__file__).parent / "fixtures"
 START = 1_733_270_626.0  # 2024-12-04T00:03:46Z
 FILTER_ERROR = {
     "errors": [

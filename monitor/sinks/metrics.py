@@ -252,6 +252,12 @@ class MonitorMetrics:
             ["kind"],
             registry=registry,
         )
+        self.shard_count = Gauge(
+            "epcc_monitor_shards",
+            "How many replicas share the promotions (sharding.shard_count); alerts compare it "
+            "with the replicas that report.",
+            registry=registry,
+        )
         self.discovery_errors = Counter(
             "epcc_monitor_discovery_errors_total",
             "Discovery runs that failed (the last known list is kept), by reason.",
