@@ -11,6 +11,7 @@ help:
 	@echo "make test   - lint, then the whole test suite (installs what it needs)"
 	@echo "make lint   - ruff (lint + format check) and mypy --strict"
 	@echo "make bench  - performance benchmarks (results in tests/benchmarks/results/)"
+	@echo "make soak   - an hour of simulated time at 1,000 promotions with faults"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +42,10 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m tests.benchmarks
+
+# An hour of simulated time at 1,000 promotions with random faults (a few minutes); not part of `make test`.
+soak: $(STAMP)
+	$(BIN)/python -m tests.benchmarks.soak
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 from collections.abc import AsyncIterator
@@ -12,6 +13,14 @@ from pathlib import Path
 import pytest
 
 from monitor.simulator import Simulator
+from tests.deploy_support import (
+    ALERTS,
+    DASHBOARD,
+    alert_rules,
+    dashboard_metric_names,
+    load_yaml,
+    metric_names_in,
+)
 from tests.support import Daemon, require_tool, series, value, write_config
 
 
@@ -331,3 +340,25 @@ async def test_secrets_never_reach_logs_or_metrics(store: Store, tmp_path: Path)
     assert store.sim.client_secret not in everything
     for token in store.sim.issued_tokens():
         assert token not in everything
+
+
+async def test_dashboard_and_alert_rules_query_only_metrics_the_monitor_serves(
+    store: Store, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path, store.sim, store.promotions())
+    daemon = await Daemon.start(config)
+    try:
+        await daemon.wait_for("baseline_loaded", count=3)
+        _, text = await daemon.get("/metrics")
+    finally:
+        await daemon.stop()
+    # Every family the live monitor declares, even those with no sample yet.
+    served = set(re.findall(r"^# TYPE (\S+) ", text, re.MULTILINE))
+    assert "epcc_promotion_job_failures_total" in served
+    dashboard = dashboard_metric_names(DASHBOARD)
+    assert dashboard, "the dashboard queries no epcc_* metric at all"
+    assert dashboard <= served, dashboard - served
+    rules = set()
+    for rule in alert_rules(load_yaml(ALERTS)["groups"]):
+        rules |= metric_names_in(rule["expr"])
+    assert rules <= served, rules - served
