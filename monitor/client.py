@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any, Final, Literal, Protocol
+from typing import Any, Final, Literal, Protocol, get_args
 
 import aiohttp
 import stamina
@@ -34,16 +34,7 @@ Reason = Literal[
     "http_5xx",
     "bad_response",
 ]
-REASONS: Final[tuple[Reason, ...]] = (
-    "timeout",
-    "network",
-    "rate_limited",
-    "auth",
-    "not_found",
-    "http_4xx",
-    "http_5xx",
-    "bad_response",
-)
+REASONS: Final[tuple[Reason, ...]] = get_args(Reason)
 # The API refuses offsets beyond this; stores with more jobs per promotion are read partially.
 MAX_OFFSET: Final = 10_000
 # A jobs page of 100 is ~100 KB; anything far larger is not an answer we should hold in memory.

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -213,3 +214,16 @@ def require_tool(name: str) -> str:
             pytest.fail(f"{name} is missing though we run as root: `make tools` should install it")
         pytest.skip(f"{name} not installed and not root: run `sudo make tools` to test this")
     return found
+
+
+def promtool_check_metrics(promtool: str, exposition: str) -> tuple[int, str]:
+    """`promtool check metrics` on an exposition: its exit code and everything it printed."""
+    result = subprocess.run(
+        [promtool, "check", "metrics"],
+        input=exposition,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+    return result.returncode, result.stdout + result.stderr
