@@ -12,8 +12,14 @@ class RequestBudget:
 
     A leaky bucket with a burst allowance would let a cycle start with a burst; Elastic Path's
     limit is shared by every client of the store, so requests are spaced instead: in any
-    one-second window at most `rate` requests start.
+    one-second window at most `rate` requests start. Slots are granted one at a time (FIFO)
+    and measured from the moment of the grant, so an event loop that stalls for a moment
+    cannot release a bunch of overdue requests at once.
     """
+
+    # Grants are spaced this much wider than 1/rate, so the few milliseconds of jitter between
+    # a grant and the request reaching the store cannot push any one-second window over `rate`.
+    SAFETY = 1.02
 
     def __init__(
         self,
@@ -31,6 +37,7 @@ class RequestBudget:
         self._clock = clock
         self._sleep = sleep
         self._next_slot = 0.0
+        self._turn = asyncio.Lock()
 
     @property
     def rate(self) -> float:
@@ -39,14 +46,14 @@ class RequestBudget:
 
     async def acquire(self) -> float:
         """Wait for the next free slot; returns the seconds waited."""
-        now = self._clock()
-        # The slot is reserved before sleeping, so concurrent callers queue in arrival order.
-        slot = max(now, self._next_slot)
-        self._next_slot = slot + 1.0 / self._rate
-        wait = slot - now
-        if wait > 0:
-            await self._sleep(wait)
-        return wait
+        started = self._clock()
+        async with self._turn:
+            wait = self._next_slot - self._clock()
+            if wait > 0:
+                await self._sleep(wait)
+            granted = self._clock()
+            self._next_slot = granted + self.SAFETY / self._rate
+        return granted - started
 
     def slow_down(self) -> None:
         """Halve the rate after a 429: the store is over its limit and we must not keep it there."""

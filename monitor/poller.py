@@ -15,6 +15,14 @@ from monitor.sinks.logs import LogSink
 from monitor.sinks.metrics import MonitorMetrics
 from monitor.state import SnapshotStore
 
+# What an operator should check, by failure reason; shown in the poll_failed event.
+HINTS = {
+    "auth": "check the credentials (EPCC_CLIENT_ID, EPCC_CLIENT_SECRET or api.client_secret_file, "
+    "api.token_file) and that the API key may read promotions",
+    "not_found": "the promotion is deleted, or its kind is wrong (rule_promotion vs promotion)",
+    "rate_limited": "the store is at its request limit; lower api.max_requests_per_second",
+}
+
 
 @dataclass(frozen=True, slots=True)
 class PollOutcome:
@@ -59,6 +67,9 @@ class Poller:
             fields: dict[str, object] = {"promotion_id": pid, "reason": exc.reason}
             if exc.http_status is not None:
                 fields["http_status"] = exc.http_status
+            hint = HINTS.get(exc.reason)
+            if hint:
+                fields["hint"] = hint
             self._log.warning("poll_failed", detail=str(exc), **fields)
             return PollOutcome(pid, ok=False, reason=exc.reason)
         except Exception as exc:

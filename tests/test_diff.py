@@ -253,3 +253,46 @@ def test_every_failure_is_a_job_now_failed_that_was_not_failed_before(
     now_failed = {j.id for j in {j.id: j for j in b}.values() if j.status == "failed"}
     before_failed = {j.id for j in previous.jobs.values() if j.status == "failed"}
     assert failures == now_failed - before_failed
+
+
+DAY = 86_400.0
+
+
+def test_retention_drops_old_finished_jobs_silently_from_both_sides() -> None:
+    old = NOW - 10 * DAY
+    previous = snap(
+        job("old-done", "completed", since=old),
+        job("old-failed", "failed", since=old),
+        job("old-but-active", "pending", since=old),
+        job("recent", "completed"),
+    )
+    # The API still returns the old jobs: they must neither vanish nor come back as new.
+    current = [
+        job("old-done", "completed", since=old),
+        job("old-but-active", "pending", since=old),
+        job("recent", "completed"),
+        job("older-new", "failed", since=old),
+    ]
+    result = diff(previous, current, promotion_id=PID, now=NOW, stuck_after=1e9, retention=7 * DAY)
+    assert result.changes == []
+    assert set(result.snapshot.jobs) == {"old-but-active", "recent"}
+
+
+def test_retention_keeps_the_snapshot_object_when_nothing_expired() -> None:
+    previous = snap(job("a", "completed"))
+    result = diff(
+        previous,
+        [job("a", "completed")],
+        promotion_id=PID,
+        now=NOW,
+        stuck_after=1e9,
+        retention=7 * DAY,
+    )
+    assert result.snapshot is previous
+
+
+def test_a_baseline_leaves_out_expired_history() -> None:
+    current = [job("old", "failed", since=NOW - 30 * DAY), job("new", "failed")]
+    result = diff(None, current, promotion_id=PID, now=NOW, stuck_after=1e9, retention=7 * DAY)
+    assert set(result.snapshot.jobs) == {"new"}
+    assert result.changes[0].counts == {"failed": 1}
