@@ -329,11 +329,16 @@ class ElasticPathClient:
             str(self._base), promotion_id, kind, job_filter, self.settings.page_limit
         )
 
-    async def fetch_jobs(self, target: JobsTarget) -> FetchResult:
-        """Every job of one promotion, as far as the API pages."""
+    async def fetch_jobs(
+        self, target: JobsTarget, known: Mapping[str, Job] | None = None
+    ) -> FetchResult:
+        """Every job of one promotion, as far as the API pages.
+
+        `known`: the jobs the monitor already holds, reused where the API shows them unchanged.
+        """
         result = FetchResult()
         async for data in self._pages(target.url, target.params, target.endpoint, result):
-            parsed = parse_jobs(data)
+            parsed = parse_jobs(data, known)
             result.jobs.extend(parsed.jobs)
             result.skipped.extend(parsed.skipped)
         return result

@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from monitor.models import Change, ChangeKind, Job, PromotionSnapshot
+from monitor.models import ACTIVE_STATUSES, Change, ChangeKind, Job, PromotionSnapshot
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +23,14 @@ class Diff:
 def _expired(job: Job, horizon: float) -> bool:
     since = job.status_since
     return job.is_terminal and since is not None and since < horizon
+
+
+def prune(snapshot: PromotionSnapshot, horizon: float) -> PromotionSnapshot:
+    """The snapshot without finished jobs that entered their status before `horizon`."""
+    if snapshot.oldest_finished is None or snapshot.oldest_finished >= horizon:
+        return snapshot  # the common case, answered without looking at any job
+    kept = {k: j for k, j in snapshot.jobs.items() if not _expired(j, horizon)}
+    return PromotionSnapshot(snapshot.promotion_id, kept, snapshot.stuck & kept.keys())
 
 
 def is_stuck(job: Job, now: float, stuck_after: float) -> bool:
@@ -51,10 +59,11 @@ def diff(
     jobs = {job.id: job for job in current}
     if retention is not None:
         horizon = now - retention
-        jobs = {k: j for k, j in jobs.items() if not _expired(j, horizon)}
-        if previous is not None and any(_expired(j, horizon) for j in previous.jobs.values()):
-            kept = {k: j for k, j in previous.jobs.items() if not _expired(j, horizon)}
-            previous = PromotionSnapshot(previous.promotion_id, kept, previous.stuck & kept.keys())
+        if previous is not None:
+            previous = prune(previous, horizon)
+        # Only jobs we do not hold need the check: the snapshot never holds expired ones.
+        known = previous.jobs if previous is not None else {}
+        jobs = {k: j for k, j in jobs.items() if k in known or not _expired(j, horizon)}
 
     if previous is None:
         # First sight of a promotion: its history is the baseline, not news. Jobs already
@@ -72,17 +81,20 @@ def diff(
             changes.append(Change(ChangeKind.DISCOVERED, promotion_id, job))
         elif old.status != job.status:
             changes.append(Change(ChangeKind.STATUS_CHANGED, promotion_id, job, old))
-        elif old != job:
+        elif old is not job and old != job:
             changes.append(Change(ChangeKind.UPDATED, promotion_id, job, old))
     changes.extend(
         Change(ChangeKind.VANISHED, promotion_id, old)
         for job_id, old in before.items()
         if job_id not in jobs
     )
+    # The status test first: almost every job is finished, and that settles it cheaply.
     changes.extend(
         Change(ChangeKind.STUCK, promotion_id, job)
         for job in jobs.values()
-        if job.id not in previous.stuck and is_stuck(job, now, stuck_after)
+        if job.status in ACTIVE_STATUSES
+        and job.id not in previous.stuck
+        and is_stuck(job, now, stuck_after)
     )
     if not changes:
         return Diff(changes, previous)

@@ -59,8 +59,9 @@ class Poller:
     async def poll(self, target: JobsTarget) -> PollOutcome:
         pid = target.promotion_id
         started = time.perf_counter()
+        held = self._store.get(pid)
         try:
-            result = await self._client.fetch_jobs(target)
+            result = await self._client.fetch_jobs(target, held.jobs if held else None)
         except ApiError as exc:
             # What the monitor knew stays known: no vanished jobs, gauges keep their values.
             self._metrics.poll_failed(pid, exc.reason)

@@ -29,20 +29,40 @@ class Discarded:
     reason: str
 
 
-def encode(snapshots: dict[str, PromotionSnapshot], saved_at: float) -> bytes:
-    """The on-disk form: compact job rows, so 100k jobs stay a few MB."""
-    promotions = {
-        pid: {
-            "jobs": [
-                [j.id, j.job_type, j.status, j.error, j.created_at, j.updated_at]
-                for j in snap.jobs.values()
-            ],
-            "stuck": sorted(snap.stuck),
-        }
-        for pid, snap in snapshots.items()
-    }
-    document = {"version": FORMAT_VERSION, "saved_at": saved_at, "promotions": promotions}
-    return json.dumps(document, separators=(",", ":")).encode()
+Fragments = dict[str, tuple[PromotionSnapshot, bytes]]
+
+
+def _fragment(snap: PromotionSnapshot) -> bytes:
+    rows = [
+        [j.id, j.job_type, j.status, j.error, j.created_at, j.updated_at]
+        for j in snap.jobs.values()
+    ]
+    return json.dumps({"jobs": rows, "stuck": sorted(snap.stuck)}, separators=(",", ":")).encode()
+
+
+def encode(
+    snapshots: dict[str, PromotionSnapshot], saved_at: float, cache: Fragments | None = None
+) -> bytes:
+    """The on-disk form: compact job rows, so 100k jobs stay a few MB.
+
+    With `cache`, a promotion whose snapshot object is unchanged since the last write reuses
+    its encoded bytes: a write costs the changed promotions, not all of them.
+    """
+    parts: list[bytes] = []
+    for pid, snap in snapshots.items():
+        cached = cache.get(pid) if cache is not None else None
+        if cached is not None and cached[0] is snap:
+            fragment = cached[1]
+        else:
+            fragment = _fragment(snap)
+            if cache is not None:
+                cache[pid] = (snap, fragment)
+        parts.append(json.dumps(pid).encode() + b":" + fragment)
+    if cache is not None:
+        for gone in cache.keys() - snapshots.keys():
+            del cache[gone]
+    head = json.dumps({"version": FORMAT_VERSION, "saved_at": saved_at}, separators=(",", ":"))
+    return head[:-1].encode() + b',"promotions":{' + b",".join(parts) + b"}}"
 
 
 def _optional_float(value: Any) -> float | None:
@@ -123,6 +143,7 @@ class SnapshotStore:
         self._lock = asyncio.Lock()
         self._generation = 0  # bumped by every change in memory
         self._written = 0  # the generation the file on disk holds
+        self._fragments: Fragments = {}  # only touched under _lock, in the writer thread
 
     def load(self) -> Discarded | None:
         """Load the file if there is one; a torn or foreign file is set aside, never fatal."""
@@ -177,6 +198,6 @@ class SnapshotStore:
             generation = self._generation
             # Snapshots are immutable, so a shallow copy is a consistent view to encode off-loop.
             view = dict(self._snapshots)
-            data = await asyncio.to_thread(encode, view, saved_at)
+            data = await asyncio.to_thread(encode, view, saved_at, self._fragments)
             await asyncio.to_thread(write_atomic, self.path, data)
             self._written = generation

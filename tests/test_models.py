@@ -321,3 +321,44 @@ def test_parse_job_never_raises_on_job_like_objects(obj: dict[str, Any]) -> None
 def test_parse_jobs_accounts_for_every_object(data: list[object]) -> None:
     parsed = parse_jobs(data)
     assert len(parsed.jobs) + len(parsed.skipped) == len(data)
+
+
+def _raw(
+    status: str = "processing", updated: str = "2024-12-04T00:03:46.388Z", **extra: object
+) -> dict[str, object]:
+    job: dict[str, object] = {
+        "id": "84d86114-a92d-4c34-92f1-3e36ef6cabeb",
+        "job_type": "code_generate",
+        "status": status,
+        "meta": {"timestamps": {"created_at": "2024-12-04T00:00:00Z", "updated_at": updated}},
+    }
+    job.update(extra)
+    return job
+
+
+def test_an_unchanged_job_is_reused_from_what_the_monitor_holds() -> None:
+    first = parse_job(_raw())
+    assert isinstance(first, Job)
+    known = {first.id: first}
+    assert parse_job(_raw(), known) is first
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        _raw(status="failed"),
+        _raw(updated="2024-12-04T00:09:00.000Z"),
+        _raw(error="codes limit exceeded"),
+        _raw(status=["not", "a", "string"]),  # type: ignore[arg-type]
+        _raw(status="COMPLETED"),
+    ],
+)
+def test_any_change_in_status_error_or_updated_at_is_parsed_afresh(
+    changed: dict[str, object],
+) -> None:
+    first = parse_job(_raw())
+    assert isinstance(first, Job)
+    again = parse_job(changed, {first.id: first})
+    fresh = parse_job(changed)
+    assert again is not first
+    assert again == fresh

@@ -389,3 +389,21 @@ def test_retain_of_every_known_promotion_changes_nothing(tmp_path: Path) -> None
     assert store.retain(set(SNAPSHOTS)) == []
     assert len(store) == len(SNAPSHOTS)
     assert not store.dirty
+
+
+def test_cached_encoding_is_identical_and_follows_changes() -> None:
+    a = PromotionSnapshot("a", {"j1": Job("j1", "code_generate", "pending", None, 1.0, 2.0)})
+    b = PromotionSnapshot("b", {"j2": Job("j2", "code_export", "failed", "boom", 1.0, None)})
+    cache: dict[str, tuple[PromotionSnapshot, bytes]] = {}
+    first = encode({"a": a, "b": b}, 5.0, cache)
+    assert first == encode({"a": a, "b": b}, 5.0)
+    assert set(cache) == {"a", "b"}
+    cached_b = cache["b"][1]
+    # a changes, b does not: b's fragment is reused as is, a's is new.
+    a2 = PromotionSnapshot("a", {"j1": Job("j1", "code_generate", "failed", "x", 1.0, 3.0)})
+    second = encode({"a": a2, "b": b}, 6.0, cache)
+    assert cache["b"][1] is cached_b
+    assert decode(second) == {"a": a2, "b": b}
+    # A promotion that is gone leaves the cache too.
+    encode({"a": a2}, 7.0, cache)
+    assert set(cache) == {"a"}
