@@ -89,9 +89,9 @@ class Job:
     error: str | None = None
     created_at: float | None = None
     updated_at: float | None = None
-    # updated_at as the API wrote it: the next poll compares raw text instead of re-parsing.
-    # Not part of the job's identity, and not persisted.
-    updated_raw: str | None = field(default=None, compare=False, repr=False)
+    # hash() of updated_at as the API wrote it: the next poll compares it instead of re-parsing
+    # (an int is a third of the string's memory). Not part of the job's identity, not persisted.
+    updated_key: int | None = field(default=None, compare=False, repr=False)
 
     @property
     def is_active(self) -> bool:
@@ -145,7 +145,7 @@ def _unchanged(obj: dict[str, Any], known: Mapping[str, Job]) -> Job | None:
     created_at never change, so they need no comparison.)
     """
     previous = known.get(obj["id"])
-    if previous is None:
+    if previous is None or previous.updated_key is None:
         return None
     status = obj.get("status")
     if type(status) is not str or _CLEAN_STATUSES.get(status) != previous.status:
@@ -153,7 +153,7 @@ def _unchanged(obj: dict[str, Any], known: Mapping[str, Job]) -> Job | None:
     meta = obj.get("meta")
     timestamps = meta.get("timestamps") if type(meta) is dict else None
     updated = timestamps.get("updated_at") if type(timestamps) is dict else None
-    if updated is None or updated != previous.updated_raw:
+    if type(updated) is not str or hash(updated) != previous.updated_key:
         return None
     return previous if obj.get("error") == previous.error else None
 
@@ -190,7 +190,7 @@ def parse_job(obj: object, known: Mapping[str, Job] | None = None) -> Job | str:
         error=single_line(error) if error else None,
         created_at=parse_timestamp(timestamps.get("created_at")),
         updated_at=updated_at,
-        updated_raw=updated_raw if updated_at is not None else None,
+        updated_key=hash(updated_raw) if updated_at is not None else None,
     )
 
 

@@ -40,16 +40,18 @@ def _fragment(snap: PromotionSnapshot) -> bytes:
     return json.dumps({"jobs": rows, "stuck": sorted(snap.stuck)}, separators=(",", ":")).encode()
 
 
-def encode(
+def encode_parts(
     snapshots: dict[str, PromotionSnapshot], saved_at: float, cache: Fragments | None = None
-) -> bytes:
-    """The on-disk form: compact job rows, so 100k jobs stay a few MB.
+) -> list[bytes]:
+    """The on-disk form as chunks to write one after another: compact job rows, so 100k jobs
+    stay a few MB, and never one more copy of the whole file in memory.
 
     With `cache`, a promotion whose snapshot object is unchanged since the last write reuses
     its encoded bytes: a write costs the changed promotions, not all of them.
     """
-    parts: list[bytes] = []
-    for pid, snap in snapshots.items():
+    head = json.dumps({"version": FORMAT_VERSION, "saved_at": saved_at}, separators=(",", ":"))
+    parts = [head[:-1].encode() + b',"promotions":{']
+    for n, (pid, snap) in enumerate(snapshots.items()):
         cached = cache.get(pid) if cache is not None else None
         if cached is not None and cached[0] is snap:
             fragment = cached[1]
@@ -57,12 +59,20 @@ def encode(
             fragment = _fragment(snap)
             if cache is not None:
                 cache[pid] = (snap, fragment)
-        parts.append(json.dumps(pid).encode() + b":" + fragment)
+        parts.append((b"," if n else b"") + json.dumps(pid).encode() + b":")
+        parts.append(fragment)
+    parts.append(b"}}")
     if cache is not None:
         for gone in cache.keys() - snapshots.keys():
             del cache[gone]
-    head = json.dumps({"version": FORMAT_VERSION, "saved_at": saved_at}, separators=(",", ":"))
-    return head[:-1].encode() + b',"promotions":{' + b",".join(parts) + b"}}"
+    return parts
+
+
+def encode(
+    snapshots: dict[str, PromotionSnapshot], saved_at: float, cache: Fragments | None = None
+) -> bytes:
+    """The whole state file as one bytes object (see encode_parts)."""
+    return b"".join(encode_parts(snapshots, saved_at, cache))
 
 
 def _optional_float(value: Any) -> float | None:
@@ -111,13 +121,16 @@ def decode(data: bytes) -> dict[str, PromotionSnapshot]:
     return snapshots
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes | list[bytes]) -> None:
     """Write via a temp file in the same directory, fsync, then rename over the old file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            if isinstance(data, bytes):
+                handle.write(data)
+            else:
+                handle.writelines(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -189,6 +202,10 @@ class SnapshotStore:
     def dirty(self) -> bool:
         return self._written < self._generation
 
+    def _write(self, view: dict[str, PromotionSnapshot], saved_at: float) -> None:
+        # One thread hop for encoding and writing; the fragments are reused, never copied.
+        write_atomic(self.path, encode_parts(view, saved_at, self._fragments))
+
     async def persist(self, saved_at: float) -> None:
         """Make every change made so far durable; concurrent callers share one write."""
         wanted = self._generation
@@ -198,6 +215,5 @@ class SnapshotStore:
             generation = self._generation
             # Snapshots are immutable, so a shallow copy is a consistent view to encode off-loop.
             view = dict(self._snapshots)
-            data = await asyncio.to_thread(encode, view, saved_at, self._fragments)
-            await asyncio.to_thread(write_atomic, self.path, data)
+            await asyncio.to_thread(self._write, view, saved_at)
             self._written = generation
