@@ -28,8 +28,9 @@ from monitor.sinks.metrics import MonitorMetrics
 from monitor.state import SnapshotStore
 from monitor.web import Health, WebServer, build_app, load_web_security
 
-# SIGTERM gives in-flight polls this long before they are cancelled; Kubernetes waits 30 s.
-SHUTDOWN_GRACE_SECONDS = 5.0
+# SIGTERM gives in-flight polls this long before they are cancelled, so that with the final
+# state write the process is gone within 5 s (Kubernetes would wait 30 s before SIGKILL).
+SHUTDOWN_GRACE_SECONDS = 4.0
 
 
 class ClientEventsToMetrics:
@@ -227,6 +228,7 @@ class Monitor:
         """Forget a promotion that is no longer watched: its series and its snapshot."""
         self.metrics.forget(promotion_id)
         self.store.drop(promotion_id)
+        self.client.forget(promotion_id)
 
     async def discover(self) -> None:
         """One discovery run; a failure keeps the last known list."""

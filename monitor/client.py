@@ -129,6 +129,38 @@ class FetchResult:
     # True when the promotion has more jobs than the API lets anyone page through.
     truncated: bool = False
     pages: int = 0
+    # True when every page was byte-identical to the last poll's: nothing can have changed.
+    unchanged: bool = True
+
+
+# A body's length and in-process hash: equal keys mean the same bytes (hash() is 64-bit SipHash;
+# with the length also equal a collision is not a practical concern). Never persisted: the
+# hash seed differs per process.
+BodyKey = tuple[int, int]
+UNCHANGED: Final = object()
+
+
+def body_key(body: bytes) -> BodyKey:
+    return (len(body), hash(body))
+
+
+@dataclass(frozen=True, slots=True)
+class Keyed:
+    """A page's answer with its body key; document is UNCHANGED when the bytes were the same."""
+
+    key: BodyKey
+    document: Any
+
+
+@dataclass(frozen=True, slots=True)
+class _SeenPage:
+    """What one page of a promotion's jobs gave at the last successful poll."""
+
+    key: BodyKey
+    count: int
+    total: int | None
+    jobs: tuple[Job, ...]
+    skipped: tuple[str, ...]
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
@@ -286,6 +318,7 @@ class ElasticPathClient:
         self._headers = {"Accept": "application/json", "User-Agent": user_agent}
         self._timeout = aiohttp.ClientTimeout(total=settings.timeout_seconds)
         self._session: aiohttp.ClientSession | None = None
+        self._pages_seen: dict[str, dict[int, _SeenPage]] = {}
         self.tokens: TokenSource
         if settings.token_file is not None:
             self.tokens = StaticTokenFile(settings.token_file)
@@ -332,16 +365,57 @@ class ElasticPathClient:
     async def fetch_jobs(
         self, target: JobsTarget, known: Mapping[str, Job] | None = None
     ) -> FetchResult:
-        """Every job of one promotion, as far as the API pages.
+        """Every job of one promotion, as far as the API pages, driven by meta.results.total.
 
         `known`: the jobs the monitor already holds, reused where the API shows them unchanged.
+        A page whose bytes are identical to the last poll's is not even decoded: most polls of
+        most promotions see nothing new, and they should cost little more than the request.
+        links.next is ignored on purpose: the real API fills it even on the last page.
         """
         result = FetchResult()
-        async for data in self._pages(target.url, target.params, target.endpoint, result):
-            parsed = parse_jobs(data, known)
-            result.jobs.extend(parsed.jobs)
-            result.skipped.extend(parsed.skipped)
+        before = self._pages_seen.get(target.promotion_id, {}) if known is not None else {}
+        seen: dict[int, _SeenPage] = {}
+        limit = self.settings.page_limit
+        offset = 0
+        while True:
+            if offset > MAX_OFFSET:
+                result.truncated = True
+                break
+            last = before.get(offset)
+            answer: Keyed = await self._get_json(
+                target.url,
+                {**target.params, "page[offset]": str(offset)},
+                target.endpoint,
+                keyed=True,
+                unchanged_if=last.key if last is not None else None,
+            )
+            if answer.document is UNCHANGED and last is not None:
+                page = last
+            else:
+                data, total = _list_page(answer.document, target.endpoint)
+                parsed = parse_jobs(data, known)
+                page = _SeenPage(
+                    answer.key, len(data), total, tuple(parsed.jobs), tuple(parsed.skipped)
+                )
+                result.unchanged = False
+            seen[offset] = page
+            result.pages += 1
+            result.jobs.extend(page.jobs)
+            result.skipped.extend(page.skipped)
+            if page.count == 0:
+                break
+            offset += limit
+            if page.total is not None and offset >= page.total:
+                break
+            if page.total is None and page.count < limit:
+                break
+        result.unchanged = result.unchanged and len(seen) == len(before)
+        self._pages_seen[target.promotion_id] = seen
         return result
+
+    def forget(self, promotion_id: str) -> None:
+        """Drop what the client remembers of a promotion's pages."""
+        self._pages_seen.pop(promotion_id, None)
 
     async def list_promotions(self, kind: PromotionKind) -> list[Mapping[str, Any]]:
         """Every promotion of one kind (GET /v2/promotions or /v2/rule-promotions)."""
@@ -388,9 +462,25 @@ class ElasticPathClient:
 
         return await self._with_retries(endpoint, attempt)
 
-    async def _get_json(self, url: URL, params: Mapping[str, str], endpoint: str) -> Any:
+    async def _get_json(
+        self,
+        url: URL,
+        params: Mapping[str, str],
+        endpoint: str,
+        *,
+        keyed: bool = False,
+        unchanged_if: BodyKey | None = None,
+    ) -> Any:
         async def attempt() -> Any:
-            return await self._send("GET", url, endpoint, params=params, authorize=True)
+            return await self._send(
+                "GET",
+                url,
+                endpoint,
+                params=params,
+                authorize=True,
+                keyed=keyed,
+                unchanged_if=unchanged_if,
+            )
 
         return await self._with_retries(endpoint, attempt)
 
@@ -435,7 +525,11 @@ class ElasticPathClient:
         params: Mapping[str, str] | None = None,
         data: Mapping[str, str] | None = None,
         authorize: bool,
+        keyed: bool = False,
+        unchanged_if: BodyKey | None = None,
     ) -> Any:
+        """The decoded JSON answer; with `keyed`, a Keyed answer whose document is UNCHANGED
+        when the body is the one `unchanged_if` describes."""
         stale: str | None = None
         # Two rounds at most: a 401 on the first gets one fresh token, then it is an auth error.
         for round_ in (1, 2):
@@ -461,8 +555,11 @@ class ElasticPathClient:
                 continue
             if 200 <= status < 300:
                 self.budget.recover()
+                key = body_key(body) if keyed else None
+                if key is not None and key == unchanged_if:
+                    return Keyed(key, UNCHANGED)
                 try:
-                    return json.loads(body)
+                    document = json.loads(body)
                 except (ValueError, RecursionError):
                     raise ApiError(
                         "bad_response",
@@ -470,6 +567,7 @@ class ElasticPathClient:
                         http_status=status,
                         transient=True,
                     ) from None
+                return document if key is None else Keyed(key, document)
             reason = classify_status(status)
             raise ApiError(
                 reason,

@@ -223,17 +223,21 @@ class PromotionSnapshot:
     stuck: frozenset[str] = field(default_factory=frozenset)
     # When the oldest finished job finished: lets retention skip the scan until one expires.
     oldest_finished: float | None = field(init=False, compare=False, repr=False)
+    # Whether any job is pending/processing/cancelling (and so could become stuck).
+    has_active: bool = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        oldest = min(
-            (
-                since
-                for job in self.jobs.values()
-                if job.is_terminal and (since := job.status_since) is not None
-            ),
-            default=None,
-        )
+        oldest: float | None = None
+        active = False
+        for job in self.jobs.values():
+            if job.status in ACTIVE_STATUSES:
+                active = True
+            elif job.status in TERMINAL_STATUSES:
+                since = job.status_since
+                if since is not None and (oldest is None or since < oldest):
+                    oldest = since
         object.__setattr__(self, "oldest_finished", oldest)
+        object.__setattr__(self, "has_active", active)
 
 
 class ChangeKind(enum.StrEnum):

@@ -91,7 +91,10 @@ class PollPlan:
         entry.in_flight = False
         entry.active = active
         interval = self.active_interval if active else self.interval
-        entry.due = next_due(now, self.anchor, interval, entry.phase)
+        # At least half an interval from now: right after a promotion's first poll its grid slot
+        # may be seconds away, and polling it twice in a row would only spend budget. In the
+        # steady state (polls on the grid) this is exactly the next slot.
+        entry.due = next_due(now + interval / 2, self.anchor, interval, entry.phase)
 
     def lag(self, now: float) -> float:
         """How far behind schedule the most overdue waiting promotion is (0 when on time)."""

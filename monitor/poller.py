@@ -10,7 +10,7 @@ import structlog
 
 from monitor.client import ApiError, ElasticPathClient, JobsTarget
 from monitor.diff import Diff, diff
-from monitor.models import Change
+from monitor.models import Change, PromotionSnapshot
 from monitor.sinks.logs import LogSink
 from monitor.sinks.metrics import MonitorMetrics
 from monitor.state import SnapshotStore
@@ -56,6 +56,12 @@ class Poller:
         self._log = structlog.get_logger()
         self._truncation_warned: set[str] = set()
 
+    def _needs_diff(self, snapshot: PromotionSnapshot, now: float) -> bool:
+        if snapshot.has_active:
+            return True
+        oldest = snapshot.oldest_finished
+        return self._retention is not None and oldest is not None and oldest < now - self._retention
+
     async def poll(self, target: JobsTarget) -> PollOutcome:
         pid = target.promotion_id
         started = time.perf_counter()
@@ -92,6 +98,12 @@ class Poller:
                 reason=result.skipped[0],
             )
         previous = self._store.get(pid)
+        now = self._clock()
+        if result.unchanged and previous is not None and not self._needs_diff(previous, now):
+            # Same bytes as last time, nothing active that could turn stuck, nothing expiring:
+            # the diff could only say "no change".
+            self._metrics.poll_succeeded(pid, now)
+            return PollOutcome(pid, ok=True)
         jobs = result.jobs
         if result.truncated:
             if pid not in self._truncation_warned:
@@ -107,7 +119,6 @@ class Poller:
                 seen = {job.id for job in jobs}
                 jobs = jobs + [job for job in previous.jobs.values() if job.id not in seen]
 
-        now = self._clock()
         outcome: Diff = diff(
             previous,
             jobs,

@@ -1064,3 +1064,26 @@ def http_date(epoch: float) -> str:
 )
 def test_parse_retry_after(value: str | None, expected: float | None) -> None:
     assert parse_retry_after(value, NOW) == expected
+
+
+async def test_a_byte_identical_page_is_not_decoded_again(sim: Simulator, connect: Connect) -> None:
+    pid = sim.add_promotion()
+    sim.add_jobs(pid, 130, status="completed")
+    client = connect()
+    target = client.target(pid, PromotionKind.PROMOTION)
+    first = await client.fetch_jobs(target, {})
+    assert not first.unchanged
+    known = {job.id: job for job in first.jobs}
+    second = await client.fetch_jobs(target, known)
+    # Same bytes on both pages: the very same Job objects, nothing re-parsed.
+    assert second.unchanged
+    assert [id(job) for job in second.jobs] == [id(job) for job in first.jobs]
+    changed = first.jobs[-1].id
+    sim.set_job_status(pid, changed, "failed", error="codes limit exceeded")
+    third = await client.fetch_jobs(target, known)
+    assert not third.unchanged
+    by_id = {job.id: job for job in third.jobs}
+    assert by_id[changed].status == "failed"
+    assert len(third.jobs) == 130
+    # The unchanged first page was still reused as is.
+    assert third.jobs[0] is first.jobs[0]
