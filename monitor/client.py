@@ -204,6 +204,30 @@ def classify_status(status: int) -> Reason:
     return "http_4xx"
 
 
+class Redactions:
+    """Every secret value the process has handled (client secret, tokens), to scrub from text.
+
+    Error bodies are the API's words, not ours: one that quotes the request's credentials back
+    must not carry them into a log line or an exception.
+    """
+
+    MARK: Final = "[redacted]"
+
+    def __init__(self) -> None:
+        self._values: set[str] = set()
+
+    def remember(self, value: str) -> str:
+        if len(value) >= 4:  # shorter values would scrub innocent text and protect nothing
+            self._values.add(value)
+        return value
+
+    def scrub(self, text: str) -> str:
+        for value in self._values:
+            if value in text:
+                text = text.replace(value, self.MARK)
+        return text
+
+
 class TokenSource(Protocol):
     async def token(self, stale: str | None) -> str:
         """A bearer token; `stale` is one the API just rejected, so do not return it again."""
@@ -213,8 +237,9 @@ class TokenSource(Protocol):
 class StaticTokenFile:
     """A bearer token kept in a file by someone else (e.g. a mounted Secret); re-read on 401."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, redactions: Redactions) -> None:
         self._path = path
+        self._redactions = redactions
         self._token: str | None = None
 
     async def token(self, stale: str | None) -> str:
@@ -228,7 +253,7 @@ class StaticTokenFile:
             fresh = text.strip()
             if not fresh or fresh == stale:
                 raise ApiError("auth", f"the token in {self._path} was rejected or is empty")
-            self._token = fresh
+            self._token = self._redactions.remember(fresh)
         return self._token
 
 
@@ -258,14 +283,14 @@ class ClientCredentials:
             form = {
                 "grant_type": "client_credentials",
                 "client_id": self._client_id,
-                "client_secret": await self._secret(),
+                "client_secret": self._client.redactions.remember(await self._secret()),
             }
             body = await self._client.post_form("/oauth/access_token", form, endpoint="token")
             if not isinstance(body, dict) or not isinstance(body.get("access_token"), str):
                 raise ApiError("bad_response", "token answer has no access_token")
             expires_in = body.get("expires_in")
             lifetime = float(expires_in) if isinstance(expires_in, int | float) else 3600.0
-            self._token = body["access_token"]
+            self._token = self._client.redactions.remember(body["access_token"])
             self._renew_at = self._clock() + max(lifetime - TOKEN_MARGIN_SECONDS, lifetime / 2)
             self._client.events.token_refreshed(lifetime)
             return self._token
@@ -319,9 +344,10 @@ class ElasticPathClient:
         self._timeout = aiohttp.ClientTimeout(total=settings.timeout_seconds)
         self._session: aiohttp.ClientSession | None = None
         self._pages_seen: dict[str, dict[int, _SeenPage]] = {}
+        self.redactions = Redactions()
         self.tokens: TokenSource
         if settings.token_file is not None:
-            self.tokens = StaticTokenFile(settings.token_file)
+            self.tokens = StaticTokenFile(settings.token_file, self.redactions)
         else:
             assert settings.client_id is not None  # guaranteed by ApiSettings validation
             if settings.client_secret_file is not None:
@@ -571,7 +597,7 @@ class ElasticPathClient:
             reason = classify_status(status)
             raise ApiError(
                 reason,
-                f"{endpoint}: HTTP {status}: {error_summary(body)}",
+                self.redactions.scrub(f"{endpoint}: HTTP {status}: {error_summary(body)}"),
                 http_status=status,
                 retry_after=retry_after,
                 transient=reason in ("http_5xx", "rate_limited"),
@@ -610,7 +636,9 @@ class ElasticPathClient:
             ) from None
         except aiohttp.ClientError as exc:
             raise ApiError(
-                "network", f"{endpoint}: {type(exc).__name__}: {exc}", transient=True
+                "network",
+                self.redactions.scrub(f"{endpoint}: {type(exc).__name__}: {exc}"),
+                transient=True,
             ) from None
         finally:
             self.events.request_done(endpoint, code)
