@@ -10,7 +10,7 @@ import asyncio
 import json
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -391,22 +391,17 @@ class ElasticPathClient:
     async def fetch_jobs(
         self, target: JobsTarget, known: Mapping[str, Job] | None = None
     ) -> FetchResult:
-        """Every job of one promotion, as far as the API pages, driven by meta.results.total.
+        """Every job of one promotion, as far as the API pages.
 
         `known`: the jobs the monitor already holds, reused where the API shows them unchanged.
         A page whose bytes are identical to the last poll's is not even decoded: most polls of
         most promotions see nothing new, and they should cost little more than the request.
-        links.next is ignored on purpose: the real API fills it even on the last page.
         """
         result = FetchResult()
         before = self._pages_seen.get(target.promotion_id, {}) if known is not None else {}
         seen: dict[int, _SeenPage] = {}
-        limit = self.settings.page_limit
-        offset = 0
-        while True:
-            if offset > MAX_OFFSET:
-                result.truncated = True
-                break
+
+        async def page_at(offset: int) -> tuple[int, int | None]:
             last = before.get(offset)
             answer: Keyed = await self._get_json(
                 target.url,
@@ -420,22 +415,17 @@ class ElasticPathClient:
             else:
                 data, total = _list_page(answer.document, target.endpoint)
                 parsed = parse_jobs(data, known)
-                page = _SeenPage(
-                    answer.key, len(data), total, tuple(parsed.jobs), tuple(parsed.skipped)
-                )
+                jobs, skipped = tuple(parsed.jobs), tuple(parsed.skipped)
+                page = _SeenPage(answer.key, len(data), total, jobs, skipped)
                 result.unchanged = False
             seen[offset] = page
-            result.pages += 1
             result.jobs.extend(page.jobs)
             result.skipped.extend(page.skipped)
-            if page.count == 0:
-                break
-            offset += limit
-            if page.total is not None and offset >= page.total:
-                break
-            if page.total is None and page.count < limit:
-                break
+            return page.count, page.total
+
+        await self._paged(page_at, result)
         result.unchanged = result.unchanged and len(seen) == len(before)
+        # Only a poll that read every page replaces the memory (a failure raised before here).
         self._pages_seen[target.promotion_id] = seen
         return result
 
@@ -450,14 +440,21 @@ class ElasticPathClient:
         url = self._base / "v2" / segment
         params = {"page[limit]": str(self.settings.page_limit)}
         found: list[Mapping[str, Any]] = []
-        async for data in self._pages(url, params, endpoint, FetchResult()):
+
+        async def page_at(offset: int) -> tuple[int, int | None]:
+            body = await self._get_json(url, {**params, "page[offset]": str(offset)}, endpoint)
+            data, total = _list_page(body, endpoint)
             found.extend(item for item in data if isinstance(item, Mapping))
+            return len(data), total
+
+        await self._paged(page_at, FetchResult())
         return found
 
-    async def _pages(
-        self, url: URL, params: Mapping[str, str], endpoint: str, result: FetchResult
-    ) -> AsyncIterator[list[Any]]:
-        """The `data` of each page, driven by meta.results.total and the offset.
+    async def _paged(
+        self, page_at: Callable[[int], Awaitable[tuple[int, int | None]]], result: FetchResult
+    ) -> None:
+        """Read pages by offset until meta.results.total, an empty or short page, or the API's
+        offset limit. `page_at(offset)` reads one page and returns (items, results total).
 
         links.next is ignored on purpose: the real API fills it even on the last page.
         """
@@ -467,16 +464,14 @@ class ElasticPathClient:
             if offset > MAX_OFFSET:
                 result.truncated = True
                 return
-            body = await self._get_json(url, {**params, "page[offset]": str(offset)}, endpoint)
-            data, total = _list_page(body, endpoint)
+            count, total = await page_at(offset)
             result.pages += 1
-            yield data
-            if not data:
+            if count == 0:
                 return
             offset += limit
             if total is not None and offset >= total:
                 return
-            if total is None and len(data) < limit:
+            if total is None and count < limit:
                 return
 
     async def post_form(self, path: str, form: Mapping[str, str], *, endpoint: str) -> Any:
