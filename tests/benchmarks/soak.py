@@ -1,0 +1,456 @@
+"""Soak: an hour of simulated time at 1,000 promotions with random faults, in a few minutes.
+
+`make soak` (`python -m tests.benchmarks.soak`); not part of `make test`.
+
+The simulator runs in this process, so it can be stepped and faulted; the daemon runs as a
+subprocess. Each step is one simulated minute: `Simulator.step()` moves every promotion's job
+queue once (pending → processing → completed/failed, new jobs now and then). The next step is
+taken only once the daemon has had a good answer for every promotion since the last one, so no
+transition can happen unseen between two polls and every transition the simulator makes must
+come out as exactly one `job_status_changed` event. Before each step a few promotions get a
+transient fault (5xx, 429 with Retry-After, a timeout, a reset; once or twice), which the
+daemon's retries must ride out without losing or inventing anything.
+
+Finished jobs leave the daemon's snapshot after state.retention_days, which is set to two
+minutes of wall time (about 30 simulated minutes) so the snapshot reaches its steady size
+within the run; with the default 7 days it would grow with the store's history, by design.
+
+Reported: RSS over time (must stay flat: at most +20% from the first sample after a warm-up of
+one retention window to the end; the growth from the baseline itself is shown beside it), events
+vs transitions (must match exactly), discovered vs spawned jobs, no job_vanished, the 429s the
+store answered (all injected: the simulator enforces no rate limit of its own, so none can be
+caused by the daemon) and the busiest one-second window of requests against the budget.
+Exits 1 if a check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import random
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from monitor.simulator import Fault, RecordedRequest, Simulator
+from tests.benchmarks.common import (
+    RESULTS,
+    DaemonProcess,
+    Result,
+    cpu_seconds,
+    daemon_config,
+    fmt,
+    machine,
+    rss_bytes,
+    write_yaml,
+)
+from tests.support import parse_metrics
+
+NAME = "soak"
+TITLE = "Soak: an hour of simulated time at 1,000 promotions with random faults"
+JOBS_PATH = "/v2/promotions/"
+RSS_GROWTH_LIMIT = 0.20
+RSS_EVERY = 2.0  # seconds between RSS samples
+MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Options:
+    promotions: int = 1_000
+    jobs: int = 5  # per promotion at the start: history plus one pending job
+    steps: int = 60  # simulated minutes
+    faults_per_step: int = 5
+    # api.max_requests_per_second, the most the settings allow (loopback only): the budget
+    # spaces grants conservatively, so 500 would leave the daemon polling ~300 per second.
+    rate: float = 1_000.0
+    interval: float = 2.5  # every promotion polled this often: 1,000 / 2.5 s = 400 requests/s
+    timeout: float = 1.0  # api.timeout_seconds; loopback answers take milliseconds
+    token_ttl: float = 90.0  # short, so tokens expire and are renewed during the soak
+    retention: float = 120.0  # state.retention_days, in seconds of wall time
+    # RSS growth is judged from the first sample this long after the baseline (default: one
+    # retention window), once the snapshot has its steady size and the per-promotion counter
+    # series of the usual transitions exist. 0 judges from the baseline itself.
+    warmup: float | None = None
+    seed: int = 1
+
+
+def populate(sim: Simulator, options: Options) -> list[str]:
+    """Promotions with finished history and one pending job each, so the queues move at once."""
+    rng = random.Random(options.seed)
+    now = time.time()
+    ids: list[str] = []
+    history = ("completed", "completed", "failed", "cancelled")
+    for _ in range(options.promotions):
+        pid = sim.add_promotion()
+        for j in range(options.jobs - 1):
+            status = rng.choice(history)
+            created = now - 120 + j
+            sim.add_job(
+                pid,
+                job_type=rng.choice(("code_generate", "code_export")),
+                status=status,
+                error="codes limit exceeded" if status == "failed" else None,
+                created_at=created,
+                updated_at=created + 30,
+            )
+        sim.add_job(pid, status="pending", created_at=now - 60)
+        ids.append(pid)
+    return ids
+
+
+def random_fault(rng: random.Random, pid: str, options: Options) -> Fault:
+    """A transient fault for one promotion: at most two requests, so its retries win."""
+    kind = rng.choice(("500", "503", "429", "timeout", "reset"))
+    # A timeout costs a whole api.timeout_seconds per attempt; once keeps the minutes short.
+    times = 1 if kind == "timeout" else rng.randint(1, 2)
+    if kind == "429":
+        return Fault("status", status=429, retry_after="1", path_contains=pid, times=times)
+    if kind == "timeout":
+        return Fault("timeout", delay=options.timeout + 1, path_contains=pid, times=times)
+    if kind == "reset":
+        return Fault("reset", path_contains=pid, times=times)
+    return Fault("status", status=int(kind), path_contains=pid, times=times)
+
+
+class PollWatch:
+    """Which promotions have had a good jobs answer since a given request index."""
+
+    def __init__(self, sim: Simulator) -> None:
+        self._sim = sim
+
+    async def all_polled(self, ids: Sequence[str], since: int, timeout: float) -> None:
+        waiting = set(ids)
+        unanswered: list[int] = []
+        scanned = since
+        deadline = time.monotonic() + timeout
+        while waiting:
+            requests = self._sim.requests
+            unanswered.extend(range(scanned, len(requests)))
+            scanned = len(requests)
+            still: list[int] = []
+            for index in unanswered:
+                request = requests[index]
+                if request.status == 0:
+                    still.append(index)  # in flight (or never answered: a reset or a timeout)
+                elif request.status == 200 and request.path.startswith(JOBS_PATH):
+                    waiting.discard(request.path.split("/")[3])
+            unanswered = still
+            if not waiting:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(waiting)} promotions not polled within {timeout:g}s")
+            await asyncio.sleep(0.05)
+
+
+def busiest_second(requests: Sequence[RecordedRequest]) -> int:
+    """The most requests that arrived within any one-second window."""
+    times = sorted(r.at for r in requests)
+    best = 0
+    start = 0
+    for end, at in enumerate(times):
+        while at - times[start] >= 1.0:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+async def sample_rss(pid: int, samples: list[tuple[float, float]], started: float) -> None:
+    while True:
+        with contextlib.suppress(OSError, RuntimeError):
+            samples.append((round(time.monotonic() - started, 1), rss_bytes(pid) / MB))
+        await asyncio.sleep(RSS_EVERY)
+
+
+async def scrape(url: str) -> dict[str, float]:
+    """The daemon's own counters at the end, summed over labels."""
+    async with aiohttp.ClientSession() as session, session.get(url + "/metrics") as response:
+        text = await response.text()
+    totals: dict[str, float] = {}
+    for (name, _), value in parse_metrics(text).items():
+        totals[name] = totals.get(name, 0.0) + value
+    return totals
+
+
+async def settle(daemon: DaemonProcess, name: str, expected: int, quiet: float = 2.0) -> None:
+    """Wait for the expected number of events, then a little more for any surplus."""
+    with contextlib.suppress(TimeoutError):
+        await daemon.wait_count(name, expected, timeout=30)
+    await asyncio.sleep(quiet)
+
+
+async def run(options: Options) -> Result:
+    result = Result(NAME, TITLE)
+    clock = time.monotonic()
+    sim = Simulator(seed=options.seed, token_ttl=options.token_ttl)
+    rng = random.Random(options.seed)
+    ids = populate(sim, options)
+    jobs_at_start = sum(len(sim.jobs(pid)) for pid in ids)
+    base_url = await sim.start("127.0.0.1", 0)
+    rss: list[tuple[float, float]] = []
+    step_seconds: list[float] = []
+    injected: Counter[str] = Counter()
+    try:
+        with tempfile.TemporaryDirectory(prefix="promo-monitor-soak-") as tmp:
+            document = daemon_config(
+                Path(tmp),
+                base_url=base_url,
+                client_id=sim.client_id,
+                client_secret=sim.client_secret,
+                promotions=[(pid, "promotion") for pid in ids],
+                rate=options.rate,
+                interval=options.interval,
+                active_interval=options.interval,
+                concurrency=64,
+                timeout=options.timeout,
+            )
+            document["poll"]["stuck_after_seconds"] = 86_400
+            document["state"]["retention_days"] = options.retention / 86_400
+            config = write_yaml(Path(tmp) / "config.yaml", document)
+            daemon = await DaemonProcess.start(config)
+            sampler = asyncio.create_task(sample_rss(daemon.pid, rss, clock))
+            try:
+                await daemon.wait_count("baseline_loaded", options.promotions, timeout=300)
+                baseline_seconds = time.monotonic() - clock
+                rss_at_baseline = rss_bytes(daemon.pid) / MB
+                rss.append((round(baseline_seconds, 1), rss_at_baseline))
+                requests_at_baseline = len(sim.requests)
+                transitions_at_baseline = sim.transitions
+                watch = PollWatch(sim)
+                print(
+                    f"baseline of {options.promotions} promotions in {baseline_seconds:.1f}s; "
+                    f"RSS {rss_at_baseline:.1f} MB",
+                    flush=True,
+                )
+                for step in range(options.steps):
+                    step_started = time.monotonic()
+                    mark = len(sim.requests)
+                    for pid in rng.sample(ids, options.faults_per_step):
+                        fault = random_fault(rng, pid, options)
+                        kind = f"{fault.status}" if fault.kind == "status" else fault.kind
+                        injected[kind] += fault.times or 0
+                        sim.inject(fault)
+                    sim.step()
+                    await watch.all_polled(ids, mark, timeout=120)
+                    step_seconds.append(time.monotonic() - step_started)
+                    if (step + 1) % 10 == 0:
+                        print(
+                            f"  minute {step + 1:>3}/{options.steps}: "
+                            f"{sim.transitions - transitions_at_baseline} transitions, "
+                            f"{daemon.counts.get('job_status_changed', 0)} events, "
+                            f"RSS {rss[-1][1]:.1f} MB",
+                            flush=True,
+                        )
+                transitions = sim.transitions - transitions_at_baseline
+                await settle(daemon, "job_status_changed", transitions)
+                rss.append((round(time.monotonic() - clock, 1), rss_bytes(daemon.pid) / MB))
+                totals = await scrape(daemon.url)
+                daemon_cpu = cpu_seconds(daemon.pid)
+            finally:
+                sampler.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sampler
+                exit_code = await daemon.stop()
+    finally:
+        await sim.stop()
+    result.seconds = time.monotonic() - clock
+
+    after_baseline = sim.requests[requests_at_baseline:]
+    statuses = Counter(r.status for r in after_baseline)
+    spawned = sum(len(sim.jobs(pid)) for pid in ids) - jobs_at_start
+    events = daemon.counts.get("job_status_changed", 0)
+    discovered = daemon.counts.get("job_discovered", 0)
+    samples = sorted(rss)
+    rss_end = samples[-1][1]
+    growth_from_baseline = rss_end / rss_at_baseline - 1
+    warmup = options.retention if options.warmup is None else options.warmup
+    warm_at, warm_mb = next(
+        ((t, mb) for t, mb in samples if t >= baseline_seconds + warmup), samples[-1]
+    )
+    growth = rss_end / warm_mb - 1
+    busiest = busiest_second(after_baseline)
+
+    result.check(
+        "events = transitions", events - transitions, "difference", "= 0", events == transitions
+    )
+    result.check(
+        "job_discovered = jobs spawned",
+        discovered - spawned,
+        "difference",
+        "= 0",
+        discovered == spawned,
+    )
+    result.check(
+        "job_vanished",
+        daemon.counts.get("job_vanished", 0),
+        "events",
+        "= 0",
+        daemon.counts.get("job_vanished", 0) == 0,
+    )
+    result.check(
+        f"RSS growth from {warm_at:g} s to end",
+        round(growth * 100, 1),
+        "%",
+        f"<= {RSS_GROWTH_LIMIT * 100:g}",
+        growth <= RSS_GROWTH_LIMIT,
+    )
+    result.check("RSS growth from baseline", round(growth_from_baseline * 100, 1), "%")
+    result.check(
+        "429s answered",
+        statuses[429],
+        "requests",
+        f"= {injected['429']} injected",
+        statuses[429] == injected["429"],
+    )
+    result.check("busiest 1 s window", busiest, "requests", f"budget {options.rate:g}/s", None)
+    result.data = {
+        "machine": machine(),
+        "options": options.__dict__,
+        "simulated_minutes": options.steps,
+        "wall_seconds": round(result.seconds, 1),
+        "baseline_seconds": round(baseline_seconds, 1),
+        "step_seconds": {
+            "min": round(min(step_seconds), 2),
+            "median": round(sorted(step_seconds)[len(step_seconds) // 2], 2),
+            "max": round(max(step_seconds), 2),
+        },
+        "transitions": transitions,
+        "events": {
+            name: daemon.counts.get(name, 0)
+            for name in (
+                "job_status_changed",
+                "job_discovered",
+                "job_failed",
+                "job_vanished",
+                "poll_failed",
+                "request_retried",
+                "token_refreshed",
+                "state_write_failed",
+            )
+        },
+        "jobs_spawned": spawned,
+        "faults_injected": dict(injected),
+        "requests_after_baseline": len(after_baseline),
+        "answers_by_status": {str(k or "none"): v for k, v in sorted(statuses.items())},
+        "busiest_second": busiest,
+        "budget_per_second": options.rate,
+        "daemon_metrics": {
+            name: totals.get(name, 0.0)
+            for name in (
+                "epcc_monitor_api_requests_total",
+                "epcc_monitor_api_retries_total",
+                "epcc_monitor_poll_errors_total",
+                "epcc_monitor_budget_wait_seconds_total",
+            )
+        },
+        "daemon_cpu_seconds": round(daemon_cpu, 1),
+        "daemon_exit_code": exit_code,
+        "rss_mb": {
+            "at_baseline": round(rss_at_baseline, 1),
+            "after_warmup": {"at_seconds": warm_at, "mb": round(warm_mb, 1)},
+            "end": round(rss_end, 1),
+            "max": round(max(mb for _, mb in rss), 1),
+            "samples": [(t, round(mb, 1)) for t, mb in samples],
+        },
+    }
+    return result
+
+
+def table(result: Result) -> str:
+    data = result.data
+    lines = [
+        result.title,
+        f"  {data['simulated_minutes']} simulated minutes in {data['wall_seconds']:.0f} s "
+        f"(baseline {data['baseline_seconds']:.0f} s; a minute took "
+        f"{data['step_seconds']['median']:.1f} s median, {data['step_seconds']['max']:.1f} s max)",
+        "",
+        f"  {'check':<30} {'value':>10}  {'unit':<12} {'target':<22} verdict",
+    ]
+    lines.extend(
+        f"  {check.metric:<30} {fmt(check.value):>10}  {check.unit:<12} {check.target:<22} "
+        f"{check.verdict}"
+        for check in result.checks
+    )
+    events = data["events"]
+    lines += [
+        "",
+        f"  transitions made by the simulator   {data['transitions']:>8}",
+        f"  job_status_changed events           {events['job_status_changed']:>8}",
+        f"  jobs spawned / job_discovered       {data['jobs_spawned']:>8} / "
+        f"{events['job_discovered']}",
+        f"  job_failed events                   {events['job_failed']:>8}",
+        f"  faults injected (requests)          {sum(data['faults_injected'].values()):>8}  "
+        + ", ".join(f"{k} {v}" for k, v in sorted(data["faults_injected"].items())),
+        f"  request_retried / poll_failed       {events['request_retried']:>8} / "
+        f"{events['poll_failed']}",
+        f"  requests after baseline             {data['requests_after_baseline']:>8}  "
+        f"busiest second {data['busiest_second']} (budget {data['budget_per_second']:g}/s)",
+        f"  daemon CPU                          {data['daemon_cpu_seconds']:>8} s",
+        "",
+        "  RSS over time (seconds: MB)",
+        *rss_rows(data["rss_mb"]["samples"]),
+    ]
+    return "\n".join(lines)
+
+
+def rss_rows(samples: Sequence[tuple[float, float]], every: float = 20.0) -> list[str]:
+    """About one sample per `every` seconds, six to a line."""
+    picked: list[str] = []
+    next_at = 0.0
+    for t, mb in samples:
+        if t >= next_at:
+            picked.append(f"{t:>6.0f}: {mb:5.1f}")
+            next_at = t + every
+    return [
+        "   " + "".join(f"{cell:<15}" for cell in picked[i : i + 6])
+        for i in range(0, len(picked), 6)
+    ]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    defaults = Options()
+    parser = argparse.ArgumentParser(prog="python -m tests.benchmarks.soak", description=TITLE)
+    parser.add_argument("--promotions", type=int, default=defaults.promotions)
+    parser.add_argument("--steps", type=int, default=defaults.steps, help="simulated minutes")
+    parser.add_argument("--faults-per-step", type=int, default=defaults.faults_per_step)
+    parser.add_argument("--rate", type=float, default=defaults.rate)
+    parser.add_argument("--interval", type=float, default=defaults.interval)
+    parser.add_argument("--timeout", type=float, default=defaults.timeout)
+    parser.add_argument(
+        "--retention", type=float, default=defaults.retention, help="seconds (wall time)"
+    )
+    parser.add_argument(
+        "--warmup", type=float, default=None, help="seconds after the baseline (default: retention)"
+    )
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--output", type=Path, default=RESULTS / f"{NAME}.json")
+    args = parser.parse_args(argv)
+    options = Options(
+        promotions=args.promotions,
+        steps=args.steps,
+        faults_per_step=args.faults_per_step,
+        rate=args.rate,
+        interval=args.interval,
+        timeout=args.timeout,
+        retention=args.retention,
+        warmup=args.warmup,
+        seed=args.seed,
+    )
+    result = asyncio.run(run(options))
+    report = result.to_json()
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    print(table(result))
+    print(f"\nwritten to {args.output}")
+    return 0 if report["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
