@@ -239,7 +239,7 @@ async def test_concurrent_persists_share_writes(
 
     assert not store.dirty
     assert on_disk(path) == wanted
-    assert 1 <= writes.calls < 50
+    assert writes.calls in range(1, 50)  # at least one write, and fewer than one per put
 
 
 async def test_polls_finishing_during_a_write_share_the_next_one(
@@ -258,7 +258,7 @@ async def test_polls_finishing_during_a_write_share_the_next_one(
 
     assert not store.dirty
     assert on_disk(path) == wanted
-    assert 1 <= writes.calls < 50
+    assert writes.calls in range(1, 50)  # at least one write, and fewer than one per put
 
 
 async def test_a_change_made_during_a_write_stays_dirty_until_written(
