@@ -300,3 +300,15 @@ def test_the_demo_config_names_the_promotions_the_simulator_serves() -> None:
     populate_demo(sim, 3, 5)
     served = {(p["id"], p["type"]) for p in sim.promotions()}
     assert {(p.id, p.kind.value) for p in settings.promotions} == served
+
+
+def test_a_whole_store_needs_only_credentials_and_discovery(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The README's minimal config: `discovery: {enabled: true}` plus the EPCC_* variables."""
+    monkeypatch.setenv("EPCC_CLIENT_ID", "client-1")
+    monkeypatch.setenv("EPCC_CLIENT_SECRET", SECRET)
+    settings = parse_settings({"discovery": {"enabled": True}})
+    assert settings.promotions == []
+    assert settings.discovery.enabled
+    assert settings.api.client_id == "client-1"
