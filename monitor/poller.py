@@ -65,9 +65,9 @@ class Poller:
     async def poll(self, target: JobsTarget) -> PollOutcome:
         pid = target.promotion_id
         started = time.perf_counter()
-        held = self._store.get(pid)
+        previous = self._store.get(pid)
         try:
-            result = await self._client.fetch_jobs(target, held.jobs if held else None)
+            result = await self._client.fetch_jobs(target, previous.jobs if previous else None)
         except ApiError as exc:
             # What the monitor knew stays known: no vanished jobs, gauges keep their values.
             self._metrics.poll_failed(pid, exc.reason)
@@ -97,7 +97,6 @@ class Poller:
                 count=len(result.skipped),
                 reason=result.skipped[0],
             )
-        previous = self._store.get(pid)
         now = self._clock()
         if result.unchanged and previous is not None and not self._needs_diff(previous, now):
             # Same bytes as last time, nothing active that could turn stuck, nothing expiring:
@@ -127,11 +126,10 @@ class Poller:
             stuck_after=self._stuck_after,
             retention=self._retention,
         )
-        if not outcome.changes and outcome.snapshot is not previous:
-            # Only expired history was pruned: no news, and the next write will carry it.
+        if outcome.snapshot is not previous:
+            # (Without changes, only expired history was pruned; the next write carries it.)
             self._store.put(outcome.snapshot)
         if outcome.changes:
-            self._store.put(outcome.snapshot)
             # Durable before announced: a crash now may lose these events, but a restart
             # never announces them twice.
             try:
