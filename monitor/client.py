@@ -389,11 +389,16 @@ class ElasticPathClient:
         )
 
     async def fetch_jobs(
-        self, target: JobsTarget, known: Mapping[str, Job] | None = None
+        self,
+        target: JobsTarget,
+        known: Mapping[str, Job] | None = None,
+        keep: Callable[[Job], bool] | None = None,
     ) -> FetchResult:
         """Every job of one promotion, as far as the API pages.
 
         `known`: the jobs the monitor already holds, reused where the API shows them unchanged.
+        `keep`: which parsed jobs matter (the rest, e.g. history past retention, are dropped and
+        never held in the page memory, so it costs the retention window, not the API history).
         A page whose bytes are identical to the last poll's is not even decoded: most polls of
         most promotions see nothing new, and they should cost little more than the request.
         """
@@ -415,7 +420,8 @@ class ElasticPathClient:
             else:
                 data, total = _list_page(answer.document, target.endpoint)
                 parsed = parse_jobs(data, known)
-                jobs, skipped = tuple(parsed.jobs), tuple(parsed.skipped)
+                kept = parsed.jobs if keep is None else filter(keep, parsed.jobs)
+                jobs, skipped = tuple(kept), tuple(parsed.skipped)
                 page = _SeenPage(answer.key, len(data), total, jobs, skipped)
                 result.unchanged = False
             seen[offset] = page

@@ -20,7 +20,8 @@ class Diff:
     snapshot: PromotionSnapshot
 
 
-def _expired(job: Job, horizon: float) -> bool:
+def expired(job: Job, horizon: float) -> bool:
+    """A finished job that entered its final status before `horizon` (retention has passed)."""
     since = job.status_since
     return job.is_terminal and since is not None and since < horizon
 
@@ -29,7 +30,7 @@ def prune(snapshot: PromotionSnapshot, horizon: float) -> PromotionSnapshot:
     """The snapshot without finished jobs that entered their status before `horizon`."""
     if snapshot.oldest_finished is None or snapshot.oldest_finished >= horizon:
         return snapshot  # the common case, answered without looking at any job
-    kept = {k: j for k, j in snapshot.jobs.items() if not _expired(j, horizon)}
+    kept = {k: j for k, j in snapshot.jobs.items() if not expired(j, horizon)}
     return PromotionSnapshot(snapshot.promotion_id, kept, snapshot.stuck & kept.keys())
 
 
@@ -63,7 +64,7 @@ def diff(
             previous = prune(previous, horizon)
         # Only jobs we do not hold need the check: the snapshot never holds expired ones.
         known = previous.jobs if previous is not None else {}
-        jobs = {k: j for k, j in jobs.items() if k in known or not _expired(j, horizon)}
+        jobs = {k: j for k, j in jobs.items() if k in known or not expired(j, horizon)}
 
     if previous is None:
         # First sight of a promotion: its history is the baseline, not news. Jobs already

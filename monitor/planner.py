@@ -34,6 +34,7 @@ class _Entry:
     due: float
     active: bool = False
     in_flight: bool = False
+    polled: bool = False  # never polled: we are blind there until its baseline
 
 
 class PollPlan:
@@ -73,11 +74,13 @@ class PollPlan:
         self._entries.pop(promotion_id, None)
 
     def take_due(self, now: float, limit: int) -> list[JobsTarget]:
-        """Up to `limit` promotions that are due, active ones first, then the longest overdue."""
+        """Up to `limit` due promotions: active or never polled first, then the longest overdue."""
         if limit <= 0:
             return []
         due = [e for e in self._entries.values() if not e.in_flight and e.due <= now]
-        due.sort(key=lambda e: (not e.active, e.due))
+        # Active promotions and never-polled ones (no baseline yet) before the idle rest; a
+        # busy store must not starve the baselines.
+        due.sort(key=lambda e: (e.polled and not e.active, e.due))
         chosen = due[:limit]
         for entry in chosen:
             entry.in_flight = True
@@ -89,6 +92,7 @@ class PollPlan:
         if entry is None:  # removed while its poll was in flight
             return
         entry.in_flight = False
+        entry.polled = True
         entry.active = active
         interval = self.active_interval if active else self.interval
         # At least half an interval from now: right after a promotion's first poll its grid slot

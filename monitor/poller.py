@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import structlog
 
 from monitor.client import ApiError, ElasticPathClient, JobsTarget
-from monitor.diff import Diff, diff
-from monitor.models import Change, PromotionSnapshot
+from monitor.diff import Diff, diff, expired
+from monitor.models import Change, Job, PromotionSnapshot
 from monitor.sinks.logs import LogSink
 from monitor.sinks.metrics import MonitorMetrics
 from monitor.state import SnapshotStore
@@ -62,12 +62,27 @@ class Poller:
         oldest = snapshot.oldest_finished
         return self._retention is not None and oldest is not None and oldest < now - self._retention
 
+    def _keeper(self, previous: PromotionSnapshot | None) -> Callable[[Job], bool] | None:
+        """The diff's retention rule, applied while parsing so expired history is never held:
+        a job we hold is always kept (its news must be reported), an unknown one only if recent."""
+        if self._retention is None:
+            return None
+        horizon = self._clock() - self._retention
+        held = previous.jobs if previous is not None else {}
+
+        def keep(job: Job) -> bool:
+            return job.id in held or not expired(job, horizon)
+
+        return keep
+
     async def poll(self, target: JobsTarget) -> PollOutcome:
         pid = target.promotion_id
         started = time.perf_counter()
         previous = self._store.get(pid)
         try:
-            result = await self._client.fetch_jobs(target, previous.jobs if previous else None)
+            result = await self._client.fetch_jobs(
+                target, previous.jobs if previous else None, self._keeper(previous)
+            )
         except ApiError as exc:
             # What the monitor knew stays known: no vanished jobs, gauges keep their values.
             self._metrics.poll_failed(pid, exc.reason)

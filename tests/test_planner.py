@@ -150,3 +150,20 @@ def test_re_adding_a_watched_promotion_keeps_its_schedule_and_takes_the_new_targ
     plan.add(filtered, now=1)
     assert plan.take_due(1, limit=1) == []  # not due again just because it was re-added
     assert plan.targets == [filtered]
+
+
+def test_baselines_are_not_starved_by_active_promotions() -> None:
+    plan = PollPlan(interval=60, active_interval=10, anchor=0)
+    busy = [target(n) for n in range(3)]
+    idle = target(50)
+    for t in [*busy, idle]:
+        plan.add(t, now=0)
+    for t in plan.take_due(0, limit=10):
+        plan.finished(t.promotion_id, now=0, active=t in busy)
+    newcomer = target(99)  # watched later (e.g. discovered): no baseline yet
+    plan.add(newcomer, now=100)
+    # Much later everything is due at once: the idle, already-known promotion comes last,
+    # after the active ones and after the one we have never seen.
+    ranked = [t.promotion_id for t in plan.take_due(5000, limit=10)]
+    assert ranked[-1] == idle.promotion_id
+    assert set(ranked[:-1]) == {t.promotion_id for t in [*busy, newcomer]}

@@ -8,7 +8,9 @@ app and runs the polls, so the server and the client session are reused across e
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import tracemalloc
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -283,3 +285,41 @@ def test_the_harness_serves_what_the_examples_write(harness: Harness) -> None:
     snapshot = harness.monitor.store.get(PID)
     assert snapshot is not None
     assert set(snapshot.jobs) == {"j1"}
+
+
+def finished_long_ago(count: int, total: int) -> dict[str, Any]:
+    """A page of jobs that finished a month ago, of an answer of `total` such jobs."""
+    return {
+        "data": [
+            {
+                "id": f"history-{i}",
+                "job_type": "code_export",
+                "status": "completed",
+                "meta": {"timestamps": {"created_at": LONG_AGO, "updated_at": LONG_AGO}},
+            }
+            for i in range(count)
+        ],
+        "meta": {"results": {"total": total}},
+    }
+
+
+def test_history_past_the_retention_window_is_not_held_in_memory(harness: Harness) -> None:
+    # Warm up (connection, token) on an empty answer, so only what the history costs is measured.
+    harness.poll(finished_long_ago(0, 0), known=False)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        # 100 jobs a page, 5,000 in all: 50 pages, as the API pages a long history.
+        outcome, _ = harness.poll(finished_long_ago(100, 5_000), known=False)
+        gc.collect()
+        retained = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+
+    assert outcome.ok
+    snapshot = harness.monitor.store.get(PID)
+    assert snapshot is not None
+    assert dict(snapshot.jobs) == {}
+    # 5,000 parsed jobs take more than a megabyte; a few pages' fingerprints take kilobytes.
+    assert retained < 256 * 1024
