@@ -199,13 +199,7 @@ def parse_jobs(data: Iterable[object], known: Mapping[str, Job] | None = None) -
     jobs: list[Job] = []
     skipped: list[str] = []
     for obj in data:
-        # The reuse check inline: this loop runs for every job of every poll.
-        if known and type(obj) is dict and type(obj.get("id")) is str:
-            reused = _unchanged(obj, known)
-            if reused is not None:
-                jobs.append(reused)
-                continue
-        parsed = parse_job(obj)
+        parsed = parse_job(obj, known)
         if isinstance(parsed, Job):
             jobs.append(parsed)
         else:

@@ -50,7 +50,8 @@ class PollScheduler:
         self._inflight: set[asyncio.Task[PollOutcome]] = set()
         self._stopping = False
         self._log = structlog.get_logger()
-        # Monotonic time of the last finished poll; /healthz reads it to tell a live loop.
+        # Monotonic time of the last dispatch tick; /healthz reads it to tell a live loop. A tick,
+        # not a finished poll: a monitor with nothing to poll (an empty shard) is alive too.
         self.heartbeat = monotonic()
         # Fine enough that an active promotion is polled close to its due time.
         self._tick = min(1.0, max(0.05, plan.active_interval / 10))
@@ -105,6 +106,7 @@ class PollScheduler:
         if self._stopping:
             return
         now = self._monotonic()
+        self.heartbeat = now
         free = self._concurrency - len(self._inflight)
         for target in self.plan.take_due(now, free):
             task = asyncio.create_task(self._poll(target), name=f"poll {target.promotion_id}")
@@ -121,8 +123,7 @@ class PollScheduler:
             return outcome
         snapshot = self._store.get(target.promotion_id)
         active = snapshot is not None and any(job.is_active for job in snapshot.jobs.values())
-        self.heartbeat = self._monotonic()
-        self.plan.finished(target.promotion_id, self.heartbeat, active=active)
+        self.plan.finished(target.promotion_id, self._monotonic(), active=active)
         # Fill the freed slot now rather than at the next tick.
         asyncio.get_running_loop().call_soon(self.dispatch)
         return outcome
@@ -138,7 +139,9 @@ class PollScheduler:
         return list(await asyncio.gather(*(one(target) for target in self.plan.targets)))
 
     async def _flush(self) -> None:
-        if not self._store.dirty:
+        # Only after a failed write: between a poll's put and its own persist the store is
+        # dirty as a matter of course, and that poll writes it itself.
+        if not self._store.write_failed:
             return
         try:
             await self._store.persist(self._clock())

@@ -157,6 +157,7 @@ class SnapshotStore:
         self._generation = 0  # bumped by every change in memory
         self._written = 0  # the generation the file on disk holds
         self._fragments: Fragments = {}  # only touched under _lock, in the writer thread
+        self.write_failed = False  # the last write raised; the scheduler's flush retries it
 
     def load(self) -> Discarded | None:
         """Load the file if there is one; a torn or foreign file is set aside, never fatal."""
@@ -215,5 +216,10 @@ class SnapshotStore:
             generation = self._generation
             # Snapshots are immutable, so a shallow copy is a consistent view to encode off-loop.
             view = dict(self._snapshots)
-            await asyncio.to_thread(self._write, view, saved_at)
+            try:
+                await asyncio.to_thread(self._write, view, saved_at)
+            except OSError:
+                self.write_failed = True
+                raise
+            self.write_failed = False
             self._written = generation

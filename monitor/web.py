@@ -21,7 +21,7 @@ from monitor.settings import ServerSettings
 class Health:
     """Liveness and readiness as the app reports them; the handlers only read it."""
 
-    progress: Callable[[], float]  # monotonic time the poll loop last made progress
+    progress: Callable[[], float]  # monotonic time the scheduler last ticked
     stale_after: float = 300.0
     version: str = ""
     started: bool = False
@@ -111,7 +111,7 @@ def build_app(
     async def healthz(_: web.Request) -> web.Response:
         if health.alive(time.monotonic()):
             return web.Response(text="ok\n")
-        return web.Response(status=503, text="poll loop made no progress\n")
+        return web.Response(status=503, text="scheduler made no progress\n")
 
     async def readyz(_: web.Request) -> web.Response:
         # Never tied to Elastic Path being reachable: a native sidecar's readiness gates its pod.

@@ -316,15 +316,20 @@ async def test_failed_persist_keeps_the_store_dirty_until_a_later_one_succeeds(
     path = blocker / "snapshot.json"
     store = SnapshotStore(path)
     store.put(SNAPSHOTS["p-stuck"])
+    # Dirty between a put and its persist is normal; only a failed write asks for a retry.
+    assert store.dirty
+    assert not store.write_failed
 
     with pytest.raises(OSError):  # noqa: PT011 - which OSError depends on the platform
         await store.persist(SAVED_AT)
     assert store.dirty
+    assert store.write_failed
 
     blocker.unlink()
     await store.persist(SAVED_AT)
 
     assert not store.dirty
+    assert not store.write_failed
     assert on_disk(path) == {"p-stuck": SNAPSHOTS["p-stuck"]}
 
 
