@@ -31,6 +31,7 @@ from monitor.client import (
 from monitor.models import PromotionKind
 from monitor.settings import ApiSettings
 from monitor.simulator import Fault, RecordedRequest, Simulator
+from tests.support import serving
 
 START = 1_733_270_626.0  # 2024-12-04T00:03:46Z
 MAX_RETRIES = 2
@@ -124,20 +125,6 @@ async def connect(sim: Simulator) -> AsyncIterator[Connect]:
     yield build
     for client in clients:
         await client.close()
-
-
-@contextlib.asynccontextmanager
-async def serving(app: web.Application) -> AsyncIterator[str]:
-    """Serve a hand-written aiohttp app on 127.0.0.1, port 0; yields its base URL."""
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        await runner.cleanup()
 
 
 async def issue_any_token(request: web.Request) -> web.Response:

@@ -33,6 +33,7 @@ from monitor.models import PromotionSnapshot
 from monitor.simulator import Fault, FaultKind, RecordedRequest, Simulator
 from monitor.state import decode
 from tests.support import Daemon, Sample, series, value, write_config
+from tests.support import serving as serve_app
 
 Samples = dict[Sample, float]
 Event = dict[str, Any]
@@ -810,20 +811,6 @@ def api_job(
     return job
 
 
-@contextlib.asynccontextmanager
-async def serving_app(app: web.Application) -> AsyncIterator[str]:
-    """Serve an aiohttp app on 127.0.0.1, a free port; yields its base URL."""
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        await runner.cleanup()
-
-
 class OddStore:
     """A minimal Elastic Path whose jobs pages hold whatever a test puts in them."""
 
@@ -853,7 +840,7 @@ class OddStore:
         return web.json_response({"data": data, "meta": {"results": {"total": len(data)}}})
 
     def serving(self) -> contextlib.AbstractAsyncContextManager[str]:
-        return serving_app(self.app)
+        return serve_app(self.app)
 
     async def polled(self, pid: str, times: int = 2) -> None:
         start = self.polls.get(pid, 0)
@@ -1043,7 +1030,7 @@ async def _an_api_that_echoes_secrets(lab: Lab) -> Observed:
     echo = EchoStore()
     observed = Observed(victim=ODD_PROMOTION)
     directory = lab.directory("echoed-secrets")
-    async with serving_app(echo.app) as base_url:
+    async with serve_app(echo.app) as base_url:
         config = odd_config(directory, base_url, [ODD_PROMOTION])
         async with daemon_of(lab, config, observed) as daemon:
             await daemon.wait_for("poll_failed", count=2)
