@@ -71,6 +71,28 @@ def series(samples: Mapping[Sample, float], name: str) -> dict[frozenset[tuple[s
     return {labels: v for (n, labels), v in samples.items() if n == name}
 
 
+async def spawn_daemon(
+    config: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    command: str = "run",
+    limit: int = 2**16,
+) -> asyncio.subprocess.Process:
+    """`python -m monitor COMMAND --config CONFIG` with stdout/stderr piped (`limit`: line size)."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "monitor",
+        command,
+        "--config",
+        str(config),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+        limit=limit,
+    )
+
+
 class Daemon:
     """`python -m monitor run` as a subprocess, its JSON log lines collected as they come."""
 
@@ -87,20 +109,13 @@ class Daemon:
     async def start(
         cls, config: Path, *, env: Mapping[str, str] | None = None, command: str = "run"
     ) -> Daemon:
-        full_env = {**os.environ, **(env or {})}
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "monitor",
-            command,
-            "--config",
-            str(config),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=full_env,
-        )
-        daemon = cls(process)
-        started = await daemon.wait_for("monitor_started")
+        daemon = cls(await spawn_daemon(config, env=env, command=command))
+        try:
+            started = await daemon.wait_for("monitor_started")
+        except BaseException:
+            # Never leave a daemon behind that failed to start or hung on the way.
+            await daemon.stop(signal.SIGKILL)
+            raise
         daemon.port = int(started["metrics_port"])
         return daemon
 

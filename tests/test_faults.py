@@ -97,23 +97,7 @@ class Lab:
     async def start(self, config: Path) -> tuple[Daemon, asyncio.Task[int]]:
         """Start the daemon (as Daemon.start does) and never leave it behind if it hangs."""
         async with self.starts:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "monitor",
-                "run",
-                "--config",
-                str(config),
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-            )
-            daemon = Daemon(process)
-            try:
-                started = await daemon.wait_for("monitor_started")
-            except BaseException:
-                await daemon.stop(signal.SIGKILL)
-                raise
-        daemon.port = int(started["metrics_port"])
+            daemon = await Daemon.start(config)
         return daemon, asyncio.create_task(peak_rss_kb(daemon))
 
 

@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from tests.support import spawn_daemon
+
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
@@ -280,18 +282,7 @@ class DaemonProcess:
 
     @classmethod
     async def start(cls, config: Path, *, timeout: float = 60.0) -> DaemonProcess:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "monitor",
-            "run",
-            "--config",
-            str(config),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            limit=16 * 1024 * 1024,
-        )
-        daemon = cls(process)
+        daemon = cls(await spawn_daemon(config, limit=16 * 1024 * 1024))
         try:
             await daemon.wait_count("monitor_started", 1, timeout=timeout)
         except BaseException:
