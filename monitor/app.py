@@ -114,6 +114,7 @@ class Monitor:
             clock=clock,
             stuck_after=settings.poll.stuck_after_seconds,
             retention=settings.state.retention_days * 86_400,
+            lookback=settings.poll.baseline_lookback_seconds,
         )
         try:
             discovery = Discovery(client, settings, env)
@@ -238,7 +239,18 @@ class Monitor:
             self.metrics.discovery_errors.labels(exc.reason).inc()
             self._log.warning("discovery_failed", reason=exc.reason, detail=str(exc))
             return
-        added, removed = self.watch(found.targets, authoritative=True, discovered=found.discovered)
+        targets = found.targets
+        if not found.complete:
+            # Pages overlapped or the store ignored the offset: what was listed is added, and
+            # nothing is removed on the word of a partial list.
+            targets = {t.promotion_id: t for t in self.targets} | dict(targets)
+            self._log.warning(
+                "discovery_incomplete",
+                detail="the store's promotion list could not be read whole; nothing removed",
+            )
+        added, removed = self.watch(
+            targets, authoritative=found.complete, discovered=found.discovered
+        )
         self._log.info(
             "discovery_completed",
             promotions=len(found.targets),

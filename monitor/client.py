@@ -10,7 +10,8 @@ import asyncio
 import json
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from array import array
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -120,17 +121,35 @@ class JobsTarget:
         return cls(promotion_id, kind, url, endpoint, params)
 
 
+# Why a listing could not be read whole; None when it was.
+Incomplete = Literal["offset_limit", "offset_ignored", "short"]
+
+
+@dataclass(slots=True)
+class Listing:
+    """How paging through one list went: pages read, and whether every record was seen."""
+
+    pages: int = 0
+    # "offset_limit": more records than the API pages through; "offset_ignored": a page repeated
+    # the one before (the server ignores page[offset]); "short": fewer distinct records than
+    # meta.results.total (pages overlapped because the store lists in no stable order).
+    incomplete: Incomplete | None = None
+
+
 @dataclass(slots=True)
 class FetchResult:
     """All jobs of one promotion, as far as the API let us read them."""
 
     jobs: list[Job] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
-    # True when the promotion has more jobs than the API lets anyone page through.
-    truncated: bool = False
-    pages: int = 0
+    listing: Listing = field(default_factory=Listing)
     # True when every page was byte-identical to the last poll's: nothing can have changed.
     unchanged: bool = True
+
+    @property
+    def complete(self) -> bool:
+        """Every job the API holds was seen, so a job missing from `jobs` is really gone."""
+        return self.listing.incomplete is None
 
 
 # A body's length and in-process hash: equal keys mean the same bytes (hash() is 64-bit SipHash;
@@ -157,10 +176,40 @@ class _SeenPage:
     """What one page of a promotion's jobs gave at the last successful poll."""
 
     key: BodyKey
-    count: int
     total: int | None
+    # hash() of each record's id in page order: enough to count distinct records across pages
+    # and to see a page repeat, at 8 bytes a record (history past retention included).
+    ids: array[int]
     jobs: tuple[Job, ...]
     skipped: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """What paging needs of one page: its records' id hashes and meta.results.total."""
+
+    ids: array[int]
+    total: int | None
+
+
+def _id_hashes(items: Iterable[object]) -> array[int]:
+    # A record without a usable id still counts (its position hashes as -1).
+    return array(
+        "q",
+        [
+            hash(item["id"])
+            if isinstance(item, Mapping) and isinstance(item.get("id"), str)
+            else -1
+            for item in items
+        ],
+    )
+
+
+def promotion_object(item: object) -> Mapping[str, Any] | None:
+    """A listed promotion; Promotions Builder's SDK description wraps each in `{data: {...}}`."""
+    if isinstance(item, Mapping) and "id" not in item and isinstance(item.get("data"), Mapping):
+        item = item["data"]
+    return item if isinstance(item, Mapping) else None
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
@@ -285,7 +334,10 @@ class ClientCredentials:
                 "client_id": self._client_id,
                 "client_secret": self._client.redactions.remember(await self._secret()),
             }
-            body = await self._client.post_form("/oauth/access_token", form, endpoint="token")
+            answer = await self._client.post_form("/oauth/access_token", form, endpoint="token")
+            # The authentication description's examples wrap the token in `data`; the SDKs and
+            # Elastic Path's own CLI read it flat. Both are answers the API can give.
+            body = answer.get("data") if isinstance(answer, dict) and "data" in answer else answer
             if not isinstance(body, dict) or not isinstance(body.get("access_token"), str):
                 raise ApiError("bad_response", "token answer has no access_token")
             expires_in = body.get("expires_in")
@@ -406,7 +458,7 @@ class ElasticPathClient:
         before = self._pages_seen.get(target.promotion_id, {}) if known is not None else {}
         seen: dict[int, _SeenPage] = {}
 
-        async def page_at(offset: int) -> tuple[int, int | None]:
+        async def page_at(offset: int) -> Page:
             last = before.get(offset)
             answer: Keyed = await self._get_json(
                 target.url,
@@ -422,14 +474,14 @@ class ElasticPathClient:
                 parsed = parse_jobs(data, known)
                 kept = parsed.jobs if keep is None else filter(keep, parsed.jobs)
                 jobs, skipped = tuple(kept), tuple(parsed.skipped)
-                page = _SeenPage(answer.key, len(data), total, jobs, skipped)
+                page = _SeenPage(answer.key, total, _id_hashes(data), jobs, skipped)
                 result.unchanged = False
             seen[offset] = page
             result.jobs.extend(page.jobs)
             result.skipped.extend(page.skipped)
-            return page.count, page.total
+            return Page(page.ids, page.total)
 
-        await self._paged(page_at, result)
+        result.listing = await self._paged(page_at)
         result.unchanged = result.unchanged and len(seen) == len(before)
         # Only a poll that read every page replaces the memory (a failure raised before here).
         self._pages_seen[target.promotion_id] = seen
@@ -439,46 +491,60 @@ class ElasticPathClient:
         """Drop what the client remembers of a promotion's pages."""
         self._pages_seen.pop(promotion_id, None)
 
-    async def list_promotions(self, kind: PromotionKind) -> list[Mapping[str, Any]]:
-        """Every promotion of one kind (GET /v2/promotions or /v2/rule-promotions)."""
+    async def list_promotions(self, kind: PromotionKind) -> tuple[list[Mapping[str, Any]], Listing]:
+        """Every promotion of one kind (GET /v2/promotions or /v2/rule-promotions), and how
+        completely the store listed them."""
         segment, _ = JOBS_ENDPOINT[kind]
         endpoint = "promotions" if kind is PromotionKind.PROMOTION else "rule_promotions"
         url = self._base / "v2" / segment
         params = {"page[limit]": str(self.settings.page_limit)}
         found: list[Mapping[str, Any]] = []
 
-        async def page_at(offset: int) -> tuple[int, int | None]:
+        async def page_at(offset: int) -> Page:
             body = await self._get_json(url, {**params, "page[offset]": str(offset)}, endpoint)
             data, total = _list_page(body, endpoint)
-            found.extend(item for item in data if isinstance(item, Mapping))
-            return len(data), total
+            items = [promotion_object(item) for item in data]
+            found.extend(item for item in items if item is not None)
+            return Page(_id_hashes(items), total)
 
-        await self._paged(page_at, FetchResult())
-        return found
+        listing = await self._paged(page_at)
+        return found, listing
 
-    async def _paged(
-        self, page_at: Callable[[int], Awaitable[tuple[int, int | None]]], result: FetchResult
-    ) -> None:
-        """Read pages by offset until meta.results.total, an empty or short page, or the API's
-        offset limit. `page_at(offset)` reads one page and returns (items, results total).
+    async def _paged(self, page_at: Callable[[int], Awaitable[Page]]) -> Listing:
+        """Read pages by offset until every record is read; `page_at(offset)` reads one page.
 
-        links.next is ignored on purpose: the real API fills it even on the last page.
+        The offset steps by the records the server returned, not by what was asked: neither jobs
+        endpoint declares page parameters, and a store's page length is a store setting. Paging
+        ends at meta.results.total or an empty page (without a total a short page proves
+        nothing), at a page that repeats the one before (a server ignoring page[offset] would
+        otherwise be read forever), or at the API's offset limit. links.next is ignored on
+        purpose: the real API fills it even on the last page.
         """
-        limit = self.settings.page_limit
+        listing = Listing()
+        distinct: set[int] = set()
         offset = 0
+        total: int | None = None
+        previous: array[int] | None = None
         while True:
             if offset > MAX_OFFSET:
-                result.truncated = True
-                return
-            count, total = await page_at(offset)
-            result.pages += 1
-            if count == 0:
-                return
-            offset += limit
+                listing.incomplete = "offset_limit"
+                return listing
+            page = await page_at(offset)
+            listing.pages += 1
+            if not page.ids:
+                break
+            if page.ids == previous:
+                listing.incomplete = "offset_ignored"
+                return listing
+            previous = page.ids
+            distinct.update(page.ids)
+            total = page.total if page.total is not None else total
+            offset += len(page.ids)
             if total is not None and offset >= total:
-                return
-            if total is None and count < limit:
-                return
+                break
+        if total is not None and len(distinct) < total:
+            listing.incomplete = "short"
+        return listing
 
     async def post_form(self, path: str, form: Mapping[str, str], *, endpoint: str) -> Any:
         """POST form-encoded without a bearer token (the token endpoint itself)."""
@@ -660,7 +726,13 @@ async def _read_capped(response: aiohttp.ClientResponse, endpoint: str) -> bytes
 
 
 def _list_page(body: Any, endpoint: str) -> tuple[list[Any], int | None]:
-    """The data array and meta.results.total of a list page; anything else is bad_response."""
+    """The data array and meta.results.total of a list page; anything else is bad_response.
+
+    A bare array is a page too: Promotions Builder's SDK description declares the
+    rule-promotion list that way. It carries no total, so paging goes on to an empty page.
+    """
+    if isinstance(body, list):
+        return body, None
     if not isinstance(body, dict) or not isinstance(body.get("data"), list):
         raise ApiError("bad_response", f"{endpoint}: answer has no data array")
     total: int | None = None

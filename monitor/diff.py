@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from monitor.models import ACTIVE_STATUSES, Change, ChangeKind, Job, PromotionSnapshot
+from monitor.models import ACTIVE_STATUSES, FAILED, Change, ChangeKind, Job, PromotionSnapshot
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +31,16 @@ def prune(snapshot: PromotionSnapshot, horizon: float) -> PromotionSnapshot:
     if snapshot.oldest_finished is None or snapshot.oldest_finished >= horizon:
         return snapshot  # the common case, answered without looking at any job
     kept = {k: j for k, j in snapshot.jobs.items() if not expired(j, horizon)}
-    return PromotionSnapshot(snapshot.promotion_id, kept, snapshot.stuck & kept.keys())
+    return PromotionSnapshot(
+        snapshot.promotion_id, kept, snapshot.stuck & kept.keys(), snapshot.baseline_at
+    )
+
+
+def recent(job: Job, since: float) -> bool:
+    """The job entered its status at or after `since`; a job without timestamps counts as
+    recent, so that nothing is silenced on missing evidence."""
+    at = job.status_since
+    return at is None or at >= since
 
 
 def is_stuck(job: Job, now: float, stuck_after: float) -> bool:
@@ -48,13 +57,17 @@ def diff(
     now: float,
     stuck_after: float,
     retention: float | None = None,
+    lookback: float = 0.0,
 ) -> Diff:
     """Compare a successful poll's jobs with the previous snapshot of the same promotion.
 
     Only call this for a poll that succeeded: a failed poll must change nothing, and a job
-    missing from a partial answer would otherwise look vanished. With `retention`, finished
-    jobs older than that many seconds are left out of both sides, silently: they are history,
-    and memory must not grow with it.
+    missing from a partial answer would otherwise look vanished (the poller adds the jobs an
+    incomplete listing did not show). With `retention`, finished jobs older than that many
+    seconds are left out of both sides, silently: they are history, and memory must not grow
+    with it. `lookback`: at a baseline, jobs that failed less than that many seconds ago are
+    reported as failures; a job first seen after the baseline but last changed before the
+    baseline minus the lookback is history seen late, not news.
     """
     # The API gives no order and pages can shift under us; a job seen twice counts once.
     jobs = {job.id: job for job in current}
@@ -67,19 +80,29 @@ def diff(
         jobs = {k: j for k, j in jobs.items() if k in known or not expired(j, horizon)}
 
     if previous is None:
-        # First sight of a promotion: its history is the baseline, not news. Jobs already
-        # stuck are marked silently so the next poll does not announce them as fresh.
+        # First sight of a promotion: its history is the baseline, not news, except failures
+        # inside the lookback (a new pod must not swallow what failed while none watched).
+        # Jobs already stuck are marked silently so the next poll does not announce them.
         counts = Counter(job.status for job in jobs.values())
         stuck = frozenset(j.id for j in jobs.values() if is_stuck(j, now, stuck_after))
-        baseline = Change(ChangeKind.BASELINE, promotion_id, counts=dict(counts))
-        return Diff([baseline], PromotionSnapshot(promotion_id, jobs, stuck))
+        changes = [Change(ChangeKind.BASELINE, promotion_id, counts=dict(counts))]
+        if lookback > 0:
+            changes.extend(
+                Change(ChangeKind.DISCOVERED, promotion_id, job, during_baseline=True)
+                for job in jobs.values()
+                if job.status == FAILED and recent(job, now - lookback)
+            )
+        return Diff(changes, PromotionSnapshot(promotion_id, jobs, stuck, baseline_at=now))
 
-    changes: list[Change] = []
+    changes = []
     before = previous.jobs
+    # Before this, a job we had never seen is old news that the listing hid until now.
+    news_since = None if previous.baseline_at is None else previous.baseline_at - lookback
     for job in jobs.values():
         old = before.get(job.id)
         if old is None:
-            changes.append(Change(ChangeKind.DISCOVERED, promotion_id, job))
+            late = news_since is not None and not recent(job, news_since)
+            changes.append(Change(ChangeKind.DISCOVERED, promotion_id, job, late=late))
         elif old.status != job.status:
             changes.append(Change(ChangeKind.STATUS_CHANGED, promotion_id, job, old))
         elif old is not job and old != job:
@@ -118,4 +141,4 @@ def apply(previous: PromotionSnapshot, changes: Iterable[Change]) -> PromotionSn
             jobs[job.id] = job
     # A job leaves the stuck set once it is no longer active, so a later stall is news again.
     kept = frozenset(job_id for job_id in stuck if job_id in jobs and jobs[job_id].is_active)
-    return PromotionSnapshot(previous.promotion_id, jobs, kept)
+    return PromotionSnapshot(previous.promotion_id, jobs, kept, previous.baseline_at)

@@ -47,12 +47,28 @@ def resolve_shard_index(sharding: ShardingSettings, env: Mapping[str, str]) -> i
     return index
 
 
+# A bare date names a calendar day without a zone: it has ended everywhere only once the day is
+# over in the last zone to leave it (UTC-12), with a margin to UTC+14's count: date + 1 day + 14 h.
+_BARE_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_BARE_DATE_GRACE_SECONDS = (24 + 14) * 3600.0
+
+
+def promotion_end(value: object) -> float | None:
+    """When a promotion's `end` (a date-time, or a bare date) has passed, in epoch seconds."""
+    start_of_day = parse_timestamp(value)
+    if start_of_day is None or not isinstance(value, str):
+        return None
+    if _BARE_DATE.match(value.strip()):
+        return start_of_day + _BARE_DATE_GRACE_SECONDS
+    return start_of_day
+
+
 def wanted(promotion: Mapping[str, object], rules: DiscoverySettings, now: float) -> bool:
     """Whether a listed promotion should be watched under the discovery rules."""
     if not rules.include_disabled and promotion.get("enabled") is False:
         return False
     if not rules.include_expired:
-        end = parse_timestamp(promotion.get("end"))
+        end = promotion_end(promotion.get("end"))
         if end is not None and end < now:
             return False
     if rules.name_pattern is not None:
@@ -68,6 +84,9 @@ class Watchlist:
 
     targets: Mapping[str, JobsTarget]
     discovered: frozenset[str]
+    # False when a list could not be read whole: a promotion missing from it may still exist,
+    # so it must not be dropped (and its state lost) on this evidence.
+    complete: bool = True
 
 
 class Discovery:
@@ -95,9 +114,12 @@ class Discovery:
         """List the store's promotions; raises ApiError if any list call fails (keep the old)."""
         targets = self.explicit()
         discovered: set[str] = set()
+        complete = True
         rules = self._settings.discovery
         for kind in rules.kinds:
-            for promotion in await self._client.list_promotions(kind):
+            promotions, listing = await self._client.list_promotions(kind)
+            complete = complete and listing.incomplete is None
+            for promotion in promotions:
                 raw_id = promotion.get("id")
                 if not isinstance(raw_id, str) or not wanted(promotion, rules, now):
                     continue
@@ -106,7 +128,7 @@ class Discovery:
                     continue
                 targets[pid] = self._client.target(pid, kind)
                 discovered.add(pid)
-        return Watchlist(targets, frozenset(discovered))
+        return Watchlist(targets, frozenset(discovered), complete)
 
 
 def _canonical(raw: str) -> str | None:

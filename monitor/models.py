@@ -215,6 +215,9 @@ class PromotionSnapshot:
     jobs: Mapping[str, Job]
     # Jobs already reported stuck, so the event fires once per job and survives restarts.
     stuck: frozenset[str] = field(default_factory=frozenset)
+    # When the promotion's baseline was taken (None in state written before it was kept): a job
+    # first seen later but last changed before it (minus the lookback) is history seen late.
+    baseline_at: float | None = None
     # When the oldest finished job finished: lets retention skip the scan until one expires.
     oldest_finished: float | None = field(init=False, compare=False, repr=False)
     # Whether any job is pending/processing/cancelling (and so could become stuck).
@@ -255,6 +258,11 @@ class Change:
     previous: Job | None = None
     # For BASELINE only: how many jobs the promotion had, by status.
     counts: Mapping[str, int] | None = None
+    # DISCOVERED at a baseline: a job that failed within the lookback before the monitor first
+    # saw the promotion (e.g. while a replaced pod was starting), reported rather than absorbed.
+    during_baseline: bool = False
+    # DISCOVERED long after it last changed (a listing in no stable order hid it): history.
+    late: bool = False
 
     @property
     def is_failure(self) -> bool:
@@ -262,7 +270,7 @@ class Change:
         if self.job is None or self.job.status != FAILED:
             return False
         if self.kind is ChangeKind.DISCOVERED:
-            return True
+            return not self.late
         return (
             self.kind is ChangeKind.STATUS_CHANGED
             and self.previous is not None
@@ -274,7 +282,7 @@ class Change:
         """The job was seen arriving in a terminal status (for duration histograms)."""
         if self.job is None or not self.job.is_terminal:
             return False
-        return self.kind is ChangeKind.DISCOVERED or (
+        return (self.kind is ChangeKind.DISCOVERED and not self.late) or (
             self.kind is ChangeKind.STATUS_CHANGED
             and self.previous is not None
             and not self.previous.is_terminal

@@ -24,6 +24,17 @@ HINTS = {
 }
 
 
+# What an incomplete listing means for the operator; shown once per promotion and reason.
+INCOMPLETE_DETAILS = {
+    "offset_limit": "more jobs than the API pages through (offset 10,000); the rest are unseen "
+    "and kept as last known",
+    "offset_ignored": "the store answered every offset with the same page; jobs past it are "
+    "unseen and kept as last known",
+    "short": "fewer distinct jobs than meta.results.total (pages overlap: the store lists jobs in "
+    "no stable order); unseen jobs are kept as last known and none is reported vanished",
+}
+
+
 @dataclass(frozen=True, slots=True)
 class PollOutcome:
     promotion_id: str
@@ -45,6 +56,7 @@ class Poller:
         clock: Callable[[], float],
         stuck_after: float,
         retention: float | None = None,
+        lookback: float = 0.0,
     ) -> None:
         self._client = client
         self._store = store
@@ -53,8 +65,11 @@ class Poller:
         self._clock = clock
         self._stuck_after = stuck_after
         self._retention = retention
+        self._lookback = lookback
         self._log = structlog.get_logger()
-        self._truncation_warned: set[str] = set()
+        # (promotion, reason) pairs already warned about: an unordered store makes every poll
+        # incomplete, and one warning says it.
+        self._incomplete_warned: set[tuple[str, str]] = set()
 
     def _needs_diff(self, snapshot: PromotionSnapshot, now: float) -> bool:
         if snapshot.has_active:
@@ -119,17 +134,19 @@ class Poller:
             self._metrics.poll_succeeded(pid, now)
             return PollOutcome(pid, ok=True)
         jobs = result.jobs
-        if result.truncated:
-            if pid not in self._truncation_warned:
-                self._truncation_warned.add(pid)
+        incomplete = result.listing.incomplete
+        if incomplete is not None:
+            self._metrics.polls_incomplete.labels(pid, incomplete).inc()
+            if (pid, incomplete) not in self._incomplete_warned:
+                self._incomplete_warned.add((pid, incomplete))
                 self._log.warning(
-                    "poll_truncated",
+                    "poll_incomplete",
                     promotion_id=pid,
-                    detail="more jobs than the API pages through (offset 10,000); the rest are "
-                    "unseen and kept as last known",
+                    reason=incomplete,
+                    detail=INCOMPLETE_DETAILS[incomplete],
                 )
             if previous is not None:
-                # Jobs past the last page the API serves were not seen, not removed.
+                # Jobs the listing did not show were not seen, not removed: no vanish.
                 seen = {job.id for job in jobs}
                 jobs = jobs + [job for job in previous.jobs.values() if job.id not in seen]
 
@@ -140,6 +157,7 @@ class Poller:
             now=now,
             stuck_after=self._stuck_after,
             retention=self._retention,
+            lookback=self._lookback,
         )
         if outcome.snapshot is not previous:
             # (Without changes, only expired history was pruned; the next write carries it.)

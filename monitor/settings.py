@@ -114,6 +114,10 @@ class PollSettings(_Section):
     # unset means 10 s, or interval_seconds if that is shorter.
     active_interval_seconds: Annotated[float, Field(gt=0)] | None = None
     stuck_after_seconds: Annotated[float, Field(gt=0)] = 3600.0
+    # At a promotion's first poll (a new pod: state in an emptyDir starts empty), jobs that
+    # failed this recently are reported, not absorbed as history; 0 turns it off. Keep it below
+    # the 30 min window of the PromoMonitorJobFailed rule.
+    baseline_lookback_seconds: Annotated[float, Field(ge=0, le=86_400)] = 900.0
     max_concurrent_polls: Annotated[int, Field(ge=1, le=256)] = 8
 
     @property
@@ -196,7 +200,9 @@ class DiscoverySettings(_Section):
         PromotionKind.RULE_PROMOTION,
     ]
     interval_seconds: Annotated[float, Field(gt=0)] = 300.0
-    include_disabled: bool = False
+    # Elastic Path creates promotions disabled and codes are generated before a campaign is
+    # switched on: a job that fails then is the one a launch depends on.
+    include_disabled: bool = True
     include_expired: bool = False
     name_pattern: str | None = None
 

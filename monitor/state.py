@@ -37,7 +37,8 @@ def _fragment(snap: PromotionSnapshot) -> bytes:
         [j.id, j.job_type, j.status, j.error, j.created_at, j.updated_at]
         for j in snap.jobs.values()
     ]
-    return json.dumps({"jobs": rows, "stuck": sorted(snap.stuck)}, separators=(",", ":")).encode()
+    entry = {"jobs": rows, "stuck": sorted(snap.stuck), "baseline_at": snap.baseline_at}
+    return json.dumps(entry, separators=(",", ":")).encode()
 
 
 def encode_parts(
@@ -117,7 +118,9 @@ def decode(data: bytes) -> dict[str, PromotionSnapshot]:
                 _optional_float(updated),
             )
         stuck = frozenset(str(s) for s in entry.get("stuck", []) if s in jobs)
-        snapshots[str(pid)] = PromotionSnapshot(str(pid), jobs, stuck)
+        # (absent in files written before it was kept: then nothing counts as seen late)
+        baseline_at = _optional_float(entry.get("baseline_at"))
+        snapshots[str(pid)] = PromotionSnapshot(str(pid), jobs, stuck, baseline_at)
     return snapshots
 
 

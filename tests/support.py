@@ -26,6 +26,11 @@ from monitor.simulator import Simulator
 Sample = tuple[str, frozenset[tuple[str, str]]]
 
 
+def long_ago() -> float:
+    """Two hours ago: a job that failed then is history at a baseline, beyond its lookback."""
+    return time.time() - 2 * 3600
+
+
 def write_config(
     directory: Path,
     sim: Simulator,

@@ -22,7 +22,7 @@ import pytest
 
 from monitor.models import ChangeKind
 from monitor.simulator import Fault, Simulator
-from tests.support import Daemon, parse_metrics, series, write_config
+from tests.support import Daemon, long_ago, parse_metrics, series, write_config
 
 # Event names that report a change (plus the failure event a failing change adds).
 CHANGE_EVENTS = {kind.value for kind in ChangeKind} | {"job_failed"}
@@ -55,7 +55,9 @@ async def store() -> AsyncIterator[Store]:
         "export failed: storage unavailable (request id 9f86d081884c7d65)",
         "export failed: upload of 5000 codes timed out after 60s",
     ):
-        job_id = sim.add_job(sale, job_type="code_export", status="failed", error=error)
+        job_id = sim.add_job(
+            sale, job_type="code_export", status="failed", error=error, created_at=long_ago()
+        )
         failed[job_id] = error
     processing = sim.add_job(sale, status="processing")
     builder = sim.add_promotion("rule_promotion", name="Builder")

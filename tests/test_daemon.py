@@ -22,6 +22,7 @@ from tests.deploy_support import (
 )
 from tests.support import (
     Daemon,
+    long_ago,
     promtool_check_metrics,
     require_tool,
     series,
@@ -54,15 +55,22 @@ async def store() -> AsyncIterator[Store]:
     sim = Simulator(seed=3)
     big = sim.add_promotion("promotion", name="Big sale")
     sim.add_jobs(big, 120, status="completed", job_type="code_export")
-    # Failures that predate the monitor: visible as state, never counted as news.
-    sim.add_jobs(big, 9, status="failed", error="codes limit exceeded")
+    # Failures long before the monitor started: visible as state, never counted as news.
+    sim.add_jobs(big, 9, status="failed", error="codes limit exceeded", created_at=long_ago())
     processing = sim.add_job(big, status="processing")
     rule = sim.add_promotion("rule_promotion", name="Builder promo")
     rule_pending = sim.add_job(rule, job_type="code_export", status="pending")
     sim.add_job(rule, status="completed")
     filtered = sim.add_promotion("promotion", name="Filtered")
     sim.add_jobs(filtered, 3, status="completed", job_type="code_generate")
-    sim.add_jobs(filtered, 4, status="failed", job_type="code_export", error="export failed")
+    sim.add_jobs(
+        filtered,
+        4,
+        status="failed",
+        job_type="code_export",
+        error="export failed",
+        created_at=long_ago(),
+    )
     await sim.start()
     yield Store(sim, big, rule, filtered, processing, rule_pending)
     await sim.stop()

@@ -242,17 +242,111 @@ def test_applying_the_changes_of_a_diff_gives_the_new_poll(a: list[Job], b: list
     assert replayed == result.snapshot
 
 
-@given(jobs_strategy, jobs_strategy)
+@given(jobs_strategy, jobs_strategy, st.sampled_from([0.0, 900.0, 86_400.0]))
 def test_every_failure_is_a_job_now_failed_that_was_not_failed_before(
-    a: list[Job], b: list[Job]
+    a: list[Job], b: list[Job], lookback: float
 ) -> None:
-    previous = _snapshot_of(a)
-    result = diff(previous, b, promotion_id=PID, now=NOW, stuck_after=STUCK_AFTER)
+    baseline_at = NOW - 3600
+    previous = diff(
+        None, a, promotion_id=PID, now=baseline_at, stuck_after=STUCK_AFTER, lookback=lookback
+    ).snapshot
+    result = diff(
+        previous, b, promotion_id=PID, now=NOW, stuck_after=STUCK_AFTER, lookback=lookback
+    )
     failures = {c.job.id for c in result.changes if c.is_failure and c.job}
     # A job listed twice counts as its last listing.
-    now_failed = {j.id for j in {j.id: j for j in b}.values() if j.status == "failed"}
+    now_failed = {j.id: j for j in {j.id: j for j in b}.values() if j.status == "failed"}
     before_failed = {j.id for j in previous.jobs.values() if j.status == "failed"}
-    assert failures == now_failed - before_failed
+    # A job never seen before whose failure predates the baseline (minus the lookback) is
+    # history the listing showed late; one without timestamps is never silenced.
+    late = {
+        job_id
+        for job_id, j in now_failed.items()
+        if job_id not in previous.jobs
+        and j.status_since is not None
+        and j.status_since < baseline_at - lookback
+    }
+    assert failures == now_failed.keys() - before_failed - late
+
+
+@given(jobs_strategy, st.sampled_from([0.0, 900.0, 86_400.0]))
+def test_a_baseline_reports_exactly_the_failures_inside_the_lookback(
+    jobs: list[Job], lookback: float
+) -> None:
+    result = diff(None, jobs, promotion_id=PID, now=NOW, stuck_after=STUCK_AFTER, lookback=lookback)
+    reported = {c.job.id for c in result.changes if c.is_failure and c.job}
+    assert all(c.during_baseline for c in result.changes if c.is_failure)
+    latest = {j.id: j for j in jobs}.values()
+    expected = {
+        j.id
+        for j in latest
+        if lookback > 0
+        and j.status == "failed"
+        and (j.status_since is None or j.status_since >= NOW - lookback)
+    }
+    assert reported == expected
+    assert result.snapshot.baseline_at == NOW
+
+
+def test_lookback_table() -> None:
+    """A new pod's first poll: what failed while no monitor ran is news, older failures are not."""
+    current = [
+        job("failed-5-min-ago", "failed", error="codes limit exceeded", since=NOW - 300),
+        job("failed-exactly-at-the-edge", "failed", since=NOW - 900),
+        job("failed-an-hour-ago", "failed", since=NOW - 3600),
+        job("completed-just-now", "completed", since=NOW - 10),
+        job("pending", "pending", since=NOW - 10),
+    ]
+    result = diff(None, current, promotion_id=PID, now=NOW, stuck_after=1e9, lookback=900)
+    assert [c.kind for c in result.changes] == [
+        ChangeKind.BASELINE,
+        ChangeKind.DISCOVERED,
+        ChangeKind.DISCOVERED,
+    ]
+    assert [c.job.id for c in result.changes[1:] if c.job] == [
+        "failed-5-min-ago",
+        "failed-exactly-at-the-edge",
+    ]
+    assert all(c.is_failure and c.during_baseline for c in result.changes[1:])
+    assert result.changes[0].counts == {"failed": 3, "completed": 1, "pending": 1}
+    # Turned off, a baseline is silent as before.
+    silent = diff(None, current, promotion_id=PID, now=NOW, stuck_after=1e9, lookback=0)
+    assert [c.kind for c in silent.changes] == [ChangeKind.BASELINE]
+
+
+def test_a_job_seen_late_is_history_unless_it_changed_after_the_baseline() -> None:
+    """An unordered listing hid these jobs at the baseline; they show up an hour later."""
+    baseline_at = NOW - 3600
+    previous = PromotionSnapshot(PID, {"seen": job("seen", "completed")}, baseline_at=baseline_at)
+    current = [
+        job("seen", "completed"),
+        job("failed-before-baseline", "failed", since=baseline_at - 2000),
+        job("failed-in-lookback", "failed", since=baseline_at - 600),
+        job("failed-after-baseline", "failed", since=baseline_at + 60),
+        job("no-timestamps", "failed", since=None),
+    ]
+    result = diff(previous, current, promotion_id=PID, now=NOW, stuck_after=1e9, lookback=900)
+    by_id = {c.job.id: c for c in result.changes if c.job}
+    assert by_id["failed-before-baseline"].late
+    assert not by_id["failed-before-baseline"].is_failure
+    assert not by_id["failed-before-baseline"].reached_terminal
+    assert {pid for pid, c in by_id.items() if c.is_failure} == {
+        "failed-in-lookback",
+        "failed-after-baseline",
+        "no-timestamps",
+    }
+    # Seen late or not, every job is now in the snapshot: it is never announced again.
+    assert set(result.snapshot.jobs) == {j.id for j in current}
+    again = diff(result.snapshot, current, promotion_id=PID, now=NOW, stuck_after=1e9, lookback=900)
+    assert again.changes == []
+
+
+def test_state_without_a_baseline_time_treats_every_new_job_as_news() -> None:
+    # (state files written before baseline_at was kept)
+    previous = PromotionSnapshot(PID, {})
+    current = [job("old", "failed", since=NOW - 30 * DAY)]
+    result = diff(previous, current, promotion_id=PID, now=NOW, stuck_after=1e9, lookback=900)
+    assert [c.is_failure for c in result.changes] == [True]
 
 
 DAY = 86_400.0

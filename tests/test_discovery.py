@@ -8,6 +8,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import pytest
 from monitor.discovery import resolve_shard_index, shard_of, wanted
 from monitor.settings import DiscoverySettings, ShardingSettings
 from monitor.simulator import Fault, Simulator
-from tests.support import Daemon, series, value, write_config
+from tests.support import Daemon, long_ago, series, value, write_config
 
 PAST = "2020-01-01T00:00:00.000Z"
 FUTURE = "2099-01-01T00:00:00.000Z"
@@ -53,7 +54,9 @@ async def test_discovers_both_kinds_and_skips_disabled_expired_and_unmatched(
     sim.add_promotion("promotion", name="Winter sale")
     for pid in (live, rule):
         sim.add_job(pid, status="completed")
-    config = write_config(tmp_path, sim, [], discovery=discovery(name_pattern="^Summer"))
+    config = write_config(
+        tmp_path, sim, [], discovery=discovery(name_pattern="^Summer", include_disabled=False)
+    )
     daemon = await Daemon.start(config)
     try:
         await daemon.wait_for("baseline_loaded", count=2)
@@ -68,9 +71,24 @@ async def test_discovers_both_kinds_and_skips_disabled_expired_and_unmatched(
         assert await daemon.stop() == 0
 
 
+async def test_a_disabled_promotion_is_watched_by_default(sim: Simulator, tmp_path: Path) -> None:
+    # Codes are generated before a campaign is switched on: "codes limit exceeded" hits then.
+    draft = sim.add_promotion("promotion", name="Launch next week", enabled=False)
+    job = sim.add_job(draft, status="processing")
+    daemon = await Daemon.start(write_config(tmp_path, sim, [], discovery=discovery()))
+    try:
+        await daemon.wait_for("baseline_loaded")
+        sim.set_job_status(draft, job, "failed", error="codes limit exceeded")
+        failed = await daemon.wait_for("job_failed")
+        assert failed["promotion_id"] == draft
+        assert failed["error"] == "codes limit exceeded"
+    finally:
+        assert await daemon.stop() == 0
+
+
 async def test_promotions_come_and_go_at_run_time(sim: Simulator, tmp_path: Path) -> None:
     first = sim.add_promotion("promotion", name="first")
-    sim.add_job(first, status="failed", error="codes limit exceeded")
+    sim.add_job(first, status="failed", error="codes limit exceeded", created_at=long_ago())
     config = write_config(tmp_path, sim, [], discovery=discovery())
     daemon = await Daemon.start(config)
     try:
@@ -83,7 +101,7 @@ async def test_promotions_come_and_go_at_run_time(sim: Simulator, tmp_path: Path
         assert added["kind"] == "rule_promotion"
         await daemon.wait_for("baseline_loaded", lambda e: e["promotion_id"] == second)
 
-        sim.set_promotion(first, enabled=False)
+        sim.set_promotion(first, end=PAST)  # expired: no longer watched
         await daemon.wait_for("promotion_removed", lambda e: e["promotion_id"] == first)
         samples = await daemon.wait_for_metric(lambda s: first not in polled_ids(s))
         # Every series of a removed promotion leaves /metrics, gauges and counters alike.
@@ -226,7 +244,9 @@ def test_shards_split_evenly() -> None:
     ("promotion", "rules", "expected"),
     [
         ({"enabled": True}, {}, True),
-        ({"enabled": False}, {}, False),
+        # Elastic Path creates promotions disabled; their codes are generated before launch.
+        ({"enabled": False}, {}, True),
+        ({"enabled": False}, {"include_disabled": False}, False),
         ({"enabled": False}, {"include_disabled": True}, True),
         ({"end": PAST}, {}, False),
         ({"end": PAST}, {"include_expired": True}, True),
@@ -240,3 +260,27 @@ def test_shards_split_evenly() -> None:
 )
 def test_discovery_rules(promotion: dict[str, Any], rules: dict[str, Any], expected: bool) -> None:
     assert wanted(promotion, DiscoverySettings(**rules), now=time.time()) is expected
+
+
+def at(text: str) -> float:
+    return datetime.fromisoformat(text).timestamp()
+
+
+@pytest.mark.parametrize(
+    ("end", "now", "expired"),
+    [
+        # A bare date (the Promotions Standard example writes `2100-01-01`) is a whole day that
+        # ends last in UTC-12; it is expired only after date + 1 day + 14 h UTC.
+        ("2026-03-01", "2026-03-01T00:00:01+00:00", False),
+        ("2026-03-01", "2026-03-01T23:59:59+00:00", False),
+        ("2026-03-01", "2026-03-02T13:59:59+00:00", False),
+        ("2026-03-01", "2026-03-02T14:00:01+00:00", True),
+        # A date-time is exact.
+        ("2026-03-01T00:00:00Z", "2026-03-01T00:00:01+00:00", True),
+        ("2026-03-01T12:00:00.000Z", "2026-03-01T11:59:59+00:00", False),
+    ],
+)
+def test_a_bare_end_date_expires_only_when_the_day_has_ended_everywhere(
+    end: str, now: str, expired: bool
+) -> None:
+    assert wanted({"end": end}, DiscoverySettings(), now=at(now)) is not expired

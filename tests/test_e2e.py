@@ -35,7 +35,7 @@ from tests.e2e_support import (
     running_stack,
     settings_summary,
 )
-from tests.support import require_tool
+from tests.support import long_ago, require_tool
 
 pytestmark = pytest.mark.e2e
 
@@ -81,11 +81,14 @@ def tools() -> Tools:
 async def store() -> AsyncIterator[Store]:
     sim = Simulator(seed=4)
     quiet = sim.add_promotion("promotion", name="Quiet")
-    sim.add_jobs(quiet, 2, status="failed", error=ERROR)
-    sim.add_job(quiet, job_type="code_export", status="failed", error="export failed")
+    # Failures long before the monitor started (past its baseline lookback): history, not news.
+    sim.add_jobs(quiet, 2, status="failed", error=ERROR, created_at=long_ago())
+    sim.add_job(
+        quiet, job_type="code_export", status="failed", error="export failed", created_at=long_ago()
+    )
     sim.add_jobs(quiet, 2, status="completed")
     watched = sim.add_promotion("promotion", name="Watched")
-    old_failure = sim.add_job(watched, status="failed", error=OLD_ERROR)
+    old_failure = sim.add_job(watched, status="failed", error=OLD_ERROR, created_at=long_ago())
     sim.add_job(watched, job_type="code_export", status="completed")
     running = sim.add_job(watched, status="processing")
     flaky = sim.add_promotion("rule_promotion", name="Flaky")

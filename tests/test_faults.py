@@ -32,7 +32,7 @@ from aiohttp import web
 from monitor.models import PromotionSnapshot
 from monitor.simulator import Fault, FaultKind, RecordedRequest, Simulator
 from monitor.state import decode
-from tests.support import Daemon, Sample, series, value, write_config
+from tests.support import Daemon, Sample, long_ago, series, value, write_config
 from tests.support import serving as serve_app
 
 Samples = dict[Sample, float]
@@ -264,8 +264,8 @@ class Store:
         for _ in range(3):
             pid = sim.add_promotion()
             sim.add_jobs(pid, 2, status="completed", job_type="code_export")
-            # Failures that predate the monitor: state, never news.
-            sim.add_job(pid, status="failed", error=CODES_LIMIT)
+            # Failures long before the monitor started: state, never news.
+            sim.add_job(pid, status="failed", error=CODES_LIMIT, created_at=long_ago())
             processing[pid] = sim.add_job(pid, status="processing")
             ids.append(pid)
         return cls(sim, ids, processing)
@@ -862,9 +862,13 @@ async def _odd_jobs(lab: Lab) -> Observed:
         api_job(12345),  # id not text
         "not a job",
         {"id": "bare-minimum"},  # an id and nothing else
-        api_job("failed-with-novel", status="failed", error=LONG_ERROR),
+        # (failures two hours old: history at the baseline, beyond its lookback)
+        api_job("failed-with-novel", status="failed", error=LONG_ERROR, age=7200.0),
     ]
-    odd.pages[CLEAN_PROMOTION] = [api_job("c1"), api_job("c2", status="failed", error="x")]
+    odd.pages[CLEAN_PROMOTION] = [
+        api_job("c1"),
+        api_job("c2", status="failed", error="x", age=7200.0),
+    ]
     observed = Observed(victim=ODD_PROMOTION, others=[CLEAN_PROMOTION])
     directory = lab.directory("odd-jobs")
     async with odd.serving() as base_url:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import string
 from collections.abc import Iterable
+from dataclasses import replace
 from itertools import product
 
 import pytest
@@ -90,8 +91,13 @@ def snapshot(pid: str, jobs: Iterable[Job]) -> PromotionSnapshot:
 def poll(
     previous: PromotionSnapshot | None, *jobs: Job, pid: str = PID
 ) -> tuple[list[Change], PromotionSnapshot]:
-    """The changes one poll seeing `jobs` would record, and the snapshot after it."""
+    """The changes one poll seeing `jobs` would record, and the snapshot after it.
+
+    A baseline is dated an hour before NOW, so that the jobs of later polls are news.
+    """
     result = diff(previous, jobs, promotion_id=pid, now=NOW, stuck_after=STUCK_AFTER)
+    if previous is None:
+        return list(result.changes), replace(result.snapshot, baseline_at=NOW - 3600)
     return list(result.changes), result.snapshot
 
 

@@ -78,8 +78,11 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
     async def token(_: web.Request) -> web.Response:
         return web.json_response({"access_token": "t", "token_type": "Bearer", "expires_in": 3600})
 
-    async def jobs(_: web.Request) -> web.Response:
-        return web.Response(body=holder[0].body, content_type="application/json")
+    async def jobs(request: web.Request) -> web.Response:
+        # `body` is the first page; past it the listing is empty, as a real store's would be.
+        first = request.query.get("page[offset]", "0") == "0"
+        body = holder[0].body if first else b'{"data": []}'
+        return web.Response(body=body, content_type="application/json")
 
     app = web.Application()
     app.router.add_post("/oauth/access_token", token)

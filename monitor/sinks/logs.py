@@ -77,7 +77,12 @@ class LogSink:
             if job is None:
                 continue
             fields = _job_fields(change.promotion_id, job)
-            if change.kind is ChangeKind.DISCOVERED:
+            if change.during_baseline:
+                # Part of the baseline: only its failure is news (below).
+                fields["during_baseline"] = True
+            elif change.late:
+                log.debug("job_discovered", late_seen=True, **fields)
+            elif change.kind is ChangeKind.DISCOVERED:
                 log.info("job_discovered", **fields)
             elif change.kind is ChangeKind.STATUS_CHANGED:
                 previous = change.previous.status if change.previous else None

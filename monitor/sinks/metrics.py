@@ -212,6 +212,13 @@ class MonitorMetrics:
             ["promotion_id", "reason"],
             registry=registry,
         )
+        self.polls_incomplete = Counter(
+            "epcc_monitor_polls_incomplete_total",
+            "Polls whose job listing could not be read whole (reason: offset_limit, "
+            "offset_ignored, short); unseen jobs are kept as last known.",
+            ["promotion_id", "reason"],
+            registry=registry,
+        )
         self.api_requests = Counter(
             "epcc_monitor_api_requests_total",
             "HTTP requests to Elastic Path by endpoint and status code ('error' if no answer).",
@@ -276,7 +283,13 @@ class MonitorMetrics:
 
     def forget(self, promotion_id: str) -> None:
         """Drop every series of a promotion that is no longer watched."""
-        for metric in (self.failures, self.errors, self.transitions, self.poll_errors):
+        for metric in (
+            self.failures,
+            self.errors,
+            self.transitions,
+            self.poll_errors,
+            self.polls_incomplete,
+        ):
             for labels in _label_sets(metric, promotion_id):
                 metric.remove(*labels)
         for gauge in (self.up, self.last_success):
