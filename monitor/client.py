@@ -477,11 +477,15 @@ class ElasticPathClient:
                 page = _SeenPage(answer.key, total, _id_hashes(data), jobs, skipped)
                 result.unchanged = False
             seen[offset] = page
-            result.jobs.extend(page.jobs)
-            result.skipped.extend(page.skipped)
             return Page(page.ids, page.total)
 
         result.listing = await self._paged(page_at)
+        pages = list(seen.values())
+        if result.listing.incomplete == "offset_ignored":
+            pages.pop()  # the repeat of the page before it
+        for page in pages:
+            result.jobs.extend(page.jobs)
+            result.skipped.extend(page.skipped)
         result.unchanged = result.unchanged and len(seen) == len(before)
         # Only a poll that read every page replaces the memory (a failure raised before here).
         self._pages_seen[target.promotion_id] = seen

@@ -1,0 +1,223 @@
+"""Lists as real stores serve them: any page length, offsets ignored, no stable order, and the
+answer shapes Elastic Path's published descriptions disagree on (shared/docs/elastic-path-api.md).
+
+Each store here is a small aiohttp app on 127.0.0.1 that answers one way the real API may.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from monitor.budget import RequestBudget
+from monitor.client import ElasticPathClient, FetchResult
+from monitor.models import PromotionKind
+from monitor.settings import ApiSettings
+from tests.support import serving
+
+PID = "ad386702-e780-42c6-b190-0527ad768917"
+JOBS = f"/v2/promotions/{PID}/jobs"
+OFFSETS = web.AppKey("offsets", list[int])
+Lister = Callable[[list[dict[str, Any]], int, int, int], list[dict[str, Any]]]
+
+
+def api_job(n: int, status: str = "completed") -> dict[str, Any]:
+    stamp = "2024-12-04T00:03:46.388696042Z"
+    return {
+        "type": "promotion_job",
+        "id": f"00000000-0000-4000-8000-{n:012d}",
+        "promotion_id": PID,
+        "job_type": "code_export",
+        "name": "job",
+        "status": status,
+        "meta": {"timestamps": {"created_at": stamp, "updated_at": stamp}},
+    }
+
+
+def in_order(jobs: list[dict[str, Any]], offset: int, limit: int, _: int) -> list[dict[str, Any]]:
+    return jobs[offset : offset + limit]
+
+
+def store_app(
+    jobs: list[dict[str, Any]], lister: Lister = in_order, *, cap: int = 100
+) -> web.Application:
+    """A jobs endpoint that serves at most `cap` records a page, cut by `lister`."""
+    seen: list[int] = []
+
+    async def token(_: web.Request) -> web.Response:
+        return web.json_response(
+            {"access_token": "t0k3n", "token_type": "Bearer", "expires_in": 3600}
+        )
+
+    async def handle(request: web.Request) -> web.Response:
+        limit = min(int(request.query.get("page[limit]", "25")), cap)
+        offset = int(request.query.get("page[offset]", "0"))
+        seen.append(offset)
+        page = lister(jobs, offset, limit, len(seen))
+        meta = {
+            "page": {"limit": limit, "offset": offset, "current": 1, "total": 1},
+            "results": {"total": len(jobs)},
+        }
+        return web.json_response({"data": page, "links": {"next": str(request.url)}, "meta": meta})
+
+    app = web.Application()
+    app.router.add_post("/oauth/access_token", token)
+    app.router.add_get(JOBS, handle)
+    app[OFFSETS] = seen
+    return app
+
+
+@pytest.fixture
+async def listing_of() -> AsyncIterator[Callable[[web.Application], Any]]:
+    """Fetch a promotion's jobs from an app, the client asking for pages of 100."""
+    contexts: list[Any] = []
+
+    async def fetch(app: web.Application) -> FetchResult:
+        context = serving(app)
+        contexts.append(context)
+        base_url = await context.__aenter__()
+        settings = ApiSettings(base_url=base_url, client_id="id", client_secret="s", page_limit=100)
+        async with ElasticPathClient(settings, budget=RequestBudget(1000)) as client:
+            return await client.fetch_jobs(client.target(PID, PromotionKind.PROMOTION))
+
+    yield fetch
+    for context in reversed(contexts):
+        await context.__aexit__(None, None, None)
+
+
+async def test_a_store_page_length_shorter_than_asked_loses_no_job(listing_of: Any) -> None:
+    # The store's page-length setting is 25: asking for 100 still gets 25 a page. A failure on
+    # the third page must be seen, and nothing skipped.
+    jobs = [api_job(n) for n in range(130)]
+    jobs[60] = api_job(60, "failed")
+    app = store_app(jobs, cap=25)
+
+    result = await listing_of(app)
+
+    assert sorted(job.id for job in result.jobs) == sorted(job["id"] for job in jobs)
+    assert [job.status for job in result.jobs].count("failed") == 1
+    assert app[OFFSETS] == [0, 25, 50, 75, 100, 125]
+    assert result.complete
+
+
+async def test_a_store_that_ignores_the_offset_is_read_once_not_forever(listing_of: Any) -> None:
+    def first_page(jobs: list[dict[str, Any]], _: int, limit: int, __: int) -> list[dict[str, Any]]:
+        return jobs[:limit]
+
+    app = store_app([api_job(n) for n in range(130)], first_page, cap=25)
+
+    result = await listing_of(app)
+
+    # The second page repeats the first: paging stops there, nothing counted twice.
+    assert app[OFFSETS] == [0, 25]
+    assert len(result.jobs) == len({job.id for job in result.jobs}) == 25
+    assert result.listing.incomplete == "offset_ignored"
+    assert not result.complete
+
+
+async def test_pages_that_overlap_make_an_incomplete_listing(listing_of: Any) -> None:
+    # No ORDER BY: each request lists the jobs in another order, so pages overlap and skip.
+    def shuffled(
+        jobs: list[dict[str, Any]], offset: int, limit: int, n: int
+    ) -> list[dict[str, Any]]:
+        order = list(jobs)
+        random.Random(n).shuffle(order)
+        return order[offset : offset + limit]
+
+    app = store_app([api_job(n) for n in range(150)], shuffled, cap=25)
+
+    result = await listing_of(app)
+
+    distinct = {job.id for job in result.jobs}
+    assert len(distinct) < 150  # (seeded: this order does overlap)
+    assert result.listing.incomplete == "short"
+    assert app[OFFSETS] == [0, 25, 50, 75, 100, 125]
+
+
+async def test_a_listing_whose_pages_add_up_is_complete(listing_of: Any) -> None:
+    result = await listing_of(store_app([api_job(n) for n in range(130)]))
+    assert len(result.jobs) == 130
+    assert result.complete
+    assert result.listing.pages == 2
+
+
+# Answer shapes the published descriptions disagree on
+
+
+def token_app(answer: dict[str, Any]) -> web.Application:
+    async def token(_: web.Request) -> web.Response:
+        return web.json_response(answer)
+
+    async def jobs(request: web.Request) -> web.Response:
+        assert request.headers["Authorization"] == "Bearer t0k3n"
+        return web.json_response(
+            {"data": [api_job(1, "failed")], "meta": {"results": {"total": 1}}}
+        )
+
+    app = web.Application()
+    app.router.add_post("/oauth/access_token", token)
+    app.router.add_get(JOBS, jobs)
+    return app
+
+
+FLAT_TOKEN = {
+    "access_token": "t0k3n",
+    "token_type": "Bearer",
+    "expires_in": 3600,
+    "expires": 1733274226,
+    "identifier": "client_credentials",
+}
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [FLAT_TOKEN, {"data": FLAT_TOKEN}],
+    ids=["flat (SDKs, CLI)", "wrapped in data (authentication description examples)"],
+)
+async def test_the_token_answer_is_read_flat_or_wrapped(
+    listing_of: Any, answer: dict[str, Any]
+) -> None:
+    result = await listing_of(token_app(answer))
+    assert [job.status for job in result.jobs] == ["failed"]
+
+
+def rule_list_app(body: Any) -> web.Application:
+    async def token(_: web.Request) -> web.Response:
+        return web.json_response(FLAT_TOKEN)
+
+    async def promotions(request: web.Request) -> web.Response:
+        # A bare array carries no total: only an empty page ends it.
+        first = request.query.get("page[offset]", "0") == "0"
+        return web.json_response(
+            body if first else ([] if isinstance(body, list) else {**body, "data": []})
+        )
+
+    app = web.Application()
+    app.router.add_post("/oauth/access_token", token)
+    app.router.add_get("/v2/rule-promotions", promotions)
+    return app
+
+
+RULE = {"type": "rule_promotion", "id": PID, "name": "Builder sale", "enabled": False}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"data": [RULE], "links": {}, "meta": {"results": {"total": 1}}},
+        [{"data": RULE}],
+        [RULE],
+    ],
+    ids=["envelope (Builder spec)", "bare array of {data} (SDK spec)", "bare array"],
+)
+async def test_the_rule_promotion_list_is_read_in_every_documented_shape(body: Any) -> None:
+    async with serving(rule_list_app(body)) as base_url:
+        settings = ApiSettings(base_url=base_url, client_id="id", client_secret="s")
+        async with ElasticPathClient(settings, budget=RequestBudget(1000)) as client:
+            found, listing = await client.list_promotions(PromotionKind.RULE_PROMOTION)
+    assert [(p["id"], p["name"]) for p in found] == [(PID, "Builder sale")]
+    assert listing.incomplete is None
