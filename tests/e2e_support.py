@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import re
 import signal
 import socket
@@ -139,7 +140,9 @@ def alertmanager_config(webhook_url: str, source: Path = ALERTMANAGER) -> dict[s
     return document
 
 
-def prometheus_config(rules: Path, daemon_port: int, alertmanager_port: int) -> dict[str, Any]:
+def prometheus_config(rules: Path, targets: Path, alertmanager_port: int) -> dict[str, Any]:
+    """Monitor targets come from a file, so a test can replace a pod as Kubernetes would: the
+    old target leaves service discovery and a new one, on another address, appears."""
     return {
         "global": {
             "scrape_interval": format_duration(SCRAPE_INTERVAL),
@@ -157,7 +160,10 @@ def prometheus_config(rules: Path, daemon_port: int, alertmanager_port: int) -> 
             ]
         },
         "scrape_configs": [
-            {"job_name": JOB_NAME, "static_configs": [{"targets": [f"127.0.0.1:{daemon_port}"]}]}
+            {
+                "job_name": JOB_NAME,
+                "file_sd_configs": [{"files": [str(targets)], "refresh_interval": "1s"}],
+            }
         ],
     }
 
@@ -183,6 +189,14 @@ def check_tool(*args: str | Path) -> None:
             f"{' '.join(map(str, args))} failed ({result.returncode}):\n"
             f"{result.stdout}{result.stderr}"
         )
+
+
+def write_json_atomic(path: Path, document: Any) -> None:
+    # Prometheus watches the file: it must never read a half-written one.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(document), encoding="utf-8")
+    partial.replace(path)
 
 
 def write_yaml(path: Path, document: Mapping[str, Any]) -> Path:
@@ -469,6 +483,8 @@ class Stack:
     alertmanager: Server | None = None
     prometheus_started: float = 0.0  # Unix time
     daemons: list[Daemon] = field(default_factory=list)
+    targets: Path = field(init=False)
+    promotions: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def daemon(self) -> Daemon:
@@ -484,6 +500,29 @@ class Stack:
     def alertmanager_url(self) -> str:
         assert self.alertmanager is not None
         return self.alertmanager.url
+
+    def scrape(self, *ports: int) -> None:
+        """The monitor targets Prometheus discovers (picked up within a second)."""
+        write_json_atomic(self.targets, [{"targets": [f"127.0.0.1:{port}" for port in ports]}])
+
+    async def replace_pod(self) -> Daemon:
+        """A new pod: another address, an empty state directory (an emptyDir starts empty).
+
+        Call it with the old daemon gone; the old target has already left discovery.
+        """
+        self.daemon_port = free_ports(1)[0]
+        pod = self.tmp / f"pod-{len(self.daemons) + 1}"
+        pod.mkdir()
+        self.config = write_config(
+            pod,
+            self.sim,
+            self.promotions,
+            poll={"interval_seconds": POLL_INTERVAL},
+            server={"port": self.daemon_port},
+        )
+        daemon = await self.start_daemon(len(self.promotions))
+        self.scrape(self.daemon_port)
+        return daemon
 
     async def start_daemon(self, promotions: int) -> Daemon:
         """Start `promo-monitor run` (again) on its port; waits until every promotion was polled."""
@@ -623,12 +662,15 @@ async def _start(stack: Stack, promotions: list[dict[str, Any]]) -> None:
     webhook_url = await stack.webhook.start()
     stack.daemon_port, prometheus_port, alertmanager_port = free_ports(3)
 
+    stack.promotions = promotions
+    stack.targets = tmp / "prometheus" / "targets.json"
+    stack.scrape(stack.daemon_port)
     stack.rules = shortened_rules()
     stack.for_seconds = rule_durations(stack.rules)
     rules = write_yaml(tmp / "prometheus" / "alerts.yaml", stack.rules)
     prometheus_yml = write_yaml(
         tmp / "prometheus" / "prometheus.yml",
-        prometheus_config(rules, stack.daemon_port, alertmanager_port),
+        prometheus_config(rules, stack.targets, alertmanager_port),
     )
     alertmanager_yml = write_yaml(
         tmp / "alertmanager" / "alertmanager.yml", alertmanager_config(webhook_url)

@@ -295,6 +295,52 @@ async def test_monitor_down_fires_and_job_alerts_do_not_flap(
         assert {r.name for r in stack.webhook.alerts()} == {JOB_FAILED, DOWN}
 
 
+async def test_a_failure_while_the_pod_is_replaced_pages_once(stack: Stack, store: Store) -> None:
+    """A sidecar keeps its snapshot in an emptyDir: a rollout takes the pod and its state. A job
+    that fails between the old pod's end and the new pod's first poll must still page, once; the
+    new pod is another instance, so its failure counter is a new series that starts at 1."""
+    async with stack.diagnostics():
+        await stack.wait_evaluations(3)
+        old = stack.daemon
+        assert await old.stop(signal.SIGKILL) == -signal.SIGKILL
+        stack.scrape()  # the old pod's target leaves service discovery with the pod
+        failed = time.monotonic()
+        store.sim.set_job_status(store.watched, store.running, "failed", error=ERROR)
+
+        new = await stack.replace_pod()
+
+        # The baseline lookback reports it; the failure from two hours ago stays history.
+        event = await new.wait_for("job_failed")
+        assert (event["job_id"], event["during_baseline"]) == (store.running, True)
+        assert new.named("job_failed") == [event]
+        received = await stack.webhook.wait_for(
+            JOB_FAILED, promotion_id=store.watched, since=failed, timeout=30
+        )
+        print(
+            f"\nfailure during a pod replacement -> delivered: "
+            f"{received.delivery.at - failed:.1f} s"
+        )
+        assert received.labels == {
+            "alertname": JOB_FAILED,
+            "severity": "critical",
+            "promotion_id": store.watched,
+            "job_type": "code_generate",
+        }
+        assert (received.delivery.payload["receiver"], received.delivery.path) == PAGER
+        assert f"{store.running}: {ERROR}" in received.annotations["description"]
+        # What made it page: a new series that started at 1, which increase() cannot see.
+        counter = await stack.api.query(
+            f'epcc_promotion_job_failures_total{{promotion_id="{store.watched}",'
+            f'job_type="code_generate",instance="127.0.0.1:{stack.daemon_port}"}}'
+        )
+        assert [s["value"][1] for s in counter] == ["1"]
+
+        # Several more evaluations: still one notification, nothing else fired.
+        await stack.wait_evaluations(5)
+        only_one(stack.webhook.alerts(JOB_FAILED), f"{JOB_FAILED} notifications")
+        assert {r.name for r in stack.webhook.alerts()} == {JOB_FAILED}
+
+
 async def test_failing_polls_of_one_promotion_alert_for_it_only(
     stack: Stack, store: Store, tools: Tools
 ) -> None:
