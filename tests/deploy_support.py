@@ -29,6 +29,7 @@ MONITOR_METRIC_NAMES: frozenset[str] = frozenset(
         "epcc_promotion_jobs_stuck",
         "epcc_promotion_job_failed_info",
         "epcc_promotion_job_failures_total",
+        "epcc_promotion_job_last_failure_timestamp_seconds",
         "epcc_promotion_job_errors_total",
         "epcc_promotion_job_transitions_total",
         "epcc_promotion_job_duration_seconds",

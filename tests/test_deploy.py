@@ -13,6 +13,8 @@ import re
 import shutil
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -41,7 +43,9 @@ from tests.deploy_support import (
     markdown_anchors,
     metric_names_in,
 )
+from tests.e2e_support import alertmanager_config, free_ports, write_yaml
 from tests.support import require_tool
+from tests.tools.sync_prometheusrule import NAMESPACE_PLACEHOLDER, namespaced
 
 pytestmark = pytest.mark.tools
 
@@ -56,8 +60,11 @@ SEVERITY_RECEIVERS = {"critical": "promo-monitor-pager", "warning": "promo-monit
 RUNBOOK_URL_BASE = "https://github.com/your-org/promo-monitor/blob/main/deploy/RUNBOOK.md#"
 SCRAPE_LABEL = ("promo-monitor/scrape", "true")
 # The alerts that mean the monitor itself is gone; they inhibit every other (symptom) alert.
-MONITOR_GONE = {"PromoMonitorDown", "PromoMonitorAbsent"}
+MONITOR_GONE_ABSENT = "PromoMonitorAbsent"
+MONITOR_GONE = {"PromoMonitorDown", MONITOR_GONE_ABSENT}
 INSTALL_TOOLS = ROOT / "tests" / "tools" / "install-tools.sh"
+ABSENT_NAMESPACE_TESTS = ROOT / "deploy" / "prometheus" / "absent-namespace.test.yaml"
+ENTRY_POINTS = ("example", "standalone", "statefulset")
 
 
 # --- tools ---------------------------------------------------------------------------------------
@@ -506,7 +513,7 @@ def test_promtool_checks_rule_file(promtool: str) -> None:
 def test_prometheus_rule_carries_the_same_groups(promtool: str, tmp_path: Path) -> None:
     manifest = load_yaml(PROMETHEUS_RULE)
     assert manifest["kind"] == "PrometheusRule"
-    assert manifest["spec"]["groups"] == rule_groups(), (
+    assert manifest["spec"]["groups"] == namespaced(rule_groups(), NAMESPACE_PLACEHOLDER), (
         "deploy/kubernetes/base/prometheusrule.yaml differs from deploy/prometheus/alerts.yaml: "
         "run `python3 tests/tools/sync_prometheusrule.py`"
     )
@@ -514,6 +521,79 @@ def test_prometheus_rule_carries_the_same_groups(promtool: str, tmp_path: Path) 
     extracted.write_text(yaml.safe_dump({"groups": manifest["spec"]["groups"]}), encoding="utf-8")
     out = run(promtool, "check", "rules", extracted)
     assert "SUCCESS" in out
+
+
+def absent_expr(docs: list[dict[str, Any]]) -> str:
+    rule = only(docs, "PrometheusRule")
+    (expr,) = [
+        r["expr"] for r in alert_rules(rule["spec"]["groups"]) if r["alert"] == MONITOR_GONE_ABSENT
+    ]
+    assert isinstance(expr, str)
+    return expr
+
+
+def render_with_namespace(
+    kubectl: str, tmp_path: Path, entry: str, namespace: str
+) -> list[dict[str, Any]]:
+    """An entry point rendered after the user set their namespace, as its comment asks."""
+    tree = tmp_path / "kubernetes"
+    shutil.copytree(KUBERNETES, tree)
+    kustomization = tree / entry / "kustomization.yaml"
+    text = kustomization.read_text(encoding="utf-8")
+    assert text.count("\nnamespace: default\n") == 1
+    kustomization.write_text(
+        text.replace("\nnamespace: default\n", f"\nnamespace: {namespace}\n"), encoding="utf-8"
+    )
+    return kustomize(kubectl, tree / entry)
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+def test_absent_watches_the_namespace_the_rule_is_deployed_in(
+    entry: str, request: pytest.FixtureRequest
+) -> None:
+    docs: list[dict[str, Any]] = request.getfixturevalue(entry)
+    namespace = only(docs, "PrometheusRule")["metadata"]["namespace"]
+    assert {doc["metadata"].get("namespace") for doc in docs} == {namespace}
+    expr = absent_expr(docs)
+    assert expr.startswith(f'absent(epcc_monitor_build_info{{namespace="{namespace}"}})'), expr
+    assert "unless on (namespace)" in expr
+    assert NAMESPACE_PLACEHOLDER not in json.dumps(docs)
+
+
+def test_absent_follows_a_changed_namespace_and_fires_for_it_alone(
+    kubectl: str, promtool: str, tmp_path: Path
+) -> None:
+    docs = render_with_namespace(kubectl, tmp_path, "example", "shop")
+    assert only(docs, "PrometheusRule")["metadata"]["namespace"] == "shop"
+    assert absent_expr(docs).startswith('absent(epcc_monitor_build_info{namespace="shop"})')
+    # promtool on the rendered rule: shop silent while `other` reports -> fires for shop only.
+    suite = tmp_path / "prometheus"
+    suite.mkdir()
+    groups = only(docs, "PrometheusRule")["spec"]["groups"]
+    (suite / "prometheusrule-shop.yaml").write_text(
+        yaml.safe_dump({"groups": groups}), encoding="utf-8"
+    )
+    tests = suite / ABSENT_NAMESPACE_TESTS.name
+    shutil.copyfile(ABSENT_NAMESPACE_TESTS, tests)
+    assert "SUCCESS" in run(promtool, "test", "rules", tests)
+
+
+def test_a_forgotten_namespace_replacement_is_loud(kubectl: str, tmp_path: Path) -> None:
+    """Without the replacement the selector keeps a placeholder that no namespace can match."""
+    assert not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", NAMESPACE_PLACEHOLDER)
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "namespace": "shop",
+        "resources": [os.path.relpath(KUBERNETES / "base", overlay)],
+    }
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump(kustomization), encoding="utf-8")
+    expr = absent_expr(kustomize(kubectl, overlay))
+    assert expr.startswith(
+        f'absent(epcc_monitor_build_info{{namespace="{NAMESPACE_PLACEHOLDER}"}})'
+    )
 
 
 def test_promtool_unit_tests_pass(promtool: str) -> None:
@@ -646,6 +726,85 @@ def test_alertmanager_groups_by_promotion_and_inhibits_symptoms_while_down() -> 
 
     urls = [hook["url"] for receiver in config["receivers"] for hook in receiver["webhook_configs"]]
     assert all(url.startswith("http://alert-receiver.example:8080/") for url in urls)
+
+
+def absent_labels(expr: str) -> dict[str, str]:
+    """The labels absent() gives its result: the equality matchers of its selector (Prometheus)."""
+    found = re.match(r"absent\(\w+(?:\{([^}]*)\})?\)", expr)
+    assert found, expr
+    return dict(re.findall(r'(\w+)="([^"]*)"', found.group(1) or ""))
+
+
+def _alertmanager_api(url: str, body: Any = None) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return json.loads(response.read() or b"null")
+
+
+def test_absent_in_one_namespace_inhibits_that_namespace_only(kubectl: str, tmp_path: Path) -> None:
+    """A real Alertmanager on the shipped config, given the alerts the rendered rules produce."""
+    binary = require_tool("prometheus-alertmanager")
+    docs = render_with_namespace(kubectl, tmp_path, "example", "shop")
+    absent_rule = next(
+        r
+        for r in alert_rules(only(docs, "PrometheusRule")["spec"]["groups"])
+        if r["alert"] == MONITOR_GONE_ABSENT
+    )
+    absent = {
+        "alertname": MONITOR_GONE_ABSENT,
+        **absent_rule["labels"],
+        **absent_labels(absent_rule["expr"]),
+    }
+    job_failed = {
+        "alertname": "PromoMonitorJobFailed",
+        "severity": "critical",
+        "job_type": "code_generate",
+    }
+    (port,) = free_ports(1)
+    config = write_yaml(tmp_path / "alertmanager.yml", alertmanager_config("http://127.0.0.1:9"))
+    url = f"http://127.0.0.1:{port}"
+    with (tmp_path / "alertmanager.log").open("wb") as log:
+        process = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.path={tmp_path / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--cluster.listen-address=",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        alerts = [
+            absent,
+            {**job_failed, "namespace": "shop", "promotion_id": "p-1"},
+            {**job_failed, "namespace": "other", "promotion_id": "p-2"},
+        ]
+        deadline = time.monotonic() + 30
+        states: dict[str, str] = {}
+        while time.monotonic() < deadline:
+            try:
+                _alertmanager_api(f"{url}/api/v2/alerts", [{"labels": a} for a in alerts])
+                listed = _alertmanager_api(f"{url}/api/v2/alerts")
+            except OSError:
+                time.sleep(0.2)
+                continue
+            states = {
+                a["labels"].get("promotion_id", a["labels"]["alertname"]): a["status"]["state"]
+                for a in listed
+            }
+            if states == {MONITOR_GONE_ABSENT: "active", "p-1": "suppressed", "p-2": "active"}:
+                break
+            time.sleep(0.2)
+        log_text = (tmp_path / "alertmanager.log").read_text(encoding="utf-8", errors="replace")
+        assert states == {MONITOR_GONE_ABSENT: "active", "p-1": "suppressed", "p-2": "active"}, (
+            f"Absent labels {absent}: {states}\n{log_text[-2000:]}"
+        )
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
 
 
 # --- Grafana -------------------------------------------------------------------------------------

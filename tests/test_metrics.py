@@ -297,6 +297,44 @@ def test_new_failed_job_after_baseline_is_a_failure(registry: CollectorRegistry)
     }
 
 
+def test_last_failure_timestamp_is_the_clock_when_a_failure_is_reported(
+    registry: CollectorRegistry,
+) -> None:
+    clock = FakeClock(NOW)
+    metrics = build(registry, clock=clock)
+    metrics.watch(PID)
+    name = "epcc_promotion_job_last_failure_timestamp_seconds"
+    # A job already failed at baseline is history, not a report: no timestamp, not even 0.
+    changes, base = poll(
+        None, job("a", "failed", error="codes limit exceeded"), job("b", "processing")
+    )
+    metrics.record(changes)
+    assert series(scrape(registry), name) == {}
+
+    clock.now = NOW + 30
+    changes, base = poll(
+        base, job("a", "failed", error="codes limit exceeded"), job("b", "failed", error="timeout")
+    )
+    metrics.record(changes)
+    assert series(scrape(registry), name) == {
+        frozenset({("promotion_id", PID), ("job_type", "code_generate")}): NOW + 30
+    }
+
+    # A later failure of the same type moves it; the job type that never failed stays absent.
+    clock.now = NOW + 600
+    new = job("c", "failed", error="timeout", created=NOW + 500, updated=NOW + 590)
+    changes, _ = poll(
+        base,
+        job("a", "failed", error="codes limit exceeded"),
+        job("b", "failed", error="timeout"),
+        new,
+    )
+    metrics.record(changes)
+    assert series(scrape(registry), name) == {
+        frozenset({("promotion_id", PID), ("job_type", "code_generate")}): NOW + 600
+    }
+
+
 def test_processing_to_failed_is_one_transition_and_one_failure(
     registry: CollectorRegistry,
 ) -> None:
@@ -546,6 +584,7 @@ def test_forget_removes_every_series_of_the_promotion_only(registry: CollectorRe
         "epcc_promotion_job_failures_total",
         "epcc_promotion_job_errors_total",
         "epcc_promotion_job_transitions_total",
+        "epcc_promotion_job_last_failure_timestamp_seconds",
         "epcc_monitor_up",
         "epcc_monitor_last_success_timestamp_seconds",
         "epcc_monitor_poll_errors_total",

@@ -162,6 +162,7 @@ class MonitorMetrics:
     ) -> None:
         self.registry = registry
         self.error_kinds = ErrorKinds()
+        self._clock = clock
         job = ["promotion_id", "job_type"]
         self.failures = Counter(
             "epcc_promotion_job_failures_total",
@@ -173,6 +174,15 @@ class MonitorMetrics:
             "epcc_promotion_job_errors_total",
             "Failures by normalized error text (ids and numbers masked; at most 50 kinds).",
             [*job, "error"],
+            registry=registry,
+        )
+        # The alert's age branch reads this: a counter that starts above 0 on a new pod (a failure
+        # found by its baseline lookback) has no increase() to see, a timestamp always does.
+        self.last_failure = Gauge(
+            "epcc_promotion_job_last_failure_timestamp_seconds",
+            "Unix time at which this monitor last reported a failure of the promotion and job "
+            "type.",
+            job,
             registry=registry,
         )
         self.transitions = Counter(
@@ -289,6 +299,7 @@ class MonitorMetrics:
             self.transitions,
             self.poll_errors,
             self.polls_incomplete,
+            self.last_failure,
         ):
             for labels in _label_sets(metric, promotion_id):
                 metric.remove(*labels)
@@ -308,6 +319,7 @@ class MonitorMetrics:
             self.transitions.labels(pid, job.job_type, previous, job.status).inc()
             if change.is_failure:
                 self.failures.labels(pid, job.job_type).inc()
+                self.last_failure.labels(pid, job.job_type).set(self._clock())
                 kind = self.error_kinds.label(job.error)
                 self.errors.labels(pid, job.job_type, kind).inc()
             if change.reached_terminal and job.duration is not None:
