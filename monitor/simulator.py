@@ -165,7 +165,12 @@ class Simulator:
         token_ttl: float = 3600.0,
         clock: Callable[[], float] = time.time,
         seed: int = 0,
+        page_cap: int | None = None,
+        ignore_offset: bool = False,
+        unordered: bool = False,
     ) -> None:
+        if page_cap is not None and page_cap < 1:
+            raise ValueError("page_cap must be at least 1, or None for no cap")
         self.client_id = client_id
         self.client_secret = client_secret
         self.token_ttl = token_ttl
@@ -174,8 +179,17 @@ class Simulator:
         self.requests: list[RecordedRequest] = []
         self.failure_rate = 0.2
         self.spawn_rate = 0.1
+        # Store behaviours a client must cope with (not faults: the real API may answer so).
+        # page_cap: the store's page-length setting, served whatever page[limit] asks.
+        self.page_cap = page_cap
+        # ignore_offset: page[offset] is ignored, every request gets the first page.
+        self.ignore_offset = ignore_offset
+        # unordered: no ORDER BY behind the jobs listing, so each request sees a fresh order.
+        self.unordered = unordered
         self._clock = clock
         self._rng = random.Random(seed)  # noqa: S311 -- reproducible lifecycles, not secrets
+        # A separate stream, so shuffling job lists never moves the ids a seed serves.
+        self._order_rng = random.Random(f"order:{seed}")  # noqa: S311 -- not secrets
         self._promotions: dict[str, _Promotion] = {}
         self._tokens: dict[str, float] = {}
         self._issued: list[str] = []  # every token ever issued, for leak checks in tests
@@ -528,12 +542,19 @@ class Simulator:
             },
         )
 
+    def _page_window(self, query: Mapping[str, str]) -> tuple[int, int]:
+        """The page the store serves: what was asked, then its page-length and offset habits."""
+        limit, offset = _page_window(query)
+        if self.page_cap is not None:
+            limit = min(limit, self.page_cap)
+        return limit, 0 if self.ignore_offset else offset
+
     def _jobs_handler(self, kind: Kind) -> _Handler:
         async def handle(request: web.Request) -> web.StreamResponse:
             promotion = self._promotions.get(request.match_info["promotion_id"])
             if promotion is None or promotion.kind != kind:
                 raise _ApiError(404, _error_body(404))
-            limit, offset = _page_window(request.query)
+            limit, offset = self._page_window(request.query)
             wanted: list[tuple[str, str]] = []
             for op, name, value in _parse_filter(request.query.get("filter")):
                 if op != "eq" or name not in ("job_type", "status"):
@@ -544,6 +565,8 @@ class Simulator:
                 for job in promotion.jobs.values()
                 if all(getattr(job, name) == value for name, value in wanted)
             ]
+            if self.unordered:
+                self._order_rng.shuffle(jobs)
             page = [_render_job(promotion, job) for job in jobs[offset : offset + limit]]
             return _json(200, _paged(request, page, len(jobs), limit, offset))
 
@@ -551,7 +574,7 @@ class Simulator:
 
     def _list_handler(self, kind: Kind) -> _Handler:
         async def handle(request: web.Request) -> web.StreamResponse:
-            limit, offset = _page_window(request.query)
+            limit, offset = self._page_window(request.query)
             tests: list[Callable[[_Promotion], bool]] = []
             for op, name, value in _parse_filter(request.query.get("filter")):
                 test = _promotion_test(kind, op, name, value)
@@ -913,9 +936,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--client-id", default="demo-client-id")
     parser.add_argument("--client-secret", default="demo-client-secret")
     parser.add_argument("--token-ttl", type=float, default=3600.0)
+    parser.add_argument(
+        "--page-cap", type=_positive, default=None, help="serve at most this many records per page"
+    )
+    parser.add_argument(
+        "--ignore-offset", action="store_true", help="ignore page[offset]: always the first page"
+    )
+    parser.add_argument(
+        "--unordered", action="store_true", help="list jobs in a fresh random order each request"
+    )
     args = parser.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(args))
+
+
+def _positive(text: str) -> int:
+    number = int(text)
+    if number < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return number
 
 
 async def _serve(args: argparse.Namespace) -> None:
@@ -924,6 +963,9 @@ async def _serve(args: argparse.Namespace) -> None:
         client_secret=args.client_secret,
         token_ttl=args.token_ttl,
         seed=args.seed,
+        page_cap=args.page_cap,
+        ignore_offset=args.ignore_offset,
+        unordered=args.unordered,
     )
     populate_demo(sim, args.promotions, args.jobs)
     base_url = await sim.start(args.host, args.port)
