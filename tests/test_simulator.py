@@ -182,7 +182,7 @@ async def test_revoked_tokens_answer_401_until_a_new_one_is_issued(
 async def test_wrong_credentials_answer_401(api: Api, sim: Simulator, form: dict[str, str]) -> None:
     status, body = await api.post_token(form)
     assert status == 401
-    assert body["errors"][0]["status"] == 401
+    assert body["errors"][0]["status"] == "401"
     assert sim.tokens_issued == 0
 
 
@@ -506,7 +506,10 @@ def mixed_jobs(sim: Simulator) -> str:
         ("eq(status,failed)", 4),
         ("eq(job_type,code_generate):eq(status,failed)", 3),
         ("eq(status,failed):eq(job_type,code_export)", 1),
-        ("eq(status,complete)", 0),
+        # the reference's own examples: a space after the comma, and `complete`
+        ("eq(job_type, code_export)", 5),
+        ("eq(status, complete)", 4),
+        ("eq(status,complete):eq(job_type,code_export)", 4),
     ],
 )
 async def test_job_filters(api: Api, mixed_jobs: str, expression: str, expected: int) -> None:
@@ -515,8 +518,9 @@ async def test_job_filters(api: Api, mixed_jobs: str, expression: str, expected:
     assert body["meta"]["results"]["total"] == expected
     assert len(body["data"]) == expected
     for clause in expression.split(":"):
-        name, value = clause[3:-1].split(",")
-        assert all(job[name] == value for job in body["data"])
+        name, value = clause[3:-1].replace(" ", "").split(",")
+        wanted = "completed" if value == "complete" else value
+        assert all(job[name] == wanted for job in body["data"])
 
 
 async def test_url_encoded_filter_is_accepted(api: Api, sim: Simulator, mixed_jobs: str) -> None:
@@ -560,7 +564,10 @@ async def test_standard_promotion_list(api: Api, sim: Simulator) -> None:
     assert [p["id"] for p in body["data"]] == [first, second]
     assert body["meta"]["results"]["total"] == 2
     keys = {"type", "id", "name", "enabled", "start", "end", "promotion_type", "automatic"}
+    # Promotions Standard requires description and schema on every item
+    keys |= {"description", "schema"}
     assert all(set(p) == keys and p["type"] == "promotion" for p in body["data"])
+    assert all(isinstance(p["schema"], dict) and p["description"] for p in body["data"])
     assert body["data"][0]["name"] == "Summer sale 10%"
     assert body["data"][1]["enabled"] is False
     assert body["data"][1]["end"] == "2025-01-01T00:00:00.000Z"
@@ -831,6 +838,51 @@ def test_jobs_run_one_at_a_time_oldest_first(sim: Simulator, clock: FakeClock) -
                 started.append(processing[0])
     assert started == queue[::-1]
     assert set(statuses(sim, first, second).values()) <= {"completed", "failed"}
+
+
+def test_cancelled_code_generate_job_reports_the_codes_it_removed(sim: Simulator) -> None:
+    pid = sim.add_promotion()
+    job = sim.add_job(pid, number_of_codes=400)
+    export = sim.add_job(pid, job_type="code_export")
+    sim.set_job_status(pid, job, "cancelling")
+    sim.set_job_status(pid, export, "cancelling")
+    assert "result" not in sim.jobs(pid)[0]
+    sim.step()
+    cancelled, export_cancelled = sim.jobs(pid)
+    assert cancelled["status"] == "cancelled"
+    result = cancelled["result"]
+    assert set(result) == {"generated", "deleted"}
+    assert 0 <= result["deleted"] <= result["generated"] <= 400
+    assert "result" not in export_cancelled
+
+
+def test_step_spawns_jobs_on_disabled_promotions_too(sim: Simulator) -> None:
+    # codes are generated before a campaign is switched on
+    sim.spawn_rate = 1.0
+    off = sim.add_promotion(enabled=False)
+    rule_off = sim.add_promotion("rule_promotion", enabled=False)
+    sim.step()
+    assert len(sim.jobs(off)) == 1
+    assert len(sim.jobs(rule_off)) == 1
+
+
+def test_rule_promotion_jobs_stay_within_the_builder_limits(sim: Simulator) -> None:
+    rule = sim.add_promotion("rule_promotion")
+    with pytest.raises(ValueError, match="above Promotions Builder's maximum of 1000"):
+        sim.add_job(rule, number_of_codes=1001)
+    sim.add_job(rule, number_of_codes=1000)
+    standard = sim.add_promotion()
+    sim.add_job(standard, number_of_codes=10_000)
+    [rule_job], [standard_job] = sim.jobs(rule), sim.jobs(standard)
+    assert rule_job["parameters"]["consume_unit"] == "per_checkout"
+    assert standard_job["parameters"]["consume_unit"] == "per_cart"
+    # the lifecycle never asks a rule promotion for more than the maximum either
+    sim.spawn_rate = 1.0
+    for _ in range(60):
+        sim.step()
+    counts = [j["parameters"]["number_of_codes"] for j in sim.jobs(rule) if "parameters" in j]
+    assert len(counts) > 5
+    assert max(counts) <= 1000
 
 
 def test_cancelling_becomes_cancelled(sim: Simulator) -> None:
