@@ -30,6 +30,10 @@ from urllib.parse import quote
 from aiohttp import web
 
 Kind = Literal["promotion", "rule_promotion"]
+# Documented variants of a normal answer (docs/elastic-path-api.md), not faults.
+ResultKey = Literal["result", "generate_result"]
+RuleListShape = Literal["envelope", "bare"]
+TokenShape = Literal["flat", "wrapped"]
 FaultKind = Literal[
     "status", "timeout", "reset", "truncated", "html", "wrong_shape", "huge", "slow"
 ]
@@ -42,6 +46,8 @@ HUGE_BYTES = 64 * 1024 * 1024
 DEFAULT_TIMEOUT_DELAY = 30.0
 JOB_TYPES = ("code_generate", "code_export")
 JOB_STATUSES = ("pending", "processing", "completed", "failed", "cancelling", "cancelled")
+# Promotions Builder refuses a code_generate job asking for more (its job schema's maximum).
+RULE_MAX_CODES = 1000
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -58,11 +64,25 @@ _BAD_GATEWAY_HTML = (
     "<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n"
     "</body>\r\n</html>\r\n"
 )
-_CODE_PARAMETERS = {
-    "consume_unit": "per_cart",
-    "max_uses_per_code": 1,
-    "code_length": 8,
-    "code_prefix": "promo-",
+_CODE_PARAMETERS = {"max_uses_per_code": 1, "code_length": 8, "code_prefix": "promo-"}
+# Each API names its own consume units: PS per_cart/per_item, PB per_application/per_checkout.
+_CONSUME_UNIT: dict[Kind, str] = {"promotion": "per_cart", "rule_promotion": "per_checkout"}
+# Code counts the lifecycle and the demo pick from; a rule promotion's stay within PB's maximum
+# (same lengths, so the seeded draws, and the ids a seed serves, do not move).
+_SPAWN_CODES: dict[Kind, tuple[int, ...]] = {
+    "promotion": (100, 500, 1000, 5000, 10_000),
+    "rule_promotion": (50, 100, 250, 500, 1000),
+}
+_DEMO_CODES: dict[Kind, tuple[int, ...]] = {
+    "promotion": (100, 1000, 5000, 10_000),
+    "rule_promotion": (100, 250, 500, 1000),
+}
+# A minimal valid Promotions Standard `schema` for a cart fixed discount ($10 off).
+_FIXED_DISCOUNT_SCHEMA: dict[str, Any] = {"currencies": [{"amount": 1000, "currency": "USD"}]}
+# A minimal Promotions Builder rule set: 10% off carts of $50 or more.
+_RULE_SET: dict[str, Any] = {
+    "rules": {"strategy": "cart_total", "operator": "gte", "args": [5000]},
+    "actions": [{"strategy": "cart_discount", "args": ["percent", 10]}],
 }
 
 # Templates are weighted so the failure the monitor exists for dominates; the numbers and ids
@@ -79,7 +99,10 @@ _FAILURES: dict[str, tuple[tuple[str, int], ...]] = {
     ),
 }
 
-_CLAUSE = re.compile(r"(eq|ne|gt|ge|lt|le|like|in)\(([A-Za-z_.]+),([^()]*)\)")
+# The reference's examples put a space after the comma (`eq(status, complete)`).
+_CLAUSE = re.compile(r"(eq|ne|gt|ge|lt|le|like|in)\(([A-Za-z_.]+), ?([^()]*)\)")
+# The jobs filter example says `complete`; every status enum says `completed`.
+_STATUS_ALIASES = {"complete": "completed"}
 _ORDERINGS: dict[str, Callable[[datetime, datetime], bool]] = {
     "eq": operator.eq,
     "gt": operator.gt,
@@ -165,7 +188,15 @@ class Simulator:
         token_ttl: float = 3600.0,
         clock: Callable[[], float] = time.time,
         seed: int = 0,
+        page_cap: int | None = None,
+        ignore_offset: bool = False,
+        unordered: bool = False,
+        result_key: ResultKey = "result",
+        rule_list_shape: RuleListShape = "envelope",
+        token_shape: TokenShape = "flat",  # noqa: S107 -- an answer shape, not a password
     ) -> None:
+        if page_cap is not None and page_cap < 1:
+            raise ValueError("page_cap must be at least 1, or None for no cap")
         self.client_id = client_id
         self.client_secret = client_secret
         self.token_ttl = token_ttl
@@ -174,8 +205,22 @@ class Simulator:
         self.requests: list[RecordedRequest] = []
         self.failure_rate = 0.2
         self.spawn_rate = 0.1
+        # Store behaviours a client must cope with (not faults: the real API may answer so).
+        # page_cap: the store's page-length setting, served whatever page[limit] asks.
+        self.page_cap = page_cap
+        # ignore_offset: page[offset] is ignored, every request gets the first page.
+        self.ignore_offset = ignore_offset
+        # unordered: no ORDER BY behind the jobs listing, so each request sees a fresh order.
+        self.unordered = unordered
+        # Documented answer variants: PBcf's `generate_result` and bare rule-promotion list,
+        # AUTHcf's token wrapped in `data`.
+        self.result_key: ResultKey = result_key
+        self.rule_list_shape: RuleListShape = rule_list_shape
+        self.token_shape: TokenShape = token_shape
         self._clock = clock
         self._rng = random.Random(seed)  # noqa: S311 -- reproducible lifecycles, not secrets
+        # A separate stream, so shuffling job lists never moves the ids a seed serves.
+        self._order_rng = random.Random(f"order:{seed}")  # noqa: S311 -- not secrets
         self._promotions: dict[str, _Promotion] = {}
         self._tokens: dict[str, float] = {}
         self._issued: list[str] = []  # every token ever issued, for leak checks in tests
@@ -288,8 +333,20 @@ class Simulator:
         number_of_codes: int = 1000,
         name: str = "job",
     ) -> str:
-        """Add a job as given, without the real API's one-active-job check, and return its id."""
+        """Add a job as given, without the real API's one-active-job check, and return its id.
+
+        Like Promotions Builder, a rule promotion refuses a code_generate job over 1000 codes.
+        """
         promotion = self._promotions[promotion_id]
+        if (
+            promotion.kind == "rule_promotion"
+            and job_type == "code_generate"
+            and number_of_codes > RULE_MAX_CODES
+        ):
+            raise ValueError(
+                f"number_of_codes {number_of_codes} is above Promotions Builder's maximum "
+                f"of {RULE_MAX_CODES}"
+            )
         job_id = job_id or self._new_id()
         if job_id in promotion.jobs:
             raise ValueError(f"job {job_id} already exists")
@@ -341,7 +398,7 @@ class Simulator:
     def jobs(self, promotion_id: str) -> list[dict[str, Any]]:
         """The promotion's jobs as the API renders them, in API order."""
         promotion = self._promotions[promotion_id]
-        return [_render_job(promotion, job) for job in promotion.jobs.values()]
+        return [self._render_job(promotion, job) for job in promotion.jobs.values()]
 
     def promotions(self) -> list[dict[str, Any]]:
         """Every promotion, both kinds, as the list endpoints render them."""
@@ -389,9 +446,10 @@ class Simulator:
             pending = [job for job in jobs if job.status == "pending"]
             if pending:
                 made += self._change(min(pending, key=lambda job: job.created_at), "processing")
-            elif promotion.enabled and self._rng.random() < self.spawn_rate:
+            # disabled promotions get jobs too: codes are made before a campaign is switched on
+            elif self._rng.random() < self.spawn_rate:
                 job_type = self._rng.choice(JOB_TYPES)
-                codes = self._rng.choice((100, 500, 1000, 5000, 10_000))
+                codes = self._rng.choice(_SPAWN_CODES[promotion.kind])
                 self.add_job(promotion.id, job_type=job_type, number_of_codes=codes)
         return made
 
@@ -517,41 +575,78 @@ class Simulator:
         self._issued.append(token)
         self.tokens_issued += 1
         ttl = self.token_ttl
-        return _json(
-            200,
-            {
-                "access_token": token,
-                "token_type": "Bearer",
-                "expires_in": int(ttl) if float(ttl).is_integer() else ttl,
-                "expires": int(now + ttl),
-                "identifier": "client_credentials",
-            },
-        )
+        answer = {
+            "access_token": token,
+            "token_type": "Bearer",
+            "expires_in": int(ttl) if float(ttl).is_integer() else ttl,
+            "expires": int(now + ttl),
+            "identifier": "client_credentials",
+        }
+        wrapped = self.token_shape == "wrapped"  # noqa: S105 -- an answer shape, not a password
+        return _json(200, {"data": answer} if wrapped else answer)
+
+    def _render_job(self, promotion: _Promotion, job: _Job) -> dict[str, Any]:
+        rule = promotion.kind == "rule_promotion"
+        stamp = _iso_nanos if rule else _iso_millis
+        rendered: dict[str, Any] = {
+            "type": "promotion_job",
+            "id": job.id,
+            "rule_promotion_id" if rule else "promotion_id": promotion.id,
+            "job_type": job.job_type,
+            "name": job.name,
+        }
+        if job.job_type == "code_generate":
+            rendered["parameters"] = {
+                "number_of_codes": job.number_of_codes,
+                "consume_unit": _CONSUME_UNIT[promotion.kind],
+                **_CODE_PARAMETERS,
+            }
+            result = _code_result(job)
+            if result is not None:
+                rendered[self.result_key] = result
+        rendered["status"] = job.status
+        if job.error is not None:
+            rendered["error"] = job.error
+        rendered["meta"] = {
+            "timestamps": {"created_at": stamp(job.created_at), "updated_at": stamp(job.updated_at)}
+        }
+        return rendered
+
+    def _page_window(self, query: Mapping[str, str]) -> tuple[int, int]:
+        """The page the store serves: what was asked, then its page-length and offset habits."""
+        limit, offset = _page_window(query)
+        if self.page_cap is not None:
+            limit = min(limit, self.page_cap)
+        return limit, 0 if self.ignore_offset else offset
 
     def _jobs_handler(self, kind: Kind) -> _Handler:
         async def handle(request: web.Request) -> web.StreamResponse:
             promotion = self._promotions.get(request.match_info["promotion_id"])
             if promotion is None or promotion.kind != kind:
                 raise _ApiError(404, _error_body(404))
-            limit, offset = _page_window(request.query)
+            limit, offset = self._page_window(request.query)
             wanted: list[tuple[str, str]] = []
             for op, name, value in _parse_filter(request.query.get("filter")):
                 if op != "eq" or name not in ("job_type", "status"):
                     raise _ApiError(400, _FILTER_ERROR)
-                wanted.append((name, value))
+                wanted.append(
+                    (name, _STATUS_ALIASES.get(value, value) if name == "status" else value)
+                )
             jobs = [
                 job
                 for job in promotion.jobs.values()
                 if all(getattr(job, name) == value for name, value in wanted)
             ]
-            page = [_render_job(promotion, job) for job in jobs[offset : offset + limit]]
+            if self.unordered:
+                self._order_rng.shuffle(jobs)
+            page = [self._render_job(promotion, job) for job in jobs[offset : offset + limit]]
             return _json(200, _paged(request, page, len(jobs), limit, offset))
 
         return handle
 
     def _list_handler(self, kind: Kind) -> _Handler:
         async def handle(request: web.Request) -> web.StreamResponse:
-            limit, offset = _page_window(request.query)
+            limit, offset = self._page_window(request.query)
             tests: list[Callable[[_Promotion], bool]] = []
             for op, name, value in _parse_filter(request.query.get("filter")):
                 test = _promotion_test(kind, op, name, value)
@@ -564,6 +659,8 @@ class Simulator:
                 if p.kind == kind and all(test(p) for test in tests)
             ]
             page = [_render_promotion(p) for p in promotions[offset : offset + limit]]
+            if kind == "rule_promotion" and self.rule_list_shape == "bare":
+                return _json(200, [{"data": promotion} for promotion in page])
             return _json(200, _paged(request, page, len(promotions), limit, offset))
 
         return handle
@@ -601,7 +698,7 @@ def populate_demo(sim: Simulator, promotions: int, jobs_per_promotion: int) -> l
             else:
                 status, job_type = terminal[finished % 3], JOB_TYPES[(finished // 3) % 2]
                 finished += 1
-            codes = (100, 1000, 5000, 10_000)[(i + j) % 4]
+            codes = _DEMO_CODES[kind][(i + j) % 4]
             created = now - (jobs_per_promotion - j) * 3600.0 - i * 60.0
             error = _failure_message(sim._rng, job_type, codes) if status == "failed" else None
             sim.add_job(
@@ -645,40 +742,35 @@ def _time(text: str) -> datetime:
     return parsed
 
 
-def _render_job(promotion: _Promotion, job: _Job) -> dict[str, Any]:
-    rule = promotion.kind == "rule_promotion"
-    stamp = _iso_nanos if rule else _iso_millis
-    rendered: dict[str, Any] = {
-        "type": "promotion_job",
-        "id": job.id,
-        "rule_promotion_id" if rule else "promotion_id": promotion.id,
-        "job_type": job.job_type,
-        "name": job.name,
-    }
-    if job.job_type == "code_generate":
-        rendered["parameters"] = {"number_of_codes": job.number_of_codes, **_CODE_PARAMETERS}
-        if job.status == "completed":
-            rendered["result"] = {"generated": job.number_of_codes, "deleted": 0}
-    rendered["status"] = job.status
-    if job.error is not None:
-        rendered["error"] = job.error
-    rendered["meta"] = {
-        "timestamps": {"created_at": stamp(job.created_at), "updated_at": stamp(job.updated_at)}
-    }
-    return rendered
+def _code_result(job: _Job) -> dict[str, int] | None:
+    """The codes a finished code_generate job made (and a cancel removed)."""
+    if job.status == "completed":
+        return {"generated": job.number_of_codes, "deleted": 0}
+    if job.status == "cancelled":
+        # the cancel is taken to reach the job halfway, and removes what it had made
+        made = job.number_of_codes // 2
+        return {"generated": made, "deleted": made}
+    return None
 
 
 def _render_promotion(promotion: _Promotion) -> dict[str, Any]:
-    return {
+    rendered: dict[str, Any] = {
         "type": promotion.kind,
         "id": promotion.id,
         "name": promotion.name,
+        "description": f"{promotion.name} (simulated)",
         "enabled": promotion.enabled,
         "start": promotion.start,
         "end": promotion.end,
         "promotion_type": promotion.promotion_type,
         "automatic": promotion.automatic,
     }
+    # Promotions Standard requires `schema`; a Builder promotion carries a `rule_set` instead.
+    if promotion.kind == "promotion":
+        rendered["schema"] = _FIXED_DISCOUNT_SCHEMA
+    else:
+        rendered["rule_set"] = _RULE_SET
+    return rendered
 
 
 def _paged(
@@ -784,7 +876,8 @@ def _int_param(query: Mapping[str, str], name: str, default: int) -> int:
 
 
 def _token_refused(detail: str) -> dict[str, Any]:
-    return {"errors": [{"status": 401, "title": "Unauthorized", "detail": detail}]}
+    # the authentication descriptions (AUTHcf's Error schema and examples) give status as a string
+    return {"errors": [{"status": "401", "title": "Unauthorized", "detail": detail}]}
 
 
 def _bad_request(detail: str) -> dict[str, Any]:
@@ -913,9 +1006,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--client-id", default="demo-client-id")
     parser.add_argument("--client-secret", default="demo-client-secret")
     parser.add_argument("--token-ttl", type=float, default=3600.0)
+    parser.add_argument(
+        "--page-cap", type=_positive, default=None, help="serve at most this many records per page"
+    )
+    parser.add_argument(
+        "--ignore-offset", action="store_true", help="ignore page[offset]: always the first page"
+    )
+    parser.add_argument(
+        "--unordered", action="store_true", help="list jobs in a fresh random order each request"
+    )
     args = parser.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(args))
+
+
+def _positive(text: str) -> int:
+    number = int(text)
+    if number < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return number
 
 
 async def _serve(args: argparse.Namespace) -> None:
@@ -924,6 +1033,9 @@ async def _serve(args: argparse.Namespace) -> None:
         client_secret=args.client_secret,
         token_ttl=args.token_ttl,
         seed=args.seed,
+        page_cap=args.page_cap,
+        ignore_offset=args.ignore_offset,
+        unordered=args.unordered,
     )
     populate_demo(sim, args.promotions, args.jobs)
     base_url = await sim.start(args.host, args.port)

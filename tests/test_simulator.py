@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import signal
@@ -17,7 +18,7 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from monitor.simulator import Fault, RecordedRequest, Simulator, populate_demo
+from monitor.simulator import Fault, RecordedRequest, Simulator, main, populate_demo
 
 # Elastic Path's documented example responses (copied from shared/fixtures, see its README).
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -181,7 +182,7 @@ async def test_revoked_tokens_answer_401_until_a_new_one_is_issued(
 async def test_wrong_credentials_answer_401(api: Api, sim: Simulator, form: dict[str, str]) -> None:
     status, body = await api.post_token(form)
     assert status == 401
-    assert body["errors"][0]["status"] == 401
+    assert body["errors"][0]["status"] == "401"
     assert sim.tokens_issued == 0
 
 
@@ -379,6 +380,112 @@ async def test_largest_allowed_page_and_offset_are_accepted(api: Api, sim: Simul
     assert body["meta"]["results"]["total"] == 3
 
 
+# store paging habits (page-length setting, ignored offset, no ORDER BY)
+
+
+async def test_page_cap_serves_at_most_the_cap_whatever_is_asked(api: Api, sim: Simulator) -> None:
+    pid = sim.add_promotion()
+    ids = sim.add_jobs(pid, 45)
+    sim.page_cap = 20
+    _, first = await api.get(jobs_path(pid), {"page[limit]": "100"})
+    assert [job["id"] for job in first["data"]] == ids[:20]
+    assert first["meta"] == {
+        "page": {"limit": 20, "offset": 0, "current": 1, "total": 3},
+        "results": {"total": 45},
+    }
+    _, small = await api.get(jobs_path(pid), {"page[limit]": "5", "page[offset]": "40"})
+    assert [job["id"] for job in small["data"]] == ids[40:45]
+    assert small["meta"]["page"]["limit"] == 5
+    # stepping by records received still walks the whole list
+    seen: list[str] = []
+    while len(seen) < 45:
+        _, body = await api.get(
+            jobs_path(pid), {"page[limit]": "25", "page[offset]": str(len(seen))}
+        )
+        assert 0 < len(body["data"]) <= 20
+        seen += [job["id"] for job in body["data"]]
+    assert seen == ids
+
+
+async def test_page_cap_applies_to_promotion_lists(clock: FakeClock) -> None:
+    sim = Simulator(clock=clock, page_cap=2)
+    for kind in ("promotion", "rule_promotion"):
+        for _ in range(3):
+            sim.add_promotion(kind)
+    await sim.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            api = Api(sim, http)
+            for path in ("/v2/promotions", "/v2/rule-promotions"):
+                _, body = await api.get(path, {"page[limit]": "100"})
+                assert len(body["data"]) == 2
+                assert body["meta"]["page"]["limit"] == 2
+                assert body["meta"]["results"]["total"] == 3
+    finally:
+        await sim.stop()
+
+
+def test_page_cap_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="page_cap"):
+        Simulator(page_cap=0)
+
+
+async def test_ignore_offset_always_serves_the_first_page(api: Api, sim: Simulator) -> None:
+    pid = sim.add_promotion()
+    ids = sim.add_jobs(pid, 30)
+    sim.ignore_offset = True
+    for offset in ("0", "10", "25", "10000"):
+        _, body = await api.get(jobs_path(pid), {"page[limit]": "10", "page[offset]": offset})
+        assert [job["id"] for job in body["data"]] == ids[:10]
+        assert body["meta"]["page"]["offset"] == 0
+        assert body["meta"]["results"]["total"] == 30
+    sim.add_promotion()
+    _, listed = await api.get("/v2/promotions", {"page[limit]": "1", "page[offset]": "1"})
+    assert [p["id"] for p in listed["data"]] == [pid]
+
+
+async def test_unordered_lists_jobs_in_a_fresh_order_each_request(api: Api, sim: Simulator) -> None:
+    pid = sim.add_promotion()
+    ids = sim.add_jobs(pid, 50)
+    sim.unordered = True
+    orders = []
+    for _ in range(3):
+        _, body = await api.get(jobs_path(pid), {"page[limit]": "100"})
+        assert body["meta"]["results"]["total"] == 50
+        orders.append([job["id"] for job in body["data"]])
+    assert all(sorted(order) == sorted(ids) for order in orders)
+    assert len({tuple(order) for order in [ids, *orders]}) == 4
+    # pages are cut from a fresh order each time: walking by offset repeats some jobs, misses others
+    seen: list[str] = []
+    for offset in range(0, 50, 10):
+        _, body = await api.get(jobs_path(pid), {"page[limit]": "10", "page[offset]": str(offset)})
+        seen += [job["id"] for job in body["data"]]
+    assert len(seen) == 50
+    assert len(set(seen)) < 50
+    assert set(seen) <= set(ids)
+
+
+async def test_unordered_keeps_the_filter_and_the_seeded_ids(clock: FakeClock) -> None:
+    def build(*, unordered: bool) -> Simulator:
+        sim = Simulator(clock=clock, seed=9, unordered=unordered)
+        populate_demo(sim, 3, 6)
+        return sim
+
+    plain, shuffled = build(unordered=False), build(unordered=True)
+    assert [p["id"] for p in plain.promotions()] == [p["id"] for p in shuffled.promotions()]
+    pid = shuffled.promotions()[0]["id"]
+    await shuffled.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            api = Api(shuffled, http)
+            _, body = await api.get(jobs_path(pid), {"filter": "eq(job_type,code_generate)"})
+    finally:
+        await shuffled.stop()
+    expected = [j["id"] for j in plain.jobs(pid) if j["job_type"] == "code_generate"]
+    assert sorted(job["id"] for job in body["data"]) == sorted(expected)
+    assert body["meta"]["results"]["total"] == len(expected)
+
+
 # filters
 
 
@@ -399,7 +506,10 @@ def mixed_jobs(sim: Simulator) -> str:
         ("eq(status,failed)", 4),
         ("eq(job_type,code_generate):eq(status,failed)", 3),
         ("eq(status,failed):eq(job_type,code_export)", 1),
-        ("eq(status,complete)", 0),
+        # the reference's own examples: a space after the comma, and `complete`
+        ("eq(job_type, code_export)", 5),
+        ("eq(status, complete)", 4),
+        ("eq(status,complete):eq(job_type,code_export)", 4),
     ],
 )
 async def test_job_filters(api: Api, mixed_jobs: str, expression: str, expected: int) -> None:
@@ -408,8 +518,9 @@ async def test_job_filters(api: Api, mixed_jobs: str, expression: str, expected:
     assert body["meta"]["results"]["total"] == expected
     assert len(body["data"]) == expected
     for clause in expression.split(":"):
-        name, value = clause[3:-1].split(",")
-        assert all(job[name] == value for job in body["data"])
+        name, value = clause[3:-1].replace(" ", "").split(",")
+        wanted = "completed" if value == "complete" else value
+        assert all(job[name] == wanted for job in body["data"])
 
 
 async def test_url_encoded_filter_is_accepted(api: Api, sim: Simulator, mixed_jobs: str) -> None:
@@ -453,7 +564,10 @@ async def test_standard_promotion_list(api: Api, sim: Simulator) -> None:
     assert [p["id"] for p in body["data"]] == [first, second]
     assert body["meta"]["results"]["total"] == 2
     keys = {"type", "id", "name", "enabled", "start", "end", "promotion_type", "automatic"}
+    # Promotions Standard requires description and schema on every item
+    keys |= {"description", "schema"}
     assert all(set(p) == keys and p["type"] == "promotion" for p in body["data"])
+    assert all(isinstance(p["schema"], dict) and p["description"] for p in body["data"])
     assert body["data"][0]["name"] == "Summer sale 10%"
     assert body["data"][1]["enabled"] is False
     assert body["data"][1]["end"] == "2025-01-01T00:00:00.000Z"
@@ -726,6 +840,51 @@ def test_jobs_run_one_at_a_time_oldest_first(sim: Simulator, clock: FakeClock) -
     assert set(statuses(sim, first, second).values()) <= {"completed", "failed"}
 
 
+def test_cancelled_code_generate_job_reports_the_codes_it_removed(sim: Simulator) -> None:
+    pid = sim.add_promotion()
+    job = sim.add_job(pid, number_of_codes=400)
+    export = sim.add_job(pid, job_type="code_export")
+    sim.set_job_status(pid, job, "cancelling")
+    sim.set_job_status(pid, export, "cancelling")
+    assert "result" not in sim.jobs(pid)[0]
+    sim.step()
+    cancelled, export_cancelled = sim.jobs(pid)
+    assert cancelled["status"] == "cancelled"
+    result = cancelled["result"]
+    assert set(result) == {"generated", "deleted"}
+    assert 0 <= result["deleted"] <= result["generated"] <= 400
+    assert "result" not in export_cancelled
+
+
+def test_step_spawns_jobs_on_disabled_promotions_too(sim: Simulator) -> None:
+    # codes are generated before a campaign is switched on
+    sim.spawn_rate = 1.0
+    off = sim.add_promotion(enabled=False)
+    rule_off = sim.add_promotion("rule_promotion", enabled=False)
+    sim.step()
+    assert len(sim.jobs(off)) == 1
+    assert len(sim.jobs(rule_off)) == 1
+
+
+def test_rule_promotion_jobs_stay_within_the_builder_limits(sim: Simulator) -> None:
+    rule = sim.add_promotion("rule_promotion")
+    with pytest.raises(ValueError, match="above Promotions Builder's maximum of 1000"):
+        sim.add_job(rule, number_of_codes=1001)
+    sim.add_job(rule, number_of_codes=1000)
+    standard = sim.add_promotion()
+    sim.add_job(standard, number_of_codes=10_000)
+    [rule_job], [standard_job] = sim.jobs(rule), sim.jobs(standard)
+    assert rule_job["parameters"]["consume_unit"] == "per_checkout"
+    assert standard_job["parameters"]["consume_unit"] == "per_cart"
+    # the lifecycle never asks a rule promotion for more than the maximum either
+    sim.spawn_rate = 1.0
+    for _ in range(60):
+        sim.step()
+    counts = [j["parameters"]["number_of_codes"] for j in sim.jobs(rule) if "parameters" in j]
+    assert len(counts) > 5
+    assert max(counts) <= 1000
+
+
 def test_cancelling_becomes_cancelled(sim: Simulator) -> None:
     pid = sim.add_promotion()
     job = sim.add_job(pid, status="cancelling")
@@ -842,19 +1001,18 @@ def test_populate_demo_always_includes_a_rule_promotion() -> None:
     assert [p["type"] for p in sim.promotions()] == ["promotion", "rule_promotion"]
 
 
-async def test_main_serves_a_populated_store_until_interrupted() -> None:
+@contextlib.asynccontextmanager
+async def served_by_main(
+    *flags: str,
+) -> AsyncIterator[tuple[aiohttp.ClientSession, dict[str, str]]]:
+    """The simulator CLI as a subprocess on a free port: a session on it and auth headers."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "monitor.simulator",
         "--port",
         "0",
-        "--promotions",
-        "3",
-        "--jobs",
-        "2",
-        "--lifecycle-period",
-        "0.05",
+        *flags,
         cwd=Path(__file__).parents[1],
         stdout=asyncio.subprocess.PIPE,
     )
@@ -873,14 +1031,48 @@ async def test_main_serves_a_populated_store_until_interrupted() -> None:
         async with aiohttp.ClientSession(base_url) as http:
             async with http.post("/oauth/access_token", data=form) as resp:
                 token = (await resp.json())["access_token"]
-            headers = {"Authorization": f"Bearer {token}"}
-            async with http.get("/v2/promotions", headers=headers) as resp:
-                standard = (await resp.json())["meta"]["results"]["total"]
-            async with http.get("/v2/rule-promotions", headers=headers) as resp:
-                rule = (await resp.json())["meta"]["results"]["total"]
-        assert (standard, rule) == (2, 1)
+            yield http, {"Authorization": f"Bearer {token}"}
     finally:
         process.send_signal(signal.SIGINT)
         async with asyncio.timeout(10):
             returncode = await process.wait()
     assert returncode == 0
+
+
+async def test_main_serves_a_populated_store_until_interrupted() -> None:
+    flags = ("--promotions", "3", "--jobs", "2", "--lifecycle-period", "0.05")
+    async with served_by_main(*flags) as (http, headers):
+        async with http.get("/v2/promotions", headers=headers) as resp:
+            standard = (await resp.json())["meta"]["results"]["total"]
+        async with http.get("/v2/rule-promotions", headers=headers) as resp:
+            rule = (await resp.json())["meta"]["results"]["total"]
+    assert (standard, rule) == (2, 1)
+
+
+async def test_main_flags_set_the_store_paging_habits() -> None:
+    flags = ("--promotions", "4", "--jobs", "30", "--lifecycle-period", "0")
+    async with served_by_main(*flags, "--page-cap", "7", "--ignore-offset", "--unordered") as (
+        http,
+        headers,
+    ):
+        pages = []
+        for offset in ("0", "7", "7"):
+            params = {"page[limit]": "100", "page[offset]": offset}
+            async with http.get("/v2/promotions", params=params, headers=headers) as resp:
+                promotions = await resp.json()
+            pid = promotions["data"][0]["id"]
+            async with http.get(f"/v2/promotions/{pid}/jobs", params=params, headers=headers) as r:
+                pages.append(await r.json())
+    assert promotions["meta"]["page"] == {"limit": 7, "offset": 0, "current": 1, "total": 1}
+    assert all(page["meta"]["page"]["limit"] == 7 for page in pages)
+    assert all(page["meta"]["page"]["offset"] == 0 for page in pages)
+    assert all(page["meta"]["results"]["total"] == 30 for page in pages)
+    # the same first page asked three times, listed in three different orders
+    assert len({tuple(job["id"] for job in page["data"]) for page in pages}) == 3
+
+
+def test_main_rejects_a_page_cap_below_one(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--page-cap", "0"])
+    assert exited.value.code == 2
+    assert "--page-cap" in capsys.readouterr().err
