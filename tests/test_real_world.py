@@ -1,0 +1,139 @@
+"""The daemon against stores that answer the way the published descriptions allow, not the way
+our first reading assumed: a shorter page length than asked, an ignored offset, no stable order,
+the token and result shapes the descriptions disagree on.
+
+Each test runs `promo-monitor run` as a subprocess against the simulator in one of those modes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from monitor.simulator import Simulator
+from tests.support import Daemon, Sample, long_ago, value, write_config
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Simulator]:
+    simulator = Simulator(seed=21)
+    simulator.spawn_rate = 0
+    await simulator.start()
+    yield simulator
+    await simulator.stop()
+
+
+def history(sim: Simulator, pid: str, count: int, failed: int) -> list[str]:
+    """`count` finished jobs from long before the monitor, `failed` of them failed."""
+    ids = sim.add_jobs(pid, count - failed, status="completed", created_at=long_ago())
+    ids += sim.add_jobs(
+        pid, failed, status="failed", error="codes limit exceeded", created_at=long_ago()
+    )
+    return ids
+
+
+async def polls(daemon: Daemon, pid: str, count: int) -> None:
+    """Until `count` more polls of `pid` have succeeded."""
+
+    async def polled() -> float:
+        samples = await daemon.metrics()
+        return value(samples, "epcc_monitor_last_success_timestamp_seconds", promotion_id=pid) or 0
+
+    for _ in range(count):
+        last = await polled()
+
+        def newer(samples: dict[Sample, float], last: float = last) -> bool:
+            seen = value(samples, "epcc_monitor_last_success_timestamp_seconds", promotion_id=pid)
+            return (seen or 0) > last
+
+        await daemon.wait_for_metric(newer)
+
+
+async def test_an_unordered_store_causes_no_phantom_vanish_and_no_false_failure(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    # The store the issue was found with: 150 jobs, five old failures, pages of 25, and a jobs
+    # listing without ORDER BY. The monitor used to log hundreds of phantom job_vanished and
+    # job_discovered, and count old failures again each time a skipped job reappeared.
+    sim.page_cap = 25
+    sim.unordered = True
+    pid = sim.add_promotion()
+    history(sim, pid, 150, failed=5)
+    running = sim.add_job(pid, status="processing")
+    daemon = await Daemon.start(write_config(tmp_path, sim, [{"id": pid}]))
+    try:
+        await daemon.wait_for("baseline_loaded")
+        await polls(daemon, pid, 12)
+
+        assert daemon.named("job_vanished") == []
+        assert daemon.named("job_failed") == []
+        assert daemon.named("job_discovered") == []  # (late-seen history logs at debug only)
+        (warning,) = daemon.named("poll_incomplete")
+        assert (warning["promotion_id"], warning["reason"]) == (pid, "short")
+        samples = await daemon.metrics()
+        assert value(
+            samples, "epcc_monitor_polls_incomplete_total", promotion_id=pid, reason="short"
+        )
+        assert (
+            value(
+                samples,
+                "epcc_promotion_job_failures_total",
+                promotion_id=pid,
+                job_type="code_generate",
+            )
+            == 0
+        )
+
+        # A real failure among the shuffled pages is reported once, however often it is listed.
+        sim.set_job_status(pid, running, "failed", error="codes limit exceeded")
+        await daemon.wait_for("job_failed")
+        await polls(daemon, pid, 6)
+        assert [e["job_id"] for e in daemon.named("job_failed")] == [running]
+        assert daemon.named("job_vanished") == []
+    finally:
+        assert await daemon.stop() == 0
+
+
+async def test_a_failure_on_the_third_page_of_a_short_page_store_is_reported(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    # The store serves 25 a page whatever is asked; the client asks for 100.
+    sim.page_cap = 25
+    pid = sim.add_promotion()
+    ids = history(sim, pid, 130, failed=0)
+    daemon = await Daemon.start(write_config(tmp_path, sim, [{"id": pid}]))
+    try:
+        baseline = await daemon.wait_for("baseline_loaded")
+        assert baseline["jobs"] == 130
+        sim.set_job_status(pid, ids[60], "failed", error="codes limit exceeded")
+        failed = await daemon.wait_for("job_failed")
+        assert failed["job_id"] == ids[60]
+        await polls(daemon, pid, 3)
+        assert daemon.named("job_vanished") == []
+        assert daemon.named("poll_incomplete") == []
+    finally:
+        assert await daemon.stop() == 0
+
+
+async def test_a_store_that_ignores_the_offset_is_not_read_forever(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    sim.page_cap = 25
+    sim.ignore_offset = True
+    pid = sim.add_promotion()
+    history(sim, pid, 60, failed=2)
+    daemon = await Daemon.start(write_config(tmp_path, sim, [{"id": pid}]))
+    try:
+        await daemon.wait_for("baseline_loaded")
+        await polls(daemon, pid, 4)
+        # Two requests a poll (the first page, then its repeat), not an endless loop.
+        per_poll = [r for r in sim.requests if r.path.endswith("/jobs")]
+        assert {r.query["page[offset]"] for r in per_poll} == {"0", "25"}
+        (warning,) = daemon.named("poll_incomplete")
+        assert warning["reason"] == "offset_ignored"
+        assert daemon.named("job_vanished") == []
+        assert daemon.named("job_failed") == []
+    finally:
+        assert await daemon.stop() == 0
