@@ -5,7 +5,9 @@ All pure: snapshots and recent activity are built in the test, the clock is a nu
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -489,3 +491,26 @@ def test_a_promotion_no_longer_watched_is_forgotten() -> None:
 )
 def test_ages_read_like_a_person_would_say_them(seconds: float, text: str) -> None:
     assert ago(NOW, NOW - seconds) == text
+
+
+def shape(value: object) -> object:
+    """The keys of a JSON value, all the way down (lists by their first item)."""
+    if isinstance(value, dict):
+        return {key: shape(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [shape(value[0])] if value else []
+    return None
+
+
+def test_the_readme_example_has_the_shape_of_the_real_document() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### `/status.json`", 1)[1]
+    example = json.loads(section.split("```json\n", 1)[1].split("```", 1)[0])
+    clock = Clock(NOW)
+    activity = RecentActivity(clock, hints=HINTS.get)
+    activity.polled(PollOutcome(P_POLL, ok=False, reason="not_found", detail="HTTP 404"))
+    snapshots = [snap(P_FAILED, job("j", "failed", NOW - 60, "codes limit exceeded"))]
+
+    document = to_json(view_of(snapshots, activity, {P_POLL: "promotion", P_FAILED: "promotion"}))
+
+    assert shape(example) == shape(document)
