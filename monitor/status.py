@@ -251,10 +251,9 @@ def build_status(
     summaries = summaries or Summaries()
     ids = list(watched) + [pid for pid in snapshots if pid not in watched]
     one = query.promotion
-    if one is not None:
-        if one not in watched and one not in snapshots:
-            return None
-        ids = [one]
+    if one is not None and one not in watched and one not in snapshots:
+        return None
+    # Every row is built even for one promotion: the header counts what needs attention overall.
     rows = sorted(
         (
             _row(
@@ -271,13 +270,13 @@ def build_status(
         ),
         key=_urgency,
     )
-    if one is None:
-        summaries.keep_only(snapshots)
-    pages = max(1, math.ceil(len(rows) / query.per_page))
+    summaries.keep_only(snapshots)
+    listed = rows if one is None else [row for row in rows if row.id == one]
+    pages = max(1, math.ceil(len(listed) / query.per_page))
     page = min(query.page, pages)
-    shown = rows[(page - 1) * query.per_page : page * query.per_page]
+    shown = listed[(page - 1) * query.per_page : page * query.per_page]
 
-    scope = [snapshots[pid] for pid in ids if pid in snapshots]
+    scope = [snapshots[pid] for pid in ids if pid in snapshots and (one is None or pid == one)]
     recent = [f for f in activity.failures if one is None or f.promotion_id == one]
     failures = _failures(
         recent,
@@ -322,7 +321,7 @@ def build_status(
         watched=len(watched),
         attention=dict(Counter(row.attention for row in rows)),
         promotions=tuple(shown),
-        total=len(rows),
+        total=len(listed),
         page=page,
         pages=pages,
         per_page=query.per_page,

@@ -327,6 +327,9 @@ def test_one_promotion_shows_all_its_jobs_and_only_its_failures() -> None:
     document = to_json(view)
 
     assert [row.id for row in view.promotions] == [P_FAILED]
+    assert view.total == 1
+    # The header still counts every promotion that needs attention, not only this one.
+    assert view.attention == {"stuck": 1, "failed": 1}
     assert view.jobs is not None
     assert len(document["jobs"]) == 31
     assert document["jobs"][0] == {
