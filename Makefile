@@ -21,9 +21,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# promtool/amtool/prometheus/alertmanager from Debian; needs root, otherwise the tests that need them skip loudly.
+# promtool/amtool/prometheus/alertmanager and chromium (the status page's browser test) from Debian; needs root,
+# otherwise the tests that need them skip loudly.
 tools:
 	@sh tests/tools/install-tools.sh
+	@sh tests/tools/install-browser.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check monitor tests

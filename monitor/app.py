@@ -15,17 +15,19 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from monitor import __version__
+from monitor.activity import RecentActivity
 from monitor.budget import RequestBudget
 from monitor.client import ApiError, ElasticPathClient, JobsTarget
 from monitor.discovery import Discovery
 from monitor.models import PromotionKind, PromotionSnapshot, utc_now
 from monitor.planner import PollPlan
-from monitor.poller import Poller, PollOutcome
+from monitor.poller import HINTS, Poller, PollOutcome
 from monitor.scheduler import PollScheduler
 from monitor.settings import ConfigError, Settings
 from monitor.sinks.logs import LogSink
 from monitor.sinks.metrics import MonitorMetrics
 from monitor.state import SnapshotStore
+from monitor.status import MonitorFacts, StatusBoard
 from monitor.web import Health, WebServer, build_app, load_web_security
 
 # SIGTERM gives in-flight polls this long before they are cancelled, so that with the final
@@ -36,12 +38,14 @@ SHUTDOWN_GRACE_SECONDS = 4.0
 class ClientEventsToMetrics:
     """Feeds what the client reports into metrics and log events."""
 
-    def __init__(self, metrics: MonitorMetrics) -> None:
+    def __init__(self, metrics: MonitorMetrics, activity: RecentActivity) -> None:
         self._metrics = metrics
+        self._activity = activity
         self._log = structlog.get_logger()
 
     def request_done(self, endpoint: str, code: str) -> None:
         self._metrics.api_requests.labels(endpoint, code).inc()
+        self._activity.request_done()
 
     def token_refreshed(self, expires_in: float) -> None:
         self._log.info("token_refreshed", expires_in=expires_in)
@@ -76,6 +80,7 @@ class Monitor:
     health: Health
     web: WebServer | None
     clock: Callable[[], float]
+    activity: RecentActivity
 
     @classmethod
     def build(
@@ -100,10 +105,11 @@ class Monitor:
             clock=clock,
             stuck_after=settings.poll.stuck_after_seconds,
         )
+        activity = RecentActivity(clock, hints=HINTS.get)
         client = ElasticPathClient(
             settings.api,
             budget=RequestBudget(settings.request_rate),
-            events=ClientEventsToMetrics(metrics),
+            events=ClientEventsToMetrics(metrics, activity),
             user_agent=f"promo-monitor/{__version__}",
         )
         poller = Poller(
@@ -132,6 +138,7 @@ class Monitor:
             metrics,
             concurrency=settings.poll.max_concurrent_polls,
             clock=clock,
+            observe=activity.polled,
         )
         # Liveness fails only when the loop has made no progress for several intervals.
         health = Health(
@@ -141,8 +148,30 @@ class Monitor:
         )
         web = None
         if serve_http:
+
+            def facts() -> MonitorFacts:
+                return MonitorFacts(
+                    version=__version__,
+                    started_at=activity.started_at,
+                    ready=health.started and not health.stopping,
+                    requests_budget=client.budget.max_rate,
+                    requests_rate_in_force=client.budget.rate,
+                    requests_per_second=activity.requests_per_second(clock()),
+                    shard_index=discovery.shard_index,
+                    shard_count=discovery.shard_count,
+                )
+
+            board = StatusBoard(
+                snapshots=snapshots,
+                watched=lambda: {t.promotion_id: t.kind.value for t in scheduler.targets},
+                activity=activity,
+                facts=facts,
+                clock=clock,
+                stuck_after=settings.poll.stuck_after_seconds,
+            )
             security = load_web_security(settings.server)
-            web = WebServer(build_app(registry, health, security), security.ssl_context)
+            app = build_app(registry, health, security, status=board.view)
+            web = WebServer(app, security.ssl_context)
         monitor = cls(
             settings,
             registry,
@@ -155,6 +184,7 @@ class Monitor:
             health,
             web,
             clock,
+            activity,
         )
         metrics.shard_count.set(discovery.shard_count)
         # The scheduler calls this for a promotion removed while its poll was in flight.
@@ -230,6 +260,7 @@ class Monitor:
         self.metrics.forget(promotion_id)
         self.store.drop(promotion_id)
         self.client.forget(promotion_id)
+        self.activity.forget(promotion_id)
 
     async def discover(self) -> None:
         """One discovery run; a failure keeps the last known list."""

@@ -167,8 +167,8 @@ async def _demo(duration: float | None, port: int, promotions: int) -> int:
         settings = parse_settings_document(document)
         configure_logging(settings.log.level, settings.log.format)
         print(
-            f"demo: simulated Elastic Path at {base_url}; metrics at "
-            f"http://127.0.0.1:{port}/metrics (Ctrl-C to stop)",
+            f"demo: simulated Elastic Path at {base_url}; status page at http://127.0.0.1:{port}/, "
+            f"metrics at http://127.0.0.1:{port}/metrics (Ctrl-C to stop)",
             flush=True,
         )
         stop = asyncio.Event()

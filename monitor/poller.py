@@ -41,6 +41,7 @@ class PollOutcome:
     ok: bool
     changes: tuple[Change, ...] = ()
     reason: str | None = None
+    detail: str | None = None  # what went wrong, as logged (secrets already scrubbed)
 
 
 class Poller:
@@ -108,14 +109,14 @@ class Poller:
             if hint:
                 fields["hint"] = hint
             self._log.warning("poll_failed", detail=str(exc), **fields)
-            return PollOutcome(pid, ok=False, reason=exc.reason)
+            return PollOutcome(pid, ok=False, reason=exc.reason, detail=str(exc))
         except Exception as exc:
             # An answer shaped in a way nobody foresaw must cost one poll, not the daemon.
             self._metrics.poll_failed(pid, "bad_response")
             self._log.exception(
                 "poll_failed", promotion_id=pid, reason="bad_response", detail=repr(exc)[:300]
             )
-            return PollOutcome(pid, ok=False, reason="bad_response")
+            return PollOutcome(pid, ok=False, reason="bad_response", detail=repr(exc)[:300])
         finally:
             self._metrics.poll_duration.observe(time.perf_counter() - started)
 

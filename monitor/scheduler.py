@@ -37,6 +37,7 @@ class PollScheduler:
         concurrency: int,
         clock: Callable[[], float],
         monotonic: Callable[[], float] = time.monotonic,
+        observe: Callable[[PollOutcome], None] = lambda _: None,
     ) -> None:
         self.poller = poller
         self.plan = plan
@@ -45,6 +46,7 @@ class PollScheduler:
         self._concurrency = concurrency
         self._clock = clock
         self._monotonic = monotonic
+        self._observe = observe  # sees every finished poll of a watched promotion (status page)
         self.on_unwatched: Callable[[str], None] = lambda _: None
         self._scheduler = AsyncIOScheduler(timezone=UTC)
         self._inflight: set[asyncio.Task[PollOutcome]] = set()
@@ -121,6 +123,7 @@ class PollScheduler:
             # Removed while this poll was in flight: undo what the poll just recorded.
             self.on_unwatched(target.promotion_id)
             return outcome
+        self._observe(outcome)
         snapshot = self._store.get(target.promotion_id)
         active = snapshot is not None and any(job.is_active for job in snapshot.jobs.values())
         self.plan.finished(target.promotion_id, self._monotonic(), active=active)

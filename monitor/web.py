@@ -1,20 +1,23 @@
-"""The HTTP face of the monitor: /metrics, /healthz, /readyz and a landing page."""
+"""The HTTP face of the monitor: /metrics, /healthz, /readyz, and the status page at / and
+/status.json."""
 
 from __future__ import annotations
 
 import base64
 import hmac
-import html
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Final
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from monitor.settings import ServerSettings
+from monitor.status import QueryError, StatusQuery, StatusView, parse_query, to_json
+from monitor.status_page import CONTENT_SECURITY_POLICY, render_page
 
 
 @dataclass
@@ -32,17 +35,16 @@ class Health:
         return not self.started or now - self.progress() <= self.stale_after
 
 
-def landing_page(version: str) -> str:
-    """A small page for humans who open the port in a browser."""
-    return (
-        "<!doctype html><html><head><title>promo-monitor</title></head><body>"
-        f"<h1>promo-monitor {html.escape(version)}</h1>"
-        "<p>Watches Elastic Path promotion code jobs.</p><ul>"
-        '<li><a href="metrics">/metrics</a> Prometheus metrics</li>'
-        '<li><a href="healthz">/healthz</a> liveness</li>'
-        '<li><a href="readyz">/readyz</a> readiness</li>'
-        "</ul></body></html>"
-    )
+StatusSource = Callable[[StatusQuery], StatusView | None]
+
+# The status page holds what the monitor knows now: never cached, never sniffed as another type.
+_PAGE_HEADERS: Final = {
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+}
+_NOT_WATCHED: Final = "promotion: not watched by this monitor"
 
 
 @dataclass(frozen=True)
@@ -89,21 +91,30 @@ def authorized(header: str | None, username: str, password: str) -> bool:
 
 
 def build_app(
-    registry: CollectorRegistry, health: Health, security: WebSecurity | None = None
+    registry: CollectorRegistry,
+    health: Health,
+    security: WebSecurity | None = None,
+    *,
+    status: StatusSource,
 ) -> web.Application:
     security = security or WebSecurity()
     metrics_handler = make_aiohttp_handler(registry)
 
-    async def metrics(request: web.Request) -> web.Response:
+    def refused(request: web.Request) -> web.Response | None:
         # Probes stay open (the kubelet sends no credentials); only the data is protected.
-        if security.username is not None and security.password is not None:
-            header = request.headers.get("Authorization")
-            if not authorized(header, security.username, security.password):
-                return web.Response(
-                    status=401,
-                    text="authentication required\n",
-                    headers={"WWW-Authenticate": 'Basic realm="promo-monitor"'},
-                )
+        if security.username is None or security.password is None:
+            return None
+        if authorized(request.headers.get("Authorization"), security.username, security.password):
+            return None
+        return web.Response(
+            status=401,
+            text="authentication required\n",
+            headers={"WWW-Authenticate": 'Basic realm="promo-monitor"'},
+        )
+
+    async def metrics(request: web.Request) -> web.Response:
+        if (refusal := refused(request)) is not None:
+            return refusal
         response = await metrics_handler(request)
         assert isinstance(response, web.Response)
         return response
@@ -119,14 +130,43 @@ def build_app(
             return web.Response(text="ready\n")
         return web.Response(status=503, text="stopping\n" if health.stopping else "starting\n")
 
-    async def index(_: web.Request) -> web.Response:
-        return web.Response(text=landing_page(health.version), content_type="text/html")
+    def status_handler(
+        render: Callable[[StatusView, StatusQuery], web.Response],
+        failure: Callable[[int, str], web.Response],
+    ) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def handle(request: web.Request) -> web.Response:
+            if (refusal := refused(request)) is not None:
+                return refusal
+            try:
+                query = parse_query(request.query)
+            except QueryError as exc:
+                return failure(400, str(exc))
+            view = status(query)
+            if view is None:
+                return failure(404, _NOT_WATCHED)
+            return render(view, query)
+
+        return handle
+
+    page = status_handler(
+        lambda view, query: web.Response(
+            text=render_page(view, query), content_type="text/html", headers=_PAGE_HEADERS
+        ),
+        lambda code, message: web.Response(status=code, text=message + "\n", headers=_PAGE_HEADERS),
+    )
+    status_json = status_handler(
+        lambda view, _: web.json_response(to_json(view), headers=_PAGE_HEADERS),
+        lambda code, message: web.json_response(
+            {"error": message}, status=code, headers=_PAGE_HEADERS
+        ),
+    )
 
     app = web.Application()
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/", index)
+    app.router.add_get("/", page)
+    app.router.add_get("/status.json", status_json)
     return app
 
 

@@ -1,4 +1,4 @@
-"""The HTTP face: probes, the landing page and /metrics, served by aiohttp on a free port."""
+"""The HTTP face: probes, the status page and /metrics, served by aiohttp on a free port."""
 
 from __future__ import annotations
 
@@ -15,6 +15,9 @@ from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as openmetrics_families,
 )
 
+from monitor.activity import RecentActivity
+from monitor.models import Job, PromotionSnapshot
+from monitor.status import MonitorFacts, StatusBoard
 from monitor.web import Health, WebSecurity, WebServer, build_app
 from tests.support import parse_metrics, value
 
@@ -40,9 +43,32 @@ def health() -> Health:
     return Health(progress=recent, stale_after=STALE_AFTER, version="1.2.3")
 
 
+PROMOTION = "6a1d1c3e-5b2f-4c4e-9d1a-2b3c4d5e6f70"
+
+
+def board(version: str = "1.2.3") -> StatusBoard:
+    """A status board over one promotion with one failed job."""
+    failed = Job("job-1", "code_generate", "failed", "codes limit exceeded", 1.7e9, 1.7e9 + 60)
+    snapshot = PromotionSnapshot(PROMOTION, {failed.id: failed})
+    return StatusBoard(
+        snapshots=lambda: [snapshot],
+        watched=lambda: {PROMOTION: "promotion"},
+        activity=RecentActivity(time.time),
+        facts=lambda: MonitorFacts(version, time.time(), True, 10.0, 10.0, 0.0),
+        clock=time.time,
+        stuck_after=3600.0,
+    )
+
+
+def app_of(
+    registry: CollectorRegistry, health: Health, security: WebSecurity | None = None
+) -> web.Application:
+    return build_app(registry, health, security, status=board(health.version).view)
+
+
 @pytest.fixture
 async def client(registry: CollectorRegistry, health: Health) -> AsyncIterator[Client]:
-    async with TestClient(TestServer(build_app(registry, health), host="127.0.0.1")) as client:
+    async with TestClient(TestServer(app_of(registry, health), host="127.0.0.1")) as client:
         yield client
 
 
@@ -100,21 +126,53 @@ async def test_readyz_follows_the_lifecycle(
     assert await get(client, "/readyz") == (503, "stopping\n")
 
 
-async def test_landing_page_links_to_metrics_and_escapes_the_version(
+async def test_status_page_is_html_with_relative_links_and_no_script(
     registry: CollectorRegistry,
 ) -> None:
     health = Health(progress=recent, version="1.0<script>&")
-    async with TestClient(TestServer(build_app(registry, health), host="127.0.0.1")) as client:
+    async with TestClient(TestServer(app_of(registry, health), host="127.0.0.1")) as client:
         async with client.get("/") as response:
             assert response.status == 200
             assert response.content_type == "text/html"
+            headers = response.headers
             page = await response.text()
-        # The link must be relative, so the page works behind a path-prefixing proxy.
+        # Relative links, so the page works behind a path-prefixing proxy.
         assert 'href="metrics"' in page
+        assert 'href="status.json"' in page
+        assert f'href="?promotion={PROMOTION}"' in page
+        assert "codes limit exceeded" in page
         assert "1.0&lt;script&gt;&amp;" in page
-        assert "<script>" not in page
+        assert "<script" not in page
+        assert headers["Content-Security-Policy"].startswith("default-src 'none'")
+        assert headers["Cache-Control"] == "no-store"
         async with client.get("metrics") as followed:
             assert followed.status == 200
+
+
+async def test_status_json_is_the_same_content(client: Client) -> None:
+    async with client.get("/status.json") as response:
+        assert response.status == 200
+        assert response.content_type == "application/json"
+        document = await response.json()
+    assert document["monitor"]["version"] == "1.2.3"
+    assert [p["id"] for p in document["promotions"]] == [PROMOTION]
+    assert [f["error"] for f in document["failures"]] == ["codes limit exceeded"]
+    async with client.get("/status.json", params={"promotion": PROMOTION}) as response:
+        one = await response.json()
+    assert [j["id"] for j in one["jobs"]] == ["job-1"]
+
+
+@pytest.mark.parametrize("path", ["/", "/status.json"])
+async def test_status_answers_bad_queries_and_unknown_promotions_clearly(
+    client: Client, path: str
+) -> None:
+    async with client.get(path, params={"refresh": "1"}) as response:
+        assert response.status == 400
+        assert "refresh: must be a whole number from 5 to 3600" in await response.text()
+    other = "00000000-0000-4000-8000-000000000000"
+    async with client.get(path, params={"promotion": other}) as response:
+        assert response.status == 404
+        assert "not watched" in await response.text()
 
 
 async def test_metrics_serves_the_registry_as_prometheus_text(
@@ -169,7 +227,7 @@ async def test_metrics_reflects_the_registry_at_scrape_time(
 async def test_web_server_on_port_0_reports_the_port_it_got(
     registry: CollectorRegistry, health: Health
 ) -> None:
-    server = WebServer(build_app(registry, health))
+    server = WebServer(app_of(registry, health))
     port = await server.start("127.0.0.1", 0)
     try:
         assert port > 0
@@ -195,7 +253,7 @@ async def test_basic_auth_guards_metrics_but_not_the_probes(registry: CollectorR
     health = Health(progress=recent, started=True)
     # A password with a colon: only the first colon separates user from password.
     security = WebSecurity(username="prometheus", password="s3cr:et")
-    app = build_app(registry, health, security)
+    app = app_of(registry, health, security)
     async with TestClient(TestServer(app, host="127.0.0.1")) as client:
         async with client.get("/metrics") as response:
             assert response.status == 401
@@ -211,7 +269,16 @@ async def test_basic_auth_guards_metrics_but_not_the_probes(registry: CollectorR
         status, text = await get(client, "/metrics", Authorization=basic("prometheus:s3cr:et"))
         assert status == 200
         assert value(parse_metrics(text), "demo_events_total", kind="failed") == 3
-        # The kubelet sends no credentials: probes and the landing page stay open.
+        # The kubelet sends no credentials: the probes stay open.
         assert await get(client, "/healthz") == (200, "ok\n")
         assert await get(client, "/readyz") == (200, "ready\n")
-        assert (await get(client, "/"))[0] == 200
+        # The status page shows the same data as /metrics, so it is guarded the same way.
+        for path in ("/", "/status.json", "/?promotion=" + PROMOTION):
+            status, text = await get(client, path)
+            assert status == 401, path
+            assert "codes limit" not in text
+            status, text = await get(client, path, Authorization=basic("prometheus:wrong"))
+            assert status == 401, path
+            status, text = await get(client, path, Authorization=basic("prometheus:s3cr:et"))
+            assert status == 200, path
+            assert "codes limit exceeded" in text

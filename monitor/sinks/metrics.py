@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
@@ -17,9 +16,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from monitor.diff import is_stuck
-from monitor.models import FAILED, JOB_TYPES, Change, ChangeKind, Job, PromotionSnapshot
+from monitor.models import JOB_TYPES, Change, ChangeKind, PromotionSnapshot
+from monitor.summary import Summaries
 
-FAILED_INFO_PER_PROMOTION: Final = 20
 MAX_ERROR_KINDS: Final = 50
 OTHER: Final = "other"
 
@@ -61,30 +60,6 @@ class ErrorKinds:
         return kind
 
 
-@dataclass(frozen=True, slots=True)
-class _Summary:
-    """What the gauges need from one promotion snapshot, computed once per snapshot object."""
-
-    counts: dict[tuple[str, str], int]
-    active: tuple[Job, ...]
-    failed: tuple[Job, ...]
-
-
-def _summarize(snapshot: PromotionSnapshot) -> _Summary:
-    jobs = snapshot.jobs.values()
-    counts = Tally((job.job_type, job.status) for job in jobs)
-    failed = sorted(
-        (job for job in jobs if job.status == FAILED),
-        key=lambda job: job.status_since or 0.0,
-        reverse=True,
-    )
-    return _Summary(
-        dict(counts),
-        tuple(job for job in jobs if job.is_active),
-        tuple(failed[:FAILED_INFO_PER_PROMOTION]),
-    )
-
-
 class SnapshotCollector(Collector):
     """Renders job gauges from the live snapshots at scrape time."""
 
@@ -97,17 +72,7 @@ class SnapshotCollector(Collector):
         self._snapshots = snapshots
         self._clock = clock
         self._stuck_after = stuck_after
-        # Keyed by promotion; reused while the snapshot object is the same (snapshots are
-        # immutable and replaced on change), so a scrape does not re-count 100k jobs.
-        self._cache: dict[str, tuple[PromotionSnapshot, _Summary]] = {}
-
-    def _summary(self, snapshot: PromotionSnapshot) -> _Summary:
-        cached = self._cache.get(snapshot.promotion_id)
-        if cached is not None and cached[0] is snapshot:
-            return cached[1]
-        summary = _summarize(snapshot)
-        self._cache[snapshot.promotion_id] = (snapshot, summary)
-        return summary
+        self._summaries = Summaries()
 
     def collect(self) -> Iterator[Metric]:
         labels = ["promotion_id", "job_type", "status"]
@@ -129,7 +94,7 @@ class SnapshotCollector(Collector):
         for snapshot in self._snapshots():
             pid = snapshot.promotion_id
             live.add(pid)
-            summary = self._summary(snapshot)
+            summary = self._summaries.of(snapshot)
             for (job_type, status), count in summary.counts.items():
                 jobs.add_metric([pid, job_type, status], count)
             stuck_counts = Tally(
@@ -141,8 +106,7 @@ class SnapshotCollector(Collector):
                 stuck.add_metric([pid, job_type, status], count)
             for job in summary.failed:
                 failed.add_metric([pid, job.id, job.job_type, job.error or ""], 1)
-        for gone in self._cache.keys() - live:
-            del self._cache[gone]
+        self._summaries.keep_only(live)
         yield jobs
         yield stuck
         yield failed

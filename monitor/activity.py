@@ -1,0 +1,187 @@
+"""What the monitor saw lately, kept in memory for the status page: each promotion's last poll,
+recent failures and shortfalls, poll errors, and the request rate.
+
+Everything here is bounded (rings and one record per watched promotion), so a store that fails
+all day costs the same memory as a quiet one. A restart forgets it; failed jobs still in the
+snapshot are shown from there.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final, Literal
+
+from monitor.models import Job, single_line
+
+if TYPE_CHECKING:
+    from monitor.poller import PollOutcome
+
+RECENT_FAILURES: Final = 200
+RECENT_POLL_ERRORS: Final = 50
+RATE_WINDOW_SECONDS: Final = 60
+MAX_DETAIL_CHARS: Final = 300
+
+FailureKind = Literal["failed", "shortfall"]
+
+
+def job_name(job: Job) -> str | None:
+    """The job's `name` once jobs carry one (issue #12); None until then or when absent."""
+    name = getattr(job, "name", None)
+    return name if isinstance(name, str) and name else None
+
+
+@dataclass(frozen=True, slots=True)
+class PollRecord:
+    """The last poll of one promotion."""
+
+    at: float
+    ok: bool
+    reason: str | None = None
+    last_success: float | None = None
+    failing_since: float | None = None  # the first failed poll since the last success
+
+
+@dataclass(frozen=True, slots=True)
+class FailureReport:
+    """A job that failed, or made fewer codes than asked (a shortfall)."""
+
+    promotion_id: str
+    job_id: str
+    job_type: str
+    error: str | None
+    at: float | None  # when the job reached its status, as the API tells
+    seen_at: float | None = None  # when the monitor saw it; None when known only from the snapshot
+    kind: FailureKind = "failed"
+    job_name: str | None = None
+    requested: int | None = None  # codes asked for, for shortfalls
+    generated: int | None = None  # codes made, for shortfalls
+
+    @property
+    def when(self) -> float:
+        return self.at if self.at is not None else (self.seen_at or 0.0)
+
+    @staticmethod
+    def of_job(promotion_id: str, job: Job, seen_at: float | None = None) -> FailureReport:
+        return FailureReport(
+            promotion_id,
+            job.id,
+            job.job_type,
+            job.error,
+            job.status_since,
+            seen_at,
+            job_name=job_name(job),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PollError:
+    """Failed polls of one promotion for one reason: the latest detail, how often, since when."""
+
+    promotion_id: str
+    reason: str
+    detail: str | None
+    hint: str | None
+    first_at: float
+    last_at: float
+    count: int
+
+
+class RecentActivity:
+    """Bounded memory of recent polls, failures and requests; fed by the scheduler and client."""
+
+    def __init__(
+        self,
+        clock: Callable[[], float],
+        *,
+        hints: Callable[[str], str | None] = lambda _: None,
+        failures: int = RECENT_FAILURES,
+        poll_errors: int = RECENT_POLL_ERRORS,
+    ) -> None:
+        self._clock = clock
+        self._hints = hints
+        self.started_at = clock()
+        self._polls: dict[str, PollRecord] = {}
+        self._failures: deque[FailureReport] = deque(maxlen=failures)
+        self._errors: OrderedDict[tuple[str, str], PollError] = OrderedDict()
+        self._max_errors = poll_errors
+        # (whole second, requests started in it), oldest first, at most one window long
+        self._requests: deque[list[int]] = deque()
+
+    def polled(self, outcome: PollOutcome) -> None:
+        """Record one finished poll: its result, and the failures it reported."""
+        now = self._clock()
+        pid = outcome.promotion_id
+        last = self._polls.get(pid)
+        last_success = last.last_success if last is not None else None
+        if outcome.ok:
+            self._polls[pid] = PollRecord(now, ok=True, last_success=now)
+        else:
+            failing_since = last.failing_since if last is not None and not last.ok else None
+            self._polls[pid] = PollRecord(
+                now, False, outcome.reason, last_success, failing_since or now
+            )
+            self._poll_error(pid, outcome.reason or "unknown", outcome.detail, now)
+        for change in outcome.changes:
+            if change.is_failure and change.job is not None:
+                self.report(FailureReport.of_job(pid, change.job, seen_at=now))
+
+    def _poll_error(self, pid: str, reason: str, detail: str | None, now: float) -> None:
+        key = (pid, reason)
+        previous = self._errors.pop(key, None)
+        self._errors[key] = PollError(
+            pid,
+            reason,
+            single_line(detail, MAX_DETAIL_CHARS) if detail else None,
+            self._hints(reason),
+            previous.first_at if previous is not None else now,
+            now,
+            (previous.count if previous is not None else 0) + 1,
+        )
+        while len(self._errors) > self._max_errors:
+            self._errors.popitem(last=False)
+
+    def report(self, failure: FailureReport) -> None:
+        """Remember a failure or shortfall; the oldest fall off past the ring's size."""
+        self._failures.append(failure)
+
+    def request_done(self) -> None:
+        """Count one request to Elastic Path (for the request rate in use)."""
+        second = int(self._clock())
+        if self._requests and self._requests[-1][0] == second:
+            self._requests[-1][1] += 1
+        else:
+            self._requests.append([second, 1])
+        self._expire_requests(second)
+
+    def _expire_requests(self, second: int) -> None:
+        while self._requests and self._requests[0][0] <= second - RATE_WINDOW_SECONDS:
+            self._requests.popleft()
+
+    def requests_per_second(self, now: float) -> float:
+        """Requests per second over the last minute (or since start, if that is shorter)."""
+        second = int(now)
+        self._expire_requests(second)
+        window = min(float(RATE_WINDOW_SECONDS), max(1.0, now - self.started_at))
+        return sum(count for _, count in self._requests) / window
+
+    def forget(self, promotion_id: str) -> None:
+        """Drop what was recorded of a promotion that is no longer watched."""
+        self._polls.pop(promotion_id, None)
+        kept = [f for f in self._failures if f.promotion_id != promotion_id]
+        if len(kept) != len(self._failures):
+            self._failures = deque(kept, maxlen=self._failures.maxlen)
+        for key in [k for k in self._errors if k[0] == promotion_id]:
+            del self._errors[key]
+
+    def poll(self, promotion_id: str) -> PollRecord | None:
+        return self._polls.get(promotion_id)
+
+    @property
+    def failures(self) -> tuple[FailureReport, ...]:
+        return tuple(self._failures)
+
+    @property
+    def poll_errors(self) -> tuple[PollError, ...]:
+        return tuple(self._errors.values())

@@ -1,0 +1,473 @@
+"""The status view: what the monitor sees now, for a person at `/` and a script at `/status.json`.
+
+`build_status` is a pure function of the snapshot, the recent activity and the monitor's own
+facts, with `now` passed in; it never calls Elastic Path. Rows are sorted so that what needs
+attention comes first, and the page is bounded (paged promotions, capped lists) at any scale.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from monitor.activity import FailureReport, PollError, RecentActivity, job_name
+from monitor.diff import is_stuck
+from monitor.models import FAILED, PromotionSnapshot
+from monitor.summary import Summaries
+
+PER_PAGE: Final = 100
+MAX_PER_PAGE: Final = 1000
+FAILURES_SHOWN: Final = 100
+MIN_REFRESH: Final = 5
+MAX_REFRESH: Final = 3600
+
+# What needs a person's attention, most urgent first; the rank sorts the promotion rows.
+ATTENTION: Final = ("poll_failing", "stuck", "failed", "no_baseline", "active", "ok")
+
+Names = Callable[[str], str | None]
+
+
+def no_names(_: str) -> str | None:
+    """Promotion names are not known yet (issue #12 brings them); rows show the id alone."""
+    return None
+
+
+class QueryError(ValueError):
+    """A query parameter the status page cannot use; the message names it."""
+
+
+@dataclass(frozen=True, slots=True)
+class StatusQuery:
+    """What the reader asked for: one promotion, a page of rows, an auto-refresh."""
+
+    promotion: str | None = None
+    page: int = 1
+    per_page: int = PER_PAGE
+    refresh: int | None = None
+
+
+def _int_param(query: Mapping[str, str], name: str, low: int, high: int) -> int | None:
+    raw = query.get(name)
+    if raw is None or raw == "":
+        return None
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise QueryError(f"{name}: must be a whole number from {low} to {high}")
+    return int(raw)
+
+
+def parse_query(query: Mapping[str, str]) -> StatusQuery:
+    """Read ?promotion=, ?page=, ?per_page=, ?refresh=; raises QueryError naming a bad one."""
+    promotion = (query.get("promotion") or "").strip().lower() or None
+    page = _int_param(query, "page", 1, 1_000_000) or 1
+    per_page = _int_param(query, "per_page", 1, MAX_PER_PAGE) or PER_PAGE
+    refresh = _int_param(query, "refresh", MIN_REFRESH, MAX_REFRESH)
+    return StatusQuery(promotion, page, per_page, refresh)
+
+
+@dataclass(frozen=True, slots=True)
+class MonitorFacts:
+    """The monitor's own state, as the app knows it at the moment of the request."""
+
+    version: str
+    started_at: float
+    ready: bool
+    requests_budget: float  # requests/s this replica may make
+    requests_rate_in_force: float  # lower than the budget while the store answers 429
+    requests_per_second: float  # used, over the last minute
+    shard_index: int = 0
+    shard_count: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class PromotionRow:
+    id: str
+    name: str | None
+    kind: str | None
+    attention: str
+    jobs: dict[str, int]  # by status
+    stuck: int = 0
+    stuck_since: float | None = None  # the oldest stuck job entered its status
+    last_failure_at: float | None = None
+    polled_at: float | None = None
+    poll_ok: bool | None = None  # None: not polled since the monitor started
+    poll_reason: str | None = None
+    failing_since: float | None = None
+    last_success: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FailureRow:
+    report: FailureReport
+    promotion_name: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PollErrorRow:
+    error: PollError
+    promotion_name: str | None
+    still_failing: bool
+
+
+@dataclass(frozen=True, slots=True)
+class JobRow:
+    id: str
+    name: str | None
+    job_type: str
+    status: str
+    since: float | None
+    error: str | None
+    stuck: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StatusView:
+    now: float
+    monitor: MonitorFacts
+    last_success: float | None
+    watched: int
+    attention: dict[str, int]  # promotions by attention
+    promotions: tuple[PromotionRow, ...]
+    total: int  # rows before paging
+    page: int
+    pages: int
+    per_page: int
+    failures: tuple[FailureRow, ...]
+    poll_errors: tuple[PollErrorRow, ...]
+    promotion: str | None = None
+    jobs: tuple[JobRow, ...] | None = None  # every job of the one promotion asked for
+    refresh: int | None = None
+
+
+def _row(
+    pid: str,
+    kind: str | None,
+    snapshot: PromotionSnapshot | None,
+    *,
+    activity: RecentActivity,
+    summaries: Summaries,
+    names: Names,
+    now: float,
+    stuck_after: float,
+) -> PromotionRow:
+    jobs: dict[str, int] = {}
+    stuck: list[float] = []
+    last_failure = None
+    if snapshot is not None:
+        summary = summaries.of(snapshot)
+        by_status: Counter[str] = Counter()
+        for (_, status), count in summary.counts.items():
+            by_status[status] += count
+        jobs = dict(sorted(by_status.items()))
+        stuck = [
+            job.status_since or now for job in summary.active if is_stuck(job, now, stuck_after)
+        ]
+        if summary.failed:
+            last_failure = summary.failed[0].status_since
+    record = activity.poll(pid)
+    if record is not None and not record.ok:
+        attention = "poll_failing"
+    elif stuck:
+        attention = "stuck"
+    elif jobs.get(FAILED):
+        attention = "failed"
+    elif snapshot is None:
+        attention = "no_baseline"
+    elif snapshot.has_active:
+        attention = "active"
+    else:
+        attention = "ok"
+    return PromotionRow(
+        pid,
+        names(pid),
+        kind,
+        attention,
+        jobs,
+        len(stuck),
+        min(stuck) if stuck else None,
+        last_failure,
+        record.at if record else None,
+        record.ok if record else None,
+        record.reason if record else None,
+        record.failing_since if record else None,
+        record.last_success if record else None,
+    )
+
+
+def _urgency(row: PromotionRow) -> tuple[int, float, str]:
+    # Within a rank, the newest trouble first: failing longest is not more urgent than news.
+    moment = {
+        "poll_failing": row.failing_since,
+        "stuck": row.stuck_since,
+        "failed": row.last_failure_at,
+    }.get(row.attention)
+    return ATTENTION.index(row.attention), -(moment or 0.0), row.id
+
+
+def _failures(
+    recent: Iterable[FailureReport],
+    snapshots: Iterable[PromotionSnapshot],
+    summaries: Summaries,
+    names: Names,
+    limit: int,
+) -> tuple[FailureRow, ...]:
+    """Failures the monitor saw, and failed jobs still in the snapshot (they survive restarts)."""
+    held = heapq.nlargest(
+        limit,
+        ((job, s.promotion_id) for s in snapshots for job in summaries.of(s).failed),
+        key=lambda pair: pair[0].status_since or 0.0,
+    )
+    merged: dict[tuple[str, str, str], FailureReport] = {}
+    for job, pid in held:
+        report = FailureReport.of_job(pid, job)
+        merged[(pid, job.id, report.kind)] = report
+    for report in recent:  # seen live: it knows when the monitor saw it
+        merged[(report.promotion_id, report.job_id, report.kind)] = report
+    newest = heapq.nlargest(limit, merged.values(), key=lambda r: r.when)
+    return tuple(FailureRow(r, names(r.promotion_id)) for r in newest)
+
+
+def build_status(
+    *,
+    snapshots: Mapping[str, PromotionSnapshot],
+    watched: Mapping[str, str],
+    activity: RecentActivity,
+    monitor: MonitorFacts,
+    now: float,
+    stuck_after: float,
+    query: StatusQuery = StatusQuery(),  # frozen: a shared default is safe
+    names: Names = no_names,
+    summaries: Summaries | None = None,
+) -> StatusView | None:
+    """The status as of `now`; None when `query.promotion` is neither watched nor known.
+
+    `watched` maps each watched promotion id to its kind; promotions only in the snapshot
+    (state kept until discovery confirms them) are shown too, with no kind.
+    """
+    summaries = summaries or Summaries()
+    ids = list(watched) + [pid for pid in snapshots if pid not in watched]
+    one = query.promotion
+    if one is not None and one not in watched and one not in snapshots:
+        return None
+    # Every row is built even for one promotion: the header counts what needs attention overall.
+    rows = sorted(
+        (
+            _row(
+                pid,
+                watched.get(pid),
+                snapshots.get(pid),
+                activity=activity,
+                summaries=summaries,
+                names=names,
+                now=now,
+                stuck_after=stuck_after,
+            )
+            for pid in ids
+        ),
+        key=_urgency,
+    )
+    summaries.keep_only(snapshots)
+    listed = rows if one is None else [row for row in rows if row.id == one]
+    pages = max(1, math.ceil(len(listed) / query.per_page))
+    page = min(query.page, pages)
+    shown = listed[(page - 1) * query.per_page : page * query.per_page]
+
+    scope = [snapshots[pid] for pid in ids if pid in snapshots and (one is None or pid == one)]
+    recent = [f for f in activity.failures if one is None or f.promotion_id == one]
+    failures = _failures(
+        recent,
+        scope,
+        summaries,
+        names,
+        FAILURES_SHOWN,
+    )
+    failing = {row.id for row in rows if row.attention == "poll_failing"}
+    poll_errors = tuple(
+        PollErrorRow(e, names(e.promotion_id), e.promotion_id in failing)
+        for e in sorted(activity.poll_errors, key=lambda e: e.last_at, reverse=True)
+        if one is None or e.promotion_id == one
+    )
+    jobs = None
+    if one is not None:
+        snapshot = snapshots.get(one)
+        held = snapshot.jobs.values() if snapshot is not None else ()
+        jobs = tuple(
+            sorted(
+                (
+                    JobRow(
+                        j.id,
+                        job_name(j),
+                        j.job_type,
+                        j.status,
+                        j.status_since,
+                        j.error,
+                        is_stuck(j, now, stuck_after),
+                    )
+                    for j in held
+                ),
+                key=lambda j: j.since or 0.0,
+                reverse=True,
+            )
+        )
+    last_success = max((r.last_success for r in rows if r.last_success is not None), default=None)
+    return StatusView(
+        now=now,
+        monitor=monitor,
+        last_success=last_success,
+        watched=len(watched),
+        attention=dict(Counter(row.attention for row in rows)),
+        promotions=tuple(shown),
+        total=len(listed),
+        page=page,
+        pages=pages,
+        per_page=query.per_page,
+        failures=failures,
+        poll_errors=poll_errors,
+        promotion=one,
+        jobs=jobs,
+        refresh=query.refresh,
+    )
+
+
+def iso(moment: float | None) -> str | None:
+    """Epoch seconds as ISO 8601 UTC with milliseconds (the API's own style)."""
+    if moment is None:
+        return None
+    return (
+        datetime.fromtimestamp(moment, UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
+
+
+def to_json(view: StatusView) -> dict[str, Any]:
+    """The view as the /status.json document (documented in the README)."""
+    facts = view.monitor
+    document: dict[str, Any] = {
+        "generated_at": iso(view.now),
+        "monitor": {
+            "version": facts.version,
+            "started_at": iso(facts.started_at),
+            "ready": facts.ready,
+            "last_successful_poll": iso(view.last_success),
+            "requests_per_second": {
+                "used": round(facts.requests_per_second, 2),
+                "in_force": round(facts.requests_rate_in_force, 2),
+                "budget": facts.requests_budget,
+            },
+            "shard": {"index": facts.shard_index, "count": facts.shard_count},
+            "promotions": view.watched,
+            "attention": {name: view.attention.get(name, 0) for name in ATTENTION},
+        },
+        "page": {
+            "number": view.page,
+            "per_page": view.per_page,
+            "pages": view.pages,
+            "promotions": view.total,
+        },
+        "promotions": [
+            {
+                "id": row.id,
+                "name": row.name,
+                "kind": row.kind,
+                "attention": row.attention,
+                "last_poll": {
+                    "at": iso(row.polled_at),
+                    "ok": row.poll_ok,
+                    "reason": row.poll_reason,
+                    "failing_since": iso(row.failing_since),
+                    "last_success": iso(row.last_success),
+                },
+                "jobs": row.jobs,
+                "stuck": row.stuck,
+                "stuck_since": iso(row.stuck_since),
+                "last_failure_at": iso(row.last_failure_at),
+            }
+            for row in view.promotions
+        ],
+        "failures": [
+            {
+                "promotion_id": f.report.promotion_id,
+                "promotion_name": f.promotion_name,
+                "kind": f.report.kind,
+                "job_id": f.report.job_id,
+                "job_type": f.report.job_type,
+                "job_name": f.report.job_name,
+                "error": f.report.error,
+                "requested": f.report.requested,
+                "generated": f.report.generated,
+                "at": iso(f.report.at),
+                "seen_at": iso(f.report.seen_at),
+            }
+            for f in view.failures
+        ],
+        "poll_errors": [
+            {
+                "promotion_id": e.error.promotion_id,
+                "promotion_name": e.promotion_name,
+                "reason": e.error.reason,
+                "detail": e.error.detail,
+                "hint": e.error.hint,
+                "count": e.error.count,
+                "first_at": iso(e.error.first_at),
+                "last_at": iso(e.error.last_at),
+                "still_failing": e.still_failing,
+            }
+            for e in view.poll_errors
+        ],
+    }
+    if view.jobs is not None:
+        document["jobs"] = [
+            {
+                "id": j.id,
+                "name": j.name,
+                "job_type": j.job_type,
+                "status": j.status,
+                "since": iso(j.since),
+                "stuck": j.stuck,
+                "error": j.error,
+            }
+            for j in view.jobs
+        ]
+    return document
+
+
+class StatusBoard:
+    """Gathers the live inputs of `build_status` at each request; the web handler calls it."""
+
+    def __init__(
+        self,
+        *,
+        snapshots: Callable[[], Iterable[PromotionSnapshot]],
+        watched: Callable[[], Mapping[str, str]],
+        activity: RecentActivity,
+        facts: Callable[[], MonitorFacts],
+        clock: Callable[[], float],
+        stuck_after: float,
+        names: Names = no_names,
+    ) -> None:
+        self._snapshots = snapshots
+        self._watched = watched
+        self._activity = activity
+        self._facts = facts
+        self._clock = clock
+        self._stuck_after = stuck_after
+        self._names = names
+        self._summaries = Summaries()
+
+    def view(self, query: StatusQuery) -> StatusView | None:
+        return build_status(
+            snapshots={s.promotion_id: s for s in self._snapshots()},
+            watched=self._watched(),
+            activity=self._activity,
+            monitor=self._facts(),
+            now=self._clock(),
+            stuck_after=self._stuck_after,
+            query=query,
+            names=self._names,
+            summaries=self._summaries,
+        )
