@@ -26,12 +26,6 @@ MAX_DETAIL_CHARS: Final = 300
 FailureKind = Literal["failed", "shortfall"]
 
 
-def job_name(job: Job) -> str | None:
-    """The job's `name` once jobs carry one (issue #12); None until then or when absent."""
-    name = getattr(job, "name", None)
-    return name if isinstance(name, str) and name else None
-
-
 @dataclass(frozen=True, slots=True)
 class PollRecord:
     """The last poll of one promotion."""
@@ -71,7 +65,22 @@ class FailureReport:
             job.error,
             job.status_since,
             seen_at,
-            job_name=job_name(job),
+            job_name=job.name,
+        )
+
+    @staticmethod
+    def shortfall(promotion_id: str, job: Job, seen_at: float) -> FailureReport:
+        return FailureReport(
+            promotion_id,
+            job.id,
+            job.job_type,
+            None,
+            job.status_since,
+            seen_at,
+            kind="shortfall",
+            job_name=job.name,
+            requested=job.codes_requested,
+            generated=job.codes_generated,
         )
 
 
@@ -124,8 +133,12 @@ class RecentActivity:
             )
             self._poll_error(pid, outcome.reason or "unknown", outcome.detail, now)
         for change in outcome.changes:
-            if change.is_failure and change.job is not None:
+            if change.job is None:
+                continue
+            if change.is_failure:
                 self.report(FailureReport.of_job(pid, change.job, seen_at=now))
+            elif change.is_shortfall:
+                self.report(FailureReport.shortfall(pid, change.job, now))
 
     def _poll_error(self, pid: str, reason: str, detail: str | None, now: float) -> None:
         key = (pid, reason)

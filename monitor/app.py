@@ -9,7 +9,7 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 from prometheus_client import CollectorRegistry
@@ -20,6 +20,7 @@ from monitor.budget import RequestBudget
 from monitor.client import ApiError, ElasticPathClient, JobsTarget
 from monitor.discovery import Discovery
 from monitor.models import PromotionKind, PromotionSnapshot, utc_now
+from monitor.names import PromotionNames, promotion_name
 from monitor.planner import PollPlan
 from monitor.poller import HINTS, Poller, PollOutcome
 from monitor.scheduler import PollScheduler
@@ -81,6 +82,11 @@ class Monitor:
     web: WebServer | None
     clock: Callable[[], float]
     activity: RecentActivity
+    names: PromotionNames
+    # Promotions whose name the last discovery run listed (no lookup needed), and those whose
+    # lookup failed (warned once, until it works again).
+    _listed: set[str] = field(default_factory=set)
+    _unnamed: set[str] = field(default_factory=set)
 
     @classmethod
     def build(
@@ -98,12 +104,14 @@ class Monitor:
         def snapshots() -> Iterator[PromotionSnapshot]:
             return iter(store)
 
+        names = PromotionNames()
         metrics = MonitorMetrics(
             registry,
             version=__version__,
             snapshots=snapshots,
             clock=clock,
             stuck_after=settings.poll.stuck_after_seconds,
+            names=names,
         )
         activity = RecentActivity(clock, hints=HINTS.get)
         client = ElasticPathClient(
@@ -116,7 +124,7 @@ class Monitor:
             client,
             store,
             metrics,
-            LogSink(),
+            LogSink(names=names.get),
             clock=clock,
             stuck_after=settings.poll.stuck_after_seconds,
             retention=settings.state.retention_days * 86_400,
@@ -168,6 +176,7 @@ class Monitor:
                 facts=facts,
                 clock=clock,
                 stuck_after=settings.poll.stuck_after_seconds,
+                names=names.get,
             )
             security = load_web_security(settings.server)
             app = build_app(registry, health, security, status=board.view)
@@ -185,6 +194,7 @@ class Monitor:
             web,
             clock,
             activity,
+            names,
         )
         metrics.shard_count.set(discovery.shard_count)
         # The scheduler calls this for a promotion removed while its poll was in flight.
@@ -261,6 +271,7 @@ class Monitor:
         self.store.drop(promotion_id)
         self.client.forget(promotion_id)
         self.activity.forget(promotion_id)
+        self.names.forget(promotion_id)
 
     async def discover(self) -> None:
         """One discovery run; a failure keeps the last known list."""
@@ -282,6 +293,9 @@ class Monitor:
         added, removed = self.watch(
             targets, authoritative=found.complete, discovered=found.discovered
         )
+        self._listed = set(found.names)
+        for pid, (kind, name) in found.names.items():
+            self.names.set(pid, kind, name)
         self._log.info(
             "discovery_completed",
             promotions=len(found.targets),
@@ -290,6 +304,31 @@ class Monitor:
             removed=removed,
         )
         self.scheduler.dispatch()
+        await self.look_up_names()
+
+    async def look_up_names(self) -> None:
+        """Fetch the name of each watched promotion that no discovery list named.
+
+        One request at a time, so polls waiting for the budget are never queued behind a burst
+        of lookups; a failed lookup keeps the last known name.
+        """
+        for target in self.targets:
+            pid = target.promotion_id
+            if pid in self._listed:
+                continue
+            try:
+                promotion = await self.client.get_promotion(target.kind, pid)
+            except ApiError as exc:
+                if pid not in self._unnamed:
+                    self._unnamed.add(pid)
+                    self._log.warning(
+                        "name_lookup_failed", promotion_id=pid, reason=exc.reason, detail=str(exc)
+                    )
+                continue
+            self._unnamed.discard(pid)
+            name = promotion_name(promotion)
+            if name is not None and target.promotion_id in self.scheduler.plan:
+                self.names.set(pid, target.kind, name)
 
     async def start(self) -> None:
         self.load_state()
@@ -297,10 +336,11 @@ class Monitor:
         if self.web is not None:
             port = await self.web.start(self.settings.server.host, self.settings.server.port)
         self.scheduler.start()
-        if self.settings.discovery.enabled:
-            self.scheduler.every(
-                self.settings.discovery.interval_seconds, self.discover, name="discovery", now=True
-            )
+        # Discovery names what it lists and looks up the rest; without it, names are looked up.
+        refresh = self.discover if self.settings.discovery.enabled else self.look_up_names
+        self.scheduler.every(
+            self.settings.discovery.interval_seconds, refresh, name=refresh.__name__, now=True
+        )
         self.health.started = True
         self._log.info(
             "monitor_started",
@@ -322,6 +362,8 @@ class Monitor:
         try:
             if self.settings.discovery.enabled:
                 await self.discover()
+            else:
+                await self.look_up_names()
             return await self.scheduler.run_cycle()
         finally:
             await self.client.close()

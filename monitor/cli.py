@@ -108,9 +108,21 @@ def _when(epoch: float | None) -> str:
 def render_table(monitor: Monitor, outcomes: Sequence[PollOutcome]) -> str:
     """Jobs by promotion and status, then every failed job with its error."""
     by_id = {o.promotion_id: o for o in outcomes}
-    header = ["PROMOTION", "KIND", "POLL", "JOBS", "ACTIVE", "COMPLETED", "FAILED", "OTHER"]
+    header = [
+        "PROMOTION",
+        "KIND",
+        "POLL",
+        "JOBS",
+        "ACTIVE",
+        "COMPLETED",
+        "FAILED",
+        "OTHER",
+        "CODES",
+        "NAME",
+    ]
     rows: list[list[str]] = [header]
     failures: list[str] = []
+    shortfalls: list[str] = []
     for target in monitor.targets:
         outcome = by_id.get(target.promotion_id)
         poll = "ok" if outcome and outcome.ok else f"failed: {outcome.reason if outcome else '?'}"
@@ -121,7 +133,23 @@ def render_table(monitor: Monitor, outcomes: Sequence[PollOutcome]) -> str:
         active = sum(statuses[s] for s in ACTIVE_STATUSES)
         other = sum(statuses.values()) - active - statuses[COMPLETED] - statuses[FAILED]
         counts = [len(snapshot.jobs), active, statuses[COMPLETED], statuses[FAILED], other]
-        rows.append([target.promotion_id, target.kind.value, poll, *map(str, counts)])
+        name = monitor.names.get(target.promotion_id) or "-"
+        rows.append(
+            [
+                target.promotion_id,
+                target.kind.value,
+                poll,
+                *map(str, counts),
+                _codes(snapshot),
+                name,
+            ]
+        )
+        shortfalls.extend(
+            f"  {target.promotion_id}  {job.id}  {job.codes_generated} of {job.codes_requested}"
+            f"  {_when(job.status_since)}  {job.name or ''}"
+            for job in snapshot.jobs.values()
+            if job.shortfall
+        )
         failed = sorted(
             (job for job in snapshot.jobs.values() if job.status == FAILED),
             key=lambda job: job.status_since or 0.0,
@@ -139,7 +167,24 @@ def render_table(monitor: Monitor, outcomes: Sequence[PollOutcome]) -> str:
     ]
     if failures:
         lines += ["", "FAILED JOBS (promotion, job, type, failed at, error):", *failures]
+    if shortfalls:
+        lines += ["", "INCOMPLETE JOBS (promotion, job, codes generated of requested, at, name):"]
+        lines += shortfalls
     return "\n".join(line.rstrip() for line in lines)
+
+
+def _codes(snapshot: PromotionSnapshot) -> str:
+    """Codes generated of requested by the promotion's completed code_generate jobs."""
+    done = [
+        job
+        for job in snapshot.jobs.values()
+        if job.status == COMPLETED and job.codes_requested is not None
+    ]
+    if not done:
+        return "-"
+    generated = sum(job.codes_generated or 0 for job in done)
+    requested = sum(job.codes_requested or 0 for job in done)
+    return f"{generated}/{requested}"
 
 
 async def _demo(duration: float | None, port: int, promotions: int) -> int:

@@ -514,6 +514,16 @@ class ElasticPathClient:
         listing = await self._paged(page_at)
         return found, listing
 
+    async def get_promotion(self, kind: PromotionKind, promotion_id: str) -> Mapping[str, Any]:
+        """One promotion (GET /v2/promotions/:id or /v2/rule-promotions/:id), for its name."""
+        segment, _ = JOBS_ENDPOINT[kind]
+        endpoint = "promotion" if kind is PromotionKind.PROMOTION else "rule_promotion"
+        body = await self._get_json(self._base / "v2" / segment / promotion_id, {}, endpoint)
+        found = promotion_object(body.get("data") if isinstance(body, dict) else None)
+        if found is None:
+            raise ApiError("bad_response", f"{endpoint}: answer has no promotion object")
+        return found
+
     async def _paged(self, page_at: Callable[[int], Awaitable[Page]]) -> Listing:
         """Read pages by offset until every record is read; `page_at(offset)` reads one page.
 

@@ -7,10 +7,11 @@ import os
 import re
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from monitor.client import ElasticPathClient, JobsTarget
-from monitor.models import parse_timestamp
+from monitor.models import PromotionKind, parse_timestamp
+from monitor.names import promotion_name
 from monitor.settings import DiscoverySettings, Settings, ShardingSettings
 
 _ORDINAL = re.compile(r"-(\d+)$")
@@ -84,6 +85,8 @@ class Watchlist:
 
     targets: Mapping[str, JobsTarget]
     discovered: frozenset[str]
+    # The name of every listed promotion this replica owns, explicit ones included.
+    names: Mapping[str, tuple[PromotionKind, str]] = field(default_factory=dict)
     # False when a list could not be read whole: a promotion missing from it may still exist,
     # so it must not be dropped (and its state lost) on this evidence.
     complete: bool = True
@@ -114,6 +117,7 @@ class Discovery:
         """List the store's promotions; raises ApiError if any list call fails (keep the old)."""
         targets = self.explicit()
         discovered: set[str] = set()
+        names: dict[str, tuple[PromotionKind, str]] = {}
         complete = True
         rules = self._settings.discovery
         for kind in rules.kinds:
@@ -121,14 +125,20 @@ class Discovery:
             complete = complete and listing.incomplete is None
             for promotion in promotions:
                 raw_id = promotion.get("id")
-                if not isinstance(raw_id, str) or not wanted(promotion, rules, now):
+                pid = _canonical(raw_id) if isinstance(raw_id, str) else None
+                if pid is None or not self.owns(pid):
                     continue
-                pid = _canonical(raw_id)
-                if pid is None or pid in targets or not self.owns(pid):
+                explicit = pid in targets
+                if not explicit and not wanted(promotion, rules, now):
+                    continue
+                name = promotion_name(promotion)
+                if name is not None:
+                    names[pid] = (kind, name)
+                if explicit:
                     continue
                 targets[pid] = self._client.target(pid, kind)
                 discovered.add(pid)
-        return Watchlist(targets, frozenset(discovered), complete)
+        return Watchlist(targets, frozenset(discovered), names, complete)
 
 
 def _canonical(raw: str) -> str | None:

@@ -89,6 +89,12 @@ class Job:
     error: str | None = None
     created_at: float | None = None
     updated_at: float | None = None
+    name: str | None = None
+    # What a code_generate job was asked for (parameters.number_of_codes) and what it produced
+    # (result.generated; result.deleted for codes a cancellation removed). None when not given.
+    codes_requested: int | None = None
+    codes_generated: int | None = None
+    codes_deleted: int | None = None
     # hash() of updated_at as the API wrote it: the next poll compares it instead of re-parsing
     # (an int is a third of the string's memory). Not part of the job's identity, not persisted.
     updated_key: int | None = field(default=None, compare=False, repr=False)
@@ -105,6 +111,17 @@ class Job:
     def status_since(self) -> float | None:
         """When the job entered its current status, as near as the API tells."""
         return self.updated_at if self.updated_at is not None else self.created_at
+
+    @property
+    def shortfall(self) -> bool:
+        """A code_generate job that completed with fewer codes than it was asked for."""
+        return (
+            self.status == COMPLETED
+            and self.job_type == "code_generate"
+            and self.codes_requested is not None
+            and self.codes_generated is not None
+            and self.codes_generated < self.codes_requested
+        )
 
     @property
     def duration(self) -> float | None:
@@ -127,6 +144,26 @@ def _text(obj: Mapping[str, Any], key: str) -> str | None:
     value = obj.get(key)
     if isinstance(value, str) and value.strip():
         return value.strip()
+    return None
+
+
+def _count(obj: object, key: str) -> int | None:
+    """A non-negative integer field of an object, or None (absent, null, or not a count)."""
+    value = obj.get(key) if isinstance(obj, Mapping) else None
+    if type(value) is int and value >= 0:
+        return value
+    if type(value) is float and value.is_integer() and value >= 0:
+        return int(value)
+    return None
+
+
+def code_result(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The code result object: `result` (Promotions Builder, Standard prose) or
+    `generate_result` (Builder's SDK description); `result` wins when both are there."""
+    for key in ("result", "generate_result"):
+        value = obj.get(key)
+        if isinstance(value, Mapping):
+            return value
     return None
 
 
@@ -155,7 +192,12 @@ def _unchanged(obj: dict[str, Any], known: Mapping[str, Job]) -> Job | None:
     updated = timestamps.get("updated_at") if type(timestamps) is dict else None
     if type(updated) is not str or hash(updated) != previous.updated_key:
         return None
-    return previous if obj.get("error") == previous.error else None
+    if obj.get("error") != previous.error:
+        return None
+    # A result that arrives after the status (same updated_at) must not be missed.
+    result = obj.get("result", obj.get("generate_result"))
+    generated = result.get("generated") if type(result) is dict else None
+    return previous if generated == previous.codes_generated else None
 
 
 def parse_job(obj: object, known: Mapping[str, Job] | None = None) -> Job | str:
@@ -182,6 +224,8 @@ def parse_job(obj: object, known: Mapping[str, Job] | None = None) -> Job | str:
         timestamps = {}
     updated_raw = timestamps.get("updated_at")
     updated_at = parse_timestamp(updated_raw)
+    name = _text(obj, "name")
+    result = code_result(obj)
     return Job(
         id=job_id,
         # A handful of distinct values shared by every job: one copy each, not one per job.
@@ -190,6 +234,11 @@ def parse_job(obj: object, known: Mapping[str, Job] | None = None) -> Job | str:
         error=single_line(error) if error else None,
         created_at=parse_timestamp(timestamps.get("created_at")),
         updated_at=updated_at,
+        # Most jobs share a handful of names ("job", "Export codes"): one copy each.
+        name=sys.intern(single_line(name, 100)) if name else None,
+        codes_requested=_count(obj.get("parameters"), "number_of_codes"),
+        codes_generated=_count(result, "generated"),
+        codes_deleted=_count(result, "deleted"),
         updated_key=hash(updated_raw) if updated_at is not None else None,
     )
 
@@ -276,6 +325,11 @@ class Change:
             and self.previous is not None
             and self.previous.status != FAILED
         )
+
+    @property
+    def is_shortfall(self) -> bool:
+        """A code_generate job seen completing with fewer codes than it was asked for."""
+        return self.job is not None and self.job.shortfall and self.reached_terminal
 
     @property
     def reached_terminal(self) -> bool:

@@ -125,6 +125,8 @@ class Fault:
     path_contains: str | None = None
     times: int | None = 1
     delay: float = 0.0
+    # Only requests to exactly this path (a promotion, not its jobs below it).
+    path: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +156,8 @@ class _Job:
     error: str | None
     created_at: float
     updated_at: float
+    # Codes a completed code_generate job made; None means all it was asked for.
+    generated: int | None = None
 
 
 @dataclass
@@ -205,6 +209,8 @@ class Simulator:
         self.requests: list[RecordedRequest] = []
         self.failure_rate = 0.2
         self.spawn_rate = 0.1
+        # Of the code_generate jobs that complete, how many make fewer codes than asked.
+        self.shortfall_rate = 0.05
         # Store behaviours a client must cope with (not faults: the real API may answer so).
         # page_cap: the store's page-length setting, served whatever page[limit] asks.
         self.page_cap = page_cap
@@ -387,10 +393,22 @@ class Simulator:
         ]
 
     def set_job_status(
-        self, promotion_id: str, job_id: str, status: str, *, error: str | None = None
+        self,
+        promotion_id: str,
+        job_id: str,
+        status: str,
+        *,
+        error: str | None = None,
+        generated: int | None = None,
     ) -> None:
-        """Set a job's status and error; bumps updated_at and counts a transition if it changed."""
-        self._change(self._promotions[promotion_id].jobs[job_id], status, error)
+        """Set a job's status and error; bumps updated_at and counts a transition if it changed.
+
+        `generated`: for a code_generate job completing, how many codes it made (a shortfall
+        when fewer than its number_of_codes); by default all of them.
+        """
+        job = self._promotions[promotion_id].jobs[job_id]
+        job.generated = generated
+        self._change(job, status, error)
 
     def remove_job(self, promotion_id: str, job_id: str) -> None:
         del self._promotions[promotion_id].jobs[job_id]
@@ -442,6 +460,10 @@ class Simulator:
                         message = _failure_message(self._rng, job.job_type, job.number_of_codes)
                         made += self._change(job, "failed", message)
                     else:
+                        if job.job_type == "code_generate" and (
+                            self._rng.random() < self.shortfall_rate
+                        ):
+                            job.generated = self._rng.randrange(job.number_of_codes)
                         made += self._change(job, "completed")
             pending = [job for job in jobs if job.status == "pending"]
             if pending:
@@ -488,6 +510,7 @@ class Simulator:
         )
         for kind, prefix in routes:
             app.router.add_get(prefix, self._list_handler(kind))
+            app.router.add_get(prefix + "/{promotion_id}", self._promotion_handler(kind))
             app.router.add_get(prefix + "/{promotion_id}/jobs", self._jobs_handler(kind))
         return app
 
@@ -542,7 +565,10 @@ class Simulator:
 
     def _take_fault(self, path: str) -> Fault | None:
         for armed in self._faults:
-            if armed.fault.path_contains is None or armed.fault.path_contains in path:
+            fault = armed.fault
+            if fault.path is not None and fault.path != path:
+                continue
+            if fault.path_contains is None or fault.path_contains in path:
                 if armed.remaining is not None:
                     armed.remaining -= 1
                     if armed.remaining == 0:
@@ -618,6 +644,15 @@ class Simulator:
         if self.page_cap is not None:
             limit = min(limit, self.page_cap)
         return limit, 0 if self.ignore_offset else offset
+
+    def _promotion_handler(self, kind: Kind) -> _Handler:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            promotion = self._promotions.get(request.match_info["promotion_id"])
+            if promotion is None or promotion.kind != kind:
+                raise _ApiError(404, _error_body(404))
+            return _json(200, {"data": _render_promotion(promotion)})
+
+        return handle
 
     def _jobs_handler(self, kind: Kind) -> _Handler:
         async def handle(request: web.Request) -> web.StreamResponse:
@@ -745,7 +780,8 @@ def _time(text: str) -> datetime:
 def _code_result(job: _Job) -> dict[str, int] | None:
     """The codes a finished code_generate job made (and a cancel removed)."""
     if job.status == "completed":
-        return {"generated": job.number_of_codes, "deleted": 0}
+        made = job.number_of_codes if job.generated is None else job.generated
+        return {"generated": made, "deleted": 0}
     if job.status == "cancelled":
         # the cancel is taken to reach the job halfway, and removes what it had made
         made = job.number_of_codes // 2

@@ -18,7 +18,9 @@ from typing import Any, Final
 
 from monitor.models import Job, PromotionSnapshot
 
-FORMAT_VERSION: Final = 1
+# 2: job rows carry name and codes requested/generated/deleted. Files of version 1 still load.
+FORMAT_VERSION: Final = 2
+READABLE_VERSIONS: Final = (1, 2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +36,18 @@ Fragments = dict[str, tuple[PromotionSnapshot, bytes]]
 
 def _fragment(snap: PromotionSnapshot) -> bytes:
     rows = [
-        [j.id, j.job_type, j.status, j.error, j.created_at, j.updated_at]
+        [
+            j.id,
+            j.job_type,
+            j.status,
+            j.error,
+            j.created_at,
+            j.updated_at,
+            j.name,
+            j.codes_requested,
+            j.codes_generated,
+            j.codes_deleted,
+        ]
         for j in snap.jobs.values()
     ]
     entry = {"jobs": rows, "stuck": sorted(snap.stuck), "baseline_at": snap.baseline_at}
@@ -90,15 +103,42 @@ def _optional_str(value: Any) -> str | None:
     raise ValueError("error is not a string")
 
 
+def _optional_count(value: Any) -> int | None:
+    if value is None or (type(value) is int and value >= 0):
+        return value
+    raise ValueError("a code count is not a non-negative integer")
+
+
+def _job(row: Any) -> Job:
+    """One job row: 6 fields in version 1, 10 since version 2."""
+    if not isinstance(row, list) or len(row) not in (6, 10):
+        raise ValueError("job row has the wrong shape")
+    job_id, job_type, status, error, created, updated = row[:6]
+    name, requested, generated, deleted = row[6:] if len(row) == 10 else (None,) * 4
+    if not all(isinstance(v, str) for v in (job_id, job_type, status)):
+        raise ValueError("job row has non-text fields")
+    return Job(
+        job_id,
+        job_type,
+        status,
+        _optional_str(error),
+        _optional_float(created),
+        _optional_float(updated),
+        _optional_str(name),
+        _optional_count(requested),
+        _optional_count(generated),
+        _optional_count(deleted),
+    )
+
+
 def decode(data: bytes) -> dict[str, PromotionSnapshot]:
     """Parse a state file; raises ValueError with a reason for anything torn or foreign."""
     document = json.loads(data)
     if not isinstance(document, dict) or "promotions" not in document:
         raise ValueError("not a promo-monitor state file")
     version = document.get("version")
-    if type(version) is not int or version != FORMAT_VERSION:
-        # No older format has ever shipped; a future one must add its migration here.
-        raise ValueError(f"state format version {version!r} is not {FORMAT_VERSION}")
+    if type(version) is not int or version not in READABLE_VERSIONS:
+        raise ValueError(f"state format version {version!r} is not one of {READABLE_VERSIONS}")
     snapshots: dict[str, PromotionSnapshot] = {}
     promotions = document["promotions"]
     if not isinstance(promotions, dict):
@@ -106,17 +146,8 @@ def decode(data: bytes) -> dict[str, PromotionSnapshot]:
     for pid, entry in promotions.items():
         jobs: dict[str, Job] = {}
         for row in entry["jobs"]:
-            job_id, job_type, status, error, created, updated = row
-            if not all(isinstance(v, str) for v in (job_id, job_type, status)):
-                raise ValueError("job row has non-text fields")
-            jobs[job_id] = Job(
-                job_id,
-                job_type,
-                status,
-                _optional_str(error),
-                _optional_float(created),
-                _optional_float(updated),
-            )
+            job = _job(row)
+            jobs[job.id] = job
         stuck = frozenset(str(s) for s in entry.get("stuck", []) if s in jobs)
         # (absent in files written before it was kept: then nothing counts as seen late)
         baseline_at = _optional_float(entry.get("baseline_at"))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from monitor.activity import FailureReport, PollError, RecentActivity, job_name
+from monitor.activity import FailureReport, PollError, RecentActivity
 from monitor.diff import is_stuck
 from monitor.models import FAILED, PromotionSnapshot
 from monitor.summary import Summaries
@@ -300,7 +300,7 @@ def build_status(
                 (
                     JobRow(
                         j.id,
-                        job_name(j),
+                        j.name,
                         j.job_type,
                         j.status,
                         j.status_since,

@@ -63,6 +63,9 @@ async def store() -> AsyncIterator[Store]:
     builder = sim.add_promotion("rule_promotion", name="Builder")
     sim.add_job(builder, job_type="code_export", status="pending")
     sim.add_job(builder, status="completed")
+    short = sim.add_job(builder, status="processing", number_of_codes=800)
+    # Completed with fewer codes than asked: a shortfall, shown in its own section.
+    sim.set_job_status(builder, short, "completed", generated=500)
     await sim.start()
     yield Store(sim, sale, builder, processing, failed)
     await sim.stop()
@@ -160,8 +163,8 @@ async def test_once_prints_a_baseline_then_only_what_changed(store: Store, tmp_p
     assert baselines.keys() == {store.sale, store.builder}
     assert baselines[store.sale]["jobs"] == 6
     assert baselines[store.sale]["by_status"] == {"completed": 3, "failed": 2, "processing": 1}
-    assert baselines[store.builder]["jobs"] == 2
-    assert baselines[store.builder]["by_status"] == {"pending": 1, "completed": 1}
+    assert baselines[store.builder]["jobs"] == 3
+    assert baselines[store.builder]["by_status"] == {"pending": 1, "completed": 2}
     assert (tmp_path / "state" / "snapshot.json").is_file()
 
     error = "Promotion code generation failed: database timeout after 30s"
@@ -218,7 +221,9 @@ def table_rows(stdout: str) -> tuple[list[str], dict[str, dict[str, str]], list[
         cells = re.split(r"\s{2,}", line.strip())
         rows[cells[0]] = dict(zip(header, cells, strict=True))
     marker = [i for i, line in enumerate(lines) if line.startswith("FAILED JOBS")]
-    failed = lines[marker[0] + 1 :] if marker else []
+    end = [i for i, line in enumerate(lines) if line.startswith("INCOMPLETE JOBS")]
+    failed = lines[marker[0] + 1 : end[0] if end else None] if marker else []
+    failed = [line for line in failed if line.strip()]
     return header, rows, failed
 
 
@@ -234,8 +239,15 @@ async def test_once_table_counts_jobs_and_lists_failures(store: Store, tmp_path:
     sale, builder = rows[store.sale], rows[store.builder]
     assert (sale["KIND"], sale["POLL"], sale["JOBS"]) == ("promotion", "ok", "6")
     assert (sale["ACTIVE"], sale["COMPLETED"], sale["FAILED"]) == ("1", "3", "2")
-    assert (builder["KIND"], builder["POLL"], builder["JOBS"]) == ("rule_promotion", "ok", "2")
-    assert (builder["ACTIVE"], builder["COMPLETED"], builder["FAILED"]) == ("1", "1", "0")
+    assert (builder["KIND"], builder["POLL"], builder["JOBS"]) == ("rule_promotion", "ok", "3")
+    assert (builder["ACTIVE"], builder["COMPLETED"], builder["FAILED"]) == ("1", "2", "0")
+    # Names as Elastic Path has them (looked up), codes generated of requested by completed jobs.
+    assert (sale["NAME"], sale["CODES"]) == ("Sale", "3000/3000")
+    assert (builder["NAME"], builder["CODES"]) == ("Builder", "1500/1800")
+    marker = result.stdout.index("INCOMPLETE JOBS")
+    (short,) = [line for line in result.stdout[marker:].splitlines()[1:] if line.strip()]
+    assert store.builder in short
+    assert "500 of 800" in short
 
     assert len(failed) == len(store.failed)
     for job_id, error in store.failed.items():

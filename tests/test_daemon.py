@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from monitor.simulator import Simulator
+from monitor.state import FORMAT_VERSION
 from tests.deploy_support import (
     ALERTS,
     DASHBOARD,
@@ -305,7 +306,7 @@ async def test_a_torn_state_file_is_set_aside_for_a_fresh_baseline(
         assert Path(discarded["kept_as"]).read_text(encoding="utf-8").startswith('{"version"')
     finally:
         assert await daemon.stop() == 0
-    assert json.loads(state.read_text(encoding="utf-8"))["version"] == 1
+    assert json.loads(state.read_text(encoding="utf-8"))["version"] == FORMAT_VERSION
 
 
 async def test_metrics_pass_promtool_check_metrics(store: Store, tmp_path: Path) -> None:

@@ -48,6 +48,8 @@ def test_failed_promotion_job_fixture() -> None:
             error="codes limit exceeded",
             created_at=CREATED,
             updated_at=UPDATED,
+            name="job",
+            codes_requested=1000,
         )
     ]
     [job] = parsed.jobs
@@ -71,10 +73,61 @@ def test_rule_promotion_job_fixture_with_nanosecond_timestamps() -> None:
         error=None,
         created_at=at,
         updated_at=at,
+        name="Demo export codes",
     )
     assert isinstance(job, Job)
     assert job.is_active
     assert job.status_since == at
+
+
+# what the jobs produced
+
+
+GENERATE = {
+    "type": "promotion_job",
+    "id": "84d86114-a92d-4c34-92f1-3e36ef6cabeb",
+    "job_type": "code_generate",
+    "name": "Spring codes",
+    "parameters": {"number_of_codes": 1000, "consume_unit": "per_application"},
+    "status": "completed",
+    "meta": {
+        "timestamps": {"created_at": "2024-12-04T00:03:46Z", "updated_at": "2024-12-04T00:05:00Z"}
+    },
+}
+
+
+@pytest.mark.parametrize(
+    ("extra", "generated", "deleted"),
+    [
+        ({"result": {"generated": 640, "deleted": None}}, 640, None),
+        ({"generate_result": {"generated": 640, "deleted": 0}}, 640, 0),  # Builder SDK spelling
+        ({"result": {"generated": 640}, "generate_result": {"generated": 1}}, 640, None),
+        ({"result": None}, None, None),
+        ({}, None, None),
+        ({"result": {"generated": "640", "deleted": -1}}, None, None),  # not counts
+        ({"result": {"generated": 1000.0, "deleted": True}}, 1000, None),
+    ],
+    ids=["result", "generate_result", "result wins", "null", "absent", "junk", "float"],
+)
+def test_codes_are_read_from_either_result_spelling(
+    extra: dict[str, Any], generated: int | None, deleted: int | None
+) -> None:
+    job = parse_job({**GENERATE, **extra})
+    assert isinstance(job, Job)
+    assert (job.name, job.codes_requested) == ("Spring codes", 1000)
+    assert (job.codes_generated, job.codes_deleted) == (generated, deleted)
+    assert job.shortfall is (generated is not None and generated < 1000)
+
+
+def test_a_result_that_arrives_after_the_status_is_not_missed_by_reuse() -> None:
+    first = parse_job(GENERATE)
+    assert isinstance(first, Job)
+    later = parse_job({**GENERATE, "result": {"generated": 640}}, {first.id: first})
+    assert isinstance(later, Job)
+    assert later is not first
+    assert later.codes_generated == 640
+    again = parse_job({**GENERATE, "result": {"generated": 640}}, {later.id: later})
+    assert again is later
 
 
 # tolerance
@@ -101,6 +154,7 @@ BASE_JOB = Job(
     "codes limit exceeded",
     CREATED,
     UPDATED,
+    name="job",
 )
 LONG_ERROR = "Promotion code generation failed:\n\tdatabase   timeout\r\n" + "detail " * 100
 LONG_ERROR_WORDS = " ".join(LONG_ERROR.split())
@@ -122,6 +176,7 @@ def expected(**fields: Any) -> Job:
         "error": BASE_JOB.error,
         "created_at": BASE_JOB.created_at,
         "updated_at": BASE_JOB.updated_at,
+        "name": BASE_JOB.name,
         **fields,
     }
     return Job(**values)
@@ -131,8 +186,12 @@ TOLERATED: dict[str, tuple[object, Job]] = {
     "as documented": (BASE, BASE_JOB),
     "extra fields": (
         changed(result={"generated": 10}, generate_result={}, surprise=[1, {"x": None}]),
-        BASE_JOB,
+        expected(codes_generated=10),
     ),
+    "name missing": (without("name"), expected(name=None)),
+    "name not text": (changed(name=["job"]), expected(name=None)),
+    "parameters not an object": (changed(parameters=1000), BASE_JOB),
+    "result not an object": (changed(result="1000 codes"), BASE_JOB),
     "rule_promotion_id": (
         {**without("promotion_id"), "rule_promotion_id": "dd85ee8b-fddd-4ae8-9a4d-eb9404ead7bd"},
         BASE_JOB,

@@ -152,7 +152,7 @@ BROKEN_FILES = {
     "foreign-object": b'{"foo": 1}',
     "foreign-list": b"[1, 2, 3]",
     "foreign-scalar": b'"snapshot"',
-    "other-version": state_file({}, version=2),
+    "other-version": state_file({}, version=3),
     "no-version": json.dumps({"promotions": {}}).encode(),
     "promotions-not-a-mapping": state_file([]),
     "entry-not-a-mapping": state_file({"p": [GOOD_ROW]}),
@@ -186,7 +186,7 @@ def test_unusable_file_is_discarded_with_a_reason(tmp_path: Path, content: bytes
 
 def test_other_version_names_the_version(tmp_path: Path) -> None:
     path = tmp_path / "snapshot.json"
-    path.write_bytes(state_file({}, version=2))
+    path.write_bytes(state_file({}, version=3))
     discarded = SnapshotStore(path).load()
     assert discarded is not None
     assert "version" in discarded.reason
@@ -412,3 +412,43 @@ def test_cached_encoding_is_identical_and_follows_changes() -> None:
     # A promotion that is gone leaves the cache too.
     encode({"a": a2}, 7.0, cache)
     assert set(cache) == {"a"}
+
+
+def test_a_version_1_file_loads_and_is_written_back_as_version_2(tmp_path: Path) -> None:
+    # Written before jobs carried names and code counts: rows of six fields, no baseline time.
+    path = tmp_path / "snapshot.json"
+    row = ["j1", "code_generate", "failed", "codes limit exceeded", 1.0, 2.0]
+    path.write_bytes(state_file({"p1": {"jobs": [row], "stuck": []}}, version=1))
+    store = SnapshotStore(path)
+
+    assert store.load() is None
+    snapshot = store.get("p1")
+    assert snapshot is not None
+    assert snapshot.baseline_at is None
+    assert snapshot.jobs["j1"] == Job(
+        "j1", "code_generate", "failed", "codes limit exceeded", 1.0, 2.0
+    )
+
+
+async def test_names_and_code_counts_survive_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "snapshot.json"
+    job = Job(
+        "j1",
+        "code_generate",
+        "completed",
+        None,
+        1.0,
+        2.0,
+        name="Spring codes",
+        codes_requested=1000,
+        codes_generated=640,
+        codes_deleted=0,
+    )
+    store = SnapshotStore(path)
+    store.put(PromotionSnapshot("p1", {"j1": job}, baseline_at=0.5))
+    await store.persist(SAVED_AT)
+
+    again = SnapshotStore(path)
+    assert again.load() is None
+    assert again.get("p1") == PromotionSnapshot("p1", {"j1": job}, baseline_at=0.5)
+    assert json.loads(path.read_bytes())["version"] == 2

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any, Final, TextIO
 
 import structlog
@@ -55,11 +55,29 @@ def _job_fields(promotion_id: str, job: Job) -> dict[str, Any]:
     }
 
 
+def _described(fields: dict[str, Any], job: Job, promotion_name: str | None) -> dict[str, Any]:
+    """The job fields plus what a person needs to act: names and the codes, where known."""
+    extra = {
+        "name": job.name,
+        "promotion_name": promotion_name,
+        "codes_requested": job.codes_requested,
+        "codes_generated": job.codes_generated,
+        "codes_deleted": job.codes_deleted,
+    }
+    return fields | {key: value for key, value in extra.items() if value is not None}
+
+
 class LogSink:
     """Turns Changes into log events; the names are the public event reference."""
 
-    def __init__(self, logger: structlog.typing.FilteringBoundLogger | None = None) -> None:
+    def __init__(
+        self,
+        logger: structlog.typing.FilteringBoundLogger | None = None,
+        *,
+        names: Callable[[str], str | None] = lambda _: None,
+    ) -> None:
         self._log: structlog.typing.FilteringBoundLogger = logger or structlog.get_logger()
+        self._names = names
 
     def emit(self, changes: Iterable[Change]) -> None:
         log = self._log
@@ -86,6 +104,7 @@ class LogSink:
                 log.info("job_discovered", **fields)
             elif change.kind is ChangeKind.STATUS_CHANGED:
                 previous = change.previous.status if change.previous else None
+                fields = _described(fields, job, self._names(change.promotion_id))
                 log.info("job_status_changed", previous_status=previous, **fields)
             elif change.kind is ChangeKind.UPDATED:
                 log.debug("job_updated", **fields)
@@ -94,4 +113,8 @@ class LogSink:
             elif change.kind is ChangeKind.STUCK:
                 log.warning("job_stuck", since=job.status_since, **fields)
             if change.is_failure:
+                fields = _described(fields, job, self._names(change.promotion_id))
                 log.error("job_failed", error=job.error or "", **fields)
+            elif change.is_shortfall:
+                fields = _described(fields, job, self._names(change.promotion_id))
+                log.warning("job_incomplete", **fields)
