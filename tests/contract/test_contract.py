@@ -264,6 +264,14 @@ async def test_every_normal_answer_the_monitor_reads_follows_the_descriptions(
             promotions += page["data"]
     assert {p["type"] for p in promotions} == {"promotion", "rule_promotion"}
     assert any(not p["enabled"] for p in promotions)
+    # One promotion by id, as the monitor reads it for its name.
+    for promotion in promotions:
+        rule = promotion["type"] == "rule_promotion"
+        path = f"/v2/{'rule-promotions' if rule else 'promotions'}/{promotion['id']}"
+        status, answer = await store.get(path)
+        assert status == 200
+        found += violations("rulePromotionAnswer" if rule else "standardPromotionAnswer", answer)
+        assert answer["data"] == promotion
 
     seen: list[dict[str, Any]] = []
     for promotion in promotions:
