@@ -43,6 +43,7 @@ JOB_FAILED = "PromoMonitorJobFailed"
 DOWN = "PromoMonitorDown"
 ABSENT = "PromoMonitorAbsent"
 POLLING_FAILING = "PromoMonitorPollingFailing"
+SHORTFALL = "PromoMonitorCodesShortfall"
 ERROR = "codes limit exceeded"
 OLD_ERROR = "Promotion code generation failed: database timeout after 30s"
 # Receivers of the shipped Alertmanager config, by severity, and the URL path of their webhook.
@@ -339,6 +340,33 @@ async def test_a_failure_while_the_pod_is_replaced_pages_once(stack: Stack, stor
         await stack.wait_evaluations(5)
         only_one(stack.webhook.alerts(JOB_FAILED), f"{JOB_FAILED} notifications")
         assert {r.name for r in stack.webhook.alerts()} == {JOB_FAILED}
+
+
+async def test_a_shortfall_is_delivered_naming_the_promotion(stack: Stack, store: Store) -> None:
+    """A code_generate job that completes with fewer codes than asked is not a failure, but a
+    person must hear of it: a warning to chat, with the promotion's name, not only its id."""
+    async with stack.diagnostics():
+        changed = time.monotonic()
+        store.sim.set_job_status(store.watched, store.running, "completed", generated=640)
+        received = await stack.webhook.wait_for(
+            SHORTFALL, promotion_id=store.watched, since=changed, timeout=30
+        )
+        print(f"\nshortfall -> delivered: {received.delivery.at - changed:.1f} s")
+        assert received.status == "firing"
+        assert received.labels == {
+            "alertname": SHORTFALL,
+            "severity": "warning",
+            "promotion_id": store.watched,
+        }
+        assert (received.delivery.payload["receiver"], received.delivery.path) == CHAT
+        text = received.annotations["summary"] + " " + received.annotations["description"]
+        assert "Watched" in text  # the name Elastic Path has for it
+        event = await stack.daemon.wait_for("job_incomplete")
+        assert (event["codes_requested"], event["codes_generated"]) == (1000, 640)
+        # Not a failure: no job alert, and one notification however long it fires.
+        await stack.wait_evaluations(3)
+        only_one(stack.webhook.alerts(SHORTFALL), f"{SHORTFALL} notifications")
+        assert {r.name for r in stack.webhook.alerts()} == {SHORTFALL}
 
 
 async def test_failing_polls_of_one_promotion_alert_for_it_only(
