@@ -647,6 +647,28 @@ def test_alerts_cover_the_required_conditions() -> None:
     assert 'reason="auth"' in rules["PromoMonitorAuthFailing"]["expr"]
     assert "up{" in rules["PromoMonitorDown"]["expr"]
     assert "absent(" in rules["PromoMonitorAbsent"]["expr"]
+    shortfall = rules["PromoMonitorCodesShortfall"]
+    assert "increase(epcc_promotion_job_shortfalls_total[" in shortfall["expr"]
+    assert "epcc_promotion_job_last_shortfall_timestamp_seconds" in shortfall["expr"]
+    assert "max by (namespace, promotion_id)" in shortfall["expr"]
+    assert "for" not in shortfall, "must fire on the first shortfall"
+    assert shortfall["labels"]["severity"] == "warning"
+
+
+def test_job_alerts_name_the_promotion_without_depending_on_the_name() -> None:
+    """Descriptions look the name up in epcc_promotion_info; no expression may need it."""
+    per_promotion = []
+    for rule in alert_rules(rule_groups()):
+        assert "epcc_promotion_info" not in rule["expr"], rule["alert"]
+        if "promotion_id" in rule["expr"]:
+            per_promotion.append(rule["alert"])
+            assert "epcc_promotion_info{" in rule["annotations"]["description"], rule["alert"]
+    assert {
+        "PromoMonitorJobFailed",
+        "PromoMonitorJobStuck",
+        "PromoMonitorPollingFailing",
+        "PromoMonitorCodesShortfall",
+    } <= set(per_promotion)
 
 
 def test_alert_expressions_use_metrics_the_monitor_exports() -> None:
