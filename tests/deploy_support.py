@@ -21,8 +21,8 @@ DASHBOARD = DEPLOY / "grafana" / "dashboard.json"
 RUNBOOK = DEPLOY / "RUNBOOK.md"
 DOCKERFILE = DEPLOY / "Dockerfile"
 
-# The metric families of the monitor that deploy/ may rely on (the names fixed by issue 2; the
-# monitor exports a few more), histograms by their family name.
+# The metric families of the monitor that deploy/ may rely on (the names fixed by issues 2 and 12;
+# the monitor exports a few more), histograms by their family name.
 MONITOR_METRIC_NAMES: frozenset[str] = frozenset(
     {
         "epcc_promotion_jobs",
@@ -30,6 +30,11 @@ MONITOR_METRIC_NAMES: frozenset[str] = frozenset(
         "epcc_promotion_job_failed_info",
         "epcc_promotion_job_failures_total",
         "epcc_promotion_job_last_failure_timestamp_seconds",
+        "epcc_promotion_codes_generated_total",
+        "epcc_promotion_codes_deleted_total",
+        "epcc_promotion_job_shortfalls_total",
+        "epcc_promotion_job_last_shortfall_timestamp_seconds",
+        "epcc_promotion_info",
         "epcc_promotion_job_errors_total",
         "epcc_promotion_job_transitions_total",
         "epcc_promotion_job_duration_seconds",
