@@ -17,7 +17,10 @@ from prometheus_client import CollectorRegistry
 from monitor import __version__
 from monitor.budget import RequestBudget
 from monitor.client import ApiError, ElasticPathClient, JobsTarget
+from monitor.coordination import Fence, LeaderElector, Timing
 from monitor.discovery import Discovery
+from monitor.kube import KubernetesLeases
+from monitor.leadership import Leadership
 from monitor.models import PromotionKind, PromotionSnapshot, utc_now
 from monitor.planner import PollPlan
 from monitor.poller import Poller, PollOutcome
@@ -76,6 +79,10 @@ class Monitor:
     health: Health
     web: WebServer | None
     clock: Callable[[], float]
+    # Only with coordination.mode: lease (monitor.coordination).
+    leases: KubernetesLeases | None = None
+    elector: LeaderElector | None = None
+    _election: asyncio.Task[None] | None = None
 
     @classmethod
     def build(
@@ -89,6 +96,10 @@ class Monitor:
     ) -> Monitor:
         registry = registry or CollectorRegistry(auto_describe=True)
         store = SnapshotStore(settings.state.path)
+        coordination = settings.coordination
+        # With a lease, only the replica holding it polls; everything that polls or reports asks.
+        fence = Fence(coordination.renew_deadline_seconds) if coordination.mode == "lease" else None
+        may_poll = fence.allows if fence is not None else lambda: True
 
         def snapshots() -> Iterator[PromotionSnapshot]:
             return iter(store)
@@ -99,6 +110,7 @@ class Monitor:
             snapshots=snapshots,
             clock=clock,
             stuck_after=settings.poll.stuck_after_seconds,
+            visible=may_poll,
         )
         client = ElasticPathClient(
             settings.api,
@@ -114,6 +126,7 @@ class Monitor:
             clock=clock,
             stuck_after=settings.poll.stuck_after_seconds,
             retention=settings.state.retention_days * 86_400,
+            may_report=may_poll,
         )
         try:
             discovery = Discovery(client, settings, env)
@@ -131,6 +144,7 @@ class Monitor:
             metrics,
             concurrency=settings.poll.max_concurrent_polls,
             clock=clock,
+            may_poll=may_poll,
         )
         # Liveness fails only when the loop has made no progress for several intervals.
         health = Health(
@@ -142,6 +156,34 @@ class Monitor:
         if serve_http:
             security = load_web_security(settings.server)
             web = WebServer(build_app(registry, health, security), security.ssl_context)
+        leases = elector = None
+        if fence is not None:
+            assert coordination.namespace is not None  # resolved or refused by the settings
+            assert coordination.identity is not None
+            leases = KubernetesLeases(
+                namespace=coordination.namespace,
+                name=coordination.lease_name,
+                # A renewal must not outlive the time the fence gives it.
+                timeout=coordination.renew_deadline_seconds - coordination.retry_period_seconds,
+                env=os.environ if env is None else env,
+            )
+            leadership = Leadership(
+                store, plan, metrics, scheduler, discovery=settings.discovery.enabled
+            )
+            elector = LeaderElector(
+                leases,
+                coordination.identity,
+                Timing(
+                    coordination.lease_duration_seconds,
+                    coordination.renew_deadline_seconds,
+                    coordination.retry_period_seconds,
+                ),
+                fence,
+                on_elected=leadership.elected,
+                on_lost=leadership.lost,
+            )
+        else:
+            metrics.leader.set(1)
         monitor = cls(
             settings,
             registry,
@@ -154,6 +196,8 @@ class Monitor:
             health,
             web,
             clock,
+            leases,
+            elector,
         )
         metrics.shard_count.set(discovery.shard_count)
         # The scheduler calls this for a promotion removed while its poll was in flight.
@@ -249,6 +293,8 @@ class Monitor:
         self.scheduler.dispatch()
 
     async def start(self) -> None:
+        if self.leases is not None:
+            await self.leases.open()
         self.load_state()
         port = self.settings.server.port
         if self.web is not None:
@@ -258,6 +304,8 @@ class Monitor:
             self.scheduler.every(
                 self.settings.discovery.interval_seconds, self.discover, name="discovery", now=True
             )
+        if self.elector is not None:
+            self._election = asyncio.create_task(self.elector.run(), name="leader election")
         self.health.started = True
         self._log.info(
             "monitor_started",
@@ -271,6 +319,7 @@ class Monitor:
             active_interval_seconds=self.settings.poll.active_interval,
             requests_per_second=self.settings.request_rate,
             state_path=str(self.store.path),
+            coordination=self.settings.coordination.mode,
         )
 
     async def run_once(self) -> list[PollOutcome]:
@@ -285,6 +334,15 @@ class Monitor:
 
     async def stop(self, grace: float = SHUTDOWN_GRACE_SECONDS) -> None:
         self.health.stopping = True
+        if self.elector is not None and self.leases is not None:
+            if self._election is not None:
+                self._election.cancel()
+                await asyncio.gather(self._election, return_exceptions=True)
+            # Hand over first, so a rollout costs seconds, not a lease duration; polls in flight
+            # are abandoned (the fence closed), so they get no grace.
+            await self.elector.release()
+            await self.leases.close()
+            grace = 0.0
         await self.scheduler.stop(grace)
         await self.client.close()
         saved = True

@@ -45,8 +45,12 @@ class Poller:
         clock: Callable[[], float],
         stuck_after: float,
         retention: float | None = None,
+        may_report: Callable[[], bool] = lambda: True,
     ) -> None:
         self._client = client
+        # False once this replica may no longer poll (coordination): a poll that was in flight
+        # then is abandoned and reports nothing, since another replica may already be polling.
+        self._may_report = may_report
         self._store = store
         self._metrics = metrics
         self._logs = logs
@@ -84,6 +88,8 @@ class Poller:
                 target, previous.jobs if previous else None, self._keeper(previous)
             )
         except ApiError as exc:
+            if not self._may_report():
+                return PollOutcome(pid, ok=False, reason="abandoned")
             # What the monitor knew stays known: no vanished jobs, gauges keep their values.
             self._metrics.poll_failed(pid, exc.reason)
             fields: dict[str, object] = {"promotion_id": pid, "reason": exc.reason}
@@ -95,6 +101,8 @@ class Poller:
             self._log.warning("poll_failed", detail=str(exc), **fields)
             return PollOutcome(pid, ok=False, reason=exc.reason)
         except Exception as exc:
+            if not self._may_report():
+                return PollOutcome(pid, ok=False, reason="abandoned")
             # An answer shaped in a way nobody foresaw must cost one poll, not the daemon.
             self._metrics.poll_failed(pid, "bad_response")
             self._log.exception(
@@ -104,6 +112,8 @@ class Poller:
         finally:
             self._metrics.poll_duration.observe(time.perf_counter() - started)
 
+        if not self._may_report():
+            return PollOutcome(pid, ok=False, reason="abandoned")
         if result.skipped:
             self._metrics.jobs_skipped.labels(pid).inc(len(result.skipped))
             self._log.warning(

@@ -148,6 +148,18 @@ class SnapshotCollector(Collector):
         yield failed
 
 
+class _Gated(Collector):
+    """Serves another registry's metrics only while `visible()` is true."""
+
+    def __init__(self, inner: CollectorRegistry, visible: Callable[[], bool]) -> None:
+        self._inner = inner
+        self._visible = visible
+
+    def collect(self) -> Iterator[Metric]:
+        if self._visible():
+            yield from self._inner.collect()
+
+
 class MonitorMetrics:
     """Every metric the monitor exposes, on an injected registry."""
 
@@ -159,46 +171,52 @@ class MonitorMetrics:
         snapshots: Callable[[], Iterable[PromotionSnapshot]],
         clock: Callable[[], float],
         stuck_after: float,
+        visible: Callable[[], bool] = lambda: True,
     ) -> None:
         self.registry = registry
         self.error_kinds = ErrorKinds()
+        # Promotion and job series live in a registry of their own, served only while `visible`:
+        # a replica standing by (coordination) must not show stale or zero series beside the
+        # leader's, or alerts that take the max over replicas would see them.
+        promotions = CollectorRegistry(auto_describe=True)
+        registry.register(_Gated(promotions, visible))
         job = ["promotion_id", "job_type"]
         self.failures = Counter(
             "epcc_promotion_job_failures_total",
             "Jobs seen turning failed (or first seen already failed) since the monitor started.",
             job,
-            registry=registry,
+            registry=promotions,
         )
         self.errors = Counter(
             "epcc_promotion_job_errors_total",
             "Failures by normalized error text (ids and numbers masked; at most 50 kinds).",
             [*job, "error"],
-            registry=registry,
+            registry=promotions,
         )
         self.transitions = Counter(
             "epcc_promotion_job_transitions_total",
             "Job status changes seen; from_status is 'new' for jobs seen for the first time.",
             [*job, "from_status", "to_status"],
-            registry=registry,
+            registry=promotions,
         )
         self.duration = Histogram(
             "epcc_promotion_job_duration_seconds",
             "created_at to updated_at of jobs seen reaching a terminal status.",
             ["job_type", "status"],
             buckets=DURATION_BUCKETS,
-            registry=registry,
+            registry=promotions,
         )
         self.up = Gauge(
             "epcc_monitor_up",
             "1 if the last poll of the promotion succeeded, 0 if it failed.",
             ["promotion_id"],
-            registry=registry,
+            registry=promotions,
         )
         self.last_success = Gauge(
             "epcc_monitor_last_success_timestamp_seconds",
             "Unix time of the last successful poll of the promotion.",
             ["promotion_id"],
-            registry=registry,
+            registry=promotions,
         )
         self.poll_duration = Histogram(
             "epcc_monitor_poll_duration_seconds",
@@ -210,7 +228,7 @@ class MonitorMetrics:
             "epcc_monitor_poll_errors_total",
             "Failed polls by promotion and reason.",
             ["promotion_id", "reason"],
-            registry=registry,
+            registry=promotions,
         )
         self.api_requests = Counter(
             "epcc_monitor_api_requests_total",
@@ -233,7 +251,7 @@ class MonitorMetrics:
             "epcc_monitor_jobs_skipped_total",
             "Job objects in API answers that could not be identified (no id, not an object).",
             ["promotion_id"],
-            registry=registry,
+            registry=promotions,
         )
         self.schedule_lag = Gauge(
             "epcc_monitor_schedule_lag_seconds",
@@ -267,7 +285,13 @@ class MonitorMetrics:
         Info(
             "epcc_monitor_build", "Version of promo-monitor that is running.", registry=registry
         ).info({"version": version})
-        registry.register(SnapshotCollector(snapshots, clock, stuck_after))
+        self.leader = Gauge(
+            "epcc_monitor_leader",
+            "1 if this replica polls (it holds the coordination lease, or coordination is off), "
+            "0 while it stands by.",
+            registry=registry,
+        )
+        promotions.register(SnapshotCollector(snapshots, clock, stuck_after))
 
     def watch(self, promotion_id: str) -> None:
         """Pre-set counters to 0, so the first failure is an increase that alerts can see."""
