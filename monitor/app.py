@@ -34,6 +34,8 @@ from monitor.web import Health, WebServer, build_app, load_web_security
 # SIGTERM gives in-flight polls this long before they are cancelled, so that with the final
 # state write the process is gone within 5 s (Kubernetes would wait 30 s before SIGKILL).
 SHUTDOWN_GRACE_SECONDS = 4.0
+# How long SIGTERM waits for the API server to take the lease back (the fence closes at once).
+RELEASE_SECONDS = 2.0
 
 
 class ClientEventsToMetrics:
@@ -340,7 +342,9 @@ class Monitor:
                 await asyncio.gather(self._election, return_exceptions=True)
             # Hand over first, so a rollout costs seconds, not a lease duration; polls in flight
             # are abandoned (the fence closed), so they get no grace.
-            await self.elector.release()
+            with contextlib.suppress(TimeoutError):
+                # Bounded: an unreachable API server must not hold the shutdown past its 5 s.
+                await asyncio.wait_for(self.elector.release(), RELEASE_SECONDS)
             await self.leases.close()
             grace = 0.0
         await self.scheduler.stop(grace)

@@ -226,7 +226,12 @@ class LeaderElector:
     async def run(self) -> None:
         """Campaign and renew until cancelled."""
         while True:
-            await self.try_acquire_or_renew()
+            try:
+                await self.try_acquire_or_renew()
+            except Exception as exc:
+                # Whatever went wrong, the fence still closes on time; the next attempt may work.
+                self._log.warning("lease_unavailable", lease=self._api.name, detail=repr(exc)[:300])
+                self.notice_fence()
             await asyncio.sleep(self._timing.retry_period)
 
     async def release(self) -> None:
