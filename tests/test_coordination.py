@@ -61,7 +61,9 @@ class Workload:
     processing: list[str]  # jobs of `promotion` that are processing now
     replicas: dict[str, Daemon] = field(default_factory=dict)
 
-    async def start(self, identity: str, **poll: Any) -> Daemon:
+    async def start(
+        self, identity: str, *, timing: Mapping[str, float] | None = None, **poll: Any
+    ) -> Daemon:
         home = self.directory / identity
         home.mkdir()
         kubeconfig = write_kubeconfig(
@@ -79,6 +81,7 @@ class Workload:
                 "lease_duration_seconds": LEASE_DURATION,
                 "renew_deadline_seconds": RENEW_DEADLINE,
                 "retry_period_seconds": RETRY_PERIOD,
+                **(timing or {}),
             },
             poll={"interval_seconds": 0.5, **poll},
         )
@@ -249,3 +252,20 @@ async def test_sigterm_releases_the_lease_for_a_quick_handover(workload: Workloa
     assert leader.named("monitor_stopped")[0]["state_saved"] is True
     # A retry period, not a lease duration.
     assert handover < LEASE_DURATION - RETRY_PERIOD
+
+
+async def test_sigterm_with_the_api_server_unreachable_still_exits_within_5_seconds(
+    workload: Workload,
+) -> None:
+    # Production timings: a lease request may take up to renew deadline - retry period = 8 s.
+    timing = {"lease_duration_seconds": 15, "renew_deadline_seconds": 10, "retry_period_seconds": 2}
+    leader = await workload.start("pod-a", timing=timing)
+    await leader.wait_for("leader_elected")
+    await leader.wait_for("baseline_loaded")
+    workload.fake.cut_off.add("pod-a")  # the release request will hang
+    terminated = time.monotonic()
+    assert await leader.stop(signal.SIGTERM) == 0
+    assert time.monotonic() - terminated < 5.0
+    (lost,) = leader.named("leader_lost")
+    assert lost["reason"] == "released"
+    assert leader.named("monitor_stopped")[0]["state_saved"] is True
