@@ -18,7 +18,10 @@ from monitor import __version__
 from monitor.activity import RecentActivity
 from monitor.budget import RequestBudget
 from monitor.client import ApiError, ElasticPathClient, JobsTarget
+from monitor.coordination import Fence, LeaderElector, Timing
 from monitor.discovery import Discovery
+from monitor.kube import KubernetesLeases
+from monitor.leadership import Leadership
 from monitor.models import PromotionKind, PromotionSnapshot, utc_now
 from monitor.names import PromotionNames, promotion_name
 from monitor.planner import PollPlan
@@ -34,6 +37,8 @@ from monitor.web import Health, WebServer, build_app, load_web_security
 # SIGTERM gives in-flight polls this long before they are cancelled, so that with the final
 # state write the process is gone within 5 s (Kubernetes would wait 30 s before SIGKILL).
 SHUTDOWN_GRACE_SECONDS = 4.0
+# How long SIGTERM waits for the API server to take the lease back (the fence closes at once).
+RELEASE_SECONDS = 2.0
 
 
 class ClientEventsToMetrics:
@@ -83,6 +88,10 @@ class Monitor:
     clock: Callable[[], float]
     activity: RecentActivity
     names: PromotionNames
+    # Only with coordination.mode: lease (monitor.coordination).
+    leases: KubernetesLeases | None = None
+    elector: LeaderElector | None = None
+    _election: asyncio.Task[None] | None = None
     # Promotions whose name the last discovery run listed (no lookup needed), and those whose
     # lookup failed (warned once, until it works again).
     _listed: set[str] = field(default_factory=set)
@@ -100,6 +109,10 @@ class Monitor:
     ) -> Monitor:
         registry = registry or CollectorRegistry(auto_describe=True)
         store = SnapshotStore(settings.state.path)
+        coordination = settings.coordination
+        # With a lease, only the replica holding it polls; everything that polls or reports asks.
+        fence = Fence(coordination.renew_deadline_seconds) if coordination.mode == "lease" else None
+        may_poll = fence.allows if fence is not None else lambda: True
 
         def snapshots() -> Iterator[PromotionSnapshot]:
             return iter(store)
@@ -112,6 +125,7 @@ class Monitor:
             clock=clock,
             stuck_after=settings.poll.stuck_after_seconds,
             names=names,
+            visible=may_poll,
         )
         activity = RecentActivity(clock, hints=HINTS.get)
         client = ElasticPathClient(
@@ -129,6 +143,7 @@ class Monitor:
             stuck_after=settings.poll.stuck_after_seconds,
             retention=settings.state.retention_days * 86_400,
             lookback=settings.poll.baseline_lookback_seconds,
+            may_report=may_poll,
         )
         try:
             discovery = Discovery(client, settings, env)
@@ -147,6 +162,7 @@ class Monitor:
             concurrency=settings.poll.max_concurrent_polls,
             clock=clock,
             observe=activity.polled,
+            may_poll=may_poll,
         )
         # Liveness fails only when the loop has made no progress for several intervals.
         health = Health(
@@ -181,6 +197,34 @@ class Monitor:
             security = load_web_security(settings.server)
             app = build_app(registry, health, security, status=board.view)
             web = WebServer(app, security.ssl_context)
+        leases = elector = None
+        if fence is not None:
+            assert coordination.namespace is not None  # resolved or refused by the settings
+            assert coordination.identity is not None
+            leases = KubernetesLeases(
+                namespace=coordination.namespace,
+                name=coordination.lease_name,
+                # A renewal must not outlive the time the fence gives it.
+                timeout=coordination.renew_deadline_seconds - coordination.retry_period_seconds,
+                env=os.environ if env is None else env,
+            )
+            leadership = Leadership(
+                store, plan, metrics, scheduler, discovery=settings.discovery.enabled
+            )
+            elector = LeaderElector(
+                leases,
+                coordination.identity,
+                Timing(
+                    coordination.lease_duration_seconds,
+                    coordination.renew_deadline_seconds,
+                    coordination.retry_period_seconds,
+                ),
+                fence,
+                on_elected=leadership.elected,
+                on_lost=leadership.lost,
+            )
+        else:
+            metrics.leader.set(1)
         monitor = cls(
             settings,
             registry,
@@ -195,6 +239,8 @@ class Monitor:
             clock,
             activity,
             names,
+            leases,
+            elector,
         )
         metrics.shard_count.set(discovery.shard_count)
         # The scheduler calls this for a promotion removed while its poll was in flight.
@@ -331,6 +377,8 @@ class Monitor:
                 self.names.set(pid, target.kind, name)
 
     async def start(self) -> None:
+        if self.leases is not None:
+            await self.leases.open()
         self.load_state()
         port = self.settings.server.port
         if self.web is not None:
@@ -339,8 +387,10 @@ class Monitor:
         # Discovery names what it lists and looks up the rest; without it, names are looked up.
         refresh = self.discover if self.settings.discovery.enabled else self.look_up_names
         self.scheduler.every(
-            self.settings.discovery.interval_seconds, refresh, name=refresh.__name__, now=True
+            self.settings.discovery.interval_seconds, refresh, name="discovery", now=True
         )
+        if self.elector is not None:
+            self._election = asyncio.create_task(self.elector.run(), name="leader election")
         self.health.started = True
         self._log.info(
             "monitor_started",
@@ -354,6 +404,7 @@ class Monitor:
             active_interval_seconds=self.settings.poll.active_interval,
             requests_per_second=self.settings.request_rate,
             state_path=str(self.store.path),
+            coordination=self.settings.coordination.mode,
         )
 
     async def run_once(self) -> list[PollOutcome]:
@@ -370,6 +421,17 @@ class Monitor:
 
     async def stop(self, grace: float = SHUTDOWN_GRACE_SECONDS) -> None:
         self.health.stopping = True
+        if self.elector is not None and self.leases is not None:
+            if self._election is not None:
+                self._election.cancel()
+                await asyncio.gather(self._election, return_exceptions=True)
+            # Hand over first, so a rollout costs seconds, not a lease duration; polls in flight
+            # are abandoned (the fence closed), so they get no grace.
+            with contextlib.suppress(TimeoutError):
+                # Bounded: an unreachable API server must not hold the shutdown past its 5 s.
+                await asyncio.wait_for(self.elector.release(), RELEASE_SECONDS)
+            await self.leases.close()
+            grace = 0.0
         await self.scheduler.stop(grace)
         await self.client.close()
         saved = True

@@ -100,6 +100,17 @@ class PollPlan:
         # steady state (polls on the grid) this is exactly the next slot.
         entry.due = next_due(now + interval / 2, self.anchor, interval, entry.phase)
 
+    def abandoned(self, promotion_id: str) -> None:
+        """A poll given up before it finished (the replica lost the lease): due again as it was."""
+        entry = self._entries.get(promotion_id)
+        if entry is not None:
+            entry.in_flight = False
+
+    def due_all(self, now: float) -> None:
+        """Every promotion due now (a replica that just became the poller has been silent)."""
+        for entry in self._entries.values():
+            entry.due = min(entry.due, now)
+
     def lag(self, now: float) -> float:
         """How far behind schedule the most overdue waiting promotion is (0 when on time)."""
         waiting = [now - e.due for e in self._entries.values() if not e.in_flight]

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from monitor.client import ApiError, ElasticPathClient, JobsTarget
+from monitor.client import ApiError, ElasticPathClient, FetchResult, JobsTarget
 from monitor.diff import Diff, diff, expired
 from monitor.models import Change, Job, PromotionSnapshot
 from monitor.sinks.logs import LogSink
@@ -58,8 +58,12 @@ class Poller:
         stuck_after: float,
         retention: float | None = None,
         lookback: float = 0.0,
+        may_report: Callable[[], bool] = lambda: True,
     ) -> None:
         self._client = client
+        # False once this replica may no longer poll (coordination): a poll that was in flight
+        # then is abandoned and reports nothing, since another replica may already be polling.
+        self._may_report = may_report
         self._store = store
         self._metrics = metrics
         self._logs = logs
@@ -91,6 +95,28 @@ class Poller:
 
         return keep
 
+    def _seen_jobs(
+        self, pid: str, result: FetchResult, previous: PromotionSnapshot | None
+    ) -> list[Job]:
+        """The jobs to diff: those read, plus, when the listing was incomplete, the last known
+        state of every job it did not show (not seen is not removed: no vanish)."""
+        incomplete = result.listing.incomplete
+        if incomplete is None:
+            return result.jobs
+        self._metrics.polls_incomplete.labels(pid, incomplete).inc()
+        if (pid, incomplete) not in self._incomplete_warned:
+            self._incomplete_warned.add((pid, incomplete))
+            self._log.warning(
+                "poll_incomplete",
+                promotion_id=pid,
+                reason=incomplete,
+                detail=INCOMPLETE_DETAILS[incomplete],
+            )
+        if previous is None:
+            return result.jobs
+        seen = {job.id for job in result.jobs}
+        return result.jobs + [job for job in previous.jobs.values() if job.id not in seen]
+
     async def poll(self, target: JobsTarget) -> PollOutcome:
         pid = target.promotion_id
         started = time.perf_counter()
@@ -100,6 +126,8 @@ class Poller:
                 target, previous.jobs if previous else None, self._keeper(previous)
             )
         except ApiError as exc:
+            if not self._may_report():
+                return PollOutcome(pid, ok=False, reason="abandoned")
             # What the monitor knew stays known: no vanished jobs, gauges keep their values.
             self._metrics.poll_failed(pid, exc.reason)
             fields: dict[str, object] = {"promotion_id": pid, "reason": exc.reason}
@@ -111,6 +139,8 @@ class Poller:
             self._log.warning("poll_failed", detail=str(exc), **fields)
             return PollOutcome(pid, ok=False, reason=exc.reason, detail=str(exc))
         except Exception as exc:
+            if not self._may_report():
+                return PollOutcome(pid, ok=False, reason="abandoned")
             # An answer shaped in a way nobody foresaw must cost one poll, not the daemon.
             self._metrics.poll_failed(pid, "bad_response")
             self._log.exception(
@@ -120,6 +150,8 @@ class Poller:
         finally:
             self._metrics.poll_duration.observe(time.perf_counter() - started)
 
+        if not self._may_report():
+            return PollOutcome(pid, ok=False, reason="abandoned")
         if result.skipped:
             self._metrics.jobs_skipped.labels(pid).inc(len(result.skipped))
             self._log.warning(
@@ -134,26 +166,9 @@ class Poller:
             # the diff could only say "no change".
             self._metrics.poll_succeeded(pid, now)
             return PollOutcome(pid, ok=True)
-        jobs = result.jobs
-        incomplete = result.listing.incomplete
-        if incomplete is not None:
-            self._metrics.polls_incomplete.labels(pid, incomplete).inc()
-            if (pid, incomplete) not in self._incomplete_warned:
-                self._incomplete_warned.add((pid, incomplete))
-                self._log.warning(
-                    "poll_incomplete",
-                    promotion_id=pid,
-                    reason=incomplete,
-                    detail=INCOMPLETE_DETAILS[incomplete],
-                )
-            if previous is not None:
-                # Jobs the listing did not show were not seen, not removed: no vanish.
-                seen = {job.id for job in jobs}
-                jobs = jobs + [job for job in previous.jobs.values() if job.id not in seen]
-
         outcome: Diff = diff(
             previous,
-            jobs,
+            self._seen_jobs(pid, result, previous),
             promotion_id=pid,
             now=now,
             stuck_after=self._stuck_after,

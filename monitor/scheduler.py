@@ -38,8 +38,11 @@ class PollScheduler:
         clock: Callable[[], float],
         monotonic: Callable[[], float] = time.monotonic,
         observe: Callable[[PollOutcome], None] = lambda _: None,
+        may_poll: Callable[[], bool] = lambda: True,
     ) -> None:
         self.poller = poller
+        # False while another replica holds the coordination lease (monitor.coordination).
+        self._may_poll = may_poll
         self.plan = plan
         self._store = store
         self._metrics = metrics
@@ -88,9 +91,14 @@ class PollScheduler:
     def every(
         self, seconds: float, job: Callable[[], Awaitable[None]], *, name: str, now: bool
     ) -> None:
-        """Run another periodic coroutine (discovery) on the same scheduler."""
+        """Run another periodic coroutine (discovery) on the same scheduler, while polling."""
+
+        async def gated() -> None:
+            if self._may_poll():
+                await job()
+
         self._scheduler.add_job(
-            job,
+            gated,
             IntervalTrigger(seconds=seconds, timezone=UTC),
             id=name,
             name=name,
@@ -99,6 +107,11 @@ class PollScheduler:
             misfire_grace_time=None,
             next_run_time=datetime.now(UTC) if now else None,
         )
+
+    def run_soon(self, name: str) -> None:
+        """Run a periodic job (discovery) at the next opportunity instead of at its interval."""
+        if self._scheduler.get_job(name) is not None:
+            self._scheduler.modify_job(name, next_run_time=datetime.now(UTC))
 
     async def _dispatch_job(self) -> None:
         self.dispatch()
@@ -109,6 +122,11 @@ class PollScheduler:
             return
         now = self._monotonic()
         self.heartbeat = now
+        if not self._may_poll():
+            # Not (or no longer) the poller: whatever is in flight is abandoned, unreported.
+            for task in self._inflight:
+                task.cancel()
+            return
         free = self._concurrency - len(self._inflight)
         for target in self.plan.take_due(now, free):
             task = asyncio.create_task(self._poll(target), name=f"poll {target.promotion_id}")
@@ -118,7 +136,11 @@ class PollScheduler:
         self._metrics.active_promotions.set(self.plan.active_count())
 
     async def _poll(self, target: JobsTarget) -> PollOutcome:
-        outcome = await self.poller.poll(target)
+        try:
+            outcome = await self.poller.poll(target)
+        except asyncio.CancelledError:
+            self.plan.abandoned(target.promotion_id)
+            raise
         if target.promotion_id not in self.plan:
             # Removed while this poll was in flight: undo what the poll just recorded.
             self.on_unwatched(target.promotion_id)

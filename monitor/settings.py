@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import socket
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -225,6 +226,56 @@ class ShardingSettings(_Section):
     max_requests_per_second: Annotated[float, Field(gt=0)] | None = None
 
 
+# Where Kubernetes puts the pod's namespace for a pod with a service account token.
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+# Lease names are DNS subdomains, namespaces DNS labels (what the API server would refuse anyway).
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
+class CoordinationSettings(_Section):
+    """Sidecar replicas elect one poller through a Kubernetes Lease (mode `lease`)."""
+
+    mode: Literal["none", "lease"] = "none"
+    lease_name: str = "promo-monitor"
+    # None: $POD_NAMESPACE, else the service account's namespace (resolved by parse_settings).
+    namespace: str | None = None
+    # None: $POD_NAME, else the hostname (a pod's hostname is its name).
+    identity: Annotated[str, Field(min_length=1, max_length=253)] | None = None
+    # A Lease stores whole seconds (spec.leaseDurationSeconds).
+    lease_duration_seconds: Annotated[int, Field(ge=1, le=3600)] = 15
+    renew_deadline_seconds: Annotated[float, Field(gt=0)] = 10.0
+    retry_period_seconds: Annotated[float, Field(gt=0)] = 2.0
+
+    @field_validator("lease_name")
+    @classmethod
+    def _lease_name(cls, value: str) -> str:
+        if not _DNS_SUBDOMAIN.fullmatch(value):
+            raise ValueError("must be a DNS subdomain name (lower case, digits, '-', '.')")
+        return value
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, value: str | None) -> str | None:
+        if value is not None and not _DNS_LABEL.fullmatch(value):
+            raise ValueError("must be a Kubernetes namespace name (lower case, digits, '-')")
+        return value
+
+    @model_validator(mode="after")
+    def _timing(self) -> CoordinationSettings:
+        # The fencing rule needs both gaps: a leader that cannot renew falls silent at the renew
+        # deadline, before its lease can expire and another replica may start polling.
+        if self.renew_deadline_seconds >= self.lease_duration_seconds:
+            raise ValueError("renew_deadline_seconds: must be < lease_duration_seconds")
+        if self.retry_period_seconds >= self.renew_deadline_seconds:
+            raise ValueError("retry_period_seconds: must be < renew_deadline_seconds")
+        if self.mode == "lease" and self.namespace is None:
+            raise ValueError(
+                "namespace: required outside a pod (set coordination.namespace or POD_NAMESPACE)"
+            )
+        return self
+
+
 class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "console"] = "json"
@@ -239,6 +290,7 @@ class Settings(_Section):
     server: ServerSettings = ServerSettings()
     state: StateSettings = StateSettings()
     log: LogSettings = LogSettings()
+    coordination: CoordinationSettings = CoordinationSettings()
 
     @model_validator(mode="after")
     def _something_to_watch(self) -> Settings:
@@ -289,7 +341,18 @@ class Settings(_Section):
                 f"budget {self.request_rate:g} requests/s",
                 f"metrics: http://{self.server.host}:{self.server.port}/metrics",
                 f"state: {self.state.path}",
+                self._coordination_summary(),
             ]
+        )
+
+    def _coordination_summary(self) -> str:
+        c = self.coordination
+        if c.mode == "none":
+            return "coordination: none (this process polls)"
+        return (
+            f"coordination: lease {c.namespace}/{c.lease_name} as {c.identity} "
+            f"(duration {c.lease_duration_seconds}s, renew deadline "
+            f"{c.renew_deadline_seconds:g}s, retry {c.retry_period_seconds:g}s)"
         )
 
 
@@ -362,7 +425,45 @@ class ShardEnvironment(BaseSettings):
     shard_count: int | None = None
 
 
+class PodEnvironment(BaseSettings):
+    """What the sidecar's pod spec passes: COORDINATION_MODE, and POD_NAME/POD_NAMESPACE from the
+    downward API."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    coordination_mode: str | None = None
+    pod_name: str | None = None
+    pod_namespace: str | None = None
+
+
+def _pod_namespace(pod: PodEnvironment) -> str | None:
+    if pod.pod_namespace:
+        return pod.pod_namespace
+    try:
+        return SERVICE_ACCOUNT_NAMESPACE.read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None
+
+
+def _apply_coordination(raw: dict[str, Any]) -> None:
+    pod = PodEnvironment()
+    if pod.coordination_mode:
+        raw.setdefault("coordination", {})
+    section = raw.get("coordination")
+    if not isinstance(section, dict):
+        return
+    if pod.coordination_mode:
+        section["mode"] = pod.coordination_mode
+    if section.get("mode") != "lease":
+        return
+    if section.get("namespace") is None:
+        section["namespace"] = _pod_namespace(pod)
+    if section.get("identity") is None:
+        section["identity"] = pod.pod_name or socket.gethostname()
+
+
 def _apply_environment(raw: dict[str, Any]) -> None:
+    _apply_coordination(raw)
     shards = ShardEnvironment()
     if shards.shard_count is not None:
         sharding = raw.setdefault("sharding", {})

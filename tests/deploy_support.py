@@ -39,6 +39,7 @@ MONITOR_METRIC_NAMES: frozenset[str] = frozenset(
         "epcc_promotion_job_transitions_total",
         "epcc_promotion_job_duration_seconds",
         "epcc_monitor_up",
+        "epcc_monitor_leader",
         "epcc_monitor_last_success_timestamp_seconds",
         "epcc_monitor_poll_duration_seconds",
         "epcc_monitor_poll_errors_total",

@@ -196,7 +196,9 @@ def check_monitor_container(
     env = {item["name"]: item for item in container["env"]}
     for key in SECRET_KEYS:
         assert env[key]["valueFrom"]["secretKeyRef"] == {"name": SECRET_NAME, "key": key}
-    assert not any("value" in item for item in container["env"]), "no literal env values (secrets)"
+    literal = {item["name"] for item in container["env"] if "value" in item}
+    # No literal values but the coordination switch: secrets come from the Secret only.
+    assert literal <= {"COORDINATION_MODE"}, literal
 
     volumes = {volume["name"]: volume for volume in pod_spec["volumes"]}
     mounts = {mount["mountPath"]: mount for mount in container["volumeMounts"]}
@@ -225,7 +227,14 @@ def pod_monitor_selects(pod_monitor: dict[str, Any], deployment: dict[str, Any])
 
 def test_example_renders_complete_set(example: list[dict[str, Any]]) -> None:
     kinds = sorted(doc["kind"] for doc in example)
-    assert kinds == ["ConfigMap", "Deployment", "PodMonitor", "PrometheusRule"]
+    assert kinds == [
+        "ConfigMap",
+        "Deployment",
+        "PodMonitor",
+        "PrometheusRule",
+        "Role",
+        "RoleBinding",
+    ]
     # never a Secret in what we apply: the credentials are created out of band
     assert all(doc["kind"] != "Secret" for doc in example)
 
@@ -247,7 +256,7 @@ def test_standalone_renders_one_recreated_replica(standalone: list[dict[str, Any
 @pytest.mark.parametrize(
     ("variant", "kinds"),
     [
-        ("example", {"ConfigMap", "Deployment"}),
+        ("example", {"ConfigMap", "Deployment", "Role", "RoleBinding"}),
         ("standalone", {"ConfigMap", "Deployment"}),
         ("statefulset", {"ConfigMap", "Service", "StatefulSet"}),
     ],
@@ -353,6 +362,96 @@ def test_sidecar_is_a_hardened_native_sidecar(example: list[dict[str, Any]]) -> 
     # volumes added by the component cannot collide with the application's
     assert all(volume["name"].startswith("promo-monitor-") for volume in pod["volumes"])
     pod_monitor_selects(only(example, "PodMonitor"), deployment)
+
+
+def test_sidecar_replicas_elect_one_poller_through_a_lease(example: list[dict[str, Any]]) -> None:
+    pod = only(example, "Deployment")["spec"]["template"]["spec"]
+    sidecar = by_name(pod["initContainers"], "promo-monitor")
+    env = {item["name"]: item for item in sidecar["env"]}
+    assert env["COORDINATION_MODE"]["value"] == "lease"
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    # The service account token reaches the monitor only: the app keeps automount off.
+    assert pod["automountServiceAccountToken"] is False
+    account_dir = "/var/run/secrets/kubernetes.io/serviceaccount"
+    (mount,) = [m for m in sidecar["volumeMounts"] if m["mountPath"] == account_dir]
+    assert mount["readOnly"] is True
+    app = by_name(pod["containers"], "app")
+    assert all(m["mountPath"] != account_dir for m in app.get("volumeMounts", []))
+    sources = by_name(pod["volumes"], mount["name"])["projected"]["sources"]
+    assert {"path": "token", "expirationSeconds": 3607} in [
+        s.get("serviceAccountToken") for s in sources
+    ]
+    assert any(s.get("configMap", {}).get("name") == "kube-root-ca.crt" for s in sources)
+
+    role = only(example, "Role")
+    assert role["rules"] == [
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "verbs": ["get", "create", "update", "patch"],
+        }
+    ]
+    binding = only(example, "RoleBinding")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    # Pods without serviceAccountName run as the namespace's "default" ServiceAccount.
+    assert "serviceAccountName" not in pod
+    (subject,) = binding["subjects"]
+    assert (subject["kind"], subject["name"]) == ("ServiceAccount", "default")
+
+
+def test_rbac_follows_the_overlay_namespace_and_a_named_service_account(
+    kubectl: str, tmp_path: Path
+) -> None:
+    """The documented overlay: `namespace:` and the patch from rbac.yaml's comment."""
+    rbac = (KUBERNETES / "sidecar" / "rbac.yaml").read_text(encoding="utf-8")
+    documented = re.search(r"#   patches:\n((?:#     .*\n)+)", rbac)
+    assert documented is not None, "rbac.yaml no longer shows how to bind another ServiceAccount"
+    patches = yaml.safe_load("\n".join(line[5:] for line in documented.group(1).splitlines()))
+    tree = tmp_path / "kubernetes"
+    shutil.copytree(KUBERNETES, tree)
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "namespace": "shop",
+        "resources": ["../kubernetes/example"],
+        "patches": patches,
+    }
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump(kustomization), encoding="utf-8")
+    docs = kustomize(kubectl, overlay)
+    binding = only(docs, "RoleBinding")
+    assert binding["metadata"]["namespace"] == only(docs, "Role")["metadata"]["namespace"] == "shop"
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "my-app", "namespace": "shop"}
+    ]
+    for doc in docs:
+        if doc["apiVersion"].startswith("rbac."):
+            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+def test_daemon_accepts_the_sidecar_config_in_a_pod(
+    example: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    """The rendered config plus what the sidecar's pod provides: coordination is on."""
+    config = tmp_path / "config.yaml"
+    config.write_text(only(example, "ConfigMap")["data"]["config.yaml"], encoding="utf-8")
+    env = {
+        **os.environ,
+        "EPCC_CLIENT_ID": "id",
+        "EPCC_CLIENT_SECRET": "secret-for-check-config",
+        "COORDINATION_MODE": "lease",
+        "POD_NAME": "example-app-5d8f7-abcde",
+        "POD_NAMESPACE": "shop",
+    }
+    out = run(sys.executable, "-m", "monitor", "check-config", "--config", config, env=env)
+    assert "coordination: lease shop/promo-monitor as example-app-5d8f7-abcde" in out
+    assert "(duration 15s, renew deadline 10s, retry 2s)" in out
 
 
 def test_component_patches_only_labelled_deployments(kubectl: str, tmp_path: Path) -> None:
@@ -647,6 +746,7 @@ def test_alerts_cover_the_required_conditions() -> None:
     assert 'reason="auth"' in rules["PromoMonitorAuthFailing"]["expr"]
     assert "up{" in rules["PromoMonitorDown"]["expr"]
     assert "absent(" in rules["PromoMonitorAbsent"]["expr"]
+    assert "max by (namespace) (epcc_monitor_leader) == 0" in rules["PromoMonitorNoLeader"]["expr"]
     shortfall = rules["PromoMonitorCodesShortfall"]
     assert "increase(epcc_promotion_job_shortfalls_total[" in shortfall["expr"]
     assert "epcc_promotion_job_last_shortfall_timestamp_seconds" in shortfall["expr"]

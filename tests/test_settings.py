@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -32,7 +33,14 @@ def valid() -> dict[str, Any]:
 
 @pytest.fixture(autouse=True)
 def _no_epcc_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("EPCC_CLIENT_ID", "EPCC_CLIENT_SECRET", "EPCC_API_BASE_URL"):
+    for name in (
+        "EPCC_CLIENT_ID",
+        "EPCC_CLIENT_SECRET",
+        "EPCC_API_BASE_URL",
+        "COORDINATION_MODE",
+        "POD_NAME",
+        "POD_NAMESPACE",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -114,6 +122,25 @@ INVALID = [
     ("log.format", "xml", "log.format: must be 'json' or 'console'"),
     ("state.path", 5, "state.path: must be a file path"),
     ("surprise", {}, "surprise: unknown key"),
+    ("coordination.mode", "raft", "coordination.mode: must be 'none' or 'lease'"),
+    ("coordination.lease_name", "Promo_Monitor", "coordination.lease_name: must be a DNS"),
+    ("coordination.lease_duration_seconds", 0, "coordination.lease_duration_seconds: must be >= 1"),
+    (
+        "coordination.renew_deadline_seconds",
+        15,
+        "coordination.renew_deadline_seconds: must be < lease_duration_seconds",
+    ),
+    (
+        "coordination.retry_period_seconds",
+        10,
+        "coordination.retry_period_seconds: must be < renew_deadline_seconds",
+    ),
+    (
+        "coordination",
+        {"mode": "lease", "identity": "pod-a"},
+        "coordination.namespace: required outside a pod (set coordination.namespace or "
+        "POD_NAMESPACE)",
+    ),
 ]
 
 
@@ -312,3 +339,45 @@ def test_a_whole_store_needs_only_credentials_and_discovery(
     assert settings.promotions == []
     assert settings.discovery.enabled
     assert settings.api.client_id == "client-1"
+
+
+def test_coordination_is_off_unless_asked_for() -> None:
+    coordination = parse_settings(valid()).coordination
+    assert coordination.mode == "none"
+    assert (coordination.lease_name, coordination.lease_duration_seconds) == ("promo-monitor", 15)
+    assert (coordination.renew_deadline_seconds, coordination.retry_period_seconds) == (10, 2)
+
+
+def test_small_test_durations_are_accepted() -> None:
+    document = valid()
+    document["coordination"] = {
+        "mode": "lease",
+        "namespace": "shop",
+        "identity": "pod-a",
+        "lease_duration_seconds": 3,
+        "renew_deadline_seconds": 2,
+        "retry_period_seconds": 0.5,
+    }
+    coordination = parse_settings(document).coordination
+    assert (coordination.lease_duration_seconds, coordination.retry_period_seconds) == (3, 0.5)
+
+
+def test_the_pod_supplies_mode_namespace_and_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the sidecar's pod spec sets: COORDINATION_MODE, and the downward API's pod fields."""
+    monkeypatch.setenv("COORDINATION_MODE", "lease")
+    monkeypatch.setenv("POD_NAME", "shop-7d9c-x2x4q")
+    monkeypatch.setenv("POD_NAMESPACE", "shop")
+    settings = parse_settings(valid())
+    coordination = settings.coordination
+    assert (coordination.mode, coordination.namespace, coordination.identity) == (
+        "lease",
+        "shop",
+        "shop-7d9c-x2x4q",
+    )
+    assert "coordination: lease shop/promo-monitor as shop-7d9c-x2x4q" in settings.summary()
+
+
+def test_identity_defaults_to_the_hostname_outside_a_pod() -> None:
+    document = valid()
+    document["coordination"] = {"mode": "lease", "namespace": "shop"}
+    assert parse_settings(document).coordination.identity == socket.gethostname()

@@ -1,0 +1,265 @@
+"""Leader election against a fake Lease API over HTTP, with an injected clock.
+
+The elector talks to the fake through the real KubernetesLeases client (kubernetes_asyncio,
+configured from a kubeconfig or an in-cluster service account); only time is simulated.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import trustme
+from aiohttp import web
+
+from monitor.coordination import (
+    Fence,
+    LeaderElector,
+    LeaseConflictError,
+    LeaseRecord,
+    LeaseUnavailableError,
+    Timing,
+)
+from monitor.kube import KubernetesLeases
+from monitor.settings import ConfigError
+from tests.kube_fake import FakeLeaseApi, write_kubeconfig
+from tests.support import serving
+
+NAMESPACE = "shop"
+LEASE = "promo-monitor"
+TIMING = Timing(lease_duration=3, renew_deadline=2.0, retry_period=0.5)
+
+
+class Clock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Candidate:
+    elector: LeaderElector
+    leases: KubernetesLeases
+    elected: list[bool] = field(default_factory=list)  # kept_state of each election
+    lost: int = 0
+
+
+@dataclass
+class Cluster:
+    fake: FakeLeaseApi
+    url: str
+    directory: Path
+    clock: Clock
+    candidates: list[Candidate] = field(default_factory=list)
+
+    async def candidate(self, identity: str) -> Candidate:
+        kubeconfig = write_kubeconfig(
+            self.directory / f"{identity}.kubeconfig", self.url, self.fake.token_for(identity)
+        )
+        leases = KubernetesLeases(
+            namespace=NAMESPACE, name=LEASE, timeout=1.0, env={"KUBECONFIG": str(kubeconfig)}
+        )
+        await leases.open()
+        result: Candidate
+
+        def elected(kept_state: bool) -> None:
+            result.elected.append(kept_state)
+
+        def lost() -> None:
+            result.lost += 1
+
+        elector = LeaderElector(
+            leases,
+            identity,
+            TIMING,
+            Fence(TIMING.renew_deadline, self.clock),
+            on_elected=elected,
+            on_lost=lost,
+            clock=self.clock,
+        )
+        result = Candidate(elector, leases)
+        self.candidates.append(result)
+        return result
+
+    def spec(self) -> dict[str, object]:
+        lease = self.fake.leases[(NAMESPACE, LEASE)]
+        spec: dict[str, object] = lease["spec"]
+        return spec
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    fake = FakeLeaseApi()
+    async with serving(fake.app()) as url:
+        world = Cluster(fake, url, tmp_path, Clock())
+        yield world
+        for candidate in world.candidates:
+            await candidate.leases.close()
+
+
+async def test_first_candidate_creates_the_lease_and_leads(cluster: Cluster) -> None:
+    a = await cluster.candidate("pod-a")
+    assert not a.elector.fence.allows()
+    assert await a.elector.try_acquire_or_renew()
+    assert a.elector.fence.allows()
+    assert a.elected == [True]
+    spec = cluster.spec()
+    assert spec["holderIdentity"] == "pod-a"
+    assert spec["leaseDurationSeconds"] == 3
+    assert spec["leaseTransitions"] == 0
+    # MicroTime as the API server wants it: six fractional digits, UTC.
+    assert str(spec["renewTime"]).endswith("Z")
+    assert len(str(spec["renewTime"]).split(".")[1]) == len("000000Z")
+    assert [(r.method, r.identity, r.status) for r in cluster.fake.requests] == [
+        ("GET", "pod-a", 404),
+        ("POST", "pod-a", 201),
+    ]
+
+
+async def test_a_follower_waits_until_it_has_seen_the_lease_unrenewed_for_its_duration(
+    cluster: Cluster,
+) -> None:
+    a = await cluster.candidate("pod-a")
+    b = await cluster.candidate("pod-b")
+    assert await a.elector.try_acquire_or_renew()
+    cluster.clock.now += 0.1
+    assert not await b.elector.try_acquire_or_renew()  # b first sees a's record now
+    assert not b.elector.fence.allows()
+    # a is gone. Expiry is judged from when b saw the record change, on b's clock.
+    cluster.clock.now += 2.99
+    assert not await b.elector.try_acquire_or_renew()
+    assert cluster.spec()["holderIdentity"] == "pod-a"
+    cluster.clock.now += 0.02
+    assert await b.elector.try_acquire_or_renew()
+    assert b.elected == [False]  # another replica polled since: start from a fresh baseline
+    spec = cluster.spec()
+    assert spec["holderIdentity"] == "pod-b"
+    assert spec["leaseTransitions"] == 1
+
+
+async def test_a_renewed_lease_is_never_taken(cluster: Cluster) -> None:
+    a = await cluster.candidate("pod-a")
+    b = await cluster.candidate("pod-b")
+    for _ in range(20):
+        assert await a.elector.try_acquire_or_renew()
+        assert not await b.elector.try_acquire_or_renew()
+        cluster.clock.now += TIMING.retry_period
+    assert cluster.spec()["holderIdentity"] == "pod-a"
+    assert a.elected == [True]
+    assert b.elected == []
+
+
+async def test_the_fence_counts_from_the_last_successful_renewal(cluster: Cluster) -> None:
+    a = await cluster.candidate("pod-a")
+    assert await a.elector.try_acquire_or_renew()  # renewed at t0
+    t0 = cluster.clock.now
+    cluster.fake.tokens.clear()  # the API server now refuses every request
+    cluster.clock.now = t0 + 1.0
+    assert not await a.elector.try_acquire_or_renew()  # the first failed attempt
+    cluster.clock.now = t0 + 1.99
+    assert a.elector.fence.allows()
+    a.elector.notice_fence()
+    assert a.lost == 0
+    # Closed at t0 + renew_deadline, not at (first failure) + renew_deadline = t0 + 3.0.
+    cluster.clock.now = t0 + 2.0
+    assert not a.elector.fence.allows()
+    a.elector.notice_fence()
+    assert a.lost == 1
+    assert not a.elector.leading
+
+
+async def test_a_leader_fenced_off_keeps_its_state_when_it_gets_its_own_lease_back(
+    cluster: Cluster,
+) -> None:
+    a = await cluster.candidate("pod-a")
+    assert await a.elector.try_acquire_or_renew()
+    token = next(iter(cluster.fake.tokens))
+    identity = cluster.fake.tokens.pop(token)
+    cluster.clock.now += 2.5
+    assert not await a.elector.try_acquire_or_renew()
+    assert a.lost == 1
+    cluster.fake.tokens[token] = identity  # the API server is back; nobody took the lease
+    assert await a.elector.try_acquire_or_renew()
+    assert a.elected == [True, True]
+    assert cluster.spec()["leaseTransitions"] == 0
+
+
+async def test_release_hands_over_without_waiting_for_expiry(cluster: Cluster) -> None:
+    a = await cluster.candidate("pod-a")
+    b = await cluster.candidate("pod-b")
+    assert await a.elector.try_acquire_or_renew()
+    assert not await b.elector.try_acquire_or_renew()
+    await a.elector.release()
+    assert not a.elector.fence.allows()
+    assert a.lost == 1
+    assert cluster.spec()["holderIdentity"] == ""
+    assert await b.elector.try_acquire_or_renew()  # same instant: no expiry to wait for
+    assert cluster.spec()["holderIdentity"] == "pod-b"
+
+
+async def test_a_write_with_a_stale_resource_version_is_a_conflict(cluster: Cluster) -> None:
+    a = await cluster.candidate("pod-a")
+    created = await a.leases.create(LeaseRecord("pod-a", 3, None, None, 0))
+    renewed = await a.leases.replace(created)
+    assert renewed.resource_version != created.resource_version
+    with pytest.raises(LeaseConflictError):
+        await a.leases.replace(created)
+
+
+async def test_a_refused_token_is_unavailable_and_never_echoed(cluster: Cluster) -> None:
+    a = await cluster.candidate("pod-a")
+    cluster.fake.tokens.clear()
+    with pytest.raises(LeaseUnavailableError) as caught:
+        await a.leases.get()
+    assert str(caught.value) == "HTTP 401 Unauthorized"
+
+
+async def test_in_cluster_config_uses_the_service_account(tmp_path: Path) -> None:
+    """KUBERNETES_SERVICE_HOST/PORT, the token and CA the kubelet mounts, over TLS."""
+    authority = trustme.CA()
+    certificate = authority.issue_cert("127.0.0.1")
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    certificate.configure_cert(server_context)
+    account = tmp_path / "serviceaccount"
+    account.mkdir()
+    authority.cert_pem.write_to_path(str(account / "ca.crt"))
+    fake = FakeLeaseApi()
+    (account / "token").write_text(fake.token_for("pod-a"), encoding="utf-8")
+    runner = web.AppRunner(fake.app(), access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_context).start()
+    port = runner.addresses[0][1]
+    leases = KubernetesLeases(
+        namespace=NAMESPACE,
+        name=LEASE,
+        timeout=2.0,
+        env={"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(port)},
+        service_account=account,
+    )
+    try:
+        await leases.open()
+        assert await leases.get() is None
+        await leases.create(LeaseRecord("pod-a", 3, None, None, 0))
+        record = await leases.get()
+    finally:
+        await leases.close()
+        await runner.cleanup()
+    assert record is not None
+    assert record.holder == "pod-a"
+    assert [r.identity for r in fake.requests] == ["pod-a"] * 3
+
+
+async def test_no_way_to_the_api_is_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.kube/config either
+    leases = KubernetesLeases(namespace=NAMESPACE, name=LEASE, timeout=1.0, env={})
+    with pytest.raises(ConfigError) as caught:
+        await leases.open()
+    (problem,) = caught.value.problems
+    assert problem.startswith("coordination: no Kubernetes API to reach")
