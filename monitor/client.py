@@ -382,9 +382,6 @@ class ElasticPathClient:
         retry_wait_max: float = 10.0,
         user_agent: str = "promo-monitor",
     ) -> None:
-        # stamina would otherwise log its own events and count retries on prometheus_client's
-        # global registry; retries are reported through `events` instead.
-        stamina.instrumentation.set_on_retry_hooks([])
         self.settings = settings
         self.budget = budget
         self.events: ClientEvents = NoEvents() if events is None else events

@@ -18,7 +18,14 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Protocol
 
-import structlog
+from monitor.events import (
+    Discard,
+    EventSink,
+    LeaderElected,
+    LeaderLost,
+    LeaseUnavailable,
+    LeaseUnreachable,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +118,7 @@ class LeaderElector:
         *,
         on_elected: Callable[[bool], None],
         on_lost: Callable[[], None],
+        events: EventSink | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
@@ -126,7 +134,7 @@ class LeaderElector:
         self._observed: LeaseRecord | None = None
         self._observed_at = 0.0
         self._watchdog: asyncio.TimerHandle | None = None
-        self._log = structlog.get_logger()
+        self._events: EventSink = events if events is not None else Discard()
 
     async def try_acquire_or_renew(self) -> bool:
         """One attempt; True if this replica holds the lease (and may poll) afterwards."""
@@ -140,7 +148,7 @@ class LeaderElector:
         try:
             current = await self._api.get()
         except LeaseUnavailableError as exc:
-            self._log.debug("lease_unavailable", lease=self._api.name, detail=str(exc))
+            self._events.emit(LeaseUnavailable(lease=self._api.name, detail=str(exc)))
             return False
         now_text = micro_time(self._wall())
         duration = self._timing.lease_duration
@@ -178,7 +186,7 @@ class LeaderElector:
         except LeaseConflictError:
             return False
         except LeaseUnavailableError as exc:
-            self._log.debug("lease_unavailable", lease=self._api.name, detail=str(exc))
+            self._events.emit(LeaseUnavailable(lease=self._api.name, detail=str(exc)))
             return False
         self._observed = written
         self._observed_at = started
@@ -186,12 +194,13 @@ class LeaderElector:
             self.leading = True
             # Before the fence opens: the replica sets itself up before its first poll.
             self._on_elected(kept_state)
-            self._log.info(
-                "leader_elected",
-                identity=self.identity,
-                lease=self._api.name,
-                transitions=written.transitions,
-                kept_state=kept_state,
+            self._events.emit(
+                LeaderElected(
+                    identity=self.identity,
+                    lease=self._api.name,
+                    transitions=written.transitions,
+                    kept_state=kept_state,
+                )
             )
         self.fence.renewed(started)
         self._arm_watchdog()
@@ -219,9 +228,7 @@ class LeaderElector:
             self._watchdog.cancel()
             self._watchdog = None
         self._on_lost()
-        self._log.warning(
-            "leader_lost", identity=self.identity, lease=self._api.name, reason=reason
-        )
+        self._events.emit(LeaderLost(identity=self.identity, lease=self._api.name, reason=reason))
 
     async def run(self) -> None:
         """Campaign and renew until cancelled."""
@@ -230,7 +237,7 @@ class LeaderElector:
                 await self.try_acquire_or_renew()
             except Exception as exc:
                 # Whatever went wrong, the fence still closes on time; the next attempt may work.
-                self._log.warning("lease_unavailable", lease=self._api.name, detail=repr(exc)[:300])
+                self._events.emit(LeaseUnreachable(lease=self._api.name, detail=repr(exc)[:300]))
                 self.notice_fence()
             await asyncio.sleep(self._timing.retry_period)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import uuid
 from collections.abc import Mapping
@@ -12,9 +11,7 @@ from dataclasses import dataclass, field
 from monitor.client import ElasticPathClient, JobsTarget
 from monitor.models import PromotionKind, parse_timestamp
 from monitor.names import promotion_name
-from monitor.settings import DiscoverySettings, Settings, ShardingSettings
-
-_ORDINAL = re.compile(r"-(\d+)$")
+from monitor.settings import DiscoverySettings, Settings
 
 
 def shard_of(promotion_id: str, shard_count: int) -> int:
@@ -23,29 +20,6 @@ def shard_of(promotion_id: str, shard_count: int) -> int:
     # would all share a narrow band of phases and bunch their polls.
     digest = hashlib.blake2b(promotion_id.encode(), digest_size=8, person=b"shard").digest()
     return int.from_bytes(digest, "big") % shard_count
-
-
-def resolve_shard_index(sharding: ShardingSettings, env: Mapping[str, str]) -> int:
-    """shard_index from the config, else $SHARD_INDEX, else the StatefulSet pod's ordinal."""
-    if sharding.shard_count == 1:
-        return 0
-    if sharding.shard_index is not None:
-        return sharding.shard_index
-    raw = env.get("SHARD_INDEX")
-    if raw is not None and raw.strip().isdigit():
-        index = int(raw)
-    else:
-        name = env.get("POD_NAME") or env.get("HOSTNAME") or ""
-        match = _ORDINAL.search(name)
-        if match is None:
-            raise ValueError(
-                "sharding: shard_count > 1 but no shard_index, $SHARD_INDEX or pod ordinal "
-                f"(pod name {name!r})"
-            )
-        index = int(match.group(1))
-    if index >= sharding.shard_count:
-        raise ValueError(f"sharding: shard index {index} is not < shard_count")
-    return index
 
 
 # A bare date names a calendar day without a zone: it has ended everywhere only once the day is
@@ -95,13 +69,11 @@ class Watchlist:
 class Discovery:
     """Builds the watchlist: explicit entries win (e.g. for their filter), then discovered ones."""
 
-    def __init__(
-        self, client: ElasticPathClient, settings: Settings, env: Mapping[str, str] | None = None
-    ) -> None:
+    def __init__(self, client: ElasticPathClient, settings: Settings) -> None:
         self._client = client
         self._settings = settings
         self.shard_count = settings.sharding.shard_count
-        self.shard_index = resolve_shard_index(settings.sharding, env or os.environ)
+        self.shard_index = settings.sharding.index
 
     def owns(self, promotion_id: str) -> bool:
         return shard_of(promotion_id, self.shard_count) == self.shard_index

@@ -7,9 +7,11 @@ A name is a convenience: a lookup that fails keeps the last name and never holds
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Final
 
+from monitor.client import ApiError, ElasticPathClient, JobsTarget
+from monitor.events import EventSink, NameLookupFailed
 from monitor.models import PromotionKind, single_line
 
 # Names go into a label value and log lines: one line, bounded.
@@ -45,3 +47,41 @@ class PromotionNames:
 
     def __iter__(self) -> Iterator[tuple[str, PromotionKind, str]]:
         return iter([(pid, kind, name) for pid, (kind, name) in self._names.items()])
+
+
+class NameLookups:
+    """Fetches the names no discovery list gave, one request at a time, so that polls waiting
+    for the request budget never queue behind a burst of lookups."""
+
+    def __init__(self, client: ElasticPathClient, names: PromotionNames, events: EventSink) -> None:
+        self._client = client
+        self._names = names
+        self._events = events
+        self._listed: set[str] = set()  # named by the last discovery run: no lookup needed
+        self._failing: set[str] = set()  # warned once, until a lookup works again
+
+    def listed(self, found: Mapping[str, tuple[PromotionKind, str]]) -> None:
+        """Names a discovery run read from the promotion lists."""
+        self._listed = set(found)
+        for pid, (kind, name) in found.items():
+            self._names.set(pid, kind, name)
+
+    async def look_up(self, targets: Iterable[JobsTarget], watched: Callable[[str], bool]) -> None:
+        """Look up every target's name that no list gave; a failed lookup keeps the last."""
+        for target in list(targets):
+            pid = target.promotion_id
+            if pid in self._listed:
+                continue
+            try:
+                promotion = await self._client.get_promotion(target.kind, pid)
+            except ApiError as exc:
+                if pid not in self._failing:
+                    self._failing.add(pid)
+                    self._events.emit(
+                        NameLookupFailed(promotion_id=pid, reason=exc.reason, detail=str(exc))
+                    )
+                continue
+            self._failing.discard(pid)
+            name = promotion_name(promotion)
+            if name is not None and watched(pid):  # (it may have gone while we asked)
+                self._names.set(pid, target.kind, name)

@@ -6,12 +6,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import structlog
-
 from monitor.client import ApiError, ElasticPathClient, FetchResult, JobsTarget
 from monitor.diff import Diff, diff, expired
+from monitor.events import EventSink, JobsSkipped, PollFailed, PollIncomplete, job_events
 from monitor.models import Change, Job, PromotionSnapshot
-from monitor.sinks.logs import LogSink
 from monitor.sinks.metrics import MonitorMetrics
 from monitor.state import SnapshotStore
 
@@ -52,8 +50,9 @@ class Poller:
         client: ElasticPathClient,
         store: SnapshotStore,
         metrics: MonitorMetrics,
-        logs: LogSink,
+        events: EventSink,
         *,
+        names: Callable[[str], str | None] = lambda _: None,
         clock: Callable[[], float],
         stuck_after: float,
         retention: float | None = None,
@@ -66,12 +65,12 @@ class Poller:
         self._may_report = may_report
         self._store = store
         self._metrics = metrics
-        self._logs = logs
+        self._events = events
+        self._names = names
         self._clock = clock
         self._stuck_after = stuck_after
         self._retention = retention
         self._lookback = lookback
-        self._log = structlog.get_logger()
         # (promotion, reason) pairs already warned about: an unordered store makes every poll
         # incomplete, and one warning says it.
         self._incomplete_warned: set[tuple[str, str]] = set()
@@ -106,11 +105,10 @@ class Poller:
         self._metrics.polls_incomplete.labels(pid, incomplete).inc()
         if (pid, incomplete) not in self._incomplete_warned:
             self._incomplete_warned.add((pid, incomplete))
-            self._log.warning(
-                "poll_incomplete",
-                promotion_id=pid,
-                reason=incomplete,
-                detail=INCOMPLETE_DETAILS[incomplete],
+            self._events.emit(
+                PollIncomplete(
+                    promotion_id=pid, reason=incomplete, detail=INCOMPLETE_DETAILS[incomplete]
+                )
             )
         if previous is None:
             return result.jobs
@@ -130,23 +128,24 @@ class Poller:
                 return PollOutcome(pid, ok=False, reason="abandoned")
             # What the monitor knew stays known: no vanished jobs, gauges keep their values.
             self._metrics.poll_failed(pid, exc.reason)
-            fields: dict[str, object] = {"promotion_id": pid, "reason": exc.reason}
-            if exc.http_status is not None:
-                fields["http_status"] = exc.http_status
-            hint = HINTS.get(exc.reason)
-            if hint:
-                fields["hint"] = hint
-            self._log.warning("poll_failed", detail=str(exc), **fields)
+            self._events.emit(
+                PollFailed(
+                    promotion_id=pid,
+                    reason=exc.reason,
+                    detail=str(exc),
+                    http_status=exc.http_status,
+                    hint=HINTS.get(exc.reason),
+                )
+            )
             return PollOutcome(pid, ok=False, reason=exc.reason, detail=str(exc))
         except Exception as exc:
             if not self._may_report():
                 return PollOutcome(pid, ok=False, reason="abandoned")
             # An answer shaped in a way nobody foresaw must cost one poll, not the daemon.
             self._metrics.poll_failed(pid, "bad_response")
-            self._log.exception(
-                "poll_failed", promotion_id=pid, reason="bad_response", detail=repr(exc)[:300]
-            )
-            return PollOutcome(pid, ok=False, reason="bad_response", detail=repr(exc)[:300])
+            detail = repr(exc)[:300]
+            self._events.emit(PollFailed(promotion_id=pid, reason="bad_response", detail=detail))
+            return PollOutcome(pid, ok=False, reason="bad_response", detail=detail)
         finally:
             self._metrics.poll_duration.observe(time.perf_counter() - started)
 
@@ -154,11 +153,8 @@ class Poller:
             return PollOutcome(pid, ok=False, reason="abandoned")
         if result.skipped:
             self._metrics.jobs_skipped.labels(pid).inc(len(result.skipped))
-            self._log.warning(
-                "jobs_skipped",
-                promotion_id=pid,
-                count=len(result.skipped),
-                reason=result.skipped[0],
+            self._events.emit(
+                JobsSkipped(promotion_id=pid, count=len(result.skipped), reason=result.skipped[0])
             )
         now = self._clock()
         if result.unchanged and previous is not None and not self._needs_diff(previous, now):
@@ -181,15 +177,9 @@ class Poller:
         if outcome.changes:
             # Durable before announced: a crash now may lose these events, but a restart
             # never announces them twice.
-            try:
-                await self._store.persist(now)
-            except OSError as exc:
-                self._log.error(
-                    "state_write_failed",
-                    path=str(self._store.path),
-                    detail=exc.strerror or str(exc),
-                )
+            await self._store.save(now)
             self._metrics.record(outcome.changes)
-            self._logs.emit(outcome.changes)
+            for event in job_events(outcome.changes, self._names):
+                self._events.emit(event)
         self._metrics.poll_succeeded(pid, now)
         return PollOutcome(pid, ok=True, changes=tuple(outcome.changes))

@@ -11,7 +11,6 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
-import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
@@ -39,6 +38,7 @@ class PollScheduler:
         monotonic: Callable[[], float] = time.monotonic,
         observe: Callable[[PollOutcome], None] = lambda _: None,
         may_poll: Callable[[], bool] = lambda: True,
+        on_unwatched: Callable[[str], None] = lambda _: None,
     ) -> None:
         self.poller = poller
         # False while another replica holds the coordination lease (monitor.coordination).
@@ -50,11 +50,10 @@ class PollScheduler:
         self._clock = clock
         self._monotonic = monotonic
         self._observe = observe  # sees every finished poll of a watched promotion (status page)
-        self.on_unwatched: Callable[[str], None] = lambda _: None
+        self.on_unwatched = on_unwatched
         self._scheduler = AsyncIOScheduler(timezone=UTC)
         self._inflight: set[asyncio.Task[PollOutcome]] = set()
         self._stopping = False
-        self._log = structlog.get_logger()
         # Monotonic time of the last dispatch tick; /healthz reads it to tell a live loop. A tick,
         # not a finished poll: a monitor with nothing to poll (an empty shard) is alive too.
         self.heartbeat = monotonic()
@@ -166,15 +165,8 @@ class PollScheduler:
     async def _flush(self) -> None:
         # Only after a failed write: between a poll's put and its own persist the store is
         # dirty as a matter of course, and that poll writes it itself.
-        if not self._store.write_failed:
-            return
-        try:
-            await self._store.persist(self._clock())
-            self._log.info("state_write_recovered", path=str(self._store.path))
-        except OSError as exc:
-            self._log.error(
-                "state_write_failed", path=str(self._store.path), detail=exc.strerror or str(exc)
-            )
+        if self._store.write_failed:
+            await self._store.save(self._clock())
 
     async def stop(self, grace: float) -> None:
         """Stop scheduling; give in-flight polls `grace` seconds, then cancel them."""

@@ -220,10 +220,41 @@ class DiscoverySettings(_Section):
 
 class ShardingSettings(_Section):
     shard_count: Annotated[int, Field(ge=1, le=1024)] = 1
-    # None: from $SHARD_INDEX, else the ordinal at the end of the pod name (StatefulSet).
+    # Unset: $SHARD_INDEX, else the ordinal at the end of the pod name (StatefulSet), filled in
+    # by parse_settings; still unset with shard_count > 1 is an error, for every command alike.
     shard_index: Annotated[int, Field(ge=0)] | None = None
     # None: api.max_requests_per_second / shard_count, so N replicas share one store budget.
     max_requests_per_second: Annotated[float, Field(gt=0)] | None = None
+
+    @model_validator(mode="after")
+    def _index_in_range(self) -> ShardingSettings:
+        if self.shard_count == 1:
+            return self
+        if self.shard_index is None:
+            raise ValueError(
+                "shard_index: shard_count > 1 but no shard_index, $SHARD_INDEX or pod ordinal "
+                "(a pod name ending in -N, as a StatefulSet gives)"
+            )
+        if self.shard_index >= self.shard_count:
+            raise ValueError(f"shard_index: {self.shard_index} is not < shard_count")
+        return self
+
+    @property
+    def index(self) -> int:
+        """This replica's shard (0 when unsharded)."""
+        return self.shard_index if self.shard_index is not None else 0
+
+
+_ORDINAL = re.compile(r"-(\d+)$")
+
+
+def shard_index_from_env(env: Mapping[str, str]) -> int | None:
+    """$SHARD_INDEX, else the ordinal at the end of $POD_NAME or $HOSTNAME, else None."""
+    raw = env.get("SHARD_INDEX")
+    if raw is not None and raw.strip().isdigit():
+        return int(raw)
+    match = _ORDINAL.search(env.get("POD_NAME") or env.get("HOSTNAME") or "")
+    return int(match.group(1)) if match is not None else None
 
 
 # Where Kubernetes puts the pod's namespace for a pod with a service account token.
@@ -465,10 +496,12 @@ def _apply_coordination(raw: dict[str, Any]) -> None:
 def _apply_environment(raw: dict[str, Any]) -> None:
     _apply_coordination(raw)
     shards = ShardEnvironment()
-    if shards.shard_count is not None:
-        sharding = raw.setdefault("sharding", {})
-        if isinstance(sharding, dict):
+    sharding = raw.setdefault("sharding", {})
+    if isinstance(sharding, dict):
+        if shards.shard_count is not None:
             sharding["shard_count"] = shards.shard_count
+        if sharding.get("shard_index") is None:
+            sharding["shard_index"] = shard_index_from_env(os.environ)
     overrides = EnvironmentOverrides()
     api = raw.setdefault("api", {})
     if not isinstance(api, dict):

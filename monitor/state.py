@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from monitor.events import Discard, EventSink, StateWriteFailed, StateWriteRecovered
 from monitor.models import Job, PromotionSnapshot
 
 # 2: job rows carry name and codes requested/generated/deleted. Files of version 1 still load.
@@ -184,8 +185,9 @@ def write_atomic(path: Path, data: bytes | list[bytes]) -> None:
 class SnapshotStore:
     """The current snapshot of every watched promotion, and its durable copy."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, events: EventSink | None = None) -> None:
         self.path = path
+        self._events: EventSink = events if events is not None else Discard()
         self._snapshots: dict[str, PromotionSnapshot] = {}
         self._lock = asyncio.Lock()
         self._generation = 0  # bumped by every change in memory
@@ -240,6 +242,24 @@ class SnapshotStore:
     def _write(self, view: dict[str, PromotionSnapshot], saved_at: float) -> None:
         # One thread hop for encoding and writing; the fragments are reused, never copied.
         write_atomic(self.path, encode_parts(view, saved_at, self._fragments))
+
+    async def save(self, saved_at: float) -> bool:
+        """persist(), reporting instead of raising: True when every change is durable.
+
+        The one place a failed or recovered write is announced; the scheduler retries every
+        30 s while `write_failed`.
+        """
+        failed_before = self.write_failed
+        try:
+            await self.persist(saved_at)
+        except OSError as exc:
+            self._events.emit(
+                StateWriteFailed(path=str(self.path), detail=exc.strerror or str(exc))
+            )
+            return False
+        if failed_before:
+            self._events.emit(StateWriteRecovered(path=str(self.path)))
+        return True
 
     async def persist(self, saved_at: float) -> None:
         """Make every change made so far durable; concurrent callers share one write."""

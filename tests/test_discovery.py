@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from monitor.discovery import resolve_shard_index, shard_of, wanted
-from monitor.settings import DiscoverySettings, ShardingSettings
+from monitor.discovery import shard_of, wanted
+from monitor.settings import DiscoverySettings, ShardingSettings, shard_index_from_env
 from monitor.simulator import Fault, Simulator
 from tests.support import Daemon, long_ago, series, value, write_config
 
@@ -207,29 +207,33 @@ async def test_three_shards_watch_each_promotion_exactly_once(
     ],
 )
 def test_shard_index_comes_from_the_environment(env: dict[str, str], expected: int) -> None:
-    assert resolve_shard_index(ShardingSettings(shard_count=3), env) == expected
+    assert shard_index_from_env(env) == expected
 
 
 @pytest.mark.parametrize(
     "env", [{}, {"POD_NAME": "promo-monitor"}, {"SHARD_INDEX": "7"}, {"POD_NAME": "x-3"}]
 )
 def test_a_missing_or_impossible_shard_index_is_refused(env: dict[str, str]) -> None:
-    with pytest.raises(ValueError, match="sharding"):
-        resolve_shard_index(ShardingSettings(shard_count=3), env)
+    with pytest.raises(ValueError, match="shard_index"):
+        ShardingSettings(shard_count=3, shard_index=shard_index_from_env(env))
 
 
-def test_a_bad_shard_setup_exits_2_naming_sharding(sim: Simulator, tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", ["check-config", "once", "run"])
+def test_every_command_refuses_a_shard_count_without_an_index(
+    sim: Simulator, tmp_path: Path, command: str
+) -> None:
+    # check-config used to say OK to what `once` and `run` refused: one verdict for all now.
     config = write_config(tmp_path, sim, [], discovery=discovery(), sharding={"shard_count": 2})
     result = subprocess.run(
-        [sys.executable, "-m", "monitor", "run", "--config", str(config)],
+        [sys.executable, "-m", "monitor", command, "--config", str(config)],
         capture_output=True,
         text=True,
         timeout=30,
         check=False,
         env={"PATH": "/usr/bin:/bin", "HOSTNAME": "no-ordinal"},
     )
-    assert result.returncode == 2
-    assert result.stderr.startswith("promo-monitor: sharding:")
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.startswith("promo-monitor: sharding.shard_index: shard_count > 1")
     assert "Traceback" not in result.stderr
 
 

@@ -1,0 +1,90 @@
+"""What this replica polls: a new list of targets applied to the plan, the snapshot, the series
+and the names, in one place, whoever decided it (configuration, discovery)."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+
+from monitor.activity import RecentActivity
+from monitor.client import ElasticPathClient, JobsTarget
+from monitor.events import EventSink, PromotionAdded, PromotionRemoved, StatePruned
+from monitor.models import PromotionKind
+from monitor.names import PromotionNames
+from monitor.planner import PollPlan
+from monitor.sinks.metrics import MonitorMetrics
+from monitor.state import SnapshotStore
+
+
+class Watching:
+    """Keeps every per-promotion piece of the monitor in step with the watched set."""
+
+    def __init__(
+        self,
+        plan: PollPlan,
+        store: SnapshotStore,
+        metrics: MonitorMetrics,
+        *,
+        names: PromotionNames,
+        activity: RecentActivity,
+        client: ElasticPathClient,
+        events: EventSink,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._plan = plan
+        self._store = store
+        self._metrics = metrics
+        self._names = names
+        self._activity = activity
+        self._client = client
+        self._events = events
+        self._monotonic = monotonic
+
+    def apply(
+        self,
+        targets: Mapping[str, JobsTarget],
+        *,
+        authoritative: bool,
+        discovered: frozenset[str] = frozenset(),
+    ) -> tuple[int, int]:
+        """Poll exactly `targets` from now on; returns (added, removed).
+
+        `authoritative`: the list is the whole truth, so saved state of promotions not in it
+        goes too (not so at start with discovery on, before the first discovery has said).
+        """
+        plan = self._plan
+        now = self._monotonic()
+        added = 0
+        for pid, target in targets.items():
+            if pid in plan:
+                plan.add(target, now)  # keeps its place in the schedule; takes a new filter
+                continue
+            added += 1
+            snapshot = self._store.get(pid)
+            plan.add(target, now, active=snapshot is not None and snapshot.has_active)
+            self._metrics.watch(pid)
+            if pid in discovered:
+                self._events.emit(PromotionAdded(promotion_id=pid, kind=target.kind.value))
+        removed = [t.promotion_id for t in plan.targets if t.promotion_id not in targets]
+        for pid in removed:
+            plan.remove(pid)
+            self.forget(pid)
+            self._events.emit(PromotionRemoved(promotion_id=pid))
+        if authoritative:
+            dropped = self._store.retain(set(targets))
+            if dropped:
+                self._events.emit(StatePruned(promotions=len(dropped)))
+        kinds = Counter(t.kind for t in plan.targets)
+        for kind in PromotionKind:
+            self._metrics.promotions.labels(kind.value).set(kinds[kind])
+        return added, len(removed)
+
+    def forget(self, promotion_id: str) -> None:
+        """Everything the monitor holds of a promotion no longer watched: its series, its
+        snapshot, its page memory, its recent activity, its name."""
+        self._metrics.forget(promotion_id)
+        self._store.drop(promotion_id)
+        self._client.forget(promotion_id)
+        self._activity.forget(promotion_id)
+        self._names.forget(promotion_id)

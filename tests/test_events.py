@@ -1,0 +1,236 @@
+"""The event contract: every event declared once in monitor/events.py, the README's table the
+same, and events captured in process as whole dicts (structlog's capture, as stamina's tests do).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import structlog
+from prometheus_client import CollectorRegistry
+
+from monitor.app import Monitor
+from monitor.events import (
+    Event,
+    JobFailed,
+    JobSeenLate,
+    Recorder,
+    all_events,
+    job_events,
+)
+from monitor.models import Change, ChangeKind, Job
+from monitor.settings import parse_settings
+from monitor.simulator import Simulator
+from monitor.sinks.logs import LogSink
+from tests.support import long_ago
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+JOB_FIELDS = {"promotion_id", "job_id", "job_type", "status"}
+NOW = 1_700_000_000.0
+
+
+# the README's table and events.py
+
+
+def readme_events() -> dict[str, tuple[str, set[str]]]:
+    """event name -> (level, fields) from the README's log event table."""
+    section = README.read_text(encoding="utf-8").split("### Log events", 1)[1]
+    section = section.split("\n### ", 1)[0]
+    found: dict[str, tuple[str, set[str]]] = {}
+    for line in section.splitlines():
+        match = re.match(r"\| `([a-z_]+)` \| (\w+) \| (.*?) \| .* \|$", line)
+        if match is None:
+            continue
+        name, level, cell = match.groups()
+        cell = re.sub(r"\([^)]*\)", "", cell)  # (explanations) name values, not fields
+        fields = {token.split(":")[0] for token in re.findall(r"`([^`]+)`", cell)}
+        if "job fields" in cell:
+            fields |= JOB_FIELDS
+        found[name] = (level, fields)
+    return found
+
+
+def declared_events() -> dict[str, tuple[set[str], set[str]]]:
+    """event name -> (levels, fields) from monitor/events.py."""
+    found: dict[str, tuple[set[str], set[str]]] = {}
+    for cls in all_events():
+        levels, fields = found.setdefault(cls.NAME, (set(), set()))
+        levels.add(cls.LEVEL)
+        fields.update(f.name for f in dataclasses.fields(cls))
+    return found
+
+
+def test_the_readme_lists_every_event_with_its_fields() -> None:
+    readme, declared = readme_events(), declared_events()
+    assert sorted(readme) == sorted(declared)
+    for name, (level, fields) in readme.items():
+        levels, declared_fields = declared[name]
+        assert level in levels, name
+        assert fields == declared_fields, name
+
+
+def test_an_event_renders_its_fields_without_the_empty_ones() -> None:
+    event = JobFailed(
+        promotion_id="p", job_id="j", job_type="code_generate", status="failed", error="x"
+    )
+    assert event.fields() == {
+        "promotion_id": "p",
+        "job_id": "j",
+        "job_type": "code_generate",
+        "status": "failed",
+        "error": "x",
+    }
+
+
+# job events from changes (pure)
+
+
+def job(status: str, **fields: object) -> Job:
+    return Job("j1", "code_generate", status, None, NOW - 60, NOW - 60, **fields)  # type: ignore[arg-type]
+
+
+def test_job_events_table() -> None:
+    failed = job("failed", name="job", codes_requested=1000)
+    changes = [
+        Change(ChangeKind.BASELINE, "p", counts={"failed": 1}),
+        Change(ChangeKind.DISCOVERED, "p", failed, during_baseline=True),
+        Change(ChangeKind.DISCOVERED, "p", job("completed"), late=True),
+        Change(ChangeKind.STATUS_CHANGED, "p", failed, job("processing")),
+    ]
+    names = {"p": "Spring sale"}.get
+    rendered = [(e.NAME, e.LEVEL, e.fields()) for e in job_events(changes, names)]
+    ids = {"promotion_id": "p", "job_id": "j1", "job_type": "code_generate"}
+    described = {"name": "job", "promotion_name": "Spring sale", "codes_requested": 1000}
+    assert rendered == [
+        ("baseline_loaded", "info", {"promotion_id": "p", "jobs": 1, "by_status": {"failed": 1}}),
+        # a failure found by the lookback: no job_discovered, one job_failed marked as such
+        (
+            "job_failed",
+            "error",
+            {**ids, "status": "failed", **described, "error": "", "during_baseline": True},
+        ),
+        # history seen late: debug only, and never a failure
+        ("job_discovered", "debug", {**ids, "status": "completed", "late_seen": True}),
+        (
+            "job_status_changed",
+            "info",
+            {**ids, "status": "failed", **described, "previous_status": "processing"},
+        ),
+        ("job_failed", "error", {**ids, "status": "failed", **described, "error": ""}),
+    ]
+    assert isinstance(next(job_events([changes[2]])), JobSeenLate)
+
+
+# events from a real monitor, captured in process
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Simulator]:
+    simulator = Simulator(seed=41)
+    simulator.spawn_rate = 0
+    await simulator.start()
+    yield simulator
+    await simulator.stop()
+
+
+def monitor_of(sim: Simulator, tmp_path: Path, pid: str, events: object = None) -> Monitor:
+    settings = parse_settings(
+        {
+            "api": {
+                "base_url": sim.base_url,
+                "client_id": sim.client_id,
+                "client_secret": sim.client_secret,
+            },
+            "promotions": [{"id": pid}],
+            "state": {"path": str(tmp_path / "state.json")},
+        }
+    )
+    return Monitor.build(
+        settings,
+        registry=CollectorRegistry(),
+        serve_http=False,
+        events=events,  # type: ignore[arg-type]
+    )
+
+
+async def test_a_failure_is_one_whole_event_captured_in_process(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    pid = sim.add_promotion(name="Spring sale")
+    sim.add_job(pid, status="failed", error="old", created_at=long_ago())
+    running = sim.add_job(pid, status="processing", name="Spring codes")
+
+    with structlog.testing.capture_logs() as logs:
+        await monitor_of(sim, tmp_path, pid).run_once()
+        sim.set_job_status(pid, running, "failed", error="codes limit exceeded")
+        await monitor_of(sim, tmp_path, pid).run_once()
+
+    job_logs = [e for e in logs if e["event"] != "token_refreshed"]
+    assert job_logs == [
+        {
+            "event": "baseline_loaded",
+            "log_level": "info",
+            "promotion_id": pid,
+            "jobs": 2,
+            "by_status": {"failed": 1, "processing": 1},
+        },
+        {
+            "event": "job_status_changed",
+            "log_level": "info",
+            "promotion_id": pid,
+            "job_id": running,
+            "job_type": "code_generate",
+            "status": "failed",
+            "name": "Spring codes",
+            "promotion_name": "Spring sale",
+            "codes_requested": 1000,
+            "previous_status": "processing",
+        },
+        {
+            "event": "job_failed",
+            "log_level": "error",
+            "promotion_id": pid,
+            "job_id": running,
+            "job_type": "code_generate",
+            "status": "failed",
+            "name": "Spring codes",
+            "promotion_name": "Spring sale",
+            "codes_requested": 1000,
+            "error": "codes limit exceeded",
+        },
+    ]
+
+
+async def test_every_event_goes_through_the_one_sink_the_monitor_is_given(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    pid = sim.add_promotion()
+    sim.add_job(pid, status="processing")
+    recorder = Recorder()
+    with structlog.testing.capture_logs() as logs:
+        await monitor_of(sim, tmp_path, pid, recorder).run_once()
+    assert logs == []  # nothing bypassed the sink
+    assert [e.NAME for e in recorder.events] == ["token_refreshed", "baseline_loaded"]
+    assert all(isinstance(e, Event) for e in recorder.events)
+
+
+def test_the_log_sink_renders_name_level_and_fields() -> None:
+    with structlog.testing.capture_logs() as logs:
+        LogSink().emit(
+            JobFailed(promotion_id="p", job_id="j", job_type="t", status="failed", error="e")
+        )
+    assert logs == [
+        {
+            "event": "job_failed",
+            "log_level": "error",
+            "promotion_id": "p",
+            "job_id": "j",
+            "job_type": "t",
+            "status": "failed",
+            "error": "e",
+        }
+    ]
