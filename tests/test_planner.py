@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
+from itertools import pairwise
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from monitor.client import JobsTarget
@@ -167,3 +169,232 @@ def test_baselines_are_not_starved_by_active_promotions() -> None:
     ranked = [t.promotion_id for t in plan.take_due(5000, limit=10)]
     assert ranked[-1] == idle.promotion_id
     assert set(ranked[:-1]) == {t.promotion_id for t in [*busy, newcomer]}
+
+
+def test_active_and_never_polled_go_before_idle_promotions_overdue_for_longer() -> None:
+    plan = PollPlan(interval=60, active_interval=10, anchor=0)
+    idle = [target(n) for n in range(5)]
+    busy = target(10)
+    for t in [*idle, busy]:
+        plan.add(t, now=0)
+    for t in plan.take_due(0, limit=10):
+        plan.finished(t.promotion_id, now=0, active=t is busy)
+    fresh = target(11)
+    plan.add(fresh, now=400)
+    # At 500 the idle ones have waited since ~30-90 s, the active one since ~5-15 s and the
+    # fresh one only 100 s: still the active and the never-polled come first, oldest due first.
+    order = [t.promotion_id for t in plan.take_due(500, limit=10)]
+    assert order[:2] == [busy.promotion_id, fresh.promotion_id]
+    idle_due = sorted(idle, key=lambda t: next_due(30, 0, 60, phase_of(t.promotion_id)))
+    assert order[2:] == [t.promotion_id for t in idle_due]
+
+
+def test_idle_promotions_are_not_starved_by_plenty_of_active_ones() -> None:
+    # 40 active promotions every 10 s (4 polls/s) and 300 idle every 60 s (5 polls/s) with room
+    # for 10 polls a second: the actives go first, and every idle one still gets its turn.
+    plan = PollPlan(interval=60, active_interval=10, anchor=0)
+    busy = {target(n).promotion_id for n in range(40)}
+    for n in range(340):
+        plan.add(target(n), now=0, active=target(n).promotion_id in busy)
+    polls: dict[str, list[float]] = {}
+    for tick in range(0, 1200):
+        now = tick / 2
+        for t in plan.take_due(now, limit=5):
+            polls.setdefault(t.promotion_id, []).append(now)
+            plan.finished(t.promotion_id, now=now, active=t.promotion_id in busy)
+    assert len(polls) == 340
+    for pid, times in polls.items():
+        # After two minutes: the 340 baselines take ~34 s and rank with the actives, and the
+        # idle grid settles in the minute after.
+        steady = [at for at in times if at >= 120]
+        gaps = [b - a for a, b in pairwise(steady)]
+        assert max(gaps) <= (10 if pid in busy else 60) + 1
+        assert len(steady) >= (45 if pid in busy else 7)
+
+
+def test_when_idle_promotions_alone_exceed_the_budget_they_take_turns() -> None:
+    # 100 idle promotions every 10 s want 10 polls a second; there is room for 4: each is
+    # polled every ~25 s, the longest overdue first, and none is left behind.
+    plan = PollPlan(interval=10, active_interval=10, anchor=0)
+    for n in range(100):
+        plan.add(target(n), now=0)
+    polls: dict[str, list[float]] = {}
+    for now in range(0, 300):
+        for t in plan.take_due(float(now), limit=4):
+            polls.setdefault(t.promotion_id, []).append(float(now))
+            plan.finished(t.promotion_id, now=float(now), active=False)
+    assert len(polls) == 100
+    gaps = [b - a for times in polls.values() for a, b in pairwise(times)]
+    # A turn comes every P / rate = 25 s on average; its grid phase moves it by up to one
+    # interval, never more.
+    assert sum(gaps) / len(gaps) <= 25.5
+    assert max(gaps) <= 25 + 10
+    assert plan.lag(300) > 10  # the budget is short, and the lag says so
+
+
+def test_removal_while_in_flight_then_added_again() -> None:
+    plan = PollPlan(interval=60, active_interval=10, anchor=0)
+    a, b = target(1), target(2)
+    plan.add(a, now=0, active=True)
+    plan.add(b, now=0)
+    assert plan.take_due(0, limit=1) == [a]
+    plan.remove(a.promotion_id)
+    assert plan.active_count() == 0
+    assert len(plan) == 1
+    plan.finished(a.promotion_id, now=1, active=True)  # its poll ends after the removal
+    assert a.promotion_id not in plan
+    assert plan.active_count() == 0
+    # Watched again (e.g. the next discovery lists it): a newcomer, due at once, before b.
+    plan.add(a, now=2)
+    assert plan.take_due(2, limit=5) == [b, a]
+    assert plan.take_due(2, limit=5) == []
+    assert plan.lag(2) == 0
+
+
+def test_lag_is_the_most_overdue_waiting_promotion_not_one_in_flight() -> None:
+    plan = PollPlan(interval=60, active_interval=10, anchor=0)
+    early, late = target(1), target(2)
+    plan.add(early, now=0)
+    plan.add(late, now=30)
+    assert plan.lag(50) == 50
+    plan.take_due(50, limit=1)  # early, now in flight
+    assert plan.lag(50) == 20
+    plan.remove(late.promotion_id)
+    assert plan.lag(50) == 0
+
+
+@pytest.mark.parametrize(
+    ("watched", "wanted", "added", "removed"),
+    [
+        ([], [1, 2], [1, 2], []),
+        ([1, 2], [1, 2], [], []),
+        ([1, 2, 3], [2], [], [1, 3]),
+        ([1, 2], [3, 2, 4], [3, 4], [1]),
+        ([1], [], [], [1]),
+    ],
+)
+def test_reconcile_says_what_was_added_and_removed(
+    watched: list[int], wanted: list[int], added: list[int], removed: list[int]
+) -> None:
+    plan = PollPlan(interval=60, active_interval=10, anchor=0)
+    for n in watched:
+        plan.add(target(n), now=0)
+    targets = {target(n).promotion_id: target(n) for n in wanted}
+    assert plan.reconcile(targets, now=5) == (
+        [target(n).promotion_id for n in added],
+        [target(n).promotion_id for n in removed],
+    )
+    assert {t.promotion_id for t in plan.targets} == set(targets)
+
+
+def test_reconcile_keeps_the_schedule_of_kept_promotions_and_marks_known_active_ones() -> None:
+    plan = PollPlan(interval=60, active_interval=10, anchor=0)
+    kept, busy = target(1), target(2)
+    plan.add(kept, now=0)
+    plan.take_due(0, limit=1)
+    plan.finished(kept.promotion_id, now=0, active=False)
+    filtered = JobsTarget.build(
+        BASE, kept.promotion_id, PromotionKind.PROMOTION, "eq(job_type,code_export)", 100
+    )
+    targets = {kept.promotion_id: filtered, busy.promotion_id: busy}
+    added, removed = plan.reconcile(targets, 1, active=lambda pid: pid == busy.promotion_id)
+    assert (added, removed) == ([busy.promotion_id], [])
+    assert plan.active_count() == 1
+    assert plan.take_due(1, limit=5) == [busy]  # the kept one is not due again yet
+    assert filtered in plan.targets
+
+
+@dataclass
+class _Row:
+    target: JobsTarget
+    due: float
+    active: bool
+    in_flight: bool = False
+    polled: bool = False
+
+
+class _Model:
+    """The plan recomputed by brute force: scan and sort every promotion on every question."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, _Row] = {}
+
+    def add(self, t: JobsTarget, now: float, active: bool) -> None:
+        self.rows.setdefault(t.promotion_id, _Row(t, now, active))
+
+    def take_due(self, now: float, limit: int) -> list[JobsTarget]:
+        due = [r for r in self.rows.values() if not r.in_flight and r.due <= now]
+        due.sort(key=lambda r: (r.polled and not r.active, r.due))
+        for row in due[:limit]:
+            row.in_flight = True
+        return [row.target for row in due[:limit]]
+
+    def finished(self, pid: str, now: float, active: bool) -> None:
+        row = self.rows.get(pid)
+        if row is not None:
+            interval = 10 if active else 60
+            row.in_flight, row.polled, row.active = False, True, active
+            row.due = next_due(now + interval / 2, 0, interval, phase_of(pid))
+
+    def lag(self, now: float) -> float:
+        return max([0.0, *(now - r.due for r in self.rows.values() if not r.in_flight)])
+
+
+Op = tuple[str, int, bool]
+
+_operation = st.one_of(
+    st.tuples(st.just("add"), st.integers(0, 15), st.booleans()),
+    st.tuples(st.just("remove"), st.integers(0, 15), st.booleans()),
+    st.tuples(st.just("finish"), st.integers(0, 15), st.booleans()),
+    st.tuples(st.just("take"), st.integers(0, 6), st.booleans()),
+    st.tuples(st.just("wait"), st.integers(0, 40), st.booleans()),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_operation, max_size=80))
+def test_the_plan_answers_as_a_brute_force_scan_would(operations: list[Op]) -> None:
+    plan = PollPlan(interval=60, active_interval=10, anchor=0)
+    model = _Model()
+    now = 0.0
+    for name, n, flag in operations:
+        t = target(n)
+        if name == "add":
+            plan.add(t, now, active=flag)
+            model.add(t, now, flag)
+        elif name == "remove":
+            plan.remove(t.promotion_id)
+            model.rows.pop(t.promotion_id, None)
+        elif name == "finish":  # also for promotions not in flight, or no longer watched
+            plan.finished(t.promotion_id, now, active=flag)
+            model.finished(t.promotion_id, now, flag)
+        elif name == "take":
+            assert plan.take_due(now, n) == model.take_due(now, n)
+        else:
+            now += n
+        assert plan.lag(now) == model.lag(now)
+        assert plan.active_count() == sum(r.active for r in model.rows.values())
+        assert len(plan) == len(model.rows)
+    assert plan.take_due(now + 1000, 100) == model.take_due(now + 1000, 100)
+
+
+def test_many_removals_leave_the_plan_answering_for_the_promotions_left() -> None:
+    # Removed promotions queued behind live ones: the plan must drop them (it rebuilds its
+    # queues once they outnumber the live ones) and keep every promotion still watched.
+    plan = PollPlan(interval=60, active_interval=10, anchor=0)
+    kept = [target(n) for n in range(50)]
+    gone = [target(1000 + n) for n in range(200)]
+    for t in kept:
+        plan.add(t, now=0)
+    for t in gone:
+        plan.add(t, now=10)
+    for t in gone:
+        plan.remove(t.promotion_id)
+    assert plan.lag(20) == 20
+    assert plan.take_due(20, limit=1000) == kept
+    for t in kept[:10]:
+        plan.finished(t.promotion_id, now=20, active=True)
+    assert plan.active_count() == 10
+    assert {t.promotion_id for t in plan.take_due(100, limit=1000)} == {
+        t.promotion_id for t in kept[:10]
+    }

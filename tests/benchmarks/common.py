@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import yaml
 
 from tests.support import spawn_daemon
@@ -174,13 +175,18 @@ class Store:
 
 @contextlib.asynccontextmanager
 async def simulator_process(
-    promotions: int, jobs: int, *, mutate: int = 0, timeout: float = 120.0
+    promotions: int,
+    jobs: int,
+    *,
+    mutate: int = 0,
+    timeout: float = 120.0,
+    module: str = "tests.benchmarks.simserver",
 ) -> AsyncIterator[Store]:
-    """`tests.benchmarks.simserver` as a subprocess; killed on exit."""
+    """A store module (`tests.benchmarks.simserver` by default) as a subprocess; killed on exit."""
     command = [
         sys.executable,
         "-m",
-        "tests.benchmarks.simserver",
+        module,
         "--promotions",
         str(promotions),
         "--jobs",
@@ -352,3 +358,35 @@ async def running_daemon(config: Path, *, timeout: float = 60.0) -> AsyncIterato
         yield daemon
     finally:
         await daemon.stop()
+
+
+async def scrape(session: aiohttp.ClientSession, url: str) -> tuple[float, int, int]:
+    """GET /metrics: (wall seconds, body read included; bytes; series)."""
+    started = time.perf_counter()
+    async with session.get(url) as response:
+        body = await response.read()
+        if response.status != 200:
+            raise RuntimeError(f"/metrics answered {response.status}")
+    elapsed = time.perf_counter() - started
+    series = sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
+    return elapsed, len(body), series
+
+
+async def settled(path: Path, quiet: float = 1.0, timeout: float = 120.0) -> None:
+    """Wait until the snapshot file exists and has not changed for `quiet` seconds."""
+    deadline = time.monotonic() + timeout
+    last: tuple[float, int] | None = None
+    stable_since = time.monotonic()
+    while time.monotonic() < deadline:
+        try:
+            stat = path.stat()
+            now = (stat.st_mtime, stat.st_size)
+        except FileNotFoundError:
+            now = None
+        if now is not None and now == last:
+            if time.monotonic() - stable_since >= quiet:
+                return
+        else:
+            last, stable_since = now, time.monotonic()
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"{path} kept changing")

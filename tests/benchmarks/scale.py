@@ -33,6 +33,8 @@ from tests.benchmarks.common import (
     median,
     rss_bytes,
     running_daemon,
+    scrape,
+    settled,
     simulator_process,
     write_yaml,
 )
@@ -51,37 +53,6 @@ RATE = 1000.0  # the most the settings allow; the baseline should not wait for t
 CONCURRENCY = 256
 DEFAULT_CONCURRENCY = 8
 SCRAPES = 5
-
-
-async def _scrape(session: aiohttp.ClientSession, url: str) -> tuple[float, int, int]:
-    started = time.perf_counter()
-    async with session.get(url) as response:
-        body = await response.read()
-        if response.status != 200:
-            raise RuntimeError(f"/metrics answered {response.status}")
-    elapsed = time.perf_counter() - started
-    series = sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
-    return elapsed, len(body), series
-
-
-async def _settled(path: Path, quiet: float = 1.0, timeout: float = 120.0) -> None:
-    """Wait until the snapshot file exists and has not changed for `quiet` seconds."""
-    deadline = time.monotonic() + timeout
-    last: tuple[float, int] | None = None
-    stable_since = time.monotonic()
-    while time.monotonic() < deadline:
-        try:
-            stat = path.stat()
-            now = (stat.st_mtime, stat.st_size)
-        except FileNotFoundError:
-            now = None
-        if now is not None and now == last:
-            if time.monotonic() - stable_since >= quiet:
-                return
-        else:
-            last, stable_since = now, time.monotonic()
-        await asyncio.sleep(0.2)
-    raise TimeoutError(f"{path} kept changing")
 
 
 def _encode_cost(path: Path) -> dict[str, float]:
@@ -118,13 +89,13 @@ async def _one(promotions: int, concurrency: int) -> dict[str, Any]:
                 await daemon.wait_count("baseline_loaded", promotions, timeout=400)
                 baseline_s = time.perf_counter() - started
                 state = directory / "state" / "snapshot.json"
-                await _settled(state)
+                await settled(state)
                 baseline_cpu = cpu_seconds(daemon.pid) - cpu_before
                 rss = rss_bytes(daemon.pid)
                 async with aiohttp.ClientSession() as session:
                     url = daemon.url + "/metrics"
-                    cold, size, series = await _scrape(session, url)
-                    warm = [(await _scrape(session, url))[0] for _ in range(SCRAPES)]
+                    cold, size, series = await scrape(session, url)
+                    warm = [(await scrape(session, url))[0] for _ in range(SCRAPES)]
                 rss_after_scrapes = rss_bytes(daemon.pid)
                 failed_polls = daemon.counts.get("poll_failed", 0)
             state_bytes = state.stat().st_size
