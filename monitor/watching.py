@@ -53,32 +53,26 @@ class Watching:
         `authoritative`: the list is the whole truth, so saved state of promotions not in it
         goes too (not so at start with discovery on, before the first discovery has said).
         """
-        plan = self._plan
-        now = self._monotonic()
-        added = 0
-        for pid, target in targets.items():
-            if pid in plan:
-                plan.add(target, now)  # keeps its place in the schedule; takes a new filter
-                continue
-            added += 1
+        def active(pid: str) -> bool:
             snapshot = self._store.get(pid)
-            plan.add(target, now, active=snapshot is not None and snapshot.has_active)
+            return snapshot is not None and snapshot.has_active
+
+        added, removed = self._plan.reconcile(targets, self._monotonic(), active=active)
+        for pid in added:
             self._metrics.watch(pid)
             if pid in discovered:
-                self._events.emit(PromotionAdded(promotion_id=pid, kind=target.kind.value))
-        removed = [t.promotion_id for t in plan.targets if t.promotion_id not in targets]
+                self._events.emit(PromotionAdded(promotion_id=pid, kind=targets[pid].kind.value))
         for pid in removed:
-            plan.remove(pid)
             self.forget(pid)
             self._events.emit(PromotionRemoved(promotion_id=pid))
         if authoritative:
             dropped = self._store.retain(set(targets))
             if dropped:
                 self._events.emit(StatePruned(promotions=len(dropped)))
-        kinds = Counter(t.kind for t in plan.targets)
+        kinds = Counter(t.kind for t in self._plan.targets)
         for kind in PromotionKind:
             self._metrics.promotions.labels(kind.value).set(kinds[kind])
-        return added, len(removed)
+        return len(added), len(removed)
 
     def forget(self, promotion_id: str) -> None:
         """Everything the monitor holds of a promotion no longer watched: its series, its
