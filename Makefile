@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install tools lint format test demo bench soak clean
+.PHONY: help install tools lint format test demo bench soak constraints clean
 
 help:
 	@echo "make demo   - run the monitor against the built-in simulator (metrics on :10464)"
@@ -48,6 +48,17 @@ bench: $(STAMP)
 # An hour of simulated time at 1,000 promotions with random faults (a few minutes); not part of `make test`.
 soak: $(STAMP)
 	$(BIN)/python -m tests.benchmarks.soak
+
+# Re-pin deploy/constraints.txt (the image's exact dependency versions) from a clean venv that has
+# only the runtime dependencies of pyproject.toml.
+constraints:
+	rm -rf build/constraints-venv
+	$(PYTHON) -m venv build/constraints-venv
+	build/constraints-venv/bin/pip install --quiet .
+	sed -n '/^#/p' deploy/constraints.txt > build/constraints.txt
+	build/constraints-venv/bin/pip freeze --exclude promo-monitor >> build/constraints.txt
+	mv build/constraints.txt deploy/constraints.txt
+	rm -rf build/constraints-venv
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache
