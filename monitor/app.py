@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 from monitor import __version__
 from monitor.activity import RecentActivity
 from monitor.budget import RequestBudget
-from monitor.client import ApiError, ElasticPathClient, JobsTarget
+from monitor.client import ApiError, ElasticPathClient, JobsTarget, PageMemory
 from monitor.coordination import Fence, LeaderElector, Timing
 from monitor.discovery import Discovery
 from monitor.events import (
@@ -277,13 +277,14 @@ class Monitor:
             active_interval=settings.poll.active_interval,
             anchor=time.monotonic(),
         )
+        pages = PageMemory()
         watching = Watching(
             plan,
             store,
             metrics,
             names=names,
             activity=activity,
-            client=client,
+            pages=pages,
             events=events,
         )
         poller = Poller(
@@ -292,6 +293,7 @@ class Monitor:
             metrics,
             events,
             names=names.get,
+            pages=pages,
             clock=clock,
             stuck_after=settings.poll.stuck_after_seconds,
             retention=settings.state.retention_days * 86_400,

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from monitor.client import ApiError, ElasticPathClient, FetchResult, JobsTarget
+from monitor.client import ApiError, ElasticPathClient, FetchResult, JobsTarget, PageMemory
 from monitor.diff import Diff, diff, expired
 from monitor.events import EventSink, JobsSkipped, PollFailed, PollIncomplete, job_events
 from monitor.models import Change, Job, PromotionSnapshot
@@ -53,6 +53,7 @@ class Poller:
         events: EventSink,
         *,
         names: Callable[[str], str | None] = lambda _: None,
+        pages: PageMemory | None = None,
         clock: Callable[[], float],
         stuck_after: float,
         retention: float | None = None,
@@ -67,6 +68,8 @@ class Poller:
         self._metrics = metrics
         self._events = events
         self._names = names
+        # What each promotion's pages looked like last time (bytes unchanged: not decoded).
+        self._pages = pages if pages is not None else PageMemory()
         self._clock = clock
         self._stuck_after = stuck_after
         self._retention = retention
@@ -121,7 +124,7 @@ class Poller:
         previous = self._store.get(pid)
         try:
             result = await self._client.fetch_jobs(
-                target, previous.jobs if previous else None, self._keeper(previous)
+                target, self._pages, previous.jobs if previous else None, self._keeper(previous)
             )
         except ApiError as exc:
             if not self._may_report():

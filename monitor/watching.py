@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 
 from monitor.activity import RecentActivity
-from monitor.client import ElasticPathClient, JobsTarget
+from monitor.client import JobsTarget, PageMemory
 from monitor.events import EventSink, PromotionAdded, PromotionRemoved, StatePruned
 from monitor.models import PromotionKind
 from monitor.names import PromotionNames
@@ -28,7 +28,7 @@ class Watching:
         *,
         names: PromotionNames,
         activity: RecentActivity,
-        client: ElasticPathClient,
+        pages: PageMemory,
         events: EventSink,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -37,7 +37,7 @@ class Watching:
         self._metrics = metrics
         self._names = names
         self._activity = activity
-        self._client = client
+        self._pages = pages
         self._events = events
         self._monotonic = monotonic
 
@@ -53,6 +53,7 @@ class Watching:
         `authoritative`: the list is the whole truth, so saved state of promotions not in it
         goes too (not so at start with discovery on, before the first discovery has said).
         """
+
         def active(pid: str) -> bool:
             snapshot = self._store.get(pid)
             return snapshot is not None and snapshot.has_active
@@ -79,6 +80,6 @@ class Watching:
         snapshot, its page memory, its recent activity, its name."""
         self._metrics.forget(promotion_id)
         self._store.drop(promotion_id)
-        self._client.forget(promotion_id)
+        self._pages.forget(promotion_id)
         self._activity.forget(promotion_id)
         self._names.forget(promotion_id)

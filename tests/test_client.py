@@ -7,6 +7,7 @@ import contextlib
 import json
 import math
 import socket
+import time
 import tracemalloc
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -23,9 +24,9 @@ from aiohttp import web
 from monitor.budget import RequestBudget
 from monitor.client import (
     ApiError,
-    ClientCredentials,
     ElasticPathClient,
     FetchResult,
+    PageMemory,
     parse_retry_after,
 )
 from monitor.models import PromotionKind
@@ -93,11 +94,13 @@ def make_client(
     *,
     events: RecordedEvents | None = None,
     budget: RequestBudget | None = None,
+    token_clock: Callable[[], float] = time.monotonic,
 ) -> ElasticPathClient:
     return ElasticPathClient(
         ApiSettings.model_validate({"timeout_seconds": 0.5, **settings}),
         budget=budget or RequestBudget(1000),
         events=events,
+        token_clock=token_clock,
         max_retries=MAX_RETRIES,
         retry_wait_initial=0.01,
         retry_wait_max=0.05,
@@ -110,7 +113,11 @@ async def connect(sim: Simulator) -> AsyncIterator[Connect]:
     clients: list[ElasticPathClient] = []
 
     def build(
-        *, events: RecordedEvents | None = None, budget: RequestBudget | None = None, **api: Any
+        *,
+        events: RecordedEvents | None = None,
+        budget: RequestBudget | None = None,
+        token_clock: Callable[[], float] = time.monotonic,
+        **api: Any,
     ) -> ElasticPathClient:
         settings = {
             "base_url": sim.base_url,
@@ -118,7 +125,7 @@ async def connect(sim: Simulator) -> AsyncIterator[Connect]:
             "client_secret": sim.client_secret,
             **api,
         }
-        client = make_client(settings, events=events, budget=budget)
+        client = make_client(settings, events=events, budget=budget, token_clock=token_clock)
         clients.append(client)
         return client
 
@@ -438,21 +445,11 @@ def client_clock() -> FakeClock:
     return FakeClock()
 
 
-def with_client_clock(client: ElasticPathClient, sim: Simulator, clock: FakeClock) -> None:
-    """Give the client a token source on a test clock (the public ClientCredentials seam)."""
-
-    async def secret() -> str:
-        return sim.client_secret
-
-    client.tokens = ClientCredentials(client, sim.client_id, secret, clock=clock)
-
-
 async def test_token_is_renewed_a_minute_before_it_expires(
     sim: Simulator, connect: Connect, clock: FakeClock, client_clock: FakeClock
 ) -> None:
     pid = sim.add_promotion()
-    client = connect()
-    with_client_clock(client, sim, client_clock)
+    client = connect(token_clock=client_clock)
     await fetch(client, pid)
 
     for seconds, issued in ((3600 - 61, 1), (2, 2)):
@@ -471,8 +468,7 @@ async def test_short_lived_tokens_are_renewed_before_they_expire(
     sim.token_ttl = 30.0
     pid = sim.add_promotion()
     events = RecordedEvents()
-    client = connect(events=events)
-    with_client_clock(client, sim, client_clock)
+    client = connect(events=events, token_clock=client_clock)
 
     for _ in range(20):
         await fetch(client, pid)
@@ -489,8 +485,7 @@ async def test_token_expired_early_by_the_server_is_replaced_on_401(
     sim: Simulator, connect: Connect, clock: FakeClock, client_clock: FakeClock
 ) -> None:
     pid = sim.add_promotion()
-    client = connect()
-    with_client_clock(client, sim, client_clock)
+    client = connect(token_clock=client_clock)
     await fetch(client, pid)
 
     clock.now += 3601  # the store's clock runs ahead of ours
@@ -876,8 +871,8 @@ async def test_promotion_lists_are_paged_per_kind(sim: Simulator, connect: Conne
     found, listing = await client.list_promotions(PromotionKind.PROMOTION)
     found_rules, rule_listing = await client.list_promotions(PromotionKind.RULE_PROMOTION)
 
-    assert sorted(p["id"] for p in found) == sorted(standard)
-    assert sorted(p["id"] for p in found_rules) == sorted(rules)
+    assert sorted(str(p["id"]) for p in found) == sorted(standard)
+    assert sorted(str(p["id"]) for p in found_rules) == sorted(rules)
     assert listing.incomplete is None
     assert rule_listing.incomplete is None
     assert [r.query["page[offset]"] for r in requests_to(sim, "/v2/promotions")] == ["0", "25"]
@@ -1060,16 +1055,17 @@ async def test_a_byte_identical_page_is_not_decoded_again(sim: Simulator, connec
     sim.add_jobs(pid, 130, status="completed")
     client = connect()
     target = client.target(pid, PromotionKind.PROMOTION)
-    first = await client.fetch_jobs(target, {})
+    memory = PageMemory()  # (the poller's, in the daemon)
+    first = await client.fetch_jobs(target, memory, {})
     assert not first.unchanged
     known = {job.id: job for job in first.jobs}
-    second = await client.fetch_jobs(target, known)
+    second = await client.fetch_jobs(target, memory, known)
     # Same bytes on both pages: the very same Job objects, nothing re-parsed.
     assert second.unchanged
     assert [id(job) for job in second.jobs] == [id(job) for job in first.jobs]
     changed = first.jobs[-1].id
     sim.set_job_status(pid, changed, "failed", error="codes limit exceeded")
-    third = await client.fetch_jobs(target, known)
+    third = await client.fetch_jobs(target, memory, known)
     assert not third.unchanged
     by_id = {job.id: job for job in third.jobs}
     assert by_id[changed].status == "failed"

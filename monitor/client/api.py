@@ -1,0 +1,251 @@
+"""The Elastic Path API as the monitor reads it: jobs of a promotion, the promotion lists, one
+promotion. Composes the transport, a token source and the pager; holds no domain state."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from yarl import URL
+
+from monitor.budget import RequestBudget
+from monitor.client.endpoints import JOBS_ENDPOINT, LIST_ENDPOINT, ONE_ENDPOINT, JobsTarget
+from monitor.client.errors import ApiError, Redactions, decode_json
+from monitor.client.memory import BodyKey, PageMemory, SeenPage, body_key
+from monitor.client.pager import (
+    Listing,
+    Page,
+    id_hashes,
+    list_page,
+    promotion_object,
+    read_pages,
+)
+from monitor.client.tokens import (
+    ClientCredentials,
+    StaticTokenFile,
+    TokenSource,
+    constant,
+    read_secret_file,
+)
+from monitor.client.transport import ClientEvents, NoEvents, Transport
+from monitor.models import Job, PromotionKind, parse_jobs
+from monitor.settings import ApiSettings
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class FetchResult:
+    """All jobs of one promotion, as far as the API let us read them."""
+
+    jobs: list[Job] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    listing: Listing = field(default_factory=Listing)
+    # True when every page was byte-identical to the last poll's: nothing can have changed.
+    unchanged: bool = True
+
+    @property
+    def complete(self) -> bool:
+        """Every job the API holds was seen, so a job missing from `jobs` is really gone."""
+        return self.listing.incomplete is None
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """A jobs page's body key, and its document unless the bytes were those remembered."""
+
+    key: BodyKey
+    document: object | None
+
+
+class ElasticPathClient:
+    """One transport and one token source for every request of the process."""
+
+    def __init__(
+        self,
+        settings: ApiSettings,
+        *,
+        budget: RequestBudget,
+        events: ClientEvents | None = None,
+        max_retries: int = 3,
+        retry_wait_initial: float = 0.5,
+        retry_wait_max: float = 10.0,
+        user_agent: str = "promo-monitor",
+        token_clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self._base = URL(settings.base_url)
+        events = NoEvents() if events is None else events
+        self.redactions = Redactions()
+        self.transport = Transport(
+            budget=budget,
+            events=events,
+            redactions=self.redactions,
+            timeout_seconds=settings.timeout_seconds,
+            user_agent=user_agent,
+            max_retries=max_retries,
+            retry_wait_initial=retry_wait_initial,
+            retry_wait_max=retry_wait_max,
+        )
+        self.tokens = self._token_source(events, token_clock)
+
+    def _token_source(self, events: ClientEvents, clock: Callable[[], float]) -> TokenSource:
+        settings = self.settings
+        if settings.token_file is not None:
+            return StaticTokenFile(settings.token_file, self.redactions)
+        assert settings.client_id is not None  # guaranteed by ApiSettings validation
+        if settings.client_secret_file is not None:
+            secret = read_secret_file(settings.client_secret_file)
+        else:
+            assert settings.client_secret is not None
+            secret = constant(settings.client_secret.get_secret_value())
+        return ClientCredentials(
+            self.post_form,
+            settings.client_id,
+            secret,
+            redactions=self.redactions,
+            on_refreshed=events.token_refreshed,
+            clock=clock,
+        )
+
+    @property
+    def budget(self) -> RequestBudget:
+        return self.transport.budget
+
+    async def __aenter__(self) -> ElasticPathClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.transport.close()
+
+    def target(
+        self, promotion_id: str, kind: PromotionKind, job_filter: str | None = None
+    ) -> JobsTarget:
+        return JobsTarget.build(
+            str(self._base), promotion_id, kind, job_filter, self.settings.page_limit
+        )
+
+    async def fetch_jobs(
+        self,
+        target: JobsTarget,
+        memory: PageMemory | None = None,
+        known: Mapping[str, Job] | None = None,
+        keep: Callable[[Job], bool] | None = None,
+    ) -> FetchResult:
+        """Every job of one promotion, as far as the API pages.
+
+        `memory`: the pages of the last successful poll; a page whose bytes are the same is not
+        decoded, its jobs are reused, and the memory is updated after a whole read.
+        `known`: the jobs the monitor already holds, reused where the API shows them unchanged.
+        `keep`: which parsed jobs matter (the rest, e.g. history past retention, are dropped and
+        never held in the memory, so it costs the retention window, not the API history).
+        """
+        result = FetchResult()
+        # (without jobs to reuse, a remembered page would be of no use)
+        before = memory.of(target.promotion_id) if memory is not None and known is not None else {}
+        seen: dict[int, SeenPage] = {}
+
+        async def page_at(offset: int) -> Page:
+            last = before.get(offset)
+
+            def read(body: bytes) -> _Answer:
+                key = body_key(body)
+                if last is not None and key == last.key:
+                    return _Answer(key, None)
+                return _Answer(key, decode_json(body, target.endpoint))
+
+            params = {**target.params, "page[offset]": str(offset)}
+            answer = await self._get(target.url, target.endpoint, read, params)
+            if answer.document is None and last is not None:
+                page = last
+            else:
+                data, total = list_page(answer.document, target.endpoint)
+                parsed = parse_jobs(data, known)
+                kept = parsed.jobs if keep is None else filter(keep, parsed.jobs)
+                page = SeenPage(
+                    answer.key, total, id_hashes(data), tuple(kept), tuple(parsed.skipped)
+                )
+                result.unchanged = False
+            seen[offset] = page
+            return Page(page.ids, page.total)
+
+        result.listing = await read_pages(page_at)
+        pages = list(seen.values())
+        if result.listing.incomplete == "offset_ignored":
+            pages.pop()  # the repeat of the page before it
+        for page in pages:
+            result.jobs.extend(page.jobs)
+            result.skipped.extend(page.skipped)
+        result.unchanged = result.unchanged and len(seen) == len(before)
+        if memory is not None:
+            memory.remember(target.promotion_id, seen)
+        return result
+
+    async def list_promotions(
+        self, kind: PromotionKind
+    ) -> tuple[list[Mapping[str, object]], Listing]:
+        """Every promotion of one kind (GET /v2/promotions or /v2/rule-promotions), and how
+        completely the store listed them."""
+        segment, _ = JOBS_ENDPOINT[kind]
+        endpoint = LIST_ENDPOINT[kind]
+        url = self._base / "v2" / segment
+        params = {"page[limit]": str(self.settings.page_limit)}
+        found: list[Mapping[str, object]] = []
+
+        async def page_at(offset: int) -> Page:
+            document = await self._get_json(url, endpoint, {**params, "page[offset]": str(offset)})
+            data, total = list_page(document, endpoint)
+            items = [promotion_object(item) for item in data]
+            found.extend(item for item in items if item is not None)
+            return Page(id_hashes(items), total)
+
+        listing = await read_pages(page_at)
+        return found, listing
+
+    async def get_promotion(self, kind: PromotionKind, promotion_id: str) -> Mapping[str, object]:
+        """One promotion (GET /v2/promotions/:id or /v2/rule-promotions/:id), for its name."""
+        segment, _ = JOBS_ENDPOINT[kind]
+        endpoint = ONE_ENDPOINT[kind]
+        document = await self._get_json(self._base / "v2" / segment / promotion_id, endpoint, {})
+        found = promotion_object(document.get("data") if isinstance(document, dict) else None)
+        if found is None:
+            raise ApiError("bad_response", f"{endpoint}: answer has no promotion object")
+        return found
+
+    async def post_form(self, path: str, form: Mapping[str, str]) -> object:
+        """POST form-encoded without a bearer token (the token endpoint itself)."""
+
+        def read(body: bytes) -> object:
+            return decode_json(body, "token")
+
+        return await self.transport.request(
+            "POST", self._base.with_path(path), "token", read, data=dict(form)
+        )
+
+    async def _get_json(self, url: URL, endpoint: str, params: Mapping[str, str]) -> object:
+        def read(body: bytes) -> object:
+            return decode_json(body, endpoint)
+
+        return await self._get(url, endpoint, read, params)
+
+    async def _get(
+        self, url: URL, endpoint: str, read: Callable[[bytes], T], params: Mapping[str, str]
+    ) -> T:
+        """An authorized GET; a 401 gets one fresh token, then it is an auth error."""
+        stale: str | None = None
+        while True:
+            token = await self.tokens.token(stale)
+            headers = {"Authorization": f"Bearer {token}"}
+            try:
+                return await self.transport.request(
+                    "GET", url, endpoint, read, params=params, headers=headers
+                )
+            except ApiError as exc:
+                if exc.http_status != 401 or stale is not None:
+                    raise
+                stale = token

@@ -1,0 +1,52 @@
+"""The Elastic Path endpoints the monitor reads, and one promotion's jobs URL built once."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+
+from yarl import URL
+
+from monitor.models import PromotionKind
+
+# (path segment, endpoint label) of each kind's promotions; the label names requests in metrics.
+JOBS_ENDPOINT: Final = {
+    PromotionKind.PROMOTION: ("promotions", "promotion_jobs"),
+    PromotionKind.RULE_PROMOTION: ("rule-promotions", "rule_promotion_jobs"),
+}
+LIST_ENDPOINT: Final = {
+    PromotionKind.PROMOTION: "promotions",
+    PromotionKind.RULE_PROMOTION: "rule_promotions",
+}
+ONE_ENDPOINT: Final = {
+    PromotionKind.PROMOTION: "promotion",
+    PromotionKind.RULE_PROMOTION: "rule_promotion",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class JobsTarget:
+    """One promotion to poll, with its URL and query built once."""
+
+    promotion_id: str
+    kind: PromotionKind
+    url: URL
+    endpoint: str
+    params: Mapping[str, str]
+
+    @classmethod
+    def build(
+        cls,
+        base_url: str,
+        promotion_id: str,
+        kind: PromotionKind,
+        job_filter: str | None,
+        limit: int,
+    ) -> JobsTarget:
+        segment, endpoint = JOBS_ENDPOINT[kind]
+        params = {"page[limit]": str(limit)}
+        if job_filter:
+            params["filter"] = job_filter
+        url = URL(base_url) / "v2" / segment / promotion_id / "jobs"
+        return cls(promotion_id, kind, url, endpoint, params)

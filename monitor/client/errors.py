@@ -1,0 +1,118 @@
+"""How a request can fail, as a type: one `Reason` serves the exceptions and the metric labels."""
+
+from __future__ import annotations
+
+import json
+import math
+from email.utils import parsedate_to_datetime
+from typing import Final, Literal, get_args
+
+from monitor.models import single_line
+
+Reason = Literal[
+    "timeout",
+    "network",
+    "rate_limited",
+    "auth",
+    "not_found",
+    "http_4xx",
+    "http_5xx",
+    "bad_response",
+]
+REASONS: Final[tuple[Reason, ...]] = get_args(Reason)
+MAX_RETRY_AFTER_SECONDS: Final = 300.0
+
+
+class ApiError(Exception):
+    """A request that did not produce a usable answer, classified by `reason`."""
+
+    def __init__(
+        self,
+        reason: Reason,
+        message: str,
+        *,
+        http_status: int | None = None,
+        retry_after: float | None = None,
+        transient: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.reason: Reason = reason
+        self.http_status = http_status
+        self.retry_after = retry_after
+        self.transient = transient
+
+
+def classify_status(status: int) -> Reason:
+    if status in (401, 403):
+        return "auth"
+    if status == 404:
+        return "not_found"
+    if status == 429:
+        return "rate_limited"
+    if status >= 500:
+        return "http_5xx"
+    return "http_4xx"
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Retry-After as seconds from now: either delta-seconds or an HTTP date; capped."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - now
+        except (TypeError, ValueError, IndexError):
+            return None
+    if math.isnan(seconds):
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
+
+
+def error_summary(body: bytes) -> str:
+    """The title/detail of an Elastic Path error body, or a hint of what the body was."""
+    try:
+        document = json.loads(body)
+        first = document["errors"][0]
+        parts = [str(first.get(k)) for k in ("title", "detail") if first.get(k)]
+        return single_line(": ".join(parts), 200) or "no error detail"
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        kind = "HTML page" if body.lstrip()[:1] == b"<" else f"{len(body)} bytes"
+        return f"non-JSON error body ({kind})"
+
+
+def decode_json(body: bytes, endpoint: str) -> object:
+    """A 2xx answer's JSON; garbage is a transient bad_response (a truncated body retries)."""
+    try:
+        document: object = json.loads(body)
+    except (ValueError, RecursionError):
+        raise ApiError(
+            "bad_response", f"{endpoint}: answer is not JSON ({len(body)} bytes)", transient=True
+        ) from None
+    return document
+
+
+class Redactions:
+    """Every secret value the process has handled (client secret, tokens), to scrub from text.
+
+    Error bodies are the API's words, not ours: one that quotes the request's credentials back
+    must not carry them into a log line or an exception.
+    """
+
+    MARK: Final = "[redacted]"
+
+    def __init__(self) -> None:
+        self._values: set[str] = set()
+
+    def remember(self, value: str) -> str:
+        if len(value) >= 4:  # shorter values would scrub innocent text and protect nothing
+            self._values.add(value)
+        return value
+
+    def scrub(self, text: str) -> str:
+        for value in self._values:
+            if value in text:
+                text = text.replace(value, self.MARK)
+        return text

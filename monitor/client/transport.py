@@ -1,0 +1,225 @@
+"""One HTTP exchange at a time, the same way for every request of the process:
+budget → request → classify → retry. It knows nothing of tokens, pages or jobs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Final, Protocol, TypeVar
+
+import aiohttp
+import stamina
+from yarl import URL
+
+from monitor.budget import RequestBudget
+from monitor.client.errors import (
+    ApiError,
+    Redactions,
+    classify_status,
+    error_summary,
+    parse_retry_after,
+)
+
+# A jobs page of 100 is ~100 KB; anything far larger is not an answer we should hold in memory.
+MAX_BODY_BYTES: Final = 16 * 1024 * 1024
+
+T = TypeVar("T")
+
+
+class ClientEvents(Protocol):
+    """What the client reports; the app renders it into metrics and events."""
+
+    def request_done(self, endpoint: str, code: str) -> None: ...
+    def token_refreshed(self, expires_in: float) -> None: ...
+    def retry_scheduled(self, endpoint: str, error: ApiError, attempt: int) -> None: ...
+    def budget_waited(self, seconds: float) -> None: ...
+
+
+class NoEvents:
+    """A ClientEvents that records nothing (for one-off scripts)."""
+
+    def request_done(self, endpoint: str, code: str) -> None:
+        return None
+
+    def token_refreshed(self, expires_in: float) -> None:
+        return None
+
+    def retry_scheduled(self, endpoint: str, error: ApiError, attempt: int) -> None:
+        return None
+
+    def budget_waited(self, seconds: float) -> None:
+        return None
+
+
+class Transport:
+    """One aiohttp session and one request budget; bounded retries of transient faults."""
+
+    def __init__(
+        self,
+        *,
+        budget: RequestBudget,
+        events: ClientEvents,
+        redactions: Redactions,
+        timeout_seconds: float,
+        user_agent: str,
+        max_retries: int = 3,
+        retry_wait_initial: float = 0.5,
+        retry_wait_max: float = 10.0,
+    ) -> None:
+        self.budget = budget
+        self._events = events
+        self._redactions = redactions
+        self._timeout_seconds = timeout_seconds
+        self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
+        self._headers = {"Accept": "application/json", "User-Agent": user_agent}
+        self._max_retries = max_retries
+        self._wait_initial = retry_wait_initial
+        self._wait_max = retry_wait_max
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            # Created lazily: a session must be made inside the running event loop.
+            self._session = aiohttp.ClientSession(
+                headers=self._headers, timeout=self._timeout, raise_for_status=False
+            )
+            # aiohttp silently re-sends a GET once when a kept-alive connection was reset; that
+            # request would bypass the budget and the request metric. Our retries cover it.
+            if hasattr(self._session, "_retry_connection"):
+                self._session._retry_connection = False
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def request(
+        self,
+        method: str,
+        url: URL,
+        endpoint: str,
+        read: Callable[[bytes], T],
+        *,
+        params: Mapping[str, str] | None = None,
+        data: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> T:
+        """A 2xx answer's body as `read` turns it into a value (inside the retries, so an
+        answer `read` refuses as transient is asked again); anything else raises ApiError."""
+        tries = 0
+
+        def backoff(exc: Exception) -> bool | float:
+            nonlocal tries
+            if not isinstance(exc, ApiError):
+                return False
+            tries += 1
+            if exc.reason == "rate_limited":
+                self.budget.slow_down()
+            if not exc.transient or tries > self._max_retries:
+                return False
+            self._events.retry_scheduled(endpoint, exc, tries)
+            if exc.reason == "rate_limited" and exc.retry_after is not None:
+                return exc.retry_after
+            return True
+
+        async for retry in stamina.retry_context(
+            on=backoff,
+            attempts=self._max_retries + 1,
+            timeout=None,
+            wait_initial=self._wait_initial,
+            wait_max=self._wait_max,
+            wait_jitter=self._wait_initial,
+        ):
+            with retry:
+                status, body = await self._once(
+                    method, url, endpoint, params=params, data=data, headers=headers or {}
+                )
+                try:
+                    return read(body)
+                except ApiError as exc:
+                    exc.http_status = exc.http_status or status
+                    raise
+        raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
+
+    async def _once(
+        self,
+        method: str,
+        url: URL,
+        endpoint: str,
+        *,
+        params: Mapping[str, str] | None,
+        data: Mapping[str, str] | None,
+        headers: Mapping[str, str],
+    ) -> tuple[int, bytes]:
+        waited = await self.budget.acquire()
+        if waited > 0:
+            self._events.budget_waited(waited)
+        status, body, retry_after = await self._exchange(
+            method, url, endpoint, params=params, data=data, headers=headers
+        )
+        if 200 <= status < 300:
+            self.budget.recover()
+            return status, body
+        reason = classify_status(status)
+        raise ApiError(
+            reason,
+            self._redactions.scrub(f"{endpoint}: HTTP {status}: {error_summary(body)}"),
+            http_status=status,
+            retry_after=retry_after,
+            transient=reason in ("http_5xx", "rate_limited"),
+        )
+
+    async def _exchange(
+        self,
+        method: str,
+        url: URL,
+        endpoint: str,
+        *,
+        params: Mapping[str, str] | None,
+        data: Mapping[str, str] | None,
+        headers: Mapping[str, str],
+    ) -> tuple[int, bytes, float | None]:
+        """One HTTP exchange; returns status, body and Retry-After, or raises a typed ApiError."""
+        code = "error"
+        try:
+            async with self.session.request(
+                method, url, params=params, data=data, headers=headers, allow_redirects=False
+            ) as response:
+                code = str(response.status)
+                body = await _read_capped(response, endpoint)
+                retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
+                return response.status, body, retry_after
+        except TimeoutError:
+            raise ApiError(
+                "timeout",
+                f"{endpoint}: no answer within {self._timeout_seconds:g}s",
+                transient=True,
+            ) from None
+        except aiohttp.ClientPayloadError as exc:
+            raise ApiError(
+                "bad_response", f"{endpoint}: truncated answer ({exc})", transient=True
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise ApiError(
+                "network",
+                self._redactions.scrub(f"{endpoint}: {type(exc).__name__}: {exc}"),
+                transient=True,
+            ) from None
+        finally:
+            self._events.request_done(endpoint, code)
+
+
+async def _read_capped(response: aiohttp.ClientResponse, endpoint: str) -> bytes:
+    declared = response.content_length
+    if declared is not None and declared > MAX_BODY_BYTES:
+        raise ApiError("bad_response", f"{endpoint}: answer of {declared} bytes is too large")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise ApiError("bad_response", f"{endpoint}: answer larger than {MAX_BODY_BYTES} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
