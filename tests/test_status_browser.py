@@ -86,7 +86,7 @@ class Store:
 @pytest.fixture
 async def store() -> AsyncIterator[Store]:
     sim = Simulator(seed=11)
-    now = sim._clock()
+    now = sim.now()
     failing = sim.add_promotion(name="Summer sale 10% off")
     for n in range(3):
         sim.add_job(failing, status="completed", created_at=now - (5 - n) * HOUR)

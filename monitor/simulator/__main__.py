@@ -1,0 +1,5 @@
+"""`python -m monitor.simulator`."""
+
+from monitor.simulator.cli import main
+
+main()
