@@ -94,7 +94,7 @@ class PollScheduler:
 
         async def gated() -> None:
             if self._may_poll():
-                await job()
+                await self._until_stopped(job)
 
         self._scheduler.add_job(
             gated,
@@ -113,7 +113,19 @@ class PollScheduler:
             self._scheduler.modify_job(name, next_run_time=datetime.now(UTC))
 
     async def _dispatch_job(self) -> None:
-        self.dispatch()
+        async def dispatch() -> None:
+            self.dispatch()
+
+        await self._until_stopped(dispatch)
+
+    async def _until_stopped(self, job: Callable[[], Awaitable[None]]) -> None:
+        # Shutting APScheduler down cancels the jobs it has running, and it logs a cancelled
+        # job as one that raised: a clean stop must not print a traceback.
+        try:
+            await job()
+        except asyncio.CancelledError:
+            if not self._stopping:
+                raise
 
     def dispatch(self) -> None:
         """Start polls for due promotions while there are free slots."""
