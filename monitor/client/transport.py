@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Final, Protocol, TypeVar
 
 import aiohttp
@@ -49,6 +50,18 @@ class NoEvents:
 
     def budget_waited(self, seconds: float) -> None:
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One request as the transport sends it (again, on a retry)."""
+
+    method: str
+    url: URL
+    endpoint: str
+    params: Mapping[str, str] | None
+    data: Mapping[str, str] | None
+    headers: Mapping[str, str]
 
 
 class Transport:
@@ -108,6 +121,7 @@ class Transport:
     ) -> T:
         """A 2xx answer's body as `read` turns it into a value (inside the retries, so an
         answer `read` refuses as transient is asked again); anything else raises ApiError."""
+        request = Request(method, url, endpoint, params, data, headers or {})
         tries = 0
 
         def backoff(exc: Exception) -> bool | float:
@@ -133,9 +147,7 @@ class Transport:
             wait_jitter=self._wait_initial,
         ):
             with retry:
-                status, body = await self._once(
-                    method, url, endpoint, params=params, data=data, headers=headers or {}
-                )
+                status, body = await self._once(request)
                 try:
                     return read(body)
                 except ApiError as exc:
@@ -143,22 +155,12 @@ class Transport:
                     raise
         raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
 
-    async def _once(
-        self,
-        method: str,
-        url: URL,
-        endpoint: str,
-        *,
-        params: Mapping[str, str] | None,
-        data: Mapping[str, str] | None,
-        headers: Mapping[str, str],
-    ) -> tuple[int, bytes]:
+    async def _once(self, request: Request) -> tuple[int, bytes]:
         waited = await self.budget.acquire()
         if waited > 0:
             self._events.budget_waited(waited)
-        status, body, retry_after = await self._exchange(
-            method, url, endpoint, params=params, data=data, headers=headers
-        )
+        status, body, retry_after = await self._exchange(request)
+        endpoint = request.endpoint
         if 200 <= status < 300:
             self.budget.recover()
             return status, body
@@ -171,21 +173,18 @@ class Transport:
             transient=reason in ("http_5xx", "rate_limited"),
         )
 
-    async def _exchange(
-        self,
-        method: str,
-        url: URL,
-        endpoint: str,
-        *,
-        params: Mapping[str, str] | None,
-        data: Mapping[str, str] | None,
-        headers: Mapping[str, str],
-    ) -> tuple[int, bytes, float | None]:
+    async def _exchange(self, request: Request) -> tuple[int, bytes, float | None]:
         """One HTTP exchange; returns status, body and Retry-After, or raises a typed ApiError."""
+        endpoint = request.endpoint
         code = "error"
         try:
             async with self.session.request(
-                method, url, params=params, data=data, headers=headers, allow_redirects=False
+                request.method,
+                request.url,
+                params=request.params,
+                data=request.data,
+                headers=request.headers,
+                allow_redirects=False,
             ) as response:
                 code = str(response.status)
                 body = await _read_capped(response, endpoint)
