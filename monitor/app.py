@@ -51,7 +51,7 @@ from monitor.web import Health, WebServer, build_app, load_web_security
 
 # SIGTERM gives in-flight polls this long before they are cancelled, so that with the final
 # state write the process is gone within 5 s (Kubernetes would wait 30 s before SIGKILL).
-SHUTDOWN_GRACE_SECONDS = 4.0
+SHUTDOWN_GRACE_SECONDS = 3.0
 # How long SIGTERM waits for the API server to take the lease back (the fence closes at once).
 RELEASE_SECONDS = 2.0
 
