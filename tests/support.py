@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,6 +27,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from monitor.simulator import Simulator
 
 Sample = tuple[str, frozenset[tuple[str, str]]]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+TOKEN_PATH = "/oauth/access_token"
+JOBS_ROUTE = "/v2/promotions/{pid}/jobs"
 # 2024-12-04T00:03:46Z: where a fake clock starts unless a test says otherwise.
 START = 1_733_270_626.0
 
@@ -94,6 +97,23 @@ def write_config(
 def token_answer(token: str, expires_in: int = 3600) -> dict[str, Any]:
     """A client-credentials token answer in the flat shape the SDKs and the CLI document."""
     return {"access_token": token, "token_type": "Bearer", "expires_in": expires_in}
+
+
+def store_app(
+    listing: Handler, *, token: Handler | None = None, route: str = JOBS_ROUTE
+) -> web.Application:
+    """A hand-written Elastic Path: a token endpoint, and one listing `route` answered by `listing`.
+
+    The token endpoint issues "t0k3n" unless a test brings its own `token` handler.
+    """
+
+    async def issue(_: web.Request) -> web.Response:
+        return web.json_response(token_answer("t0k3n"))
+
+    app = web.Application()
+    app.router.add_post(TOKEN_PATH, token or issue)
+    app.router.add_get(route, listing)
+    return app
 
 
 def run_cli(*args: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
