@@ -1,10 +1,12 @@
-"""Fixtures every test module may ask for: a fake clock, a started simulator, its clients.
+"""Fixtures every test module may ask for: a fake clock, a started simulator, its clients,
+the deploy tools (kubectl, promtool, amtool) and the kustomize renders of deploy/kubernetes.
 
 The classes and functions behind them (FakeClock, Daemon, write_config, ...) are in support.py.
 """
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -15,7 +17,8 @@ from monitor.budget import RequestBudget
 from monitor.client import ElasticPathClient
 from monitor.simulator import Simulator
 from tests.client_support import Connect, RecordedEvents, make_client
-from tests.support import FakeClock
+from tests.deploy_support import KUBERNETES, kustomize
+from tests.support import FakeClock, require_tool
 
 
 @pytest.fixture
@@ -67,3 +70,39 @@ async def connect(sim: Simulator) -> AsyncIterator[Connect]:
     yield build
     for client in clients:
         await client.close()
+
+
+@pytest.fixture(scope="module")
+def kubectl() -> str:
+    path = shutil.which("kubectl")
+    if path is None:
+        pytest.skip(
+            "kubectl not installed: !!! the kustomize render checks of deploy/kubernetes are "
+            "SKIPPED !!! (install kubectl >= 1.27 to run them)"
+        )
+    return path
+
+
+@pytest.fixture(scope="module")
+def promtool() -> str:
+    return require_tool("promtool")
+
+
+@pytest.fixture(scope="module")
+def amtool() -> str:
+    return require_tool("amtool")
+
+
+@pytest.fixture(scope="module")
+def example(kubectl: str) -> list[dict[str, Any]]:
+    return kustomize(kubectl, KUBERNETES / "example")
+
+
+@pytest.fixture(scope="module")
+def standalone(kubectl: str) -> list[dict[str, Any]]:
+    return kustomize(kubectl, KUBERNETES / "standalone")
+
+
+@pytest.fixture(scope="module")
+def statefulset(kubectl: str) -> list[dict[str, Any]]:
+    return kustomize(kubectl, KUBERNETES / "statefulset")
