@@ -27,7 +27,16 @@ from tests.fault_support import (
     read_state,
     watching,
 )
-from tests.support import Daemon, series, serving, token_answer, until, value, write_config
+from tests.support import (
+    Daemon,
+    series,
+    serving,
+    store_app,
+    token_answer,
+    until,
+    value,
+    write_config,
+)
 
 ODD_PROMOTION = "0b6f0c8e-6a7f-4d43-9e7a-3c1d2b9e0f11"
 CLEAN_PROMOTION = "5d2c6a9b-1f0e-4b8d-a3c7-9e8f7a6b5c4d"
@@ -73,9 +82,7 @@ class OddStore:
         self.tokens: list[str] = []
         self.refuse_credentials = False
         self.refuse_token = False
-        self.app = web.Application()
-        self.app.router.add_post("/oauth/access_token", self._token)
-        self.app.router.add_get("/v2/promotions/{pid}/jobs", self._jobs)
+        self.app = store_app(self._jobs, token=self._token)
 
     async def _token(self, request: web.Request) -> web.Response:
         form = await request.post()
