@@ -224,3 +224,84 @@ def assert_untouched(during: Samples, after: Samples, pids: list[str]) -> None:
         assert up(during, pid) == 1
         assert up(after, pid) == 1
         assert poll_errors(after, pid) == {}
+
+
+@dataclass(frozen=True)
+class AroundFault:
+    """What one fault on the victim left to judge: /metrics before, during and after it, the
+    snapshot and the victim's jobs while it was on, and the job failed once it was gone."""
+
+    before: Samples
+    during: Samples
+    state: dict[str, PromotionSnapshot]
+    known_jobs: set[str]
+    after: Samples
+    failed_job: str
+
+
+async def failed_then_recovered(
+    daemon: Daemon, store: Store, directory: Path, before: Samples
+) -> AroundFault:
+    """The victim's poll fails; then the fault is cleared, a job fails, and the victim is back."""
+    victim = store.victim
+    await daemon.wait_for("poll_failed", of(victim), timeout=30)
+    during = await daemon.metrics()
+    state = read_state(directory)
+    known = store.known_jobs(victim)
+    store.sim.clear_faults()
+    failed_job = store.fail(victim)
+    await daemon.wait_for("job_failed", timeout=30)
+    await daemon.wait_for_metric(lambda s: up(s, victim) == 1, timeout=30)
+    await polled(store.sim, victim, 3)
+    return AroundFault(before, during, state, known, await daemon.metrics(), failed_job)
+
+
+async def ridden_out(
+    daemon: Daemon, store: Store, directory: Path, before: Samples, mark: int
+) -> AroundFault:
+    """A request spoiled after `mark`, then the victim's poll succeeds; then a job fails."""
+    victim = store.victim
+    await until(lambda: recovered_since(store.sim, mark, victim), "a retried poll")
+    await polled(store.sim, victim, 1)
+    during = await daemon.metrics()
+    state = read_state(directory)
+    failed_job = store.fail(victim)
+    await daemon.wait_for("job_failed", timeout=30)
+    await polled(store.sim, victim, 3)
+    known = store.known_jobs(victim)
+    return AroundFault(before, during, state, known, await daemon.metrics(), failed_job)
+
+
+def assert_only_the_victims_polls_failed(
+    daemon: Daemon, store: Store, seen: AroundFault, reason: str, http_status: int | None
+) -> None:
+    """The victim's polls failed for `reason` and nothing it knew was lost; the others were
+    untouched; once the fault was gone its new failure was reported once, and it was back."""
+    victim = store.victim
+    assert daemon.process.returncode == 0
+    assert daemon.named("job_vanished") == []
+    assert_nothing_known_is_lost(seen.before, seen.during, seen.state, victim, seen.known_jobs)
+    assert up(seen.during, victim) == 0
+    assert poll_errors(seen.during, victim).get(reason, 0) >= 1
+    assert set(poll_errors(seen.after, victim)) == {reason}
+    assert {e["promotion_id"] for e in daemon.named("poll_failed")} == {victim}
+    assert_failed_polls(daemon, victim, reason, http_status)
+    assert_untouched(seen.during, seen.after, store.others)
+    (failed,) = daemon.named("job_failed")
+    assert (failed["job_id"], failed["error"]) == (seen.failed_job, CODES_LIMIT)
+    assert up(seen.after, victim) == 1
+
+
+def assert_no_poll_failed(daemon: Daemon, store: Store, seen: AroundFault) -> None:
+    """No poll failed and nothing was lost or reported but the one new failure."""
+    victim = store.victim
+    assert daemon.process.returncode == 0
+    assert daemon.named("job_vanished") == []
+    assert daemon.named("poll_failed") == []
+    assert_nothing_known_is_lost(seen.before, seen.during, seen.state, victim, seen.known_jobs)
+    assert up(seen.during, victim) == 1
+    assert poll_errors(seen.after, victim) == {}
+    assert_untouched(seen.during, seen.after, store.others)
+    (failed,) = daemon.named("job_failed")
+    assert (failed["job_id"], failed["error"]) == (seen.failed_job, CODES_LIMIT)
+    assert up(seen.after, victim) == 1

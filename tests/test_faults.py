@@ -23,20 +23,23 @@ from tests.fault_support import (
     Store,
     assert_every_spoiled_request_counted,
     assert_failed_polls,
+    assert_no_poll_failed,
     assert_nothing_known_is_lost,
+    assert_only_the_victims_polls_failed,
     assert_untouched,
+    failed_then_recovered,
     jobs_gauge,
     jobs_requests,
     of,
     poll_errors,
     polled,
     read_state,
-    recovered_since,
     retries,
+    ridden_out,
     up,
     watching,
 )
-from tests.support import Daemon, series, until
+from tests.support import Daemon, series
 
 RSS_LIMIT_KB = 300 * 1024
 WRONG_SECRET = "not-the-secret-7c1e"  # wrong, but a secret all the same
@@ -133,51 +136,23 @@ async def test_a_429_that_outlasts_the_retries_fails_the_poll_as_rate_limited(
 ) -> None:
     # On a daemon of its own: each 429 halves the request budget of the whole process.
     store = Store.build(seed=2)
-    sim, victim = store.sim, store.victim
-    known = store.known_jobs(victim)
+    jobs = f"/{store.victim}/jobs"
     async with watching(store, tmp_path) as daemon:
         await daemon.wait_for("baseline_loaded", count=3)
         before = await daemon.metrics()
-        sim.inject(
-            Fault(
-                "status",
-                status=429,
-                retry_after=retry_after,
-                path_contains=f"/{victim}/jobs",
-                times=None,
-            )
-        )
-        await daemon.wait_for("poll_failed", of(victim), timeout=30)
-        during = await daemon.metrics()
-        state = read_state(tmp_path)
+        fault = Fault("status", status=429, retry_after=retry_after, path_contains=jobs, times=None)
+        store.sim.inject(fault)
+        seen = await failed_then_recovered(daemon, store, tmp_path, before)
 
-        sim.clear_faults()
-        failed_job = store.fail(victim)
-        await daemon.wait_for("job_failed", timeout=30)
-        await daemon.wait_for_metric(lambda s: up(s, victim) == 1, timeout=30)
-        await polled(sim, victim, 3)
-        after = await daemon.metrics()
-    assert daemon.process.returncode == 0
-
-    assert daemon.named("job_vanished") == []
-    assert_nothing_known_is_lost(before, during, state, victim, known)
-    assert up(during, victim) == 0
-    assert poll_errors(during, victim).get("rate_limited", 0) >= 1
-    assert set(poll_errors(after, victim)) == {"rate_limited"}
-    assert {e["promotion_id"] for e in daemon.named("poll_failed")} == {victim}
-    assert_failed_polls(daemon, victim, "rate_limited", 429)
-    assert_untouched(during, after, store.others)
+    assert_only_the_victims_polls_failed(daemon, store, seen, "rate_limited", 429)
     retried = daemon.named("request_retried")
     assert retried
     assert {(e["endpoint"], e["reason"]) for e in retried} == {("promotion_jobs", "rate_limited")}
     # With a Retry-After the client waits as told; without one it backs off on its own.
     assert {e["retry_after"] for e in retried} == {waited}
-    assert retries(after, "promotion_jobs", "rate_limited") == len(retried)
+    assert retries(seen.after, "promotion_jobs", "rate_limited") == len(retried)
     assert all(1 <= e["attempt"] <= ATTEMPTS - 1 for e in retried)
-    assert_every_spoiled_request_counted(after, sim.requests, "promotion_jobs")
-    (failed,) = daemon.named("job_failed")
-    assert (failed["job_id"], failed["error"]) == (failed_job, CODES_LIMIT)
-    assert up(after, victim) == 1
+    assert_every_spoiled_request_counted(seen.after, store.sim.requests, "promotion_jobs")
 
 
 @pytest.mark.parametrize(
@@ -192,43 +167,22 @@ async def test_a_fault_that_is_not_retried_fails_the_poll_at_once(
     tmp_path: Path, fault: Fault, reason: str, http_status: int | None
 ) -> None:
     store = Store.build(seed=3)
-    sim, victim = store.sim, store.victim
-    known = store.known_jobs(victim)
+    victim = store.victim
     async with watching(store, tmp_path) as daemon:
         await daemon.wait_for("baseline_loaded", count=3)
         before = await daemon.metrics()
-        sim.inject(replace(fault, path_contains=f"/{victim}/jobs"))
-        await daemon.wait_for("poll_failed", of(victim), timeout=30)
-        during = await daemon.metrics()
-        state = read_state(tmp_path)
+        store.sim.inject(replace(fault, path_contains=f"/{victim}/jobs"))
+        seen = await failed_then_recovered(daemon, store, tmp_path, before)
 
-        sim.clear_faults()
-        failed_job = store.fail(victim)
-        await daemon.wait_for("job_failed", timeout=30)
-        await daemon.wait_for_metric(lambda s: up(s, victim) == 1, timeout=30)
-        await polled(sim, victim, 3)
-        after = await daemon.metrics()
-    assert daemon.process.returncode == 0
-
-    assert daemon.named("job_vanished") == []
-    assert_nothing_known_is_lost(before, during, state, victim, known)
-    assert up(during, victim) == 0
-    assert poll_errors(during, victim).get(reason, 0) >= 1
-    assert set(poll_errors(after, victim)) == {reason}
-    assert {e["promotion_id"] for e in daemon.named("poll_failed")} == {victim}
-    assert_failed_polls(daemon, victim, reason, http_status)
-    assert_untouched(during, after, store.others)
+    assert_only_the_victims_polls_failed(daemon, store, seen, reason, http_status)
     # Not retried: the same answer again would not make it right.
     assert daemon.named("request_retried") == []
-    assert series(after, "epcc_monitor_api_retries_total") == {}
+    assert series(seen.after, "epcc_monitor_api_retries_total") == {}
     if http_status is not None:
         # One request per poll: every failed poll cost the store exactly one request.
-        refused = [r for r in jobs_requests(sim.requests, victim) if r.status not in (0, 200)]
+        refused = [r for r in jobs_requests(store.sim.requests, victim) if r.status not in (0, 200)]
         assert len(refused) == len(daemon.named("poll_failed", promotion_id=victim))
-    assert_every_spoiled_request_counted(after, sim.requests, "promotion_jobs")
-    (failed,) = daemon.named("job_failed")
-    assert (failed["job_id"], failed["error"]) == (failed_job, CODES_LIMIT)
-    assert up(after, victim) == 1
+    assert_every_spoiled_request_counted(seen.after, store.sim.requests, "promotion_jobs")
 
 
 async def peak_rss_kb(daemon: Daemon) -> int:
@@ -247,44 +201,23 @@ async def peak_rss_kb(daemon: Daemon) -> int:
 
 async def test_a_huge_answer_is_refused_without_blowing_up_the_daemon(tmp_path: Path) -> None:
     store = Store.build(seed=4)
-    sim, victim = store.sim, store.victim
-    known = store.known_jobs(victim)
     async with watching(store, tmp_path) as daemon:
         rss = asyncio.create_task(peak_rss_kb(daemon))
         await daemon.wait_for("baseline_loaded", count=3)
         before = await daemon.metrics()
-        sim.inject(Fault("huge", path_contains=f"/{victim}/jobs", times=None))
-        await daemon.wait_for("poll_failed", of(victim), timeout=30)
-        during = await daemon.metrics()
-        state = read_state(tmp_path)
-
-        sim.clear_faults()
-        failed_job = store.fail(victim)
-        await daemon.wait_for("job_failed", timeout=30)
-        await daemon.wait_for_metric(lambda s: up(s, victim) == 1, timeout=30)
-        await polled(sim, victim, 3)
-        after = await daemon.metrics()
+        store.sim.inject(Fault("huge", path_contains=f"/{store.victim}/jobs", times=None))
+        seen = await failed_then_recovered(daemon, store, tmp_path, before)
         rss.cancel()
         peak = await rss
-    assert daemon.process.returncode == 0
 
-    assert daemon.named("job_vanished") == []
-    assert_nothing_known_is_lost(before, during, state, victim, known)
-    assert up(during, victim) == 0
-    assert set(poll_errors(after, victim)) == {"bad_response"}
-    assert {e["promotion_id"] for e in daemon.named("poll_failed")} == {victim}
-    assert_failed_polls(daemon, victim, "bad_response", None)
+    assert_only_the_victims_polls_failed(daemon, store, seen, "bad_response", None)
     assert all("too large" in e["detail"] for e in daemon.named("poll_failed"))
     # Every refused poll was offered 64 MiB; reading even one would show here.
     assert 0 < peak < RSS_LIMIT_KB
-    assert_untouched(during, after, store.others)
     assert daemon.named("request_retried") == []
-    assert series(after, "epcc_monitor_api_retries_total") == {}
+    assert series(seen.after, "epcc_monitor_api_retries_total") == {}
     # (Its requests are not counted against the store's: a huge answer the client walks away
     # from is recorded as 200 or as unanswered, depending on when the handler notices.)
-    (failed,) = daemon.named("job_failed")
-    assert (failed["job_id"], failed["error"]) == (failed_job, CODES_LIMIT)
-    assert up(after, victim) == 1
 
 
 async def test_a_deleted_promotion_is_reported_for_that_promotion_only(tmp_path: Path) -> None:
@@ -333,160 +266,81 @@ async def test_a_deleted_promotion_is_reported_for_that_promotion_only(tmp_path:
 
 async def test_one_500_is_retried_and_the_poll_succeeds(tmp_path: Path) -> None:
     store = Store.build(seed=6)
-    sim, victim = store.sim, store.victim
-    known = store.known_jobs(victim)
     async with watching(store, tmp_path) as daemon:
         await daemon.wait_for("baseline_loaded", count=3)
-        before = await daemon.metrics()
-        mark = len(sim.requests)
-        sim.inject(Fault("status", status=500, path_contains=f"/{victim}/jobs"))
-        await until(lambda: recovered_since(sim, mark, victim), "a retried poll")
-        await polled(sim, victim, 1)
-        during = await daemon.metrics()
-        state = read_state(tmp_path)
+        before, mark = await daemon.metrics(), len(store.sim.requests)
+        store.sim.inject(Fault("status", status=500, path_contains=f"/{store.victim}/jobs"))
+        seen = await ridden_out(daemon, store, tmp_path, before, mark)
 
-        failed_job = store.fail(victim)
-        await daemon.wait_for("job_failed", timeout=30)
-        await polled(sim, victim, 3)
-        after = await daemon.metrics()
-    assert daemon.process.returncode == 0
-
-    assert daemon.named("job_vanished") == []
-    assert daemon.named("poll_failed") == []
-    assert_nothing_known_is_lost(before, during, state, victim, known)
-    assert up(during, victim) == 1
-    assert poll_errors(after, victim) == {}
-    assert_untouched(during, after, store.others)
+    assert_no_poll_failed(daemon, store, seen)
     retried = daemon.named("request_retried")
     assert retried
     assert {(e["endpoint"], e["reason"]) for e in retried} == {("promotion_jobs", "http_5xx")}
-    assert retries(after, "promotion_jobs", "http_5xx") == len(retried)
+    assert retries(seen.after, "promotion_jobs", "http_5xx") == len(retried)
     assert all(1 <= e["attempt"] <= ATTEMPTS - 1 for e in retried)
-    assert_every_spoiled_request_counted(after, sim.requests, "promotion_jobs")
-    (failed,) = daemon.named("job_failed")
-    assert (failed["job_id"], failed["error"]) == (failed_job, CODES_LIMIT)
-    assert up(after, victim) == 1
+    assert_every_spoiled_request_counted(seen.after, store.sim.requests, "promotion_jobs")
 
 
 async def test_one_429_is_retried_no_sooner_than_its_retry_after(tmp_path: Path) -> None:
     store = Store.build(seed=7)
-    sim, victim = store.sim, store.victim
-    known = store.known_jobs(victim)
+    jobs = f"/{store.victim}/jobs"
     async with watching(store, tmp_path) as daemon:
         await daemon.wait_for("baseline_loaded", count=3)
-        before = await daemon.metrics()
-        mark = len(sim.requests)
-        sim.inject(Fault("status", status=429, retry_after="1", path_contains=f"/{victim}/jobs"))
-        await until(lambda: recovered_since(sim, mark, victim), "a retried poll")
-        await polled(sim, victim, 1)
-        during = await daemon.metrics()
-        state = read_state(tmp_path)
+        before, mark = await daemon.metrics(), len(store.sim.requests)
+        store.sim.inject(Fault("status", status=429, retry_after="1", path_contains=jobs))
+        seen = await ridden_out(daemon, store, tmp_path, before, mark)
 
-        failed_job = store.fail(victim)
-        await daemon.wait_for("job_failed", timeout=30)
-        await polled(sim, victim, 3)
-        after = await daemon.metrics()
-    assert daemon.process.returncode == 0
-
-    assert daemon.named("job_vanished") == []
-    assert daemon.named("poll_failed") == []
-    assert_nothing_known_is_lost(before, during, state, victim, known)
-    assert up(during, victim) == 1
-    assert poll_errors(after, victim) == {}
-    assert_untouched(during, after, store.others)
+    assert_no_poll_failed(daemon, store, seen)
     (retried,) = daemon.named("request_retried")
     assert (retried["endpoint"], retried["reason"]) == ("promotion_jobs", "rate_limited")
     assert (retried["http_status"], retried["retry_after"], retried["attempt"]) == (429, 1.0, 1)
-    assert retries(after, "promotion_jobs", "rate_limited") == 1
-    requests = jobs_requests(sim.requests, victim)
+    assert retries(seen.after, "promotion_jobs", "rate_limited") == 1
+    requests = jobs_requests(store.sim.requests, store.victim)
     refused = [r.status for r in requests].index(429)
     assert requests[refused + 1].status == 200
     # Retry-After: 1 means no sooner than a second later.
     assert requests[refused + 1].at - requests[refused].at >= 0.95
-    assert_every_spoiled_request_counted(after, sim.requests, "promotion_jobs")
-    (failed,) = daemon.named("job_failed")
-    assert (failed["job_id"], failed["error"]) == (failed_job, CODES_LIMIT)
-    assert up(after, victim) == 1
+    assert_every_spoiled_request_counted(seen.after, store.sim.requests, "promotion_jobs")
 
 
 async def test_a_revoked_token_is_replaced_once_without_a_failed_poll(tmp_path: Path) -> None:
     store = Store.build(seed=8)
-    sim, victim = store.sim, store.victim
-    known = store.known_jobs(victim)
     async with watching(store, tmp_path) as daemon:
         await daemon.wait_for("baseline_loaded", count=3)
-        before = await daemon.metrics()
-        mark = len(sim.requests)
-        sim.inject(Fault("status", status=401, path_contains=f"/{victim}/jobs"))
-        await until(lambda: recovered_since(sim, mark, victim), "a retried poll")
-        await polled(sim, victim, 1)
-        during = await daemon.metrics()
-        state = read_state(tmp_path)
+        before, mark = await daemon.metrics(), len(store.sim.requests)
+        store.sim.inject(Fault("status", status=401, path_contains=f"/{store.victim}/jobs"))
+        seen = await ridden_out(daemon, store, tmp_path, before, mark)
 
-        failed_job = store.fail(victim)
-        await daemon.wait_for("job_failed", timeout=30)
-        await polled(sim, victim, 3)
-        after = await daemon.metrics()
-    assert daemon.process.returncode == 0
-
-    assert daemon.named("job_vanished") == []
-    assert daemon.named("poll_failed") == []
-    assert_nothing_known_is_lost(before, during, state, victim, known)
-    assert up(during, victim) == 1
-    assert poll_errors(after, victim) == {}
-    assert_untouched(during, after, store.others)
+    assert_no_poll_failed(daemon, store, seen)
     # A new token, once, and the refused request again with it: no retry, no failed poll.
     assert len(daemon.named("token_refreshed")) == 2
-    assert len(sim.issued_tokens()) == 2
-    statuses = [r.status for r in jobs_requests(sim.requests, victim)]
+    assert len(store.sim.issued_tokens()) == 2
+    statuses = [r.status for r in jobs_requests(store.sim.requests, store.victim)]
     assert statuses[statuses.index(401) + 1] == 200
     assert daemon.named("request_retried") == []
-    assert series(after, "epcc_monitor_api_retries_total") == {}
-    assert_every_spoiled_request_counted(after, sim.requests, "promotion_jobs")
-    (failed,) = daemon.named("job_failed")
-    assert (failed["job_id"], failed["error"]) == (failed_job, CODES_LIMIT)
-    assert up(after, victim) == 1
+    assert series(seen.after, "epcc_monitor_api_retries_total") == {}
+    assert_every_spoiled_request_counted(seen.after, store.sim.requests, "promotion_jobs")
 
 
 async def test_a_token_endpoint_failing_twice_is_retried_and_the_poll_succeeds(
     tmp_path: Path,
 ) -> None:
     store = Store.build(seed=9)
-    sim, victim = store.sim, store.victim
-    known = store.known_jobs(victim)
     async with watching(store, tmp_path) as daemon:
         await daemon.wait_for("baseline_loaded", count=3)
-        before = await daemon.metrics()
-        mark = len(sim.requests)
+        before, mark = await daemon.metrics(), len(store.sim.requests)
         # The next jobs request meets a revoked token, so the daemon must fetch a new one.
-        sim.revoke_tokens()
-        sim.inject(Fault("status", status=500, path_contains="/oauth", times=2))
-        await until(lambda: recovered_since(sim, mark, victim), "a retried poll")
-        await polled(sim, victim, 1)
-        during = await daemon.metrics()
-        state = read_state(tmp_path)
+        store.sim.revoke_tokens()
+        store.sim.inject(Fault("status", status=500, path_contains="/oauth", times=2))
+        seen = await ridden_out(daemon, store, tmp_path, before, mark)
 
-        failed_job = store.fail(victim)
-        await daemon.wait_for("job_failed", timeout=30)
-        await polled(sim, victim, 3)
-        after = await daemon.metrics()
-    assert daemon.process.returncode == 0
-
-    assert daemon.named("job_vanished") == []
-    assert daemon.named("poll_failed") == []
-    assert_nothing_known_is_lost(before, during, state, victim, known)
-    assert up(during, victim) == 1
-    assert poll_errors(after, victim) == {}
-    assert_untouched(during, after, store.others)
+    assert_no_poll_failed(daemon, store, seen)
     retried = daemon.named("request_retried")
     assert retried
     assert {(e["endpoint"], e["reason"]) for e in retried} == {("token", "http_5xx")}
-    assert retries(after, "token", "http_5xx") == len(retried)
+    assert retries(seen.after, "token", "http_5xx") == len(retried)
     assert all(1 <= e["attempt"] <= ATTEMPTS - 1 for e in retried)
-    assert_every_spoiled_request_counted(after, sim.requests, "token")
-    (failed,) = daemon.named("job_failed")
-    assert (failed["job_id"], failed["error"]) == (failed_job, CODES_LIMIT)
-    assert up(after, victim) == 1
+    assert_every_spoiled_request_counted(seen.after, store.sim.requests, "token")
 
 
 # global faults: the token endpoint, credentials
