@@ -1,4 +1,4 @@
-"""Fixtures every test module may ask for: a fake clock, a started simulator, its clients,
+"""Fixtures every test module may ask for: a fake clock, a started simulator,
 the deploy tools (kubectl, promtool, amtool) and the kustomize renders of deploy/kubernetes.
 
 The classes and functions behind them (FakeClock, Daemon, write_config, ...) are in support.py.
@@ -13,10 +13,7 @@ from typing import Any
 
 import pytest
 
-from monitor.budget import RequestBudget
-from monitor.client import ElasticPathClient
 from monitor.simulator import Simulator
-from tests.client_support import Connect, RecordedEvents, make_client
 from tests.deploy_support import KUBERNETES, kustomize
 from tests.support import FakeClock, require_tool
 
@@ -47,29 +44,6 @@ async def sim(seed: int, sim_clock: Callable[[], float]) -> AsyncIterator[Simula
     await simulator.start()
     yield simulator
     await simulator.stop()
-
-
-@pytest.fixture
-async def connect(sim: Simulator) -> AsyncIterator[Connect]:
-    """Builds clients for `sim` (credentials by default, overridable) and closes them after."""
-    clients: list[ElasticPathClient] = []
-
-    def build(
-        *, events: RecordedEvents | None = None, budget: RequestBudget | None = None, **api: Any
-    ) -> ElasticPathClient:
-        settings = {
-            "base_url": sim.base_url,
-            "client_id": sim.client_id,
-            "client_secret": sim.client_secret,
-            **api,
-        }
-        client = make_client(settings, events=events, budget=budget)
-        clients.append(client)
-        return client
-
-    yield build
-    for client in clients:
-        await client.close()
 
 
 @pytest.fixture(scope="module")

@@ -42,9 +42,6 @@ from tests.tools.sync_prometheusrule import NAMESPACE_PLACEHOLDER, namespaced
 pytestmark = pytest.mark.tools
 
 
-# --- Prometheus rules ----------------------------------------------------------------------------
-
-
 def test_promtool_checks_rule_file(promtool: str) -> None:
     out = run(promtool, "check", "rules", ALERTS)
     assert f"SUCCESS: {len(alert_rules(rule_groups()))} rules found" in out

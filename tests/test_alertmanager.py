@@ -34,9 +34,6 @@ from tests.support import require_tool
 pytestmark = pytest.mark.tools
 
 
-# --- Alertmanager --------------------------------------------------------------------------------
-
-
 def test_amtool_checks_alertmanager_config(amtool: str) -> None:
     out = run(amtool, "check-config", ALERTMANAGER)
     assert "SUCCESS" in out

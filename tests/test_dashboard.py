@@ -24,9 +24,6 @@ from tests.deploy_support import (
 pytestmark = pytest.mark.tools
 
 
-# --- Grafana -------------------------------------------------------------------------------------
-
-
 def test_dashboard_queries_only_exported_metrics() -> None:
     names = dashboard_metric_names(DASHBOARD)
     assert names <= MONITOR_METRIC_NAMES, f"unknown metrics: {names - MONITOR_METRIC_NAMES}"

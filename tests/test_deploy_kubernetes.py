@@ -108,9 +108,6 @@ def pod_monitor_selects(pod_monitor: dict[str, Any], deployment: dict[str, Any])
     assert labels.get(SCRAPE_LABEL[0]) == SCRAPE_LABEL[1]
 
 
-# --- kustomize renders and schemas ---------------------------------------------------------------
-
-
 def test_example_renders_complete_set(example: list[dict[str, Any]]) -> None:
     kinds = sorted(doc["kind"] for doc in example)
     assert kinds == [

@@ -23,9 +23,6 @@ from tests.deploy_support import (
 pytestmark = pytest.mark.tools
 
 
-# --- container image and tools script ------------------------------------------------------------
-
-
 def test_dockerfile_is_multi_stage_slim_and_non_root() -> None:
     stages = dockerfile_stages(DOCKERFILE)
     assert len(stages) >= 2

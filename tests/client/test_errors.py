@@ -27,14 +27,7 @@ from tests.client_support import (
     make_client,
     requests_to,
 )
-from tests.support import TOKEN_PATH, FakeClock, serving, store_app
-
-
-@pytest.fixture
-def sim_clock(clock: FakeClock) -> FakeClock:
-    """The simulator keeps this module's time: tokens expire when a test moves the clock."""
-    return clock
-
+from tests.support import TOKEN_PATH, serving, store_app
 
 # errors
 

@@ -23,14 +23,7 @@ from tests.client_support import (
     make_client,
     requests_to,
 )
-from tests.support import FakeClock, serving, store_app
-
-
-@pytest.fixture
-def sim_clock(clock: FakeClock) -> FakeClock:
-    """The simulator keeps this module's time: tokens expire when a test moves the clock."""
-    return clock
-
+from tests.support import serving, store_app
 
 # paging
 

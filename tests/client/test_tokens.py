@@ -23,13 +23,6 @@ from tests.client_support import (
 )
 from tests.support import TOKEN_PATH, FakeClock
 
-
-@pytest.fixture
-def sim_clock(clock: FakeClock) -> FakeClock:
-    """The simulator keeps this module's time: tokens expire when a test moves the clock."""
-    return clock
-
-
 # tokens
 
 
