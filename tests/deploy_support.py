@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -162,3 +164,84 @@ def dockerfile_stages(path: Path) -> list[list[tuple[str, str]]]:
         if stages:
             stages[-1].append((instruction, arguments))
     return stages
+
+
+# deploy/ as the tests see it: constants, kustomize renders, manifest lookups
+
+KUBERNETES_VERSION = "1.30"
+CRD_GROUP = "monitoring.coreos.com/v1"
+MONITOR_UID = 10464
+METRICS_PORT = 10464
+CONFIG_DIR = "/etc/promo-monitor"
+SECRET_NAME = "promo-monitor-credentials"
+SECRET_KEYS = ("EPCC_CLIENT_ID", "EPCC_CLIENT_SECRET")
+SEVERITY_RECEIVERS = {"critical": "promo-monitor-pager", "warning": "promo-monitor-chat"}
+RUNBOOK_URL_BASE = "https://github.com/your-org/promo-monitor/blob/main/deploy/RUNBOOK.md#"
+SCRAPE_LABEL = ("promo-monitor/scrape", "true")
+# The alerts that mean the monitor itself is gone; they inhibit every other (symptom) alert.
+MONITOR_GONE_ABSENT = "PromoMonitorAbsent"
+MONITOR_GONE = {"PromoMonitorDown", MONITOR_GONE_ABSENT}
+INSTALL_TOOLS = ROOT / "tests" / "tools" / "install-tools.sh"
+ABSENT_NAMESPACE_TESTS = ROOT / "deploy" / "prometheus" / "absent-namespace.test.yaml"
+ENTRY_POINTS = ("example", "standalone", "statefulset")
+
+
+def run(*args: str | Path, timeout: float = 60, env: dict[str, str] | None = None) -> str:
+    """Run a command; fail the test with its output when it exits non-zero."""
+    proc = subprocess.run(
+        [str(arg) for arg in args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        cwd=ROOT,
+        env=env,
+    )
+    assert proc.returncode == 0, (
+        f"{' '.join(map(str, args))} exited {proc.returncode}\n"
+        f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    )
+    return proc.stdout
+
+
+def kustomize(kubectl: str, directory: Path) -> list[dict[str, Any]]:
+    return load_yaml_documents(run(kubectl, "kustomize", directory))
+
+
+def only(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    found = [doc for doc in docs if doc["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind}, got {[d['metadata']['name'] for d in found]}"
+    return found[0]
+
+
+def by_name(items: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    found = [item for item in items if item["name"] == name]
+    assert len(found) == 1, f"expected one {name!r} in {[i['name'] for i in items]}"
+    return found[0]
+
+
+def monitor_config() -> dict[str, Any]:
+    config = load_yaml(KUBERNETES / "base" / "config.yaml")
+    assert isinstance(config, dict)
+    return config
+
+
+def rule_groups() -> list[dict[str, Any]]:
+    groups = load_yaml(ALERTS)["groups"]
+    assert isinstance(groups, list)
+    return groups
+
+
+def render_with_namespace(
+    kubectl: str, tmp_path: Path, entry: str, namespace: str
+) -> list[dict[str, Any]]:
+    """An entry point rendered after the user set their namespace, as its comment asks."""
+    tree = tmp_path / "kubernetes"
+    shutil.copytree(KUBERNETES, tree)
+    kustomization = tree / entry / "kustomization.yaml"
+    text = kustomization.read_text(encoding="utf-8")
+    assert text.count("\nnamespace: default\n") == 1
+    kustomization.write_text(
+        text.replace("\nnamespace: default\n", f"\nnamespace: {namespace}\n"), encoding="utf-8"
+    )
+    return kustomize(kubectl, tree / entry)

@@ -30,11 +30,8 @@ import yaml
 from aiohttp import web
 
 from monitor.simulator import Simulator
-from tests.support import Daemon, Sample, parse_metrics, write_config
-
-ROOT = Path(__file__).resolve().parent.parent
-ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yaml"
-ALERTMANAGER = ROOT / "deploy" / "alertmanager" / "alertmanager.yaml"
+from tests.deploy_support import ALERTMANAGER, ALERTS, run
+from tests.support import Daemon, Sample, parse_metrics, serving, write_config
 
 # The settings the measured times depend on; printed with them.
 POLL_INTERVAL = 0.5
@@ -71,9 +68,6 @@ def settings_summary() -> str:
         f"resend-delay {RESEND_DELAY:g}s, group_wait {GROUP_WAIT:g}s, "
         f"group_interval {GROUP_INTERVAL:g}s"
     )
-
-
-# --- configuration --------------------------------------------------------------------------------
 
 
 def parse_duration(text: str) -> float:
@@ -180,17 +174,6 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
-def check_tool(*args: str | Path) -> None:
-    result = subprocess.run(
-        [str(a) for a in args], capture_output=True, text=True, check=False, timeout=60
-    )
-    if result.returncode != 0:
-        raise AssertionError(
-            f"{' '.join(map(str, args))} failed ({result.returncode}):\n"
-            f"{result.stdout}{result.stderr}"
-        )
-
-
 def write_json_atomic(path: Path, document: Any) -> None:
     # Prometheus watches the file: it must never read a half-written one.
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -233,9 +216,6 @@ async def eventually(
             detail = f" (last error: {last_error!r})" if last_error is not None else ""
             raise AssertionError(f"{what}: not within {timeout:.0f} s{detail}")
         await asyncio.sleep(interval)
-
-
-# --- the webhook receiver -------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -284,22 +264,16 @@ class Webhook:
     def __init__(self) -> None:
         self.deliveries: list[Delivery] = []
         self.url = ""
-        self._runner: web.AppRunner | None = None
+        self._served = contextlib.AsyncExitStack()
 
     async def start(self) -> str:
         app = web.Application()
         app.router.add_post("/{tail:.*}", self._receive)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        port = self._runner.addresses[0][1]
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = await self._served.enter_async_context(serving(app))
         return self.url
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        await self._served.aclose()
 
     async def _receive(self, request: web.Request) -> web.Response:
         payload = await request.json()
@@ -348,9 +322,6 @@ class Webhook:
     def summary(self) -> str:
         lines = [str(received) for received in self.alerts()]
         return "\n".join(lines) if lines else "(nothing received)"
-
-
-# --- servers --------------------------------------------------------------------------------------
 
 
 class Server:
@@ -496,11 +467,6 @@ class Stack:
         assert self.prometheus is not None
         return PrometheusApi(self.session, self.prometheus.url)
 
-    @property
-    def alertmanager_url(self) -> str:
-        assert self.alertmanager is not None
-        return self.alertmanager.url
-
     def scrape(self, *ports: int) -> None:
         """The monitor targets Prometheus discovers (picked up within a second)."""
         write_json_atomic(self.targets, [{"targets": [f"127.0.0.1:{port}" for port in ports]}])
@@ -513,16 +479,19 @@ class Stack:
         self.daemon_port = free_ports(1)[0]
         pod = self.tmp / f"pod-{len(self.daemons) + 1}"
         pod.mkdir()
+        self.write_daemon_config(pod)
+        daemon = await self.start_daemon(len(self.promotions))
+        self.scrape(self.daemon_port)
+        return daemon
+
+    def write_daemon_config(self, directory: Path) -> None:
         self.config = write_config(
-            pod,
+            directory,
             self.sim,
             self.promotions,
             poll={"interval_seconds": POLL_INTERVAL},
             server={"port": self.daemon_port},
         )
-        daemon = await self.start_daemon(len(self.promotions))
-        self.scrape(self.daemon_port)
-        return daemon
 
     async def start_daemon(self, promotions: int) -> Daemon:
         """Start `promo-monitor run` (again) on its port; waits until every promotion was polled."""
@@ -565,8 +534,9 @@ class Stack:
 
     async def alertmanager_alerts(self, name: str) -> list[dict[str, Any]]:
         assert self.session is not None
+        assert self.alertmanager is not None
         async with self.session.get(
-            f"{self.alertmanager_url}/api/v2/alerts", params={"filter": f'alertname="{name}"'}
+            f"{self.alertmanager.url}/api/v2/alerts", params={"filter": f'alertname="{name}"'}
         ) as response:
             response.raise_for_status()
             alerts: list[dict[str, Any]] = await response.json()
@@ -675,16 +645,10 @@ async def _start(stack: Stack, promotions: list[dict[str, Any]]) -> None:
     alertmanager_yml = write_yaml(
         tmp / "alertmanager" / "alertmanager.yml", alertmanager_config(webhook_url)
     )
-    check_tool(tools.promtool, "check", "config", prometheus_yml)  # and the rule file
-    check_tool(tools.amtool, "check-config", alertmanager_yml)
+    run(tools.promtool, "check", "config", prometheus_yml)  # and the rule file
+    run(tools.amtool, "check-config", alertmanager_yml)
 
-    stack.config = write_config(
-        tmp,
-        stack.sim,
-        promotions,
-        poll={"interval_seconds": POLL_INTERVAL},
-        server={"port": stack.daemon_port},
-    )
+    stack.write_daemon_config(tmp)
     stack.alertmanager = Server(
         "alertmanager",
         [

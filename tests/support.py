@@ -1,4 +1,7 @@
-"""Shared test helpers: run the real daemon as a subprocess, write configs, read /metrics."""
+"""Shared test helpers: run the real daemon as a subprocess, write configs, read /metrics.
+
+Plain functions and classes a test imports; the fixtures built from them are in conftest.py.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +14,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import pytest
@@ -24,6 +27,32 @@ from prometheus_client.parser import text_string_to_metric_families
 from monitor.simulator import Simulator
 
 Sample = tuple[str, frozenset[tuple[str, str]]]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+TOKEN_PATH = "/oauth/access_token"
+JOBS_ROUTE = "/v2/promotions/{pid}/jobs"
+# 2024-12-04T00:03:46Z: where a fake clock starts unless a test says otherwise.
+START = 1_733_270_626.0
+
+
+class FakeClock:
+    """Seconds that move only when a test moves them (`clock.now += 5`)."""
+
+    def __init__(self, now: float = START) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class ApiEndpoint(Protocol):
+    """Where a daemon finds its Elastic Path: the simulator or a hand-written store."""
+
+    @property
+    def base_url(self) -> str: ...
+    @property
+    def client_id(self) -> str: ...
+    @property
+    def client_secret(self) -> str | None: ...
 
 
 def long_ago() -> float:
@@ -33,19 +62,25 @@ def long_ago() -> float:
 
 def write_config(
     directory: Path,
-    sim: Simulator,
+    store: ApiEndpoint,
     promotions: Iterable[Mapping[str, Any]],
     **sections: Mapping[str, Any],
 ) -> Path:
-    """A config for the daemon against `sim`: fast polls, port 0, state in `directory`."""
+    """A config for the daemon against `store`: fast polls, port 0, state in `directory`.
+
+    Each section given is merged key by key over the defaults; a store without a secret
+    leaves `api.client_secret` out (for the tests of the other ways to give one).
+    """
+    api: dict[str, Any] = {
+        "base_url": store.base_url,
+        "client_id": store.client_id,
+        "timeout_seconds": 2,
+        "max_requests_per_second": 200,
+    }
+    if store.client_secret is not None:
+        api["client_secret"] = store.client_secret
     document: dict[str, Any] = {
-        "api": {
-            "base_url": sim.base_url,
-            "client_id": sim.client_id,
-            "client_secret": sim.client_secret,
-            "timeout_seconds": 2,
-            "max_requests_per_second": 200,
-        },
+        "api": api,
         "poll": {"interval_seconds": 0.5, "stuck_after_seconds": 3600},
         "promotions": [dict(p) for p in promotions],
         "server": {"host": "127.0.0.1", "port": 0},
@@ -57,6 +92,49 @@ def write_config(
     path = directory / "config.yaml"
     path.write_text(yaml.safe_dump(document), encoding="utf-8")
     return path
+
+
+def token_answer(token: str, expires_in: int = 3600) -> dict[str, Any]:
+    """A client-credentials token answer in the flat shape the SDKs and the CLI document."""
+    return {"access_token": token, "token_type": "Bearer", "expires_in": expires_in}
+
+
+def store_app(
+    listing: Handler, *, token: Handler | None = None, route: str = JOBS_ROUTE
+) -> web.Application:
+    """A hand-written Elastic Path: a token endpoint, and one listing `route` answered by `listing`.
+
+    The token endpoint issues "t0k3n" unless a test brings its own `token` handler.
+    """
+
+    async def issue(_: web.Request) -> web.Response:
+        return web.json_response(token_answer("t0k3n"))
+
+    app = web.Application()
+    app.router.add_post(TOKEN_PATH, token or issue)
+    app.router.add_get(route, listing)
+    return app
+
+
+def run_cli(*args: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`python -m monitor ARGS` to completion, with `env` over this process's environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "monitor", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, **(env or {})},
+    )
+
+
+async def until(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    """Wait until `check()` holds; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.05)
 
 
 def parse_metrics(text: str) -> dict[Sample, float]:
@@ -179,6 +257,11 @@ class Daemon:
         return self.stderr
 
     @property
+    def output(self) -> str:
+        """Every byte the daemon wrote, stdout and stderr (stderr once it has exited)."""
+        return "\n".join(self.raw) + "\n" + self.stderr
+
+    @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
@@ -248,6 +331,16 @@ def promtool_check_metrics(promtool: str, exposition: str) -> tuple[int, str]:
         timeout=30,
     )
     return result.returncode, result.stdout + result.stderr
+
+
+@contextlib.asynccontextmanager
+async def started(sim: Simulator) -> AsyncIterator[Simulator]:
+    """Serve `sim` on 127.0.0.1, port 0, for the length of the block."""
+    await sim.start()
+    try:
+        yield sim
+    finally:
+        await sim.stop()
 
 
 @contextlib.asynccontextmanager

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import signal
 from collections.abc import AsyncIterator
@@ -12,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from monitor.simulator import Simulator
-from monitor.state import FORMAT_VERSION
 from tests.deploy_support import (
     ALERTS,
     DASHBOARD,
@@ -265,50 +263,6 @@ async def test_restart_after_sigkill_does_not_repeat_a_reported_failure(
         await restarted.stop()
 
 
-async def test_a_failing_promotion_is_reported_alone_and_loses_nothing(
-    store: Store, tmp_path: Path
-) -> None:
-    config = write_config(tmp_path, store.sim, store.promotions())
-    daemon = await Daemon.start(config)
-    try:
-        await daemon.wait_for("baseline_loaded", count=3)
-        store.sim.remove_promotion(store.rule)
-        failed = await daemon.wait_for("poll_failed")
-        assert failed["promotion_id"] == store.rule
-        assert failed["reason"] == "not_found"
-        assert failed["http_status"] == 404
-        samples = await daemon.wait_for_metric(
-            lambda s: value(s, "epcc_monitor_up", promotion_id=store.rule) == 0
-        )
-        assert value(samples, "epcc_monitor_up", promotion_id=store.big) == 1
-        assert value(
-            samples, "epcc_monitor_poll_errors_total", promotion_id=store.rule, reason="not_found"
-        )
-        # Gauges keep their last known values and nothing is reported vanished.
-        assert job_count(samples, store.rule) == 2
-        assert daemon.named("job_vanished") == []
-    finally:
-        assert await daemon.stop() == 0
-
-
-async def test_a_torn_state_file_is_set_aside_for_a_fresh_baseline(
-    store: Store, tmp_path: Path
-) -> None:
-    config = write_config(tmp_path, store.sim, store.promotions())
-    state = tmp_path / "state" / "snapshot.json"
-    state.parent.mkdir()
-    state.write_text('{"version": 1, "promotions": {"', encoding="utf-8")
-    daemon = await Daemon.start(config)
-    try:
-        await daemon.wait_for("baseline_loaded", count=3)
-        (discarded,) = daemon.named("state_discarded")
-        assert discarded["level"] == "warning"
-        assert Path(discarded["kept_as"]).read_text(encoding="utf-8").startswith('{"version"')
-    finally:
-        assert await daemon.stop() == 0
-    assert json.loads(state.read_text(encoding="utf-8"))["version"] == FORMAT_VERSION
-
-
 async def test_metrics_pass_promtool_check_metrics(store: Store, tmp_path: Path) -> None:
     promtool = require_tool("promtool")
     config = write_config(tmp_path, store.sim, store.promotions())
@@ -328,26 +282,6 @@ async def test_metrics_pass_promtool_check_metrics(store: Store, tmp_path: Path)
     assert status == 200
     # promtool prints one line per problem; nothing at all is the pass.
     assert promtool_check_metrics(promtool, text) == (0, "")
-
-
-async def test_secrets_never_reach_logs_or_metrics(store: Store, tmp_path: Path) -> None:
-    config = write_config(
-        tmp_path, store.sim, store.promotions(), log={"level": "debug", "format": "json"}
-    )
-    daemon = await Daemon.start(config)
-    try:
-        await daemon.wait_for("baseline_loaded", count=3)
-        store.sim.revoke_tokens()
-        await daemon.wait_for("token_refreshed", count=2)
-        _, metrics_text = await daemon.get("/metrics")
-    finally:
-        await daemon.stop()
-    issued = [r for r in store.sim.requests if r.path == "/oauth/access_token"]
-    assert len(issued) == 2
-    everything = "\n".join(daemon.raw) + daemon.stderr + metrics_text
-    assert store.sim.client_secret not in everything
-    for token in store.sim.issued_tokens():
-        assert token not in everything
 
 
 async def test_dashboard_and_alert_rules_query_only_metrics_the_monitor_serves(

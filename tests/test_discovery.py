@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -24,12 +23,8 @@ FUTURE = "2099-01-01T00:00:00.000Z"
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    simulator = Simulator(seed=11)
-    simulator.spawn_rate = 0
-    await simulator.start()
-    yield simulator
-    await simulator.stop()
+def seed() -> int:
+    return 11
 
 
 def discovery(**overrides: Any) -> dict[str, Any]:

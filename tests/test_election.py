@@ -26,19 +26,11 @@ from monitor.coordination import (
 from monitor.kube import KubernetesLeases
 from monitor.settings import ConfigError
 from tests.kube_fake import FakeLeaseApi, write_kubeconfig
-from tests.support import serving
+from tests.support import FakeClock, serving
 
 NAMESPACE = "shop"
 LEASE = "promo-monitor"
 TIMING = Timing(lease_duration=3, renew_deadline=2.0, retry_period=0.5)
-
-
-class Clock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass
@@ -54,7 +46,7 @@ class Cluster:
     fake: FakeLeaseApi
     url: str
     directory: Path
-    clock: Clock
+    clock: FakeClock
     candidates: list[Candidate] = field(default_factory=list)
 
     async def candidate(self, identity: str) -> Candidate:
@@ -96,7 +88,7 @@ class Cluster:
 async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
     fake = FakeLeaseApi()
     async with serving(fake.app()) as url:
-        world = Cluster(fake, url, tmp_path, Clock())
+        world = Cluster(fake, url, tmp_path, FakeClock(1000.0))
         yield world
         for candidate in world.candidates:
             await candidate.leases.close()

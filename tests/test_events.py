@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -129,12 +128,8 @@ def test_job_events_table() -> None:
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    simulator = Simulator(seed=41)
-    simulator.spawn_rate = 0
-    await simulator.start()
-    yield simulator
-    await simulator.stop()
+def seed() -> int:
+    return 41
 
 
 def monitor_of(sim: Simulator, tmp_path: Path, pid: str, events: object = None) -> Monitor:

@@ -17,7 +17,7 @@ from monitor.budget import RequestBudget
 from monitor.client import ElasticPathClient, FetchResult
 from monitor.models import PromotionKind
 from monitor.settings import ApiSettings
-from tests.support import serving
+from tests.support import serving, store_app
 
 PID = "ad386702-e780-42c6-b190-0527ad768917"
 JOBS = f"/v2/promotions/{PID}/jobs"
@@ -42,16 +42,11 @@ def in_order(jobs: list[dict[str, Any]], offset: int, limit: int, _: int) -> lis
     return jobs[offset : offset + limit]
 
 
-def store_app(
+def capped_store(
     jobs: list[dict[str, Any]], lister: Lister = in_order, *, cap: int = 100
 ) -> web.Application:
     """A jobs endpoint that serves at most `cap` records a page, cut by `lister`."""
     seen: list[int] = []
-
-    async def token(_: web.Request) -> web.Response:
-        return web.json_response(
-            {"access_token": "t0k3n", "token_type": "Bearer", "expires_in": 3600}
-        )
 
     async def handle(request: web.Request) -> web.Response:
         limit = min(int(request.query.get("page[limit]", "25")), cap)
@@ -64,9 +59,7 @@ def store_app(
         }
         return web.json_response({"data": page, "links": {"next": str(request.url)}, "meta": meta})
 
-    app = web.Application()
-    app.router.add_post("/oauth/access_token", token)
-    app.router.add_get(JOBS, handle)
+    app = store_app(handle, route=JOBS)
     app[OFFSETS] = seen
     return app
 
@@ -94,7 +87,7 @@ async def test_a_store_page_length_shorter_than_asked_loses_no_job(listing_of: A
     # the third page must be seen, and nothing skipped.
     jobs = [api_job(n) for n in range(130)]
     jobs[60] = api_job(60, "failed")
-    app = store_app(jobs, cap=25)
+    app = capped_store(jobs, cap=25)
 
     result = await listing_of(app)
 
@@ -108,7 +101,7 @@ async def test_a_store_that_ignores_the_offset_is_read_once_not_forever(listing_
     def first_page(jobs: list[dict[str, Any]], _: int, limit: int, __: int) -> list[dict[str, Any]]:
         return jobs[:limit]
 
-    app = store_app([api_job(n) for n in range(130)], first_page, cap=25)
+    app = capped_store([api_job(n) for n in range(130)], first_page, cap=25)
 
     result = await listing_of(app)
 
@@ -128,7 +121,7 @@ async def test_pages_that_overlap_make_an_incomplete_listing(listing_of: Any) ->
         random.Random(n).shuffle(order)
         return order[offset : offset + limit]
 
-    app = store_app([api_job(n) for n in range(150)], shuffled, cap=25)
+    app = capped_store([api_job(n) for n in range(150)], shuffled, cap=25)
 
     result = await listing_of(app)
 
@@ -139,7 +132,7 @@ async def test_pages_that_overlap_make_an_incomplete_listing(listing_of: Any) ->
 
 
 async def test_a_listing_whose_pages_add_up_is_complete(listing_of: Any) -> None:
-    result = await listing_of(store_app([api_job(n) for n in range(130)]))
+    result = await listing_of(capped_store([api_job(n) for n in range(130)]))
     assert len(result.jobs) == 130
     assert result.complete
     assert result.listing.pages == 2
@@ -158,10 +151,7 @@ def token_app(answer: dict[str, Any]) -> web.Application:
             {"data": [api_job(1, "failed")], "meta": {"results": {"total": 1}}}
         )
 
-    app = web.Application()
-    app.router.add_post("/oauth/access_token", token)
-    app.router.add_get(JOBS, jobs)
-    return app
+    return store_app(jobs, token=token, route=JOBS)
 
 
 FLAT_TOKEN = {
@@ -186,9 +176,6 @@ async def test_the_token_answer_is_read_flat_or_wrapped(
 
 
 def rule_list_app(body: Any) -> web.Application:
-    async def token(_: web.Request) -> web.Response:
-        return web.json_response(FLAT_TOKEN)
-
     async def promotions(request: web.Request) -> web.Response:
         # A bare array carries no total: only an empty page ends it.
         first = request.query.get("page[offset]", "0") == "0"
@@ -196,10 +183,7 @@ def rule_list_app(body: Any) -> web.Application:
             body if first else ([] if isinstance(body, list) else {**body, "data": []})
         )
 
-    app = web.Application()
-    app.router.add_post("/oauth/access_token", token)
-    app.router.add_get("/v2/rule-promotions", promotions)
-    return app
+    return store_app(promotions, route="/v2/rule-promotions")
 
 
 RULE = {"type": "rule_promotion", "id": PID, "name": "Builder sale", "enabled": False}

@@ -14,6 +14,7 @@ from monitor.diff import diff
 from monitor.models import MAX_ERROR_CHARS, Change, ChangeKind, Job, PromotionSnapshot
 from monitor.sinks.metrics import ErrorKinds, MonitorMetrics, normalize_error
 from tests.support import (
+    FakeClock,
     Sample,
     parse_metrics,
     promtool_check_metrics,
@@ -27,16 +28,6 @@ OTHER_PID = "5f0c2a8e-93d1-4b7a-a6e4-1c2d3e4f5a6b"
 NOW = 1_700_000_000.0
 STUCK_AFTER = 300.0
 VERSION = "9.8.7"
-
-
-class FakeClock:
-    """Wall-clock seconds that move only when a test moves them."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Snapshots:

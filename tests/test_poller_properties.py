@@ -27,6 +27,7 @@ from monitor.client import REASONS, JobsTarget
 from monitor.models import Job, PromotionKind, PromotionSnapshot
 from monitor.poller import PollOutcome
 from monitor.settings import parse_settings
+from tests.support import store_app
 
 PID = "ad386702-e780-42c6-b190-0527ad768917"
 TERMINAL = {"completed", "complete", "failed", "cancelled"}
@@ -75,18 +76,13 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
     loop = asyncio.new_event_loop()
     holder: list[Harness] = []
 
-    async def token(_: web.Request) -> web.Response:
-        return web.json_response({"access_token": "t", "token_type": "Bearer", "expires_in": 3600})
-
     async def jobs(request: web.Request) -> web.Response:
         # `body` is the first page; past it the listing is empty, as a real store's would be.
         first = request.query.get("page[offset]", "0") == "0"
         body = holder[0].body if first else b'{"data": []}'
         return web.Response(body=body, content_type="application/json")
 
-    app = web.Application()
-    app.router.add_post("/oauth/access_token", token)
-    app.router.add_get("/v2/promotions/{pid}/jobs", jobs)
+    app = store_app(jobs)
     runner = web.AppRunner(app, access_log=None)
     loop.run_until_complete(runner.setup())
     site = web.TCPSite(runner, "127.0.0.1", 0)

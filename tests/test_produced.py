@@ -7,7 +7,6 @@ events from its JSON log lines, as a user would.
 from __future__ import annotations
 
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +19,8 @@ PROMOTION_PATHS = {"promotion": "/v2/promotions", "rule_promotion": "/v2/rule-pr
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    simulator = Simulator(seed=31)
-    simulator.spawn_rate = 0
-    await simulator.start()
-    yield simulator
-    await simulator.stop()
+def seed() -> int:
+    return 31
 
 
 def produced(samples: dict[Sample, float], pid: str) -> tuple[float | None, ...]:

@@ -7,7 +7,6 @@ Each test runs `promo-monitor run` as a subprocess against the simulator in one 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -17,12 +16,8 @@ from tests.support import Daemon, Sample, long_ago, value, write_config
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    simulator = Simulator(seed=21)
-    simulator.spawn_rate = 0
-    await simulator.start()
-    yield simulator
-    await simulator.stop()
+def seed() -> int:
+    return 21
 
 
 def history(sim: Simulator, pid: str, count: int, failed: int) -> list[str]:

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +12,7 @@ import yaml
 from monitor.models import PromotionKind
 from monitor.settings import ConfigError, load_settings, parse_settings
 from monitor.simulator import Simulator, populate_demo
+from tests.support import run_cli
 
 PID = "ad386702-e780-42c6-b190-0527ad768917"
 SECRET = "s3cr3t-value-that-must-never-print"
@@ -256,17 +254,6 @@ def test_unreadable_secret_file_is_reported(tmp_path: Path) -> None:
     ]
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "monitor", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env=env,
-    )
-
-
 def test_check_config_prints_a_summary_without_secrets(tmp_path: Path) -> None:
     path = tmp_path / "ok.yaml"
     document = valid()
@@ -297,14 +284,15 @@ def test_check_config_exits_2_with_one_line_per_problem_and_no_traceback(tmp_pat
     assert SECRET not in result.stdout + result.stderr
 
 
-def test_config_path_can_come_from_the_environment(tmp_path: Path) -> None:
+def test_config_path_can_come_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "ok.yaml"
     path.write_text(yaml.safe_dump(valid()), encoding="utf-8")
-    env = {**os.environ, "PROMO_MONITOR_CONFIG": str(path)}
-    result = run_cli("check-config", env=env)
+    result = run_cli("check-config", env={"PROMO_MONITOR_CONFIG": str(path)})
     assert result.returncode == 0, result.stderr
-    missing = {k: v for k, v in os.environ.items() if k != "PROMO_MONITOR_CONFIG"}
-    result = run_cli("run", env=missing)
+    monkeypatch.delenv("PROMO_MONITOR_CONFIG", raising=False)
+    result = run_cli("run")
     assert result.returncode == 2
     assert "pass --config FILE or set PROMO_MONITOR_CONFIG" in result.stderr
 

@@ -24,6 +24,7 @@ from monitor.status import (
     to_json,
 )
 from monitor.status_page import ago, render_page
+from tests.support import FakeClock
 
 # 2026-01-02T03:04:05Z
 NOW = 1_767_323_045.0
@@ -47,14 +48,6 @@ FACTS = MonitorFacts(
     shard_index=1,
     shard_count=3,
 )
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def snap(pid: str, *jobs: Job) -> PromotionSnapshot:
@@ -90,7 +83,7 @@ def view_of(
 
 
 def test_rows_put_what_needs_attention_first() -> None:
-    clock = Clock(NOW - 30)
+    clock = FakeClock(NOW - 30)
     activity = RecentActivity(clock)
     snapshots = [
         snap(P_OK, job("j1", "completed", NOW - 100)),
@@ -136,13 +129,13 @@ def test_within_a_rank_the_newest_trouble_comes_first() -> None:
             snap(P_ACTIVE, job("b", "failed", NOW - 10, "new")),
             snap(P_FAILED, job("c", "failed", NOW - 500, "middle")),
         ],
-        RecentActivity(Clock(NOW)),
+        RecentActivity(FakeClock(NOW)),
     )
     assert [row.id for row in view.promotions] == [P_ACTIVE, P_FAILED, P_OK]
 
 
 def test_failures_merge_what_was_seen_with_the_snapshot_newest_first() -> None:
-    clock = Clock(NOW - 5)
+    clock = FakeClock(NOW - 5)
     activity = RecentActivity(clock)
     fresh = job("fresh", "failed", NOW - 20, "database timeout")
     # Seen turning failed while the monitor watched:
@@ -207,14 +200,14 @@ def test_failures_merge_what_was_seen_with_the_snapshot_newest_first() -> None:
 
 
 def test_the_failure_ring_is_bounded() -> None:
-    activity = RecentActivity(Clock(NOW), failures=3)
+    activity = RecentActivity(FakeClock(NOW), failures=3)
     for n in range(5):
         activity.report(FailureReport(P_OK, f"j{n}", "code_export", "e", NOW - 100 + n))
     assert [f.job_id for f in activity.failures] == ["j2", "j3", "j4"]
 
 
 def test_poll_errors_say_why_since_when_and_what_to_check() -> None:
-    clock = Clock(NOW - 300)
+    clock = FakeClock(NOW - 300)
     activity = RecentActivity(clock, hints=HINTS.get)
     activity.polled(PollOutcome(P_POLL, ok=True))
     clock.now = NOW - 200
@@ -265,7 +258,7 @@ def test_poll_errors_say_why_since_when_and_what_to_check() -> None:
 
 
 def test_json_document_has_the_monitor_health_and_a_page_of_promotions() -> None:
-    activity = RecentActivity(Clock(NOW))
+    activity = RecentActivity(FakeClock(NOW))
     failed = job("j1", "failed", NOW - 60, "codes limit exceeded")
     snapshots = [snap(P_FAILED, failed, job("j2", "completed", NOW - 90))]
     activity.polled(PollOutcome(P_FAILED, ok=True))
@@ -316,7 +309,7 @@ def test_json_document_has_the_monitor_health_and_a_page_of_promotions() -> None
 
 
 def test_one_promotion_shows_all_its_jobs_and_only_its_failures() -> None:
-    activity = RecentActivity(Clock(NOW))
+    activity = RecentActivity(FakeClock(NOW))
     many = [job(f"f{n:02}", "failed", NOW - 1000 - n, f"error {n}") for n in range(30)]
     snapshots = [
         snap(P_FAILED, *many, job("run", "pending", NOW - 2 * STUCK_AFTER)),
@@ -359,7 +352,7 @@ def test_one_promotion_shows_all_its_jobs_and_only_its_failures() -> None:
 def test_promotions_are_paged() -> None:
     pids = [f"00000000-0000-4000-8000-{n:012}" for n in range(250)]
     snapshots = [snap(pid, job("j", "completed", NOW - 10)) for pid in pids]
-    view = view_of(snapshots, RecentActivity(Clock(NOW)), query=StatusQuery(page=3))
+    view = view_of(snapshots, RecentActivity(FakeClock(NOW)), query=StatusQuery(page=3))
     assert (view.page, view.pages, view.total) == (3, 3, 250)
     assert [row.id for row in view.promotions] == pids[200:]
     page = render_page(view, StatusQuery(page=3))
@@ -399,14 +392,14 @@ def test_a_bad_query_parameter_is_named(query: dict[str, str], named: str) -> No
 
 
 def test_refresh_only_when_asked() -> None:
-    view = view_of([snap(P_OK)], RecentActivity(Clock(NOW)))
+    view = view_of([snap(P_OK)], RecentActivity(FakeClock(NOW)))
     assert 'http-equiv="refresh"' not in render_page(view, StatusQuery())
-    asked = view_of([snap(P_OK)], RecentActivity(Clock(NOW)), query=StatusQuery(refresh=10))
+    asked = view_of([snap(P_OK)], RecentActivity(FakeClock(NOW)), query=StatusQuery(refresh=10))
     assert '<meta http-equiv="refresh" content="10">' in render_page(asked, StatusQuery(refresh=10))
 
 
 def test_every_text_from_the_api_is_escaped() -> None:
-    clock = Clock(NOW)
+    clock = FakeClock(NOW)
     activity = RecentActivity(clock)
     hostile_job = Job("j<i>", "code_<marquee>gen", "failed", HOSTILE, NOW - 60, NOW - 30)
     odd_status = Job("k", "code_export", "we<u>ird", None, NOW - 60, NOW - 30)
@@ -433,7 +426,7 @@ def test_every_text_from_the_api_is_escaped() -> None:
 
 def test_page_at_1000_promotions_stays_under_a_megabyte() -> None:
     """1,000 promotions of 100 jobs, 20 failed each with a 200-character error."""
-    activity = RecentActivity(Clock(NOW))
+    activity = RecentActivity(FakeClock(NOW))
     error = "x" * 199 + "<"  # the longest text a job keeps, escaping makes it longer
     snapshots = []
     for n in range(1000):
@@ -457,7 +450,7 @@ def test_page_at_1000_promotions_stays_under_a_megabyte() -> None:
 
 
 def test_requests_per_second_over_the_last_minute() -> None:
-    clock = Clock(NOW)
+    clock = FakeClock(NOW)
     activity = RecentActivity(clock)
     for second in range(120):
         clock.now = NOW + second
@@ -465,14 +458,14 @@ def test_requests_per_second_over_the_last_minute() -> None:
             activity.request_done()
     assert activity.requests_per_second(NOW + 119.5) == pytest.approx(1.0)
     # Younger than a minute: the rate since start.
-    young = RecentActivity(Clock(NOW))
+    young = RecentActivity(FakeClock(NOW))
     young.request_done()
     young.request_done()
     assert young.requests_per_second(NOW + 4) == pytest.approx(0.5)
 
 
 def test_a_promotion_no_longer_watched_is_forgotten() -> None:
-    activity = RecentActivity(Clock(NOW))
+    activity = RecentActivity(FakeClock(NOW))
     activity.polled(PollOutcome(P_POLL, ok=False, reason="not_found"))
     activity.report(FailureReport(P_POLL, "j", "code_export", "e", NOW))
     activity.report(FailureReport(P_OK, "k", "code_export", "e", NOW))
@@ -509,7 +502,7 @@ def test_the_readme_example_has_the_shape_of_the_real_document() -> None:
     readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
     section = readme.split("### `/status.json`", 1)[1]
     example = json.loads(section.split("```json\n", 1)[1].split("```", 1)[0])
-    clock = Clock(NOW)
+    clock = FakeClock(NOW)
     activity = RecentActivity(clock, hints=HINTS.get)
     activity.polled(PollOutcome(P_POLL, ok=False, reason="not_found", detail="HTTP 404"))
     snapshots = [snap(P_FAILED, job("j", "failed", NOW - 60, "codes limit exceeded"))]
