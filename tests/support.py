@@ -277,6 +277,23 @@ class Daemon:
         assert status == 200
         return parse_metrics(text)
 
+    async def polled(self, promotion_id: str, count: int = 1) -> dict[Sample, float]:
+        """Until `count` more polls of a promotion have succeeded; the metrics after the last."""
+
+        def last_success(samples: dict[Sample, float]) -> float:
+            name = "epcc_monitor_last_success_timestamp_seconds"
+            return value(samples, name, promotion_id=promotion_id) or 0.0
+
+        samples = await self.metrics()
+        for _ in range(count):
+            before = last_success(samples)
+
+            def newer(now: dict[Sample, float], before: float = before) -> bool:
+                return last_success(now) > before
+
+            samples = await self.wait_for_metric(newer)
+        return samples
+
     async def wait_for_metric(
         self,
         check: Callable[[dict[Sample, float]], bool],

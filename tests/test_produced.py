@@ -115,19 +115,8 @@ async def test_what_was_counted_is_not_counted_again_after_a_restart(
         await daemon.stop(how)
     again = await Daemon.start(config)
     try:
-        samples = await again.wait_for_metric(
-            lambda s: value(s, "epcc_monitor_up", promotion_id=pid) == 1
-        )
-        await again.wait_for_metric(
-            lambda s: (
-                (value(s, "epcc_monitor_last_success_timestamp_seconds", promotion_id=pid) or 0)
-                > (
-                    value(samples, "epcc_monitor_last_success_timestamp_seconds", promotion_id=pid)
-                    or 0
-                )
-            )
-        )
-        samples = await again.metrics()
+        await again.wait_for_metric(lambda s: value(s, "epcc_monitor_up", promotion_id=pid) == 1)
+        samples = await again.polled(pid)
         assert produced(samples, pid) == (0, 0, 0)
         assert again.named("job_incomplete") == []
         assert again.named("baseline_loaded") == []
@@ -169,24 +158,7 @@ async def test_names_come_from_discovery_and_lookups_and_survive_a_failing_looku
         sim.set_promotion(configured, name="never seen")
         warning = await daemon.wait_for("name_lookup_failed")
         assert warning["promotion_id"] == configured
-        before = await daemon.metrics()
-        await daemon.wait_for_metric(
-            lambda s: (
-                (
-                    value(s, "epcc_monitor_last_success_timestamp_seconds", promotion_id=configured)
-                    or 0
-                )
-                > (
-                    value(
-                        before,
-                        "epcc_monitor_last_success_timestamp_seconds",
-                        promotion_id=configured,
-                    )
-                    or 0
-                )
-            )
-        )
-        samples = await daemon.metrics()
+        samples = await daemon.polled(configured)
         assert info(samples)[configured] == ("rule_promotion", "Builder promo v2")
         assert value(samples, "epcc_monitor_up", promotion_id=configured) == 1
         assert len(daemon.named("name_lookup_failed")) == 1  # once, not at every retry

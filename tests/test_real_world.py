@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from monitor.simulator import Simulator
-from tests.support import Daemon, Sample, long_ago, value, write_config
+from tests.support import Daemon, long_ago, value, write_config
 
 
 @pytest.fixture
@@ -29,23 +29,6 @@ def history(sim: Simulator, pid: str, count: int, failed: int) -> list[str]:
     return ids
 
 
-async def polls(daemon: Daemon, pid: str, count: int) -> None:
-    """Until `count` more polls of `pid` have succeeded."""
-
-    async def polled() -> float:
-        samples = await daemon.metrics()
-        return value(samples, "epcc_monitor_last_success_timestamp_seconds", promotion_id=pid) or 0
-
-    for _ in range(count):
-        last = await polled()
-
-        def newer(samples: dict[Sample, float], last: float = last) -> bool:
-            seen = value(samples, "epcc_monitor_last_success_timestamp_seconds", promotion_id=pid)
-            return (seen or 0) > last
-
-        await daemon.wait_for_metric(newer)
-
-
 async def test_an_unordered_store_causes_no_phantom_vanish_and_no_false_failure(
     sim: Simulator, tmp_path: Path
 ) -> None:
@@ -60,7 +43,7 @@ async def test_an_unordered_store_causes_no_phantom_vanish_and_no_false_failure(
     daemon = await Daemon.start(write_config(tmp_path, sim, [{"id": pid}]))
     try:
         await daemon.wait_for("baseline_loaded")
-        await polls(daemon, pid, 12)
+        await daemon.polled(pid, 12)
 
         assert daemon.named("job_vanished") == []
         assert daemon.named("job_failed") == []
@@ -84,7 +67,7 @@ async def test_an_unordered_store_causes_no_phantom_vanish_and_no_false_failure(
         # A real failure among the shuffled pages is reported once, however often it is listed.
         sim.set_job_status(pid, running, "failed", error="codes limit exceeded")
         await daemon.wait_for("job_failed")
-        await polls(daemon, pid, 6)
+        await daemon.polled(pid, 6)
         assert [e["job_id"] for e in daemon.named("job_failed")] == [running]
         assert daemon.named("job_vanished") == []
     finally:
@@ -105,7 +88,7 @@ async def test_a_failure_on_the_third_page_of_a_short_page_store_is_reported(
         sim.set_job_status(pid, ids[60], "failed", error="codes limit exceeded")
         failed = await daemon.wait_for("job_failed")
         assert failed["job_id"] == ids[60]
-        await polls(daemon, pid, 3)
+        await daemon.polled(pid, 3)
         assert daemon.named("job_vanished") == []
         assert daemon.named("poll_incomplete") == []
     finally:
@@ -122,7 +105,7 @@ async def test_a_store_that_ignores_the_offset_is_not_read_forever(
     daemon = await Daemon.start(write_config(tmp_path, sim, [{"id": pid}]))
     try:
         await daemon.wait_for("baseline_loaded")
-        await polls(daemon, pid, 4)
+        await daemon.polled(pid, 4)
         # Two requests a poll (the first page, then its repeat), not an endless loop.
         per_poll = [r for r in sim.requests if r.path.endswith("/jobs")]
         assert {r.query["page[offset]"] for r in per_poll} == {"0", "25"}
