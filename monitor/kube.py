@@ -17,7 +17,7 @@ from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from monitor.coordination import LeaseConflictError, LeaseRecord, LeaseUnavailableError
-from monitor.settings import ConfigError
+from monitor.settings import ConfigError, kubernetes_api
 
 # Where the kubelet mounts a pod's service account token, CA bundle and namespace.
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
@@ -30,17 +30,8 @@ async def api_client(
 ) -> client.ApiClient:
     """An API client from KUBECONFIG, the in-cluster service account, or ~/.kube/config."""
     configuration = client.Configuration()
-    kubeconfig = env.get("KUBECONFIG") or None
-    default_kubeconfig = Path.home() / ".kube" / "config"
-    if kubeconfig is None and not env.get("KUBERNETES_SERVICE_HOST"):
-        if not default_kubeconfig.is_file():
-            raise ConfigError(
-                [
-                    "coordination: no Kubernetes API to reach: not in a pod "
-                    "(KUBERNETES_SERVICE_HOST unset) and no KUBECONFIG or ~/.kube/config"
-                ]
-            )
-        kubeconfig = str(default_kubeconfig)
+    found = kubernetes_api(env)
+    kubeconfig = None if found == "in-cluster" else found
     try:
         if kubeconfig is not None:
             await config.load_kube_config(

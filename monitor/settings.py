@@ -544,6 +544,7 @@ def load_settings(path: Path | str) -> Settings:
         raise ConfigError([f"config: {path}: {where}{problem}"]) from None
     settings = parse_settings(raw)
     _check_files(settings)
+    _check_kubernetes(settings, os.environ)
     return settings
 
 
@@ -561,3 +562,30 @@ def _check_files(settings: Settings) -> None:
             problems.append(f"{key}: cannot read {file}")
     if problems:
         raise ConfigError(problems)
+
+
+def kubernetes_api(env: Mapping[str, str]) -> str:
+    """How the Kubernetes API is reached: "in-cluster", or a kubeconfig's path; ConfigError if
+    there is no way (the same verdict for check-config and for run opening the Lease client)."""
+    kubeconfig = env.get("KUBECONFIG") or None
+    if kubeconfig is not None:
+        return kubeconfig
+    if env.get("KUBERNETES_SERVICE_HOST"):
+        return "in-cluster"
+    default = Path.home() / ".kube" / "config"
+    if default.is_file():
+        return str(default)
+    raise ConfigError(
+        [
+            "coordination: no Kubernetes API to reach: not in a pod "
+            "(KUBERNETES_SERVICE_HOST unset) and no KUBECONFIG or ~/.kube/config"
+        ]
+    )
+
+
+def _check_kubernetes(settings: Settings, env: Mapping[str, str]) -> None:
+    if settings.coordination.mode != "lease":
+        return
+    found = kubernetes_api(env)
+    if found != "in-cluster" and not os.access(found, os.R_OK):
+        raise ConfigError([f"coordination: cannot read the kubeconfig {found}"])

@@ -448,3 +448,22 @@ def test_promotion_ids_that_try_to_leave_their_path_are_refused(
     ]
     assert "Traceback" not in result.stderr
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize("command", ["check-config", "run"])
+def test_every_command_refuses_a_lease_with_no_kubernetes_api(tmp_path: Path, command: str) -> None:
+    # check-config used to pass what `run` refused when it opened the Lease client.
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "api: {client_id: id, client_secret: s}\n"
+        "promotions: [{id: ad386702-e780-42c6-b190-0527ad768917}]\n"
+        "coordination: {mode: lease, namespace: shop, identity: pod-0}\n",
+        encoding="utf-8",
+    )
+    home = tmp_path / "home"  # no ~/.kube/config there
+    home.mkdir()
+    env = {"HOME": str(home), "KUBECONFIG": "", "KUBERNETES_SERVICE_HOST": ""}
+    result = run_cli(command, "--config", str(config), env=env)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.startswith("promo-monitor: coordination: no Kubernetes API to reach")
+    assert "Traceback" not in result.stderr
