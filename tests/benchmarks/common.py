@@ -11,6 +11,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -20,6 +21,7 @@ from typing import Any
 import aiohttp
 import yaml
 
+from monitor.simulator import Simulator
 from tests.support import spawn_daemon
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -358,6 +360,37 @@ async def running_daemon(config: Path, *, timeout: float = 60.0) -> AsyncIterato
         yield daemon
     finally:
         await daemon.stop()
+
+
+@contextlib.asynccontextmanager
+async def daemon_watching(
+    sim: Simulator,
+    promotions: Iterable[tuple[str, str]],
+    *,
+    rate: float,
+    interval: float,
+    active_interval: float,
+    prefix: str,
+) -> AsyncIterator[DaemonProcess]:
+    """Serve an in-process simulator on loopback and run a daemon on it; stopped on exit."""
+    await sim.start(HOST, 0)
+    try:
+        with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+            document = daemon_config(
+                Path(tmp),
+                base_url=sim.base_url,
+                client_id=sim.client_id,
+                client_secret=sim.client_secret,
+                promotions=promotions,
+                rate=rate,
+                interval=interval,
+                active_interval=active_interval,
+            )
+            config = write_yaml(Path(tmp) / "config.yaml", document)
+            async with running_daemon(config) as daemon:
+                yield daemon
+    finally:
+        await sim.stop()
 
 
 async def scrape(session: aiohttp.ClientSession, url: str) -> tuple[float, int, int]:
