@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import aiohttp
 import yaml
@@ -362,32 +362,59 @@ async def running_daemon(config: Path, *, timeout: float = 60.0) -> AsyncIterato
         await daemon.stop()
 
 
+class Credentials(TypedDict):
+    """What `daemon_config` needs to reach a store, as keyword arguments."""
+
+    base_url: str
+    client_id: str
+    client_secret: str
+
+
+def credentials(store: Store | Simulator) -> Credentials:
+    return {
+        "base_url": store.base_url,
+        "client_id": store.client_id,
+        "client_secret": store.client_secret,
+    }
+
+
+@dataclass(frozen=True)
+class Pace:
+    """The daemon's request budget and poll intervals."""
+
+    rate: float
+    interval: float
+    active_interval: float
+
+
 @contextlib.asynccontextmanager
 async def daemon_watching(
     sim: Simulator,
-    promotions: Iterable[tuple[str, str]],
+    promotions: Sequence[tuple[str, str]],
+    pace: Pace,
     *,
-    rate: float,
-    interval: float,
-    active_interval: float,
     prefix: str,
+    baseline_timeout: float = 120.0,
 ) -> AsyncIterator[DaemonProcess]:
-    """Serve an in-process simulator on loopback and run a daemon on it; stopped on exit."""
+    """An in-process simulator on loopback and a daemon past its baseline of every promotion.
+
+    Both are stopped on exit; the daemon's config and state live in a temporary directory.
+    """
     await sim.start(HOST, 0)
     try:
         with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
             document = daemon_config(
                 Path(tmp),
-                base_url=sim.base_url,
-                client_id=sim.client_id,
-                client_secret=sim.client_secret,
+                **credentials(sim),
                 promotions=promotions,
-                rate=rate,
-                interval=interval,
-                active_interval=active_interval,
+                rate=pace.rate,
+                interval=pace.interval,
+                active_interval=pace.active_interval,
             )
             config = write_yaml(Path(tmp) / "config.yaml", document)
             async with running_daemon(config) as daemon:
+                count = len(promotions)
+                await daemon.wait_count("baseline_loaded", count, timeout=baseline_timeout)
                 yield daemon
     finally:
         await sim.stop()

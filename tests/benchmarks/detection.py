@@ -31,6 +31,7 @@ import matplotlib.pyplot as plt
 from monitor.simulator import Kind, Simulator
 from tests.benchmarks.common import (
     RESULTS,
+    Pace,
     Result,
     Stopwatch,
     daemon_watching,
@@ -49,6 +50,7 @@ RATE = 200.0
 WINDOW = 24.0  # trials start at random moments over this long
 ERROR = "codes limit exceeded"
 TERMINAL = ("completed", "failed", "cancelled")
+PACE = Pace(rate=RATE, interval=INTERVAL, active_interval=ACTIVE_INTERVAL)
 
 
 def _epoch(stamp: str) -> float:
@@ -159,17 +161,9 @@ async def _observe(
     processing: dict[str, str],
     rng: random.Random,
 ) -> Observed:
-    """Run the daemon past its baseline, fail the trials' jobs, wait until all are reported."""
+    """Fail the trials' jobs once the daemon is past its baseline; wait until all are reported."""
     trials = _trials(promotions)
-    async with daemon_watching(
-        sim,
-        promotions,
-        rate=RATE,
-        interval=INTERVAL,
-        active_interval=ACTIVE_INTERVAL,
-        prefix="bench-detect-",
-    ) as daemon:
-        await daemon.wait_count("baseline_loaded", PROMOTIONS, timeout=120)
+    async with daemon_watching(sim, promotions, PACE, prefix="bench-detect-") as daemon:
         await asyncio.sleep(ACTIVE_INTERVAL)  # past the baselines' off-grid polls
         changed = await _fail_at_random(sim, processing, trials, rng)
         await daemon.wait_count("job_failed", len(trials), timeout=INTERVAL + 10)

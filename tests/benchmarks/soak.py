@@ -47,6 +47,7 @@ from tests.benchmarks.common import (
     DaemonProcess,
     Result,
     cpu_seconds,
+    credentials,
     daemon_config,
     fmt,
     machine,
@@ -256,9 +257,7 @@ class Traffic:
 def soak_config(directory: Path, sim: Simulator, ids: Sequence[str], options: Options) -> Path:
     document = daemon_config(
         directory,
-        base_url=sim.base_url,
-        client_id=sim.client_id,
-        client_secret=sim.client_secret,
+        **credentials(sim),
         promotions=[(pid, "promotion") for pid in ids],
         rate=options.rate,
         interval=options.interval,
