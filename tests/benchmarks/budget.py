@@ -14,8 +14,8 @@ import bisect
 import itertools
 import json
 import random
-import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +24,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from monitor.simulator import TOKEN_PATH, Kind, Simulator
+from monitor.simulator import TOKEN_PATH, Kind, RecordedRequest, Simulator
 from tests.benchmarks.common import (
     RESULTS,
+    Pace,
     Result,
     Stopwatch,
-    daemon_config,
-    running_daemon,
-    write_yaml,
+    daemon_watching,
 )
 
 NAME = "budget"
@@ -41,6 +40,7 @@ RATE = 25.0
 INTERVAL = 300.0
 CYCLE_TARGET_FACTOR = 1.15
 TERMINAL = ("completed", "failed", "cancelled")
+PACE = Pace(rate=RATE, interval=INTERVAL, active_interval=INTERVAL)
 
 
 def peak_in_window(times: list[float], window: float = 1.0) -> tuple[int, float]:
@@ -98,53 +98,72 @@ def _plot(times: list[float], first_polls: list[float], floor: float, path: Path
     plt.close(fig)
 
 
-async def run() -> Result:
-    result = Result(NAME, TITLE)
-    clock = Stopwatch()
-    sim = Simulator(seed=11)
-    promotions = _populate(sim, random.Random(11))
-    await sim.start("127.0.0.1", 0)
-    try:
-        with tempfile.TemporaryDirectory(prefix="bench-budget-") as tmp:
-            document = daemon_config(
-                Path(tmp),
-                base_url=sim.base_url,
-                client_id=sim.client_id,
-                client_secret=sim.client_secret,
-                promotions=promotions,
-                rate=RATE,
-                interval=INTERVAL,
-                active_interval=INTERVAL,
-            )
-            config = write_yaml(Path(tmp) / "config.yaml", document)
-            async with running_daemon(config) as daemon:
-                await daemon.wait_count("baseline_loaded", PROMOTIONS, timeout=120)
-                # A little longer, to see that nothing follows the cycle at once.
-                await asyncio.sleep(2.0)
-                failed_polls = daemon.counts.get("poll_failed", 0)
-                wall_end = time.time()
-    finally:
-        await sim.stop()
+@dataclass(frozen=True)
+class Observed:
+    """What the run left behind: the store's request log, oldest first, and the daemon's counts."""
 
-    requests = sorted(sim.requests, key=lambda r: r.at)
+    requests: list[RecordedRequest]
+    poll_failed: int
+    wall_end: float  # time.time() when the watching stopped
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """The store's view: arrival times, request kinds, and each promotion's first poll."""
+
+    times: list[float]
+    jobs: int
+    tokens: int
+    non_200: int
+    first_polls: list[float]
+    again: dict[str, float]  # seconds from a promotion's first poll to its second, if one came
+    peak: int
+    peak_at: float
+
+    @property
+    def cycle(self) -> float:
+        return self.first_polls[-1] - self.first_polls[0]
+
+
+async def _watch_first_cycle(sim: Simulator, promotions: list[tuple[str, str]]) -> Observed:
+    """The store's requests up to a little after the daemon's baseline cycle."""
+    async with daemon_watching(sim, promotions, PACE, prefix="bench-budget-") as daemon:
+        # A little longer, to see that nothing follows the cycle at once.
+        await asyncio.sleep(2.0)
+        failed_polls = daemon.counts.get("poll_failed", 0)
+        wall_end = time.time()
+    return Observed(sorted(sim.requests, key=lambda r: r.at), failed_polls, wall_end)
+
+
+def _traffic(requests: list[RecordedRequest]) -> Traffic:
     times = [r.at for r in requests]
     jobs = [r for r in requests if r.path.endswith("/jobs")]
-    tokens = [r for r in requests if r.path == TOKEN_PATH]
     first: dict[str, float] = {}
-    again: dict[str, float] = {}  # second poll of a promotion, if one came in the window
+    again: dict[str, float] = {}
     for r in jobs:
         if r.path in first:
             again.setdefault(r.path, r.at - first[r.path])
         first.setdefault(r.path, r.at)
-    first_polls = sorted(first.values())
     peak, peak_at = peak_in_window(times)
-    cycle = first_polls[-1] - first_polls[0]
+    return Traffic(
+        times=times,
+        jobs=len(jobs),
+        tokens=sum(1 for r in requests if r.path == TOKEN_PATH),
+        non_200=sum(1 for r in requests if r.status != 200),
+        first_polls=sorted(first.values()),
+        again=again,
+        peak=peak,
+        peak_at=peak_at,
+    )
+
+
+def _judge(result: Result, traffic: Traffic) -> tuple[bool, bool]:
+    """The table's rows; whether the peak and the cycle met their targets."""
     floor = PROMOTIONS / RATE
-    non_200 = sum(1 for r in requests if r.status != 200)
-    peak_ok = peak <= RATE
+    cycle = traffic.cycle
+    peak_ok = traffic.peak <= RATE
     cycle_ok = cycle <= CYCLE_TARGET_FACTOR * floor
-    gaps = [b - a for a, b in itertools.pairwise(times)]
-    result.check("peak requests in any 1 s window", peak, "req", f"<= {RATE:g}", peak_ok)
+    result.check("peak requests in any 1 s window", traffic.peak, "req", f"<= {RATE:g}", peak_ok)
     result.check(
         "first full cycle (300 promotions)",
         cycle,
@@ -153,22 +172,32 @@ async def run() -> Result:
         cycle_ok,
     )
     result.check("cycle / floor P/R", cycle / floor, "x", f"<= {CYCLE_TARGET_FACTOR}", cycle_ok)
-    data: dict[str, Any] = {
-        "setup": {
-            "promotions": PROMOTIONS,
-            "jobs_per_promotion": "1-3 (terminal)",
-            "max_requests_per_second": RATE,
-            "interval_seconds": INTERVAL,
-            "max_concurrent_polls": 8,
-            "simulator": "in the benchmark process; times are request arrivals (time.time())",
-        },
-        "requests_total": len(requests),
-        "token_requests": len(tokens),
-        "jobs_requests": len(jobs),
-        "non_200_answers": non_200,
-        "poll_failed_events": failed_polls,
-        "peak_requests_1s_window": peak,
-        "peak_window_start_offset_s": round(peak_at - times[0], 3),
+    return peak_ok, cycle_ok
+
+
+SETUP = {
+    "promotions": PROMOTIONS,
+    "jobs_per_promotion": "1-3 (terminal)",
+    "max_requests_per_second": RATE,
+    "interval_seconds": INTERVAL,
+    "max_concurrent_polls": 8,
+    "simulator": "in the benchmark process; times are request arrivals (time.time())",
+}
+
+
+def _data(observed: Observed, traffic: Traffic, peak_ok: bool, cycle_ok: bool) -> dict[str, Any]:
+    times, first_polls, cycle = traffic.times, traffic.first_polls, traffic.cycle
+    floor = PROMOTIONS / RATE
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    return {
+        "setup": SETUP,
+        "requests_total": len(times),
+        "token_requests": traffic.tokens,
+        "jobs_requests": traffic.jobs,
+        "non_200_answers": traffic.non_200,
+        "poll_failed_events": observed.poll_failed,
+        "peak_requests_1s_window": traffic.peak,
+        "peak_window_start_offset_s": round(traffic.peak_at - times[0], 3),
         "limit": RATE,
         "peak_passed": peak_ok,
         "first_cycle_s": round(cycle, 3),
@@ -181,13 +210,27 @@ async def run() -> Result:
         "median_gap_between_requests_ms": round(sorted(gaps)[len(gaps) // 2] * 1000, 2)
         if gaps
         else None,
-        "requests_after_cycle_within_2s": sum(1 for t in times if first_polls[-1] < t <= wall_end),
-        "promotions_polled_twice": len(again),
-        "seconds_between_first_and_second_poll": sorted(round(v, 2) for v in again.values()),
+        "requests_after_cycle_within_2s": sum(
+            1 for t in times if first_polls[-1] < t <= observed.wall_end
+        ),
+        "promotions_polled_twice": len(traffic.again),
+        "seconds_between_first_and_second_poll": sorted(
+            round(v, 2) for v in traffic.again.values()
+        ),
     }
-    result.data = data
+
+
+async def run() -> Result:
+    result = Result(NAME, TITLE)
+    clock = Stopwatch()
+    sim = Simulator(seed=11)
+    promotions = _populate(sim, random.Random(11))
+    observed = await _watch_first_cycle(sim, promotions)
+    traffic = _traffic(observed.requests)
+    peak_ok, cycle_ok = _judge(result, traffic)
+    result.data = _data(observed, traffic, peak_ok, cycle_ok)
     plot = RESULTS / f"{NAME}.png"
-    _plot(times, first_polls, floor, plot)
+    _plot(traffic.times, traffic.first_polls, PROMOTIONS / RATE, plot)
     result.plot = plot.name
     result.seconds = clock.elapsed
     return result

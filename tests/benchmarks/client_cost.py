@@ -20,6 +20,7 @@ import pstats
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -270,55 +271,99 @@ BREAKDOWN = {
 }
 
 
-async def run() -> Result:
-    result = Result(NAME, TITLE)
-    clock = Stopwatch()
-    async with simulator_process(CHANGING + QUIET, JOBS, mutate=CHANGING) as store:
-        with tempfile.TemporaryDirectory(prefix="bench-cost-") as tmp:
-            daemon = DaemonPath(store, Path(tmp))
-            bare = BareLoop(store)
-            await bare.open()
-            polls: dict[str, Poll] = {
-                "daemon_news": daemon.poll_changing,
-                "daemon_quiet": daemon.poll_quiet,
-                "bare": bare.poll,
-            }
-            try:
-                # Warm up every leg: baselines, token, connections, caches.
-                for poll in polls.values():
-                    for i in range(2 * max(CHANGING, QUIET)):
-                        await poll(i)
-                rounds = []
-                changes = 0
-                for _ in range(ROUNDS):
-                    one: dict[str, dict[str, float]] = {}
-                    for leg, poll in polls.items():
-                        daemon.changes = 0
-                        one[leg] = await _measure(poll, PAGES_PER_ROUND, store.pid)
-                        if leg == "daemon_news":
-                            changes += daemon.changes
-                    rounds.append(one)
-                profiles: dict[str, cProfile.Profile] = {}
-                for leg in ("daemon_news", "daemon_quiet"):
-                    profile = profiles[leg] = cProfile.Profile()
-                    profile.enable()
-                    for i in range(PROFILE_PAGES):
-                        await polls[leg](i)
-                    profile.disable()
-                encode_s, state_jobs = daemon.full_encode_seconds()
-                write_s = await daemon.write_seconds()
-                state_bytes = (Path(tmp) / "state" / "snapshot.json").stat().st_size
-            finally:
-                await daemon.close()
-                await bare.close()
+Round = dict[str, dict[str, float]]  # leg -> what _measure returned for it
 
+
+@dataclass(frozen=True)
+class Measured:
+    """Every leg's rounds and profiles, and the cost of the daemon's state file."""
+
+    rounds: list[Round]
+    changes: int  # changes the daemon found on the news leg's measured pages
+    profiles: dict[str, cProfile.Profile]
+    encode_s: float
+    state_jobs: int
+    write_s: float
+    state_bytes: int
+
+
+@dataclass(frozen=True)
+class Compared:
+    """Medians over rounds: CPU per page of each leg, and of the daemon's legs over bare."""
+
+    per_leg: dict[str, float]
+    ratios: dict[str, list[float]]  # per round
+    ratio: dict[str, float]
+
+
+async def _warm_up(polls: dict[str, Poll]) -> None:
+    """Baselines, token, connections, caches: every leg polls each promotion twice."""
+    for poll in polls.values():
+        for i in range(2 * max(CHANGING, QUIET)):
+            await poll(i)
+
+
+async def _rounds(
+    polls: dict[str, Poll], daemon: DaemonPath, sim_pid: int
+) -> tuple[list[Round], int]:
+    """ROUNDS rounds in which the legs take turns; and the changes the news leg found."""
+    rounds = []
+    changes = 0
+    for _ in range(ROUNDS):
+        one: Round = {}
+        for leg, poll in polls.items():
+            daemon.changes = 0
+            one[leg] = await _measure(poll, PAGES_PER_ROUND, sim_pid)
+            if leg == "daemon_news":
+                changes += daemon.changes
+        rounds.append(one)
+    return rounds, changes
+
+
+async def _profile(polls: dict[str, Poll]) -> dict[str, cProfile.Profile]:
+    profiles: dict[str, cProfile.Profile] = {}
+    for leg in ("daemon_news", "daemon_quiet"):
+        profile = profiles[leg] = cProfile.Profile()
+        profile.enable()
+        for i in range(PROFILE_PAGES):
+            await polls[leg](i)
+        profile.disable()
+    return profiles
+
+
+async def _measure_legs(store: Store, state_dir: Path) -> Measured:
+    daemon = DaemonPath(store, state_dir)
+    bare = BareLoop(store)
+    await bare.open()
+    polls: dict[str, Poll] = {
+        "daemon_news": daemon.poll_changing,
+        "daemon_quiet": daemon.poll_quiet,
+        "bare": bare.poll,
+    }
+    try:
+        await _warm_up(polls)
+        rounds, changes = await _rounds(polls, daemon, store.pid)
+        profiles = await _profile(polls)
+        encode_s, state_jobs = daemon.full_encode_seconds()
+        write_s = await daemon.write_seconds()
+        state_bytes = (state_dir / "state" / "snapshot.json").stat().st_size
+    finally:
+        await daemon.close()
+        await bare.close()
+    return Measured(rounds, changes, profiles, encode_s, state_jobs, write_s, state_bytes)
+
+
+def _compare(rounds: list[Round]) -> Compared:
     per_leg = {leg: median(r[leg]["cpu_us_per_page"] for r in rounds) for leg, _, _ in LEGS}
     ratios = {
         leg: [r[leg]["cpu_us_per_page"] / r["bare"]["cpu_us_per_page"] for r in rounds]
         for leg in ("daemon_news", "daemon_quiet")
     }
-    ratio = {leg: median(values) for leg, values in ratios.items()}
-    breakdown = _cumulative(profiles["daemon_news"], PROFILE_PAGES, BREAKDOWN)
+    return Compared(per_leg, ratios, {leg: median(values) for leg, values in ratios.items()})
+
+
+def _judge(result: Result, compared: Compared, measured: Measured) -> None:
+    per_leg, ratio, jobs = compared.per_leg, compared.ratio, measured.state_jobs
     result.check("bare aiohttp CPU per page (floor)", per_leg["bare"], "µs")
     result.check("daemon CPU per page, 1 change/page", per_leg["daemon_news"], "µs")
     result.check("daemon CPU per page, no change", per_leg["daemon_quiet"], "µs")
@@ -328,40 +373,58 @@ async def run() -> Result:
     result.check(
         "extra CPU of a page with news", per_leg["daemon_news"] - per_leg["daemon_quiet"], "µs"
     )
-    result.check(f"one state write, 1 promotion changed ({state_jobs:,} jobs)", write_s * 1e6, "µs")
-    result.check(f"full state encode ({state_jobs:,} jobs)", encode_s * 1e6, "µs")
-    result.data = {
-        "setup": {
-            "promotions_changing": CHANGING,
-            "promotions_quiet": QUIET,
-            "jobs_per_promotion": JOBS,
-            "rounds": ROUNDS,
-            "pages_per_round_per_leg": PAGES_PER_ROUND,
-            "changes_per_news_page": round(changes / (ROUNDS * PAGES_PER_ROUND), 3),
-            "state_file_bytes": state_bytes,
-            "state_jobs": state_jobs,
-            "simulator": "separate process (python -m tests.benchmarks.simserver --mutate)",
-            "method": "sequential polls; time.process_time() of this process (all threads, so "
-            "the snapshot write done in a worker thread counts); legs alternate in each round; "
-            "medians over rounds",
-        },
+    result.check(
+        f"one state write, 1 promotion changed ({jobs:,} jobs)", measured.write_s * 1e6, "µs"
+    )
+    result.check(f"full state encode ({jobs:,} jobs)", measured.encode_s * 1e6, "µs")
+
+
+def _setup(measured: Measured) -> dict[str, Any]:
+    return {
+        "promotions_changing": CHANGING,
+        "promotions_quiet": QUIET,
+        "jobs_per_promotion": JOBS,
+        "rounds": ROUNDS,
+        "pages_per_round_per_leg": PAGES_PER_ROUND,
+        "changes_per_news_page": round(measured.changes / (ROUNDS * PAGES_PER_ROUND), 3),
+        "state_file_bytes": measured.state_bytes,
+        "state_jobs": measured.state_jobs,
+        "simulator": "separate process (python -m tests.benchmarks.simserver --mutate)",
+        "method": "sequential polls; time.process_time() of this process (all threads, so "
+        "the snapshot write done in a worker thread counts); legs alternate in each round; "
+        "medians over rounds",
+    }
+
+
+PROFILE_NOTE = (
+    "cProfile (wall clock) of the event-loop thread; calls that release the "
+    "GIL (epoll, socket send, queue put, lock acquire) are left out of the top list, their "
+    "time is waiting; the state encode and write run in a worker thread (see "
+    "state_write_us_one_promotion_changed); the profiler inflates times"
+)
+
+
+def _data(measured: Measured, compared: Compared) -> dict[str, Any]:
+    per_leg, ratio, profiles = compared.per_leg, compared.ratio, measured.profiles
+    encode_us = measured.encode_s * 1e6
+    return {
+        "setup": _setup(measured),
         "cpu_us_per_page": {k: round(v, 1) for k, v in per_leg.items()},
         "extra_cpu_us_per_page_with_news": round(
             per_leg["daemon_news"] - per_leg["daemon_quiet"], 1
         ),
         "ratio_to_bare": {k: round(v, 3) for k, v in ratio.items()},
-        "ratio_per_round": {k: [round(x, 3) for x in v] for k, v in ratios.items()},
+        "ratio_per_round": {k: [round(x, 3) for x in v] for k, v in compared.ratios.items()},
         "target_ratio": TARGET_RATIO,
         "passed": all(v <= TARGET_RATIO for v in ratio.values()),
-        "state_write_us_one_promotion_changed": round(write_s * 1e6, 1),
-        "state_full_encode_us": round(encode_s * 1e6, 1),
-        "state_full_encode_us_per_job": round(encode_s * 1e6 / max(state_jobs, 1), 3),
-        "rounds": [{leg: {k: round(v, 1) for k, v in r[leg].items()} for leg in r} for r in rounds],
+        "state_write_us_one_promotion_changed": round(measured.write_s * 1e6, 1),
+        "state_full_encode_us": round(encode_us, 1),
+        "state_full_encode_us_per_job": round(encode_us / max(measured.state_jobs, 1), 3),
+        "rounds": [
+            {leg: {k: round(v, 1) for k, v in r[leg].items()} for leg in r} for r in measured.rounds
+        ],
         "profile_pages": PROFILE_PAGES,
-        "profile_note": "cProfile (wall clock) of the event-loop thread; calls that release the "
-        "GIL (epoll, socket send, queue put, lock acquire) are left out of the top list, their "
-        "time is waiting; the state encode and write run in a worker thread (see "
-        "state_write_us_one_promotion_changed); the profiler inflates times",
+        "profile_note": PROFILE_NOTE,
         "profile_breakdown_us_per_page": {
             leg: _cumulative(profiles[leg], PROFILE_PAGES, BREAKDOWN) for leg in profiles
         },
@@ -369,8 +432,20 @@ async def run() -> Result:
             leg: _profile_rows(profiles[leg], PROFILE_PAGES) for leg in profiles
         },
     }
+
+
+async def run() -> Result:
+    result = Result(NAME, TITLE)
+    clock = Stopwatch()
+    async with simulator_process(CHANGING + QUIET, JOBS, mutate=CHANGING) as store:
+        with tempfile.TemporaryDirectory(prefix="bench-cost-") as tmp:
+            measured = await _measure_legs(store, Path(tmp))
+    compared = _compare(measured.rounds)
+    _judge(result, compared, measured)
+    result.data = _data(measured, compared)
+    breakdown = _cumulative(measured.profiles["daemon_news"], PROFILE_PAGES, BREAKDOWN)
     plot = RESULTS / f"{NAME}.png"
-    _plot(rounds, breakdown, write_s * 1e6, plot)
+    _plot(measured.rounds, breakdown, measured.write_s * 1e6, plot)
     result.plot = plot.name
     result.seconds = clock.elapsed
     return result

@@ -11,15 +11,17 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import aiohttp
 import yaml
 
+from monitor.simulator import Simulator
 from tests.support import spawn_daemon
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -358,6 +360,64 @@ async def running_daemon(config: Path, *, timeout: float = 60.0) -> AsyncIterato
         yield daemon
     finally:
         await daemon.stop()
+
+
+class Credentials(TypedDict):
+    """What `daemon_config` needs to reach a store, as keyword arguments."""
+
+    base_url: str
+    client_id: str
+    client_secret: str
+
+
+def credentials(store: Store | Simulator) -> Credentials:
+    return {
+        "base_url": store.base_url,
+        "client_id": store.client_id,
+        "client_secret": store.client_secret,
+    }
+
+
+@dataclass(frozen=True)
+class Pace:
+    """The daemon's request budget and poll intervals."""
+
+    rate: float
+    interval: float
+    active_interval: float
+
+
+@contextlib.asynccontextmanager
+async def daemon_watching(
+    sim: Simulator,
+    promotions: Sequence[tuple[str, str]],
+    pace: Pace,
+    *,
+    prefix: str,
+    baseline_timeout: float = 120.0,
+) -> AsyncIterator[DaemonProcess]:
+    """An in-process simulator on loopback and a daemon past its baseline of every promotion.
+
+    Both are stopped on exit; the daemon's config and state live in a temporary directory.
+    """
+    await sim.start(HOST, 0)
+    try:
+        with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+            document = daemon_config(
+                Path(tmp),
+                **credentials(sim),
+                promotions=promotions,
+                rate=pace.rate,
+                interval=pace.interval,
+                active_interval=pace.active_interval,
+            )
+            config = write_yaml(Path(tmp) / "config.yaml", document)
+            async with running_daemon(config) as daemon:
+                count = len(promotions)
+                await daemon.wait_count("baseline_loaded", count, timeout=baseline_timeout)
+                yield daemon
+    finally:
+        await sim.stop()
 
 
 async def scrape(session: aiohttp.ClientSession, url: str) -> tuple[float, int, int]:

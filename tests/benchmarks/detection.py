@@ -16,8 +16,8 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import tempfile
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -31,12 +31,11 @@ import matplotlib.pyplot as plt
 from monitor.simulator import Kind, Simulator
 from tests.benchmarks.common import (
     RESULTS,
+    Pace,
     Result,
     Stopwatch,
-    daemon_config,
+    daemon_watching,
     percentile,
-    running_daemon,
-    write_yaml,
 )
 from tests.support import parse_metrics
 
@@ -51,6 +50,7 @@ RATE = 200.0
 WINDOW = 24.0  # trials start at random moments over this long
 ERROR = "codes limit exceeded"
 TERMINAL = ("completed", "failed", "cancelled")
+PACE = Pace(rate=RATE, interval=INTERVAL, active_interval=ACTIVE_INTERVAL)
 
 
 def _epoch(stamp: str) -> float:
@@ -117,66 +117,80 @@ def _plot(latencies: dict[str, list[float]], path: Path) -> None:
     plt.close(fig)
 
 
-async def run() -> Result:
-    result = Result(NAME, TITLE)
-    clock = Stopwatch()
-    rng = random.Random(4)
-    sim = Simulator(seed=4)
-    promotions, processing = _populate(sim, rng)
-    active_trials = [pid for pid, _ in promotions[:TRIALS]]
-    idle_trials = [pid for pid, _ in promotions[TRIALS + BACKGROUND_ACTIVE :]][:TRIALS]
-    await sim.start("127.0.0.1", 0)
-    changed: dict[str, tuple[str, float]] = {}  # job id -> (kind, when it failed)
-    try:
-        with tempfile.TemporaryDirectory(prefix="bench-detect-") as tmp:
-            document = daemon_config(
-                Path(tmp),
-                base_url=sim.base_url,
-                client_id=sim.client_id,
-                client_secret=sim.client_secret,
-                promotions=promotions,
-                rate=RATE,
-                interval=INTERVAL,
-                active_interval=ACTIVE_INTERVAL,
-            )
-            config = write_yaml(Path(tmp) / "config.yaml", document)
-            async with running_daemon(config) as daemon:
-                await daemon.wait_count("baseline_loaded", PROMOTIONS, timeout=120)
-                await asyncio.sleep(ACTIVE_INTERVAL)  # past the baselines' off-grid polls
-                trials = [("active", pid) for pid in active_trials] + [
-                    ("idle", pid) for pid in idle_trials
-                ]
-                offsets = sorted((rng.uniform(0, WINDOW), kind, pid) for kind, pid in trials)
-                begin = time.monotonic()
-                for offset, kind, pid in offsets:
-                    await asyncio.sleep(max(0.0, begin + offset - time.monotonic()))
-                    if kind == "active":
-                        job_id = processing[pid]
-                        sim.set_job_status(pid, job_id, "failed", error=ERROR)
-                    else:
-                        job_id = sim.add_job(pid, status="failed", error=ERROR)
-                    changed[job_id] = (kind, time.time())
-                await daemon.wait_count("job_failed", len(trials), timeout=INTERVAL + 10)
-                counter = await _failures_total(daemon.url)
-                failed_polls = daemon.counts.get("poll_failed", 0)
-                lag_events = daemon.events("job_failed")
-    finally:
-        await sim.stop()
+@dataclass(frozen=True)
+class Observed:
+    """The failures made, as the simulator made them and as the daemon reported them."""
 
+    changed: dict[str, tuple[str, float]]  # job id -> (trial kind, when it failed)
+    counter: float  # epcc_promotion_job_failures_total on /metrics at the end
+    poll_failed: int
+    job_failed: list[tuple[float, dict[str, Any]]]  # (arrival time, event)
+
+
+def _trials(promotions: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """(kind, promotion id): the first TRIALS active promotions, then TRIALS idle ones."""
+    active = [pid for pid, _ in promotions[:TRIALS]]
+    idle = [pid for pid, _ in promotions[TRIALS + BACKGROUND_ACTIVE :]][:TRIALS]
+    return [("active", pid) for pid in active] + [("idle", pid) for pid in idle]
+
+
+async def _fail_at_random(
+    sim: Simulator,
+    processing: dict[str, str],
+    trials: list[tuple[str, str]],
+    rng: random.Random,
+) -> dict[str, tuple[str, float]]:
+    """Fail one job per trial at random moments over WINDOW; job id -> (kind, when it failed)."""
+    changed: dict[str, tuple[str, float]] = {}
+    offsets = sorted((rng.uniform(0, WINDOW), kind, pid) for kind, pid in trials)
+    begin = time.monotonic()
+    for offset, kind, pid in offsets:
+        await asyncio.sleep(max(0.0, begin + offset - time.monotonic()))
+        if kind == "active":
+            job_id = processing[pid]
+            sim.set_job_status(pid, job_id, "failed", error=ERROR)
+        else:
+            job_id = sim.add_job(pid, status="failed", error=ERROR)
+        changed[job_id] = (kind, time.time())
+    return changed
+
+
+async def _observe(
+    sim: Simulator,
+    promotions: list[tuple[str, str]],
+    processing: dict[str, str],
+    rng: random.Random,
+) -> Observed:
+    """Fail the trials' jobs once the daemon is past its baseline; wait until all are reported."""
+    trials = _trials(promotions)
+    async with daemon_watching(sim, promotions, PACE, prefix="bench-detect-") as daemon:
+        await asyncio.sleep(ACTIVE_INTERVAL)  # past the baselines' off-grid polls
+        changed = await _fail_at_random(sim, processing, trials, rng)
+        await daemon.wait_count("job_failed", len(trials), timeout=INTERVAL + 10)
+        return Observed(
+            changed,
+            await _failures_total(daemon.url),
+            daemon.counts.get("poll_failed", 0),
+            daemon.events("job_failed"),
+        )
+
+
+def _latencies(observed: Observed) -> tuple[dict[str, list[float]], list[float]]:
+    """Seconds from failing to the log line, per trial kind; and the log lines' arrival delays."""
     latencies: dict[str, list[float]] = {"active": [], "idle": []}
     arrival_delay = []
-    for arrived, event in lag_events:
-        trial = changed.get(str(event.get("job_id")))
+    for arrived, event in observed.job_failed:
+        trial = observed.changed.get(str(event.get("job_id")))
         if trial is None:
             continue
         kind, when = trial
         logged = _epoch(str(event["timestamp"]))
         latencies[kind].append(logged - when)
         arrival_delay.append(arrived - logged)
-    summaries = {
-        "active": _summary(latencies["active"], ACTIVE_INTERVAL),
-        "idle": _summary(latencies["idle"], INTERVAL),
-    }
+    return latencies, arrival_delay
+
+
+def _judge(result: Result, summaries: dict[str, dict[str, Any]], observed: Observed) -> None:
     for kind, interval in (("active", ACTIVE_INTERVAL), ("idle", INTERVAL)):
         s = summaries[kind]
         # Polls are spread uniformly, so p50 should sit near interval/2 (the scheduler's tick
@@ -198,34 +212,62 @@ async def run() -> Result:
             f"<= {1.1 * interval:g}",
             p99_ok,
         )
-    counted = counter == len(changed)
-    result.check("failures counted on /metrics", counter, "", f"== {len(changed)}", counted)
-    result.data = {
-        "setup": {
-            "promotions": PROMOTIONS,
-            "jobs_per_promotion": "1-3 finished, plus one processing job on active ones",
-            "active_promotions": TRIALS + BACKGROUND_ACTIVE,
-            "trials_per_kind": TRIALS,
-            "active_interval_seconds": ACTIVE_INTERVAL,
-            "interval_seconds": INTERVAL,
-            "scaled_from_defaults": "10 s / 60 s scaled by 1/5",
-            "max_requests_per_second": RATE,
-            "offered_rate": round(
-                (TRIALS + BACKGROUND_ACTIVE) / ACTIVE_INTERVAL
-                + (PROMOTIONS - TRIALS - BACKGROUND_ACTIVE) / INTERVAL,
-                1,
-            ),
-            "window_s": WINDOW,
-            "measure": "daemon's job_failed log timestamp - simulator change time.time()",
-        },
+    trials = len(observed.changed)
+    counted = observed.counter == trials
+    result.check("failures counted on /metrics", observed.counter, "", f"== {trials}", counted)
+
+
+SETUP = {
+    "promotions": PROMOTIONS,
+    "jobs_per_promotion": "1-3 finished, plus one processing job on active ones",
+    "active_promotions": TRIALS + BACKGROUND_ACTIVE,
+    "trials_per_kind": TRIALS,
+    "active_interval_seconds": ACTIVE_INTERVAL,
+    "interval_seconds": INTERVAL,
+    "scaled_from_defaults": "10 s / 60 s scaled by 1/5",
+    "max_requests_per_second": RATE,
+    "offered_rate": round(
+        (TRIALS + BACKGROUND_ACTIVE) / ACTIVE_INTERVAL
+        + (PROMOTIONS - TRIALS - BACKGROUND_ACTIVE) / INTERVAL,
+        1,
+    ),
+    "window_s": WINDOW,
+    "measure": "daemon's job_failed log timestamp - simulator change time.time()",
+}
+
+
+def _data(
+    result: Result,
+    summaries: dict[str, dict[str, Any]],
+    observed: Observed,
+    arrival_delay: list[float],
+) -> dict[str, Any]:
+    return {
+        "setup": SETUP,
         "active": summaries["active"],
         "idle": summaries["idle"],
-        "failures_total_on_metrics": counter,
-        "trials_total": len(changed),
-        "poll_failed_events": failed_polls,
+        "failures_total_on_metrics": observed.counter,
+        "trials_total": len(observed.changed),
+        "poll_failed_events": observed.poll_failed,
         "log_line_arrival_delay_p50_s": round(percentile(arrival_delay, 50), 4),
         "passed": all(c.passed is not False for c in result.checks),
     }
+
+
+async def run() -> Result:
+    result = Result(NAME, TITLE)
+    clock = Stopwatch()
+    rng = random.Random(4)
+    sim = Simulator(seed=4)
+    promotions, processing = _populate(sim, rng)
+    observed = await _observe(sim, promotions, processing, rng)
+    latencies, arrival_delay = _latencies(observed)
+    summaries = {
+        "active": _summary(latencies["active"], ACTIVE_INTERVAL),
+        "idle": _summary(latencies["idle"], INTERVAL),
+    }
+    _judge(result, summaries, observed)
+    result.data = _data(result, summaries, observed, arrival_delay)
     plot = RESULTS / f"{NAME}.png"
     _plot(latencies, plot)
     result.plot = plot.name

@@ -35,8 +35,9 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -46,6 +47,7 @@ from tests.benchmarks.common import (
     DaemonProcess,
     Result,
     cpu_seconds,
+    credentials,
     daemon_config,
     fmt,
     machine,
@@ -186,97 +188,221 @@ async def settle(daemon: DaemonProcess, name: str, expected: int, quiet: float =
     await asyncio.sleep(quiet)
 
 
-async def run(options: Options) -> Result:
-    result = Result(NAME, TITLE)
-    clock = time.monotonic()
-    sim = Simulator(seed=options.seed, token_ttl=options.token_ttl)
-    rng = random.Random(options.seed)
-    ids = populate(sim, options)
-    jobs_at_start = sum(len(sim.jobs(pid)) for pid in ids)
-    base_url = await sim.start("127.0.0.1", 0)
-    rss: list[tuple[float, float]] = []
+EVENTS = (
+    "job_status_changed",
+    "job_discovered",
+    "job_failed",
+    "job_vanished",
+    "poll_failed",
+    "request_retried",
+    "token_refreshed",
+    "state_write_failed",
+)
+METRICS = (
+    "epcc_monitor_api_requests_total",
+    "epcc_monitor_api_retries_total",
+    "epcc_monitor_poll_errors_total",
+    "epcc_monitor_budget_wait_seconds_total",
+)
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The moment the daemon had loaded every promotion once."""
+
+    seconds: float  # since the start of the run
+    rss_mb: float
+    requests: int  # the simulator's request log up to here is the baseline's
+    transitions: int
+
+
+@dataclass(frozen=True)
+class Soaked:
+    """What the soak observed, for the checks and the JSON."""
+
+    baseline: Baseline
+    transitions: int  # made by the simulator after the baseline
+    step_seconds: list[float]
+    injected: Counter[str]  # requests faulted, by kind
+    totals: dict[str, float]  # the daemon's counters at the end
+    daemon_cpu: float
+    # The daemon's live event counts: read after it stopped, they include its last lines.
+    counts: dict[str, int]
+    rss: list[tuple[float, float]]  # (seconds since the start, MB)
+    exit_code: int | None = None
+
+
+@dataclass(frozen=True)
+class Memory:
+    """RSS at the end against the baseline and against the first sample after the warm-up."""
+
+    samples: list[tuple[float, float]]
+    end: float
+    growth_from_baseline: float
+    warm_at: float
+    warm_mb: float
+    growth: float
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """The store's answers after the baseline, and the jobs it spawned during the soak."""
+
+    requests: int
+    statuses: Counter[int]
+    busiest: int
+    spawned: int
+
+
+def soak_config(directory: Path, sim: Simulator, ids: Sequence[str], options: Options) -> Path:
+    document = daemon_config(
+        directory,
+        **credentials(sim),
+        promotions=[(pid, "promotion") for pid in ids],
+        rate=options.rate,
+        interval=options.interval,
+        active_interval=options.interval,
+        concurrency=64,
+        timeout=options.timeout,
+    )
+    document["poll"]["stuck_after_seconds"] = 86_400
+    document["state"]["retention_days"] = options.retention / 86_400
+    return write_yaml(directory / "config.yaml", document)
+
+
+async def await_baseline(
+    daemon: DaemonProcess,
+    sim: Simulator,
+    options: Options,
+    clock: float,
+    rss: list[tuple[float, float]],
+) -> Baseline:
+    await daemon.wait_count("baseline_loaded", options.promotions, timeout=300)
+    baseline = Baseline(
+        time.monotonic() - clock, rss_bytes(daemon.pid) / MB, len(sim.requests), sim.transitions
+    )
+    rss.append((round(baseline.seconds, 1), baseline.rss_mb))
+    print(
+        f"baseline of {options.promotions} promotions in {baseline.seconds:.1f}s; "
+        f"RSS {baseline.rss_mb:.1f} MB",
+        flush=True,
+    )
+    return baseline
+
+
+def inject_faults(
+    sim: Simulator, rng: random.Random, ids: list[str], options: Options, injected: Counter[str]
+) -> None:
+    for pid in rng.sample(ids, options.faults_per_step):
+        fault = random_fault(rng, pid, options)
+        kind = f"{fault.status}" if fault.kind == "status" else fault.kind
+        injected[kind] += fault.times or 0
+        sim.inject(fault)
+
+
+async def simulate_minutes(
+    daemon: DaemonProcess,
+    sim: Simulator,
+    rng: random.Random,
+    ids: list[str],
+    options: Options,
+    baseline: Baseline,
+    rss: list[tuple[float, float]],
+) -> tuple[list[float], Counter[str]]:
+    """Fault, step, wait until every promotion was polled; each step's seconds, faults made."""
+    watch = PollWatch(sim)
     step_seconds: list[float] = []
     injected: Counter[str] = Counter()
-    try:
-        with tempfile.TemporaryDirectory(prefix="promo-monitor-soak-") as tmp:
-            document = daemon_config(
-                Path(tmp),
-                base_url=base_url,
-                client_id=sim.client_id,
-                client_secret=sim.client_secret,
-                promotions=[(pid, "promotion") for pid in ids],
-                rate=options.rate,
-                interval=options.interval,
-                active_interval=options.interval,
-                concurrency=64,
-                timeout=options.timeout,
+    for step in range(options.steps):
+        step_started = time.monotonic()
+        mark = len(sim.requests)
+        inject_faults(sim, rng, ids, options, injected)
+        sim.step()
+        await watch.all_polled(ids, mark, timeout=120)
+        step_seconds.append(time.monotonic() - step_started)
+        if (step + 1) % 10 == 0:
+            print(
+                f"  minute {step + 1:>3}/{options.steps}: "
+                f"{sim.transitions - baseline.transitions} transitions, "
+                f"{daemon.counts.get('job_status_changed', 0)} events, "
+                f"RSS {rss[-1][1]:.1f} MB",
+                flush=True,
             )
-            document["poll"]["stuck_after_seconds"] = 86_400
-            document["state"]["retention_days"] = options.retention / 86_400
-            config = write_yaml(Path(tmp) / "config.yaml", document)
-            daemon = await DaemonProcess.start(config)
-            sampler = asyncio.create_task(sample_rss(daemon.pid, rss, clock))
-            try:
-                await daemon.wait_count("baseline_loaded", options.promotions, timeout=300)
-                baseline_seconds = time.monotonic() - clock
-                rss_at_baseline = rss_bytes(daemon.pid) / MB
-                rss.append((round(baseline_seconds, 1), rss_at_baseline))
-                requests_at_baseline = len(sim.requests)
-                transitions_at_baseline = sim.transitions
-                watch = PollWatch(sim)
-                print(
-                    f"baseline of {options.promotions} promotions in {baseline_seconds:.1f}s; "
-                    f"RSS {rss_at_baseline:.1f} MB",
-                    flush=True,
-                )
-                for step in range(options.steps):
-                    step_started = time.monotonic()
-                    mark = len(sim.requests)
-                    for pid in rng.sample(ids, options.faults_per_step):
-                        fault = random_fault(rng, pid, options)
-                        kind = f"{fault.status}" if fault.kind == "status" else fault.kind
-                        injected[kind] += fault.times or 0
-                        sim.inject(fault)
-                    sim.step()
-                    await watch.all_polled(ids, mark, timeout=120)
-                    step_seconds.append(time.monotonic() - step_started)
-                    if (step + 1) % 10 == 0:
-                        print(
-                            f"  minute {step + 1:>3}/{options.steps}: "
-                            f"{sim.transitions - transitions_at_baseline} transitions, "
-                            f"{daemon.counts.get('job_status_changed', 0)} events, "
-                            f"RSS {rss[-1][1]:.1f} MB",
-                            flush=True,
-                        )
-                transitions = sim.transitions - transitions_at_baseline
-                await settle(daemon, "job_status_changed", transitions)
-                rss.append((round(time.monotonic() - clock, 1), rss_bytes(daemon.pid) / MB))
-                totals = await scrape(daemon.url)
-                daemon_cpu = cpu_seconds(daemon.pid)
-            finally:
-                sampler.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await sampler
-                exit_code = await daemon.stop()
-    finally:
-        await sim.stop()
-    result.seconds = time.monotonic() - clock
+    return step_seconds, injected
 
-    after_baseline = sim.requests[requests_at_baseline:]
-    statuses = Counter(r.status for r in after_baseline)
-    spawned = sum(len(sim.jobs(pid)) for pid in ids) - jobs_at_start
-    events = daemon.counts.get("job_status_changed", 0)
-    discovered = daemon.counts.get("job_discovered", 0)
-    samples = sorted(rss)
-    rss_end = samples[-1][1]
-    growth_from_baseline = rss_end / rss_at_baseline - 1
+
+async def drive(
+    daemon: DaemonProcess,
+    sim: Simulator,
+    ids: list[str],
+    options: Options,
+    clock: float,
+    rss: list[tuple[float, float]],
+) -> Soaked:
+    """Baseline, the simulated minutes, then the daemon's last events, RSS, counters and CPU."""
+    baseline = await await_baseline(daemon, sim, options, clock, rss)
+    rng = random.Random(options.seed)
+    step_seconds, injected = await simulate_minutes(daemon, sim, rng, ids, options, baseline, rss)
+    transitions = sim.transitions - baseline.transitions
+    await settle(daemon, "job_status_changed", transitions)
+    rss.append((round(time.monotonic() - clock, 1), rss_bytes(daemon.pid) / MB))
+    totals = await scrape(daemon.url)
+    return Soaked(
+        baseline,
+        transitions,
+        step_seconds,
+        injected,
+        totals,
+        cpu_seconds(daemon.pid),
+        daemon.counts,
+        rss,
+    )
+
+
+async def soak(sim: Simulator, ids: list[str], options: Options, clock: float) -> Soaked:
+    """Run the daemon on the simulator, sampling its RSS, through the whole soak."""
+    rss: list[tuple[float, float]] = []
+    with tempfile.TemporaryDirectory(prefix="promo-monitor-soak-") as tmp:
+        daemon = await DaemonProcess.start(soak_config(Path(tmp), sim, ids, options))
+        sampler = asyncio.create_task(sample_rss(daemon.pid, rss, clock))
+        try:
+            soaked = await drive(daemon, sim, ids, options, clock, rss)
+        finally:
+            sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampler
+            exit_code = await daemon.stop()
+    return replace(soaked, exit_code=exit_code)
+
+
+def memory(soaked: Soaked, options: Options) -> Memory:
+    samples = sorted(soaked.rss)
+    end = samples[-1][1]
     warmup = options.retention if options.warmup is None else options.warmup
     warm_at, warm_mb = next(
-        ((t, mb) for t, mb in samples if t >= baseline_seconds + warmup), samples[-1]
+        ((t, mb) for t, mb in samples if t >= soaked.baseline.seconds + warmup), samples[-1]
     )
-    growth = rss_end / warm_mb - 1
-    busiest = busiest_second(after_baseline)
+    return Memory(
+        samples, end, end / soaked.baseline.rss_mb - 1, warm_at, warm_mb, end / warm_mb - 1
+    )
 
+
+def traffic(sim: Simulator, ids: list[str], jobs_at_start: int, baseline: Baseline) -> Traffic:
+    after_baseline = sim.requests[baseline.requests :]
+    return Traffic(
+        len(after_baseline),
+        Counter(r.status for r in after_baseline),
+        busiest_second(after_baseline),
+        sum(len(sim.jobs(pid)) for pid in ids) - jobs_at_start,
+    )
+
+
+def judge(result: Result, options: Options, soaked: Soaked, mem: Memory, seen: Traffic) -> None:
+    events = soaked.counts.get("job_status_changed", 0)
+    discovered = soaked.counts.get("job_discovered", 0)
+    vanished = soaked.counts.get("job_vanished", 0)
+    transitions, spawned = soaked.transitions, seen.spawned
+    answered_429, injected_429 = seen.statuses[429], soaked.injected["429"]
     result.check(
         "events = transitions", events - transitions, "difference", "= 0", events == transitions
     )
@@ -287,79 +413,81 @@ async def run(options: Options) -> Result:
         "= 0",
         discovered == spawned,
     )
+    result.check("job_vanished", vanished, "events", "= 0", vanished == 0)
     result.check(
-        "job_vanished",
-        daemon.counts.get("job_vanished", 0),
-        "events",
-        "= 0",
-        daemon.counts.get("job_vanished", 0) == 0,
-    )
-    result.check(
-        f"RSS growth from {warm_at:g} s to end",
-        round(growth * 100, 1),
+        f"RSS growth from {mem.warm_at:g} s to end",
+        round(mem.growth * 100, 1),
         "%",
         f"<= {RSS_GROWTH_LIMIT * 100:g}",
-        growth <= RSS_GROWTH_LIMIT,
+        mem.growth <= RSS_GROWTH_LIMIT,
     )
-    result.check("RSS growth from baseline", round(growth_from_baseline * 100, 1), "%")
+    result.check("RSS growth from baseline", round(mem.growth_from_baseline * 100, 1), "%")
     result.check(
         "429s answered",
-        statuses[429],
+        answered_429,
         "requests",
-        f"= {injected['429']} injected",
-        statuses[429] == injected["429"],
+        f"= {injected_429} injected",
+        answered_429 == injected_429,
     )
-    result.check("busiest 1 s window", busiest, "requests", f"budget {options.rate:g}/s", None)
-    result.data = {
+    result.check("busiest 1 s window", seen.busiest, "requests", f"budget {options.rate:g}/s", None)
+
+
+def rss_data(soaked: Soaked, mem: Memory) -> dict[str, Any]:
+    return {
+        "at_baseline": round(soaked.baseline.rss_mb, 1),
+        "after_warmup": {"at_seconds": mem.warm_at, "mb": round(mem.warm_mb, 1)},
+        "end": round(mem.end, 1),
+        "max": round(max(mb for _, mb in soaked.rss), 1),
+        "samples": [(t, round(mb, 1)) for t, mb in mem.samples],
+    }
+
+
+def data(
+    result: Result, options: Options, soaked: Soaked, mem: Memory, seen: Traffic
+) -> dict[str, Any]:
+    steps = soaked.step_seconds
+    return {
         "machine": machine(),
         "options": options.__dict__,
         "simulated_minutes": options.steps,
         "wall_seconds": round(result.seconds, 1),
-        "baseline_seconds": round(baseline_seconds, 1),
+        "baseline_seconds": round(soaked.baseline.seconds, 1),
         "step_seconds": {
-            "min": round(min(step_seconds), 2),
-            "median": round(sorted(step_seconds)[len(step_seconds) // 2], 2),
-            "max": round(max(step_seconds), 2),
+            "min": round(min(steps), 2),
+            "median": round(sorted(steps)[len(steps) // 2], 2),
+            "max": round(max(steps), 2),
         },
-        "transitions": transitions,
-        "events": {
-            name: daemon.counts.get(name, 0)
-            for name in (
-                "job_status_changed",
-                "job_discovered",
-                "job_failed",
-                "job_vanished",
-                "poll_failed",
-                "request_retried",
-                "token_refreshed",
-                "state_write_failed",
-            )
-        },
-        "jobs_spawned": spawned,
-        "faults_injected": dict(injected),
-        "requests_after_baseline": len(after_baseline),
-        "answers_by_status": {str(k or "none"): v for k, v in sorted(statuses.items())},
-        "busiest_second": busiest,
+        "transitions": soaked.transitions,
+        "events": {name: soaked.counts.get(name, 0) for name in EVENTS},
+        "jobs_spawned": seen.spawned,
+        "faults_injected": dict(soaked.injected),
+        "requests_after_baseline": seen.requests,
+        "answers_by_status": {str(k or "none"): v for k, v in sorted(seen.statuses.items())},
+        "busiest_second": seen.busiest,
         "budget_per_second": options.rate,
-        "daemon_metrics": {
-            name: totals.get(name, 0.0)
-            for name in (
-                "epcc_monitor_api_requests_total",
-                "epcc_monitor_api_retries_total",
-                "epcc_monitor_poll_errors_total",
-                "epcc_monitor_budget_wait_seconds_total",
-            )
-        },
-        "daemon_cpu_seconds": round(daemon_cpu, 1),
-        "daemon_exit_code": exit_code,
-        "rss_mb": {
-            "at_baseline": round(rss_at_baseline, 1),
-            "after_warmup": {"at_seconds": warm_at, "mb": round(warm_mb, 1)},
-            "end": round(rss_end, 1),
-            "max": round(max(mb for _, mb in rss), 1),
-            "samples": [(t, round(mb, 1)) for t, mb in samples],
-        },
+        "daemon_metrics": {name: soaked.totals.get(name, 0.0) for name in METRICS},
+        "daemon_cpu_seconds": round(soaked.daemon_cpu, 1),
+        "daemon_exit_code": soaked.exit_code,
+        "rss_mb": rss_data(soaked, mem),
     }
+
+
+async def run(options: Options) -> Result:
+    result = Result(NAME, TITLE)
+    clock = time.monotonic()
+    sim = Simulator(seed=options.seed, token_ttl=options.token_ttl)
+    ids = populate(sim, options)
+    jobs_at_start = sum(len(sim.jobs(pid)) for pid in ids)
+    await sim.start("127.0.0.1", 0)
+    try:
+        soaked = await soak(sim, ids, options, clock)
+    finally:
+        await sim.stop()
+    result.seconds = time.monotonic() - clock
+    mem = memory(soaked, options)
+    seen = traffic(sim, ids, jobs_at_start, soaked.baseline)
+    judge(result, options, soaked, mem, seen)
+    result.data = data(result, options, soaked, mem, seen)
     return result
 
 
