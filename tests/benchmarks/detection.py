@@ -64,9 +64,13 @@ def _populate(sim: Simulator, rng: random.Random) -> tuple[list[tuple[str, str]]
     for i in range(PROMOTIONS):
         kind: Kind = "rule_promotion" if i % 3 == 2 else "promotion"
         pid = sim.add_promotion(kind)
+        # History from before the monitor started, older than its baseline lookback: only the
+        # trials' failures are news.
+        history = time.time() - 2 * 3600
         for _ in range(rng.randint(1, 3)):
             status = rng.choice(TERMINAL)
-            sim.add_job(pid, status=status, error=ERROR if status == "failed" else None)
+            error = ERROR if status == "failed" else None
+            sim.add_job(pid, status=status, error=error, created_at=history)
         if i < TRIALS + BACKGROUND_ACTIVE:
             processing[pid] = sim.add_job(pid, status="processing")
         promotions.append((pid, kind))
