@@ -132,7 +132,7 @@ class Monitor:
             grace = 0.0
         await self.scheduler.stop(grace)
         await self.client.close()
-        saved = await self.store.save(self.clock())
+        saved = await self.store.save(self.clock(), compact=True)
         self.events.emit(MonitorStopped(state_saved=saved))
         if self.web is not None:
             await self.web.stop()
