@@ -376,7 +376,13 @@ def _web(monitor: Monitor) -> WebServer:
         names=monitor.names.get,
     )
     security = load_web_security(settings.server)
-    app = build_app(monitor.registry, monitor.health, security, status=board.view)
+    app = build_app(
+        monitor.registry,
+        monitor.health,
+        security,
+        status=board.view,
+        exposition=monitor.metrics.exposition,
+    )
     return WebServer(app, security.ssl_context)
 
 

@@ -11,11 +11,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from monitor.settings import ServerSettings
+from monitor.sinks.exposition import Exposition
 from monitor.status import QueryError, StatusQuery, StatusView, parse_query, to_json
 from monitor.status_page import CONTENT_SECURITY_POLICY, render_page
 
@@ -96,9 +97,21 @@ def build_app(
     security: WebSecurity | None = None,
     *,
     status: StatusSource,
+    exposition: Exposition | None = None,
 ) -> web.Application:
     security = security or WebSecurity()
     metrics_handler = make_aiohttp_handler(registry)
+
+    async def exposed(request: web.Request) -> web.Response:
+        if exposition is None or "name[]" in request.query:
+            # (`name[]` filters are rare and served by prometheus_client from the registry)
+            response = await metrics_handler(request)
+            assert isinstance(response, web.Response)
+            return response
+        body, content_type = exposition.render(",".join(request.headers.getall(hdrs.ACCEPT, [])))
+        response = web.Response(body=body, headers={hdrs.CONTENT_TYPE: content_type})
+        response.enable_compression()  # gzip or deflate, when the scraper asks for it
+        return response
 
     def refused(request: web.Request) -> web.Response | None:
         # Probes stay open (the kubelet sends no credentials); only the data is protected.
@@ -115,9 +128,7 @@ def build_app(
     async def metrics(request: web.Request) -> web.Response:
         if (refusal := refused(request)) is not None:
             return refusal
-        response = await metrics_handler(request)
-        assert isinstance(response, web.Response)
-        return response
+        return await exposed(request)
 
     async def healthz(_: web.Request) -> web.Response:
         if health.alive(time.monotonic()):
