@@ -76,6 +76,12 @@ def assert_same_as_a_fresh_render(world: World) -> None:
     fresh = generate_openmetrics(world.registry).decode()
     assert cached.decode().endswith("\n# EOF\n")
     assert sections(cached.decode()) == sections(fresh)
+    # OpenMetrics keeps a counter's samples together: each _total right before its _created.
+    lines = cached.decode().splitlines()
+    for n, line in enumerate(lines):
+        if "_total{" in line:
+            assert lines[n + 1].startswith(line.split("{")[0].removesuffix("_total") + "_created{")
+            assert lines[n + 1].split("}")[0].split("{")[1] == line.split("}")[0].split("{")[1]
 
 
 def jobs(*specs: tuple[str, str, str | None, float]) -> dict[str, Job]:

@@ -5,8 +5,9 @@ kube-state-metrics keeps pre-serialised metric families per object for the same 
 10,000 promotions a fresh render formats ~150,000 samples per scrape, while between two scrapes
 only the promotions that were polled with news (and the per-poll gauges) change. The text format
 needs every sample of a family under one HELP/TYPE, so the cache holds one chunk per family per
-promotion, both exposition formats at once: Prometheus text 0.0.4 splits a counter's `_created`
-samples into a family of their own, OpenMetrics keeps them beside each `_total`.
+promotion, in OpenMetrics order: a counter's `_total` line, then its `_created` line. Text 0.0.4
+puts `_created` samples in a family of their own; a scrape in that format splits a counter
+family's joined lines into alternate ones (C-speed slices), so one chunk serves both formats.
 
 The registry stays the truth (tests and `?name[]=` read it through prometheus_client); this is a
 faster path to the same samples, checked against it by tests/test_exposition.py.
@@ -14,14 +15,14 @@ faster path to the same samples, checked against it by tests/test_exposition.py.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Final, Generic, Protocol, TypeVar, cast, runtime_checkable
+from typing import ClassVar, Final, Protocol, cast, runtime_checkable
 
-from prometheus_client import Counter, Gauge
 from prometheus_client.exposition import choose_encoder
-from prometheus_client.metrics_core import Metric
-from prometheus_client.registry import Collector
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
 _go_float = cast("Callable[[float], str]", floatToGoString)  # (untyped in prometheus_client)
@@ -29,8 +30,8 @@ _go_float = cast("Callable[[float], str]", floatToGoString)  # (untyped in prome
 OPENMETRICS: Final = "application/openmetrics-text"
 _EOF: Final = b"# EOF\n"
 
-# One promotion's lines of one family: a chunk per text-format section, then the OpenMetrics one.
-Entry = tuple[bytes, ...]
+# One promotion's lines of one family, each ending in a newline (label values escape theirs).
+Entry = bytes
 
 
 def escape(value: str) -> str:
@@ -59,22 +60,20 @@ class Family:
             return (f"{self.name}_total", f"{self.name}_created")
         return (self.name,)
 
-    def entry(self, text_sections: Sequence[Sequence[str]], openmetrics: Sequence[str]) -> Entry:
-        """An Entry from lines; a gauge's two formats share one bytes object."""
-        om = "".join(openmetrics).encode()
-        if self.kind != "counter":
-            return (om, om)
-        return (*("".join(lines).encode() for lines in text_sections), om)
-
     def render(self, om: bool) -> Iterator[bytes]:
+        body = b"".join(self.chunks.values())
         if om:
             yield f"# HELP {self.name} {escape(self.documentation)}\n".encode()
             yield f"# TYPE {self.name} {self.kind}\n".encode()
-            yield b"".join([entry[-1] for entry in self.chunks.values()])
+            yield body
             return
+        bodies = [body]
+        if self.kind == "counter":
+            lines = body.split(b"\n")[:-1]  # _total, _created, _total, _created, ...
+            bodies = [b"\n".join(lines[n::2]) + b"\n" if lines else b"" for n in (0, 1)]
         help_text = self.documentation.replace("\\", r"\\").replace("\n", r"\n")
         for n, section in enumerate(self.sections()):
-            body = b"".join([entry[n] for entry in self.chunks.values()])
+            body = bodies[n]
             if n and not body:
                 continue  # (prometheus_client writes a `_created` family only with samples)
             kind = self.kind if n == 0 else "gauge"
@@ -89,40 +88,103 @@ class Part(Protocol):
     def refresh(self) -> Iterable[Family]: ...
 
 
-M = TypeVar("M", Counter, Gauge)
+class _CounterPoint:
+    __slots__ = ("_point",)
+
+    def __init__(self, point: list[float]) -> None:
+        self._point = point
+
+    def inc(self, amount: float = 1) -> None:
+        if amount < 0:
+            raise ValueError("Counters can only be incremented by non-negative amounts.")
+        self._point[0] += amount
 
 
-class PromotionMetric(Generic[M]):
-    """A prometheus_client counter or gauge whose first label is promotion_id, which tells its
-    exposition which promotion's series a call may have changed.
+class _GaugePoint:
+    __slots__ = ("_point",)
+
+    def __init__(self, point: list[float]) -> None:
+        self._point = point
+
+    def set(self, value: float) -> None:
+        self._point[0] = float(value)
+
+
+class PromotionSeries(Collector):
+    """A counter or gauge whose first label is promotion_id, kept by promotion so that a
+    promotion's lines are rendered again only after a call that may have changed them.
 
     Every change goes through labels() (`.labels(...).inc()`), so marking the promotion there
-    cannot miss one; marking one that did not change only costs a re-render.
+    cannot miss one. Values are plain floats rather than prometheus_client children, which
+    cost ~700 bytes each, seven or more per promotion.
     """
 
-    def __init__(self, metric: M) -> None:
-        self.metric: M = metric
-        described: Metric = next(iter(metric.describe()))
-        self.family = Family(described.name, described.documentation, described.type)
-        self._labelnames: tuple[str, ...] = metric._labelnames
-        self._by_promotion: dict[str, dict[tuple[str, ...], None]] = {}
-        self._changed: set[str] = set()
+    kind: ClassVar[str]
 
-    def labels(self, *values: str) -> M:
-        self._by_promotion.setdefault(values[0], {})[values] = None
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        if labelnames[0] != "promotion_id":
+            raise ValueError("the first label must be promotion_id")
+        # (prometheus_client's naming: a counter family drops `_total`, its samples carry it)
+        self.family = Family(name.removesuffix("_total"), documentation, self.kind)
+        self._labelnames = tuple(labelnames)
+        self._points: dict[tuple[str, ...], list[float]] = {}  # [value] or [value, created]
+        self._keys: dict[str, tuple[tuple[str, ...], ...]] = {}  # by promotion, as created
+        self._changed: set[str] = set()
+        if registry is not None:
+            registry.register(self)
+
+    def _point(self, values: tuple[str, ...]) -> list[float]:
+        if len(values) != len(self._labelnames):
+            raise ValueError("Incorrect label count")
         self._changed.add(values[0])
-        return self.metric.labels(*values)
+        point = self._points.get(values)
+        if point is None:
+            point = [0.0, time.time()] if self.family.kind == "counter" else [0.0]
+            self._points[values] = point
+            self._keys[values[0]] = (*self._keys.get(values[0], ()), values)
+        return point
 
     def remove(self, *values: str) -> None:
-        self.metric.remove(*values)
-        keys = self._by_promotion.get(values[0], {})
-        keys.pop(values, None)
-        if not keys:
-            self._by_promotion.pop(values[0], None)
-        self._changed.add(values[0])
+        if self._points.pop(values, None) is not None:
+            left = tuple(key for key in self._keys[values[0]] if key != values)
+            if left:
+                self._keys[values[0]] = left
+            else:
+                del self._keys[values[0]]
+            self._changed.add(values[0])
+
+    def forget(self, promotion_id: str) -> None:
+        for key in self._keys.pop(promotion_id, ()):
+            del self._points[key]
+        self._changed.add(promotion_id)
 
     def keys(self) -> list[tuple[str, ...]]:
-        return [key for keys in self._by_promotion.values() for key in keys]
+        return list(self._points)
+
+    def describe(self) -> Iterable[Metric]:
+        return [self._metric()]
+
+    def collect(self) -> Iterable[Metric]:
+        """The uncached truth, rendered by prometheus_client (tests, `?name[]=`)."""
+        metric = self._metric()
+        for key, point in self._points.items():
+            if self.family.kind == "counter":
+                cast("CounterMetricFamily", metric).add_metric(key, point[0], created=point[1])
+            else:
+                cast("GaugeMetricFamily", metric).add_metric(key, point[0])
+        return [metric]
+
+    def _metric(self) -> Metric:
+        name, doc, labels = self.family.name, self.family.documentation, self._labelnames
+        if self.family.kind == "counter":
+            return CounterMetricFamily(name, doc, labels=labels)
+        return GaugeMetricFamily(name, doc, labels=labels)
 
     def refresh(self) -> Iterable[Family]:
         chunks = self.family.chunks
@@ -136,29 +198,38 @@ class PromotionMetric(Generic[M]):
         return (self.family,)
 
     def _entry(self, pid: str) -> Entry | None:
-        keys = self._by_promotion.get(pid)
+        keys = self._keys.get(pid)
         if not keys:
             return None
-        totals: list[str] = []
-        created: list[str] = []
-        both: list[str] = []
-        # prometheus_client keeps children by label tuple and their samples behind _samples();
-        # reading them per promotion is what makes a render cost the promotion, not all of them.
-        children = self.metric._metrics
+        name = self.family.name
+        if self.family.kind != "counter":
+            names = self._labelnames
+            points = self._points
+            gauges = [
+                sample_line(name, zip(names, key, strict=True), points[key][0]) for key in keys
+            ]
+            return "".join(gauges).encode()
+        lines: list[str] = []
         for key in keys:
-            child = children.get(key)
-            if child is None:
-                continue
+            value, since = self._points[key]
             labels = list(zip(self._labelnames, key, strict=True))
-            for sample in child._samples():
-                line = sample_line(
-                    self.family.name + sample.name,
-                    labels + list(sample.labels.items()),
-                    sample.value,
-                )
-                (created if sample.name == "_created" else totals).append(line)
-                both.append(line)
-        return self.family.entry((totals, created), both)
+            lines.append(sample_line(f"{name}_total", labels, value))
+            lines.append(sample_line(f"{name}_created", labels, since))
+        return "".join(lines).encode()
+
+
+class PromotionCounter(PromotionSeries):
+    kind = "counter"
+
+    def labels(self, *values: str) -> _CounterPoint:
+        return _CounterPoint(self._point(values))
+
+
+class PromotionGauge(PromotionSeries):
+    kind = "gauge"
+
+    def labels(self, *values: str) -> _GaugePoint:
+        return _GaugePoint(self._point(values))
 
 
 class Exposition:
