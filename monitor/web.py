@@ -102,15 +102,17 @@ def build_app(
     security = security or WebSecurity()
     metrics_handler = make_aiohttp_handler(registry)
 
-    async def exposed(request: web.Request) -> web.Response:
+    async def exposed(request: web.Request) -> web.StreamResponse:
         if exposition is None or "name[]" in request.query:
             # (`name[]` filters are rare and served by prometheus_client from the registry)
-            response = await metrics_handler(request)
-            assert isinstance(response, web.Response)
-            return response
-        body, content_type = exposition.render(",".join(request.headers.getall(hdrs.ACCEPT, [])))
-        response = web.Response(body=body, headers={hdrs.CONTENT_TYPE: content_type})
+            return await metrics_handler(request)
+        chunks, content_type = exposition.stream(",".join(request.headers.getall(hdrs.ACCEPT, [])))
+        response = web.StreamResponse(headers={hdrs.CONTENT_TYPE: content_type})
         response.enable_compression()  # gzip or deflate, when the scraper asks for it
+        await response.prepare(request)
+        for chunk in chunks:
+            await response.write(chunk)
+        await response.write_eof()
         return response
 
     def refused(request: web.Request) -> web.Response | None:
@@ -125,7 +127,7 @@ def build_app(
             headers={"WWW-Authenticate": 'Basic realm="promo-monitor"'},
         )
 
-    async def metrics(request: web.Request) -> web.Response:
+    async def metrics(request: web.Request) -> web.StreamResponse:
         if (refusal := refused(request)) is not None:
             return refusal
         return await exposed(request)
