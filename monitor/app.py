@@ -132,7 +132,7 @@ class Monitor:
             grace = 0.0
         await self.scheduler.stop(grace)
         await self.client.close()
-        saved = await self.store.save(self.clock())
+        saved = await self.store.save(self.clock(), compact=True)
         self.events.emit(MonitorStopped(state_saved=saved))
         if self.web is not None:
             await self.web.stop()
@@ -378,7 +378,13 @@ def _web(monitor: Monitor) -> WebServer:
         names=monitor.names.get,
     )
     security = load_web_security(settings.server)
-    app = build_app(monitor.registry, monitor.health, security, status=board.view)
+    app = build_app(
+        monitor.registry,
+        monitor.health,
+        security,
+        status=board.view,
+        exposition=monitor.metrics.exposition,
+    )
     return WebServer(app, security.ssl_context)
 
 

@@ -1,5 +1,12 @@
 """The snapshot: what the monitor knows, in memory and on disk, so restarts neither repeat nor miss.
 
+On disk it is a snapshot file plus an append-only journal beside it (`snapshot.json.journal`):
+a write appends one record per changed promotion and fsyncs, so it costs the change, not the
+state; once the journal outgrows the snapshot, or at a clean shutdown, the snapshot is rewritten
+whole and the journal started afresh (compaction). Loading reads the snapshot and replays the
+journal up to its first torn record (a crash mid-append). Small states are rewritten whole every
+time: below `JOURNAL_ABOVE_BYTES` a rewrite costs what an append does and leaves one file.
+
 Writes are group-committed: polls that finish while a write is under way share the next write,
 so a thousand promotions changing in one cycle cost a handful of writes, not a thousand.
 """
@@ -10,8 +17,10 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import tempfile
-from collections.abc import Iterator
+import zlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -20,8 +29,12 @@ from monitor.events import Discard, EventSink, StateWriteFailed, StateWriteRecov
 from monitor.models import Job, PromotionSnapshot
 
 # 2: job rows carry name and codes requested/generated/deleted. Files of version 1 still load.
+# (A snapshot written with a journal names it by a random epoch, an optional key: still version 2.)
 FORMAT_VERSION: Final = 2
 READABLE_VERSIONS: Final = (1, 2)
+JOURNAL_VERSION: Final = 1
+# Below this state size a whole rewrite costs about what an append does (one fsync either way).
+JOURNAL_ABOVE_BYTES: Final = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,25 +68,36 @@ def _fragment(snap: PromotionSnapshot) -> bytes:
     return json.dumps(entry, separators=(",", ":")).encode()
 
 
+def _cached_fragment(cache: Fragments | None, snap: PromotionSnapshot) -> bytes:
+    """The snapshot's encoded entry, reused while its (immutable) object is the same."""
+    cached = cache.get(snap.promotion_id) if cache is not None else None
+    if cached is not None and cached[0] is snap:
+        return cached[1]
+    fragment = _fragment(snap)
+    if cache is not None:
+        cache[snap.promotion_id] = (snap, fragment)
+    return fragment
+
+
 def encode_parts(
-    snapshots: dict[str, PromotionSnapshot], saved_at: float, cache: Fragments | None = None
+    snapshots: dict[str, PromotionSnapshot],
+    saved_at: float,
+    cache: Fragments | None = None,
+    epoch: str | None = None,
 ) -> list[bytes]:
     """The on-disk form as chunks to write one after another: compact job rows, so 100k jobs
     stay a few MB, and never one more copy of the whole file in memory.
 
     With `cache`, a promotion whose snapshot object is unchanged since the last write reuses
-    its encoded bytes: a write costs the changed promotions, not all of them.
+    its encoded bytes: a write costs the changed promotions, not all of them. `epoch` names the
+    journal that continues this file.
     """
-    head = json.dumps({"version": FORMAT_VERSION, "saved_at": saved_at}, separators=(",", ":"))
-    parts = [head[:-1].encode() + b',"promotions":{']
+    head: dict[str, Any] = {"version": FORMAT_VERSION, "saved_at": saved_at}
+    if epoch is not None:
+        head["journal"] = epoch
+    parts = [json.dumps(head, separators=(",", ":"))[:-1].encode() + b',"promotions":{']
     for n, (pid, snap) in enumerate(snapshots.items()):
-        cached = cache.get(pid) if cache is not None else None
-        if cached is not None and cached[0] is snap:
-            fragment = cached[1]
-        else:
-            fragment = _fragment(snap)
-            if cache is not None:
-                cache[pid] = (snap, fragment)
+        fragment = _cached_fragment(cache, snap)
         parts.append((b"," if n else b"") + json.dumps(pid).encode() + b":")
         parts.append(fragment)
     parts.append(b"}}")
@@ -84,10 +108,13 @@ def encode_parts(
 
 
 def encode(
-    snapshots: dict[str, PromotionSnapshot], saved_at: float, cache: Fragments | None = None
+    snapshots: dict[str, PromotionSnapshot],
+    saved_at: float,
+    cache: Fragments | None = None,
+    epoch: str | None = None,
 ) -> bytes:
     """The whole state file as one bytes object (see encode_parts)."""
-    return b"".join(encode_parts(snapshots, saved_at, cache))
+    return b"".join(encode_parts(snapshots, saved_at, cache, epoch))
 
 
 def _optional_float(value: Any) -> float | None:
@@ -132,8 +159,25 @@ def _job(row: Any) -> Job:
     )
 
 
+def _entry(pid: str, entry: Any) -> PromotionSnapshot:
+    """One promotion's entry, as encoded by _fragment."""
+    jobs: dict[str, Job] = {}
+    for row in entry["jobs"]:
+        job = _job(row)
+        jobs[job.id] = job
+    stuck = frozenset(str(s) for s in entry.get("stuck", []) if s in jobs)
+    # (absent in files written before it was kept: then nothing counts as seen late)
+    baseline_at = _optional_float(entry.get("baseline_at"))
+    return PromotionSnapshot(pid, jobs, stuck, baseline_at)
+
+
 def decode(data: bytes) -> dict[str, PromotionSnapshot]:
     """Parse a state file; raises ValueError with a reason for anything torn or foreign."""
+    return decode_with_epoch(data)[0]
+
+
+def decode_with_epoch(data: bytes) -> tuple[dict[str, PromotionSnapshot], str | None]:
+    """A state file's snapshots and the epoch of the journal that continues it (None: none)."""
     document = json.loads(data)
     if not isinstance(document, dict) or "promotions" not in document:
         raise ValueError("not a promo-monitor state file")
@@ -145,15 +189,87 @@ def decode(data: bytes) -> dict[str, PromotionSnapshot]:
     if not isinstance(promotions, dict):
         raise ValueError("promotions is not a mapping")  # noqa: TRY004 - callers catch ValueError
     for pid, entry in promotions.items():
-        jobs: dict[str, Job] = {}
-        for row in entry["jobs"]:
-            job = _job(row)
-            jobs[job.id] = job
-        stuck = frozenset(str(s) for s in entry.get("stuck", []) if s in jobs)
-        # (absent in files written before it was kept: then nothing counts as seen late)
-        baseline_at = _optional_float(entry.get("baseline_at"))
-        snapshots[str(pid)] = PromotionSnapshot(str(pid), jobs, stuck, baseline_at)
-    return snapshots
+        snapshots[str(pid)] = _entry(str(pid), entry)
+    epoch = document.get("journal")
+    return snapshots, epoch if isinstance(epoch, str) else None
+
+
+# The journal: one record per line, `<crc32 of payload, 8 hex digits> <payload JSON>\n`. JSON
+# escapes every newline, so a record never contains one; a record without its newline or with a
+# wrong checksum is where a crash tore the file, and replay stops there.
+
+
+def _record(payload: bytes) -> bytes:
+    return b"%08x %b\n" % (zlib.crc32(payload), payload)
+
+
+def journal_head(epoch: str) -> bytes:
+    """The first record: which snapshot file (by epoch) the journal continues."""
+    return _record(json.dumps({"journal": JOURNAL_VERSION, "epoch": epoch}).encode())
+
+
+def put_record(promotion_id: str, fragment: bytes) -> bytes:
+    return _record(b'{"p":%b,"s":%b}' % (json.dumps(promotion_id).encode(), fragment))
+
+
+def drop_record(promotion_id: str) -> bytes:
+    return _record(b'{"p":%b}' % json.dumps(promotion_id).encode())
+
+
+def _payload(line: bytes) -> Any:
+    """A record's payload, or ValueError if the line is torn or corrupt."""
+    crc, _, payload = line.partition(b" ")
+    if len(crc) != 8 or int(crc, 16) != zlib.crc32(payload):  # (int() raises on non-hex)
+        raise ValueError("checksum mismatch")
+    return json.loads(payload)
+
+
+def _apply(record: Any, snapshots: dict[str, PromotionSnapshot]) -> None:
+    pid = record["p"]
+    if not isinstance(pid, str):
+        raise ValueError("promotion id is not text")  # noqa: TRY004 - callers catch ValueError
+    if "s" in record:
+        snapshots[pid] = _entry(pid, record["s"])
+    else:
+        snapshots.pop(pid, None)
+
+
+def replay(data: bytes, epoch: str, snapshots: dict[str, PromotionSnapshot]) -> tuple[int, bool]:
+    """Apply a journal's records to `snapshots`, in order, up to the first torn one.
+
+    Returns the bytes of the usable prefix and whether that is the whole journal. A journal
+    that continues another snapshot file (an older epoch: a crash between a compaction's two
+    renames) is not applied at all.
+    """
+    end = 0
+    while end < len(data):
+        newline = data.find(b"\n", end)
+        if newline < 0:
+            return end, False
+        try:
+            record = _payload(data[end:newline])
+            if end == 0:
+                if record != {"journal": JOURNAL_VERSION, "epoch": epoch}:
+                    return 0, False
+            else:
+                _apply(record, snapshots)
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
+            return end, False
+        end = newline + 1
+    return end, end > 0
+
+
+def journal_path(path: Path) -> Path:
+    return path.with_name(path.name + ".journal")
+
+
+def append_durable(path: Path, records: list[bytes]) -> None:
+    """Append to an existing file and fsync its data; the file is created by a compaction."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    with os.fdopen(fd, "ab") as handle:
+        handle.writelines(records)
+        handle.flush()
+        os.fdatasync(handle.fileno())
 
 
 def write_atomic(path: Path, data: bytes | list[bytes]) -> None:
@@ -185,18 +301,32 @@ def write_atomic(path: Path, data: bytes | list[bytes]) -> None:
 class SnapshotStore:
     """The current snapshot of every watched promotion, and its durable copy."""
 
-    def __init__(self, path: Path, events: EventSink | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        events: EventSink | None = None,
+        *,
+        journal_above: int = JOURNAL_ABOVE_BYTES,
+    ) -> None:
         self.path = path
+        self.journal = journal_path(path)
         self._events: EventSink = events if events is not None else Discard()
+        self._journal_above = journal_above
         self._snapshots: dict[str, PromotionSnapshot] = {}
         self._lock = asyncio.Lock()
         self._generation = 0  # bumped by every change in memory
-        self._written = 0  # the generation the file on disk holds
-        self._fragments: Fragments = {}  # only touched under _lock, in the writer thread
+        self._written = 0  # the generation the files on disk hold
+        self._changed: dict[str, None] = {}  # promotions put or dropped since the last write
+        # Only touched under _lock (in the writer thread): what is on disk.
+        self._fragments: Fragments = {}
+        self._epoch: str | None = None  # the journal appends may go to; None: rewrite whole
+        self._snapshot_bytes = 0
+        self._journal_bytes = 0
         self.write_failed = False  # the last write raised; the scheduler's flush retries it
 
     def load(self) -> Discarded | None:
-        """Load the file if there is one; a torn or foreign file is set aside, never fatal."""
+        """Load the file and replay its journal; a torn or foreign file is set aside, never
+        fatal; a torn journal is applied up to the tear."""
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:
@@ -204,9 +334,21 @@ class SnapshotStore:
         except OSError as exc:
             return Discarded(self.path, f"unreadable: {exc.strerror}")
         try:
-            self._snapshots = decode(data)
+            snapshots, epoch = decode_with_epoch(data)
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             return Discarded(self.path, str(exc) or type(exc).__name__)
+        self._snapshot_bytes = len(data)
+        whole = False
+        if epoch is not None:
+            try:
+                journal = self.journal.read_bytes()
+            except OSError:
+                journal = b""  # (none yet, or unreadable: what the snapshot holds is all we have)
+            self._journal_bytes, whole = replay(journal, epoch, snapshots)
+        # A journal with a torn tail cannot take appends (replay would stop before them): the
+        # next write rewrites the snapshot and starts a new journal.
+        self._epoch = epoch if whole else None
+        self._snapshots = snapshots
         return None
 
     def get(self, promotion_id: str) -> PromotionSnapshot | None:
@@ -214,10 +356,12 @@ class SnapshotStore:
 
     def put(self, snapshot: PromotionSnapshot) -> None:
         self._snapshots[snapshot.promotion_id] = snapshot
+        self._changed[snapshot.promotion_id] = None
         self._generation += 1
 
     def drop(self, promotion_id: str) -> None:
         if self._snapshots.pop(promotion_id, None) is not None:
+            self._changed[promotion_id] = None
             self._generation += 1
 
     def retain(self, promotion_ids: set[str]) -> list[str]:
@@ -225,6 +369,7 @@ class SnapshotStore:
         dropped = [pid for pid in self._snapshots if pid not in promotion_ids]
         for pid in dropped:
             del self._snapshots[pid]
+            self._changed[pid] = None
         if dropped:
             self._generation += 1
         return dropped
@@ -239,11 +384,45 @@ class SnapshotStore:
     def dirty(self) -> bool:
         return self._written < self._generation
 
-    def _write(self, view: dict[str, PromotionSnapshot], saved_at: float) -> None:
+    def _write(
+        self,
+        view: dict[str, PromotionSnapshot],
+        changed: Iterable[str],
+        saved_at: float,
+        compact: bool,
+    ) -> None:
         # One thread hop for encoding and writing; the fragments are reused, never copied.
-        write_atomic(self.path, encode_parts(view, saved_at, self._fragments))
+        small = self._snapshot_bytes + self._journal_bytes < self._journal_above
+        if compact or small or self._epoch is None or self._journal_bytes > self._snapshot_bytes:
+            self._rewrite(view, saved_at, journal=not small)
+            return
+        records = [
+            put_record(pid, _cached_fragment(self._fragments, view[pid]))
+            if pid in view
+            else drop_record(pid)
+            for pid in changed
+        ]
+        append_durable(self.journal, records)
+        self._journal_bytes += sum(map(len, records))
 
-    async def save(self, saved_at: float) -> bool:
+    def _rewrite(self, view: dict[str, PromotionSnapshot], saved_at: float, journal: bool) -> None:
+        """Compaction: the whole snapshot, then (for a large state) a new, empty journal."""
+        epoch = secrets.token_hex(8) if journal else None
+        parts = encode_parts(view, saved_at, self._fragments, epoch)
+        self._epoch = None  # until the new journal is in place
+        # A crash between these two renames leaves a journal of the old epoch: never replayed.
+        write_atomic(self.path, parts)
+        had_journal, self._journal_bytes = self._journal_bytes > 0, 0
+        self._snapshot_bytes = sum(map(len, parts))
+        if epoch is None and had_journal:
+            with contextlib.suppress(OSError):  # (stale, so never replayed: only tidiness)
+                os.unlink(self.journal)
+        if epoch is not None:
+            head = journal_head(epoch)
+            write_atomic(self.journal, head)
+            self._epoch, self._journal_bytes = epoch, len(head)
+
+    async def save(self, saved_at: float, *, compact: bool = False) -> bool:
         """persist(), reporting instead of raising: True when every change is durable.
 
         The one place a failed or recovered write is announced; the scheduler retries every
@@ -251,7 +430,7 @@ class SnapshotStore:
         """
         failed_before = self.write_failed
         try:
-            await self.persist(saved_at)
+            await self.persist(saved_at, compact=compact)
         except OSError as exc:
             self._events.emit(
                 StateWriteFailed(path=str(self.path), detail=exc.strerror or str(exc))
@@ -261,18 +440,25 @@ class SnapshotStore:
             self._events.emit(StateWriteRecovered(path=str(self.path)))
         return True
 
-    async def persist(self, saved_at: float) -> None:
-        """Make every change made so far durable; concurrent callers share one write."""
+    async def persist(self, saved_at: float, *, compact: bool = False) -> None:
+        """Make every change made so far durable; concurrent callers share one write.
+
+        `compact` (at a clean shutdown) leaves the whole state in the snapshot file.
+        """
         wanted = self._generation
         async with self._lock:
-            if self._written >= wanted:
+            if self._written >= wanted and not (compact and self._epoch is not None):
                 return
             generation = self._generation
             # Snapshots are immutable, so a shallow copy is a consistent view to encode off-loop.
             view = dict(self._snapshots)
+            changed, self._changed = self._changed, {}
             try:
-                await asyncio.to_thread(self._write, view, saved_at)
+                await asyncio.to_thread(self._write, view, changed, saved_at, compact)
             except OSError:
+                # What reached the journal is unknown: the retry rewrites the whole snapshot.
+                self._epoch = None
+                self._changed = changed | self._changed
                 self.write_failed = True
                 raise
             self.write_failed = False

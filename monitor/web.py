@@ -11,11 +11,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from monitor.settings import ServerSettings
+from monitor.sinks.exposition import Exposition
 from monitor.status import QueryError, StatusQuery, StatusView, parse_query, to_json
 from monitor.status_page import CONTENT_SECURITY_POLICY, render_page
 
@@ -96,9 +97,23 @@ def build_app(
     security: WebSecurity | None = None,
     *,
     status: StatusSource,
+    exposition: Exposition | None = None,
 ) -> web.Application:
     security = security or WebSecurity()
     metrics_handler = make_aiohttp_handler(registry)
+
+    async def exposed(request: web.Request) -> web.StreamResponse:
+        if exposition is None or "name[]" in request.query:
+            # (`name[]` filters are rare and served by prometheus_client from the registry)
+            return await metrics_handler(request)
+        chunks, content_type = exposition.stream(",".join(request.headers.getall(hdrs.ACCEPT, [])))
+        response = web.StreamResponse(headers={hdrs.CONTENT_TYPE: content_type})
+        response.enable_compression()  # gzip or deflate, when the scraper asks for it
+        await response.prepare(request)
+        for chunk in chunks:
+            await response.write(chunk)
+        await response.write_eof()
+        return response
 
     def refused(request: web.Request) -> web.Response | None:
         # Probes stay open (the kubelet sends no credentials); only the data is protected.
@@ -112,12 +127,10 @@ def build_app(
             headers={"WWW-Authenticate": 'Basic realm="promo-monitor"'},
         )
 
-    async def metrics(request: web.Request) -> web.Response:
+    async def metrics(request: web.Request) -> web.StreamResponse:
         if (refusal := refused(request)) is not None:
             return refusal
-        response = await metrics_handler(request)
-        assert isinstance(response, web.Response)
-        return response
+        return await exposed(request)
 
     async def healthz(_: web.Request) -> web.Response:
         if health.alive(time.monotonic()):

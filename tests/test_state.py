@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import tempfile
 import threading
 from pathlib import Path
 
@@ -44,16 +45,26 @@ SNAPSHOTS = {
 
 
 class CountingWrites:
-    """write_atomic, counted: the I/O boundary is the one thing these tests wrap."""
+    """Writes to disk (whole files and journal appends), counted: the I/O boundary is the one
+    thing these tests wrap."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls = 0
-        self._real = state.write_atomic
-        monkeypatch.setattr(state, "write_atomic", self)
+        self.appends = 0
+        real_write, real_append = state.write_atomic, state.append_durable
 
-    def __call__(self, path: Path, data: bytes) -> None:
-        self.calls += 1
-        self._real(path, data)
+        def write(path: Path, data: bytes | list[bytes]) -> None:
+            if path.name.endswith(".json"):  # (a compaction's new journal is part of its write)
+                self.calls += 1
+            real_write(path, data)
+
+        def append(path: Path, records: list[bytes]) -> None:
+            self.calls += 1
+            self.appends += 1
+            real_append(path, records)
+
+        monkeypatch.setattr(state, "write_atomic", write)
+        monkeypatch.setattr(state, "append_durable", append)
 
 
 def on_disk(path: Path) -> dict[str, PromotionSnapshot]:
@@ -452,3 +463,263 @@ async def test_names_and_code_counts_survive_a_restart(tmp_path: Path) -> None:
     assert again.load() is None
     assert again.get("p1") == PromotionSnapshot("p1", {"j1": job}, baseline_at=0.5)
     assert json.loads(path.read_bytes())["version"] == 2
+
+
+# the journal: large states append their changes
+
+
+def job(job_id: str, status: str = "pending", error: str | None = None) -> Job:
+    return Job(job_id, "code_generate", status, error, 1.0, 2.0)
+
+
+def journal_records(path: Path) -> list[dict[str, object]]:
+    """The journal's records after its head, as JSON (checksums stripped)."""
+    lines = state.journal_path(path).read_bytes().splitlines()
+    return [json.loads(line.partition(b" ")[2]) for line in lines[1:]]
+
+
+async def test_a_large_state_appends_each_change_to_the_journal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "snapshot.json"
+    store = SnapshotStore(path, journal_above=0)
+    for snap in SNAPSHOTS.values():
+        store.put(snap)
+    await store.persist(SAVED_AT)
+    written = path.read_bytes()
+    writes = CountingWrites(monkeypatch)
+    changed = snapshot("p-none", job("j3", "failed", "boom"))
+
+    store.put(changed)
+    await store.persist(SAVED_AT + 1)
+    store.drop("p-empty")
+    await store.persist(SAVED_AT + 2)
+
+    assert path.read_bytes() == written  # the snapshot file is not rewritten...
+    assert writes.appends == writes.calls == 2  # ...each write is one append
+    assert [record["p"] for record in journal_records(path)] == ["p-none", "p-empty"]
+    assert "s" not in journal_records(path)[1]  # a drop is a record without a snapshot
+    expected = {**SNAPSHOTS, "p-none": changed}
+    del expected["p-empty"]
+    assert on_disk(path) == expected
+
+
+async def test_a_small_state_is_one_self_contained_file(tmp_path: Path) -> None:
+    path = tmp_path / "snapshot.json"
+    store = SnapshotStore(path)  # the default threshold: far above these few jobs
+    for snap in SNAPSHOTS.values():
+        store.put(snap)
+    await store.persist(SAVED_AT)
+    store.put(snapshot("p-none"))
+    await store.persist(SAVED_AT)
+
+    assert os.listdir(tmp_path) == ["snapshot.json"]
+    assert decode(path.read_bytes()) == {**SNAPSHOTS, "p-none": snapshot("p-none")}
+
+
+async def test_replay_applies_records_in_order(tmp_path: Path) -> None:
+    path = tmp_path / "snapshot.json"
+    store = SnapshotStore(path, journal_above=0)
+    store.put(snapshot("p", job("j1")))
+    filler = {f"f{i}": snapshot(f"f{i}", job(f"j{i}")) for i in range(20)}
+    for snap in filler.values():  # (a snapshot larger than the journal: no compaction)
+        store.put(snap)
+    await store.persist(SAVED_AT)
+    for status in ("processing", "failed"):
+        store.put(snapshot("p", job("j1", status)))
+        await store.persist(SAVED_AT)
+    store.drop("p")
+    await store.persist(SAVED_AT)
+    store.put(snapshot("p", job("j2", "completed")))
+    await store.persist(SAVED_AT)
+
+    assert len(journal_records(path)) == 4
+    assert on_disk(path) == {**filler, "p": snapshot("p", job("j2", "completed"))}
+
+
+# Unchanged promotions, so that the snapshot file outweighs a few journal records.
+FILLER = {f"f{i}": snapshot(f"f{i}", job(f"jf{i}")) for i in range(20)}
+
+
+async def journaled(path: Path) -> SnapshotStore:
+    """A store whose journal holds two appends after its snapshot."""
+    store = SnapshotStore(path, journal_above=0)
+    store.put(snapshot("a", job("j1")))
+    store.put(snapshot("b", job("j2")))
+    for snap in FILLER.values():
+        store.put(snap)
+    await store.persist(SAVED_AT)
+    store.put(snapshot("a", job("j1", "processing")))
+    await store.persist(SAVED_AT)
+    store.put(snapshot("b", job("j2", "failed", "boom")))
+    await store.persist(SAVED_AT)
+    return store
+
+
+@pytest.mark.parametrize("cut", [1, 10, 30])
+async def test_a_torn_journal_tail_is_ignored_and_the_next_write_repairs_it(
+    tmp_path: Path, cut: int
+) -> None:
+    path = tmp_path / "snapshot.json"
+    await journaled(path)
+    journal = state.journal_path(path)
+    journal.write_bytes(journal.read_bytes()[:-cut])  # a crash in the middle of the last append
+
+    again = SnapshotStore(path, journal_above=0)
+    assert again.load() is None
+    # Everything before the torn record is kept; the torn record is as if never written.
+    assert {s.promotion_id: s for s in again} == {
+        **FILLER,
+        "a": snapshot("a", job("j1", "processing")),
+        "b": snapshot("b", job("j2")),
+    }
+    assert not again.dirty
+
+    # Appends after the tear would be lost behind it: the next write rewrites instead.
+    again.put(snapshot("c", job("j3")))
+    await again.persist(SAVED_AT)
+    assert on_disk(path) == {
+        **FILLER,
+        "a": snapshot("a", job("j1", "processing")),
+        "b": snapshot("b", job("j2")),
+        "c": snapshot("c", job("j3")),
+    }
+
+
+async def test_a_record_with_a_wrong_checksum_ends_the_replay(tmp_path: Path) -> None:
+    path = tmp_path / "snapshot.json"
+    await journaled(path)
+    journal = state.journal_path(path)
+    data = journal.read_bytes()
+    flipped = data.rindex(b"boom")
+    journal.write_bytes(data[:flipped] + b"BOOM" + data[flipped + 4 :])
+
+    assert on_disk(path) == {
+        **FILLER,
+        "a": snapshot("a", job("j1", "processing")),
+        "b": snapshot("b", job("j2")),
+    }
+
+
+async def test_a_journal_left_by_a_crash_between_compaction_renames_is_not_replayed(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "snapshot.json"
+    store = await journaled(path)
+    journal = state.journal_path(path)
+    old_journal = journal.read_bytes()  # b failed, per its last record
+    store.put(snapshot("b", job("j2", "cancelled")))
+    await store.persist(SAVED_AT, compact=True)
+    # The crash: the new snapshot is in place, the journal is still the old one.
+    journal.write_bytes(old_journal)
+
+    assert on_disk(path) == {
+        **FILLER,
+        "a": snapshot("a", job("j1", "processing")),
+        "b": snapshot("b", job("j2", "cancelled")),
+    }
+
+
+async def test_compaction_leaves_the_whole_state_in_the_snapshot_file(tmp_path: Path) -> None:
+    path = tmp_path / "snapshot.json"
+    store = await journaled(path)
+
+    await store.persist(SAVED_AT, compact=True)
+
+    expected = {
+        **FILLER,
+        "a": snapshot("a", job("j1", "processing")),
+        "b": snapshot("b", job("j2", "failed", "boom")),
+    }
+    assert decode(path.read_bytes()) == expected  # without the journal
+    assert journal_records(path) == []
+    assert on_disk(path) == expected
+
+
+async def test_the_journal_is_compacted_once_it_outgrows_the_snapshot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "snapshot.json"
+    store = SnapshotStore(path, journal_above=0)
+    for i in range(10):
+        store.put(snapshot(f"p{i}", job(f"j{i}")))
+    await store.persist(SAVED_AT)
+    writes = CountingWrites(monkeypatch)
+    snapshot_size = path.stat().st_size
+
+    for n in range(40):  # each append is about a tenth of the snapshot
+        store.put(snapshot("p0", job("j0", f"status-{n}")))
+        await store.persist(SAVED_AT)
+        assert state.journal_path(path).stat().st_size <= 2 * path.stat().st_size
+
+    assert writes.calls - writes.appends in range(2, 8)  # a few rewrites among 40 writes
+    assert path.stat().st_size > snapshot_size - 50
+    assert on_disk(path)["p0"] == snapshot("p0", job("j0", "status-39"))
+
+
+async def test_a_failed_append_is_retried_as_a_whole_rewrite(tmp_path: Path) -> None:
+    path = tmp_path / "snapshot.json"
+    store = await journaled(path)
+    state.journal_path(path).unlink()  # appends only go to a journal a compaction created
+    store.put(snapshot("a", job("j1", "completed")))
+
+    with pytest.raises(FileNotFoundError):
+        await store.persist(SAVED_AT)
+    assert store.write_failed
+    assert store.dirty
+
+    await store.persist(SAVED_AT)
+
+    assert not store.write_failed
+    assert on_disk(path) == {
+        **FILLER,
+        "a": snapshot("a", job("j1", "completed")),
+        "b": snapshot("b", job("j2", "failed", "boom")),
+    }
+
+
+_pids = st.sampled_from(["a", "b", "c"])
+_operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("put"), _pids, st.sampled_from(["pending", "failed", "completed"])),
+        st.tuples(st.just("drop"), _pids, st.none()),
+        st.tuples(st.just("retain"), _pids, st.none()),
+        st.tuples(st.just("persist"), st.none(), st.none()),
+        st.tuples(st.just("compact"), st.none(), st.none()),
+    ),
+    max_size=30,
+)
+
+
+@settings(database=None, max_examples=150, deadline=None)
+@given(_operations, st.sampled_from([0, 400, 10**6]), st.integers(min_value=0, max_value=2000))
+def test_what_loads_is_what_was_persisted_whatever_the_writes_and_tears(
+    operations: list[tuple[str, str | None, str | None]], journal_above: int, cut: int
+) -> None:
+    """Any sequence of puts, drops, persists and compactions loads as the state at the last
+    persist; and a journal torn anywhere loads as the state at some earlier persist."""
+
+    async def scenario(path: Path) -> None:
+        store = SnapshotStore(path, journal_above=journal_above)
+        persisted = [dict[str, PromotionSnapshot]()]
+        for n, (operation, pid, status) in enumerate(operations):
+            if operation == "put" and pid is not None and status is not None:
+                store.put(snapshot(pid, job(f"j{n}", status), job("j-old", "completed")))
+            elif operation == "drop" and pid is not None:
+                store.drop(pid)
+            elif operation == "retain" and pid is not None:
+                store.retain({pid})
+            else:
+                await store.persist(SAVED_AT, compact=operation == "compact")
+                persisted.append({s.promotion_id: s for s in store})
+                assert on_disk(path) == persisted[-1]
+        journal = state.journal_path(path)
+        if journal.exists():
+            data = journal.read_bytes()
+            journal.write_bytes(data[: max(0, len(data) - cut)])
+            fresh = SnapshotStore(path)
+            assert fresh.load() is None
+            assert {s.promotion_id: s for s in fresh} in persisted
+
+    with tempfile.TemporaryDirectory() as directory:
+        asyncio.run(scenario(Path(directory) / "snapshot.json"))

@@ -6,6 +6,7 @@ snapshot leaves /metrics with it, and nothing has to remember to delete its seri
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Iterator
@@ -25,7 +26,16 @@ from monitor.models import (
     PromotionSnapshot,
 )
 from monitor.names import PromotionNames
-from monitor.summary import Summaries
+from monitor.sinks.exposition import (
+    Entry,
+    Exposition,
+    Family,
+    PromotionCounter,
+    PromotionGauge,
+    PromotionSeries,
+    sample_line,
+)
+from monitor.summary import JobSummary, Summaries
 
 MAX_ERROR_KINDS: Final = 50
 OTHER: Final = "other"
@@ -68,6 +78,48 @@ class ErrorKinds:
         return kind
 
 
+INFO: Final = (
+    "epcc_promotion_info",
+    "The promotion's name in Elastic Path (value 1), to join on promotion_id.",
+)
+JOBS: Final = ("epcc_promotion_jobs", "Jobs of each promotion now in each status.")
+STUCK: Final = (
+    "epcc_promotion_jobs_stuck",
+    "Jobs in pending/processing/cancelling for longer than poll.stuck_after_seconds.",
+)
+FAILED_INFO: Final = (
+    "epcc_promotion_job_failed_info",
+    "1 for each failed job (the most recent per promotion), with its error text.",
+)
+INFO_LABELS: Final = ("promotion_id", "kind", "name")
+JOB_LABELS: Final = ("promotion_id", "job_type", "status")
+FAILED_LABELS: Final = ("promotion_id", "job_id", "job_type", "error")
+
+Rows = list[tuple[tuple[str, ...], float]]
+
+
+def job_rows(pid: str, summary: JobSummary) -> Rows:
+    return [
+        ((pid, job_type, status), count) for (job_type, status), count in summary.counts.items()
+    ]
+
+
+def stuck_rows(pid: str, summary: JobSummary, now: float, stuck_after: float) -> tuple[Rows, float]:
+    """The stuck counts at `now`, and until when they hold (the next job to turn stuck)."""
+    stuck: Tally[tuple[str, str]] = Tally()
+    until = math.inf
+    for job in summary.active:
+        if is_stuck(job, now, stuck_after):
+            stuck[(job.job_type, job.status)] += 1
+        elif job.status_since is not None:
+            until = min(until, job.status_since + stuck_after)
+    return [((pid, job_type, status), n) for (job_type, status), n in stuck.items()], until
+
+
+def failed_rows(pid: str, summary: JobSummary) -> Rows:
+    return [((pid, job.id, job.job_type, job.error or ""), 1) for job in summary.failed]
+
+
 class NamesCollector(Collector):
     """`epcc_promotion_info`: one series per named promotion, for joins in alerts and views."""
 
@@ -75,11 +127,7 @@ class NamesCollector(Collector):
         self._names = names
 
     def collect(self) -> Iterator[Metric]:
-        info = GaugeMetricFamily(
-            "epcc_promotion_info",
-            "The promotion's name in Elastic Path (value 1), to join on promotion_id.",
-            labels=["promotion_id", "kind", "name"],
-        )
+        info = GaugeMetricFamily(*INFO, labels=INFO_LABELS)
         for promotion_id, kind, name in self._names:
             info.add_metric([promotion_id, kind.value, name], 1)
         yield info
@@ -93,48 +141,117 @@ class SnapshotCollector(Collector):
         snapshots: Callable[[], Iterable[PromotionSnapshot]],
         clock: Callable[[], float],
         stuck_after: float,
+        summaries: Summaries | None = None,
     ) -> None:
         self._snapshots = snapshots
         self._clock = clock
         self._stuck_after = stuck_after
-        self._summaries = Summaries()
+        self._summaries = summaries or Summaries()
 
     def collect(self) -> Iterator[Metric]:
-        labels = ["promotion_id", "job_type", "status"]
-        jobs = GaugeMetricFamily(
-            "epcc_promotion_jobs", "Jobs of each promotion now in each status.", labels=labels
-        )
-        stuck = GaugeMetricFamily(
-            "epcc_promotion_jobs_stuck",
-            "Jobs in pending/processing/cancelling for longer than poll.stuck_after_seconds.",
-            labels=labels,
-        )
-        failed = GaugeMetricFamily(
-            "epcc_promotion_job_failed_info",
-            "1 for each failed job (the most recent per promotion), with its error text.",
-            labels=["promotion_id", "job_id", "job_type", "error"],
-        )
+        jobs = GaugeMetricFamily(*JOBS, labels=JOB_LABELS)
+        stuck = GaugeMetricFamily(*STUCK, labels=JOB_LABELS)
+        failed = GaugeMetricFamily(*FAILED_INFO, labels=FAILED_LABELS)
         now = self._clock()
         live: set[str] = set()
         for snapshot in self._snapshots():
             pid = snapshot.promotion_id
             live.add(pid)
             summary = self._summaries.of(snapshot)
-            for (job_type, status), count in summary.counts.items():
-                jobs.add_metric([pid, job_type, status], count)
-            stuck_counts = Tally(
-                (job.job_type, job.status)
-                for job in summary.active
-                if is_stuck(job, now, self._stuck_after)
-            )
-            for (job_type, status), count in stuck_counts.items():
-                stuck.add_metric([pid, job_type, status], count)
-            for job in summary.failed:
-                failed.add_metric([pid, job.id, job.job_type, job.error or ""], 1)
+            for family, rows in (
+                (jobs, job_rows(pid, summary)),
+                (stuck, stuck_rows(pid, summary, now, self._stuck_after)[0]),
+                (failed, failed_rows(pid, summary)),
+            ):
+                for labels, value in rows:
+                    family.add_metric(list(labels), value)
         self._summaries.keep_only(live)
         yield jobs
         yield stuck
         yield failed
+
+
+def _gauge_entry(family: Family, names: tuple[str, ...], rows: Rows) -> Entry | None:
+    if not rows:
+        return None
+    lines = [sample_line(family.name, zip(names, labels, strict=True), v) for labels, v in rows]
+    return "".join(lines).encode()
+
+
+def _put(family: Family, pid: str, entry: Entry | None) -> None:
+    if entry is None:
+        family.chunks.pop(pid, None)
+    else:
+        family.chunks[pid] = entry
+
+
+class SnapshotFamilies:
+    """The SnapshotCollector's families as cached chunks: a promotion's are rendered again only
+    when its snapshot object changes, or, for the stuck counts, when a job turns stuck."""
+
+    def __init__(
+        self,
+        snapshots: Callable[[], Iterable[PromotionSnapshot]],
+        clock: Callable[[], float],
+        stuck_after: float,
+        summaries: Summaries | None = None,
+    ) -> None:
+        self._snapshots = snapshots
+        self._clock = clock
+        self._stuck_after = stuck_after
+        self._summaries = summaries or Summaries()
+        self._jobs = Family(*JOBS, "gauge")
+        self._stuck = Family(*STUCK, "gauge")
+        self._failed = Family(*FAILED_INFO, "gauge")
+        # promotion -> (the snapshot rendered, when the stuck counts were, until when they hold)
+        self._rendered: dict[str, tuple[PromotionSnapshot, float, float]] = {}
+
+    def refresh(self) -> Iterable[Family]:
+        now = self._clock()
+        live: set[str] = set()
+        for snapshot in self._snapshots():
+            pid = snapshot.promotion_id
+            live.add(pid)
+            rendered = self._rendered.get(pid)
+            new = rendered is None or rendered[0] is not snapshot
+            if not new and rendered is not None and rendered[1] <= now <= rendered[2]:
+                continue
+            summary = self._summaries.of(snapshot)
+            if new:
+                _put(self._jobs, pid, _gauge_entry(self._jobs, JOB_LABELS, job_rows(pid, summary)))
+                failed = failed_rows(pid, summary)
+                _put(self._failed, pid, _gauge_entry(self._failed, FAILED_LABELS, failed))
+            rows, until = stuck_rows(pid, summary, now, self._stuck_after)
+            _put(self._stuck, pid, _gauge_entry(self._stuck, JOB_LABELS, rows))
+            self._rendered[pid] = (snapshot, now, until)
+        for gone in self._rendered.keys() - live:
+            del self._rendered[gone]
+            for family in (self._jobs, self._stuck, self._failed):
+                family.chunks.pop(gone, None)
+        self._summaries.keep_only(live)
+        return (self._jobs, self._stuck, self._failed)
+
+
+class NameFamily:
+    """`epcc_promotion_info` as cached chunks, rendered again when a name or kind changes."""
+
+    def __init__(self, names: PromotionNames) -> None:
+        self._names = names
+        self._family = Family(*INFO, "gauge")
+        self._rendered: dict[str, tuple[str, str]] = {}
+
+    def refresh(self) -> Iterable[Family]:
+        live: set[str] = set()
+        for pid, kind, name in self._names:
+            live.add(pid)
+            if self._rendered.get(pid) != (kind.value, name):
+                self._rendered[pid] = (kind.value, name)
+                rows: Rows = [((pid, kind.value, name), 1)]
+                _put(self._family, pid, _gauge_entry(self._family, INFO_LABELS, rows))
+        for gone in self._rendered.keys() - live:
+            del self._rendered[gone]
+            self._family.chunks.pop(gone, None)
+        return (self._family,)
 
 
 class _Gated(Collector):
@@ -171,14 +288,18 @@ class MonitorMetrics:
         # leader's, or alerts that take the max over replicas would see them.
         promotions = CollectorRegistry(auto_describe=True)
         registry.register(_Gated(promotions, visible))
+        # The rest, on a registry of its own too, so /metrics can render it apart from the
+        # promotion series it serves from the exposition cache.
+        process = CollectorRegistry(auto_describe=True)
+        registry.register(process)
         job = ["promotion_id", "job_type"]
-        self.failures = Counter(
+        self.failures = PromotionCounter(
             "epcc_promotion_job_failures_total",
             "Jobs seen turning failed (or first seen already failed) since the monitor started.",
             job,
             registry=promotions,
         )
-        self.errors = Counter(
+        self.errors = PromotionCounter(
             "epcc_promotion_job_errors_total",
             "Failures by normalized error text (ids and numbers masked; at most 50 kinds).",
             [*job, "error"],
@@ -186,38 +307,38 @@ class MonitorMetrics:
         )
         # The alert's age branch reads this: a counter that starts above 0 on a new pod (a failure
         # found by its baseline lookback) has no increase() to see, a timestamp always does.
-        self.last_failure = Gauge(
+        self.last_failure = PromotionGauge(
             "epcc_promotion_job_last_failure_timestamp_seconds",
             "Unix time at which this monitor last reported a failure of the promotion and job "
             "type.",
             job,
             registry=promotions,
         )
-        self.codes_generated = Counter(
+        self.codes_generated = PromotionCounter(
             "epcc_promotion_codes_generated",
             "Codes generated by jobs seen completing (result.generated).",
             ["promotion_id"],
             registry=promotions,
         )
-        self.codes_deleted = Counter(
+        self.codes_deleted = PromotionCounter(
             "epcc_promotion_codes_deleted",
             "Codes deleted by jobs seen being cancelled (result.deleted).",
             ["promotion_id"],
             registry=promotions,
         )
-        self.shortfalls = Counter(
+        self.shortfalls = PromotionCounter(
             "epcc_promotion_job_shortfalls",
             "code_generate jobs seen completing with fewer codes than number_of_codes.",
             ["promotion_id"],
             registry=promotions,
         )
-        self.last_shortfall = Gauge(
+        self.last_shortfall = PromotionGauge(
             "epcc_promotion_job_last_shortfall_timestamp_seconds",
             "Unix time at which this monitor last reported a shortfall of the promotion.",
             ["promotion_id"],
             registry=promotions,
         )
-        self.transitions = Counter(
+        self.transitions = PromotionCounter(
             "epcc_promotion_job_transitions_total",
             "Job status changes seen; from_status is 'new' for jobs seen for the first time.",
             [*job, "from_status", "to_status"],
@@ -230,13 +351,13 @@ class MonitorMetrics:
             buckets=DURATION_BUCKETS,
             registry=promotions,
         )
-        self.up = Gauge(
+        self.up = PromotionGauge(
             "epcc_monitor_up",
             "1 if the last poll of the promotion succeeded, 0 if it failed.",
             ["promotion_id"],
             registry=promotions,
         )
-        self.last_success = Gauge(
+        self.last_success = PromotionGauge(
             "epcc_monitor_last_success_timestamp_seconds",
             "Unix time of the last successful poll of the promotion.",
             ["promotion_id"],
@@ -246,15 +367,15 @@ class MonitorMetrics:
             "epcc_monitor_poll_duration_seconds",
             "Time to poll one promotion (all pages, retries included).",
             buckets=POLL_BUCKETS,
-            registry=registry,
+            registry=process,
         )
-        self.poll_errors = Counter(
+        self.poll_errors = PromotionCounter(
             "epcc_monitor_poll_errors_total",
             "Failed polls by promotion and reason.",
             ["promotion_id", "reason"],
             registry=promotions,
         )
-        self.polls_incomplete = Counter(
+        self.polls_incomplete = PromotionCounter(
             "epcc_monitor_polls_incomplete_total",
             "Polls whose job listing could not be read whole (reason: offset_limit, "
             "offset_ignored, short); unseen jobs are kept as last known.",
@@ -265,20 +386,20 @@ class MonitorMetrics:
             "epcc_monitor_api_requests_total",
             "HTTP requests to Elastic Path by endpoint and status code ('error' if no answer).",
             ["endpoint", "code"],
-            registry=registry,
+            registry=process,
         )
         self.retries = Counter(
             "epcc_monitor_api_retries_total",
             "Requests retried after a transient fault, by endpoint and reason.",
             ["endpoint", "reason"],
-            registry=registry,
+            registry=process,
         )
         self.budget_wait = Counter(
             "epcc_monitor_budget_wait_seconds_total",
             "Seconds requests waited for the request budget.",
-            registry=registry,
+            registry=process,
         )
-        self.jobs_skipped = Counter(
+        self.jobs_skipped = PromotionCounter(
             "epcc_monitor_jobs_skipped_total",
             "Job objects in API answers that could not be identified (no id, not an object).",
             ["promotion_id"],
@@ -288,42 +409,75 @@ class MonitorMetrics:
             "epcc_monitor_schedule_lag_seconds",
             "How far behind its due time the most overdue promotion is (budget too small if > 0 "
             "for long).",
-            registry=registry,
+            registry=process,
         )
         self.active_promotions = Gauge(
             "epcc_monitor_active_promotions",
             "Promotions with a job pending/processing/cancelling, polled at the active interval.",
-            registry=registry,
+            registry=process,
         )
         self.promotions = Gauge(
             "epcc_monitor_promotions",
             "Promotions this replica watches, by kind.",
             ["kind"],
-            registry=registry,
+            registry=process,
         )
         self.shard_count = Gauge(
             "epcc_monitor_shards",
             "How many replicas share the promotions (sharding.shard_count); alerts compare it "
             "with the replicas that report.",
-            registry=registry,
+            registry=process,
         )
         self.discovery_errors = Counter(
             "epcc_monitor_discovery_errors_total",
             "Discovery runs that failed (the last known list is kept), by reason.",
             ["reason"],
-            registry=registry,
+            registry=process,
         )
         Info(
-            "epcc_monitor_build", "Version of promo-monitor that is running.", registry=registry
+            "epcc_monitor_build", "Version of promo-monitor that is running.", registry=process
         ).info({"version": version})
         self.leader = Gauge(
             "epcc_monitor_leader",
             "1 if this replica polls (it holds the coordination lease, or coordination is off), "
             "0 while it stands by.",
-            registry=registry,
+            registry=process,
         )
-        promotions.register(SnapshotCollector(snapshots, clock, stuck_after))
-        promotions.register(NamesCollector(names or PromotionNames()))
+        # (in registration order, on either side of the duration histogram)
+        reported: tuple[PromotionSeries, ...] = (
+            self.failures,
+            self.errors,
+            self.last_failure,
+            self.codes_generated,
+            self.codes_deleted,
+            self.shortfalls,
+            self.last_shortfall,
+            self.transitions,
+        )
+        polled: tuple[PromotionSeries, ...] = (
+            self.up,
+            self.last_success,
+            self.poll_errors,
+            self.polls_incomplete,
+            self.jobs_skipped,
+        )
+        self._series = reported + polled
+        names = names or PromotionNames()
+        summaries = Summaries()
+        promotions.register(SnapshotCollector(snapshots, clock, stuck_after, summaries))
+        promotions.register(NamesCollector(names))
+        # The same series as `promotions`, in its order, for /metrics (see exposition.py).
+        self.exposition = Exposition(
+            process,
+            visible,
+            [
+                *reported,
+                self.duration,
+                *polled,
+                SnapshotFamilies(snapshots, clock, stuck_after, summaries),
+                NameFamily(names),
+            ],
+        )
 
     def watch(self, promotion_id: str) -> None:
         """Pre-set counters to 0, so the first failure (or shortfall, or codes generated) is an
@@ -335,27 +489,8 @@ class MonitorMetrics:
 
     def forget(self, promotion_id: str) -> None:
         """Drop every series of a promotion that is no longer watched."""
-        for metric in (
-            self.failures,
-            self.errors,
-            self.transitions,
-            self.poll_errors,
-            self.polls_incomplete,
-            self.last_failure,
-        ):
-            for labels in _label_sets(metric, promotion_id):
-                metric.remove(*labels)
-        for single in (
-            self.up,
-            self.last_success,
-            self.jobs_skipped,
-            self.codes_generated,
-            self.codes_deleted,
-            self.shortfalls,
-            self.last_shortfall,
-        ):
-            if (promotion_id,) in _keys(single):
-                single.remove(promotion_id)
+        for series in self._series:
+            series.forget(promotion_id)
 
     def record(self, changes: Iterable[Change]) -> None:
         for change in changes:
@@ -396,12 +531,3 @@ class MonitorMetrics:
     def poll_failed(self, promotion_id: str, reason: str) -> None:
         self.up.labels(promotion_id).set(0)
         self.poll_errors.labels(promotion_id, reason).inc()
-
-
-def _keys(metric: Counter | Gauge) -> list[tuple[str, ...]]:
-    # prometheus_client keeps children by label tuple; there is no public iterator for them.
-    return [tuple(key) for key in metric._metrics]
-
-
-def _label_sets(metric: Counter | Gauge, promotion_id: str) -> list[tuple[str, ...]]:
-    return [labels for labels in _keys(metric) if labels and labels[0] == promotion_id]
