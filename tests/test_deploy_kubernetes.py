@@ -331,6 +331,9 @@ def test_daemon_accepts_the_sidecar_config_in_a_pod(
         "COORDINATION_MODE": "lease",
         "POD_NAME": "example-app-5d8f7-abcde",
         "POD_NAMESPACE": "shop",
+        # Kubernetes sets these in every container: the Lease is reached in cluster.
+        "KUBERNETES_SERVICE_HOST": "127.0.0.1",  # (check-config sends no request)
+        "KUBERNETES_SERVICE_PORT": "443",
     }
     out = run(sys.executable, "-m", "monitor", "check-config", "--config", config, env=env)
     assert "coordination: lease shop/promo-monitor as example-app-5d8f7-abcde" in out
