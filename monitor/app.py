@@ -14,6 +14,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import stamina
 from prometheus_client import CollectorRegistry
@@ -33,7 +34,6 @@ from monitor.events import (
     MonitorStopped,
     StateDiscarded,
 )
-from monitor.kube import KubernetesLeases
 from monitor.leadership import Leadership
 from monitor.models import PromotionSnapshot, utc_now
 from monitor.names import NameLookups, PromotionNames
@@ -48,6 +48,10 @@ from monitor.state import SnapshotStore
 from monitor.status import MonitorFacts, StatusBoard
 from monitor.watching import Watching
 from monitor.web import Health, WebServer, build_app, load_web_security
+
+if TYPE_CHECKING:
+    # kubernetes_asyncio costs ~35 MB of RSS to import: only a lease-coordinated monitor pays it.
+    from monitor.kube import KubernetesLeases
 
 # SIGTERM gives in-flight polls this long before they are cancelled, so that with the final
 # state write the process is gone within 5 s (Kubernetes would wait 30 s before SIGKILL).
@@ -396,6 +400,8 @@ def _election(
     env: Mapping[str, str],
 ) -> tuple[KubernetesLeases, LeaderElector]:
     """The Lease and its elector, for coordination.mode: lease."""
+    from monitor.kube import KubernetesLeases  # noqa: PLC0415 - see the TYPE_CHECKING import
+
     assert coordination.namespace is not None  # resolved or refused by the settings
     assert coordination.identity is not None
     leases = KubernetesLeases(

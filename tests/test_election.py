@@ -7,6 +7,8 @@ configured from a kubeconfig or an in-cluster service account); only time is sim
 from __future__ import annotations
 
 import ssl
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -255,3 +257,15 @@ async def test_no_way_to_the_api_is_a_config_error(
         await leases.open()
     (problem,) = caught.value.problems
     assert problem.startswith("coordination: no Kubernetes API to reach")
+
+
+def test_a_monitor_without_coordination_does_not_load_the_kubernetes_client() -> None:
+    # kubernetes_asyncio costs ~35 MB of RSS: a monitor that does not elect must not pay for it.
+    probe = (
+        "import sys, monitor.app, monitor.cli; "
+        "print(any(m.startswith('kubernetes_asyncio') for m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout.strip() == "False"
