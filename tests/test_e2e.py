@@ -195,8 +195,9 @@ async def test_a_job_turning_failed_is_delivered_with_its_error(
             "promotion_id": store.watched,
         }
         annotations = received.annotations
+        # The person paged reads the promotion's name first (its id beside it, to act on).
         assert annotations["summary"] == (
-            f"A code_generate job of promotion {store.watched} failed"
+            f'A code_generate job of promotion "Watched" ({store.watched}) failed'
         )
         # The new failure with its error, and not the one from before the monitor started (the
         # template lists the failed jobs that are new within its window).
