@@ -242,17 +242,20 @@ class ShardingSettings(_Section):
     @property
     def index(self) -> int:
         """This replica's shard (0 when unsharded)."""
-        return self.shard_index if self.shard_index is not None else 0
+        if self.shard_count == 1 or self.shard_index is None:
+            return 0
+        return self.shard_index
 
 
 _ORDINAL = re.compile(r"-(\d+)$")
 
 
-def shard_index_from_env(env: Mapping[str, str]) -> int | None:
-    """$SHARD_INDEX, else the ordinal at the end of $POD_NAME or $HOSTNAME, else None."""
-    raw = env.get("SHARD_INDEX")
-    if raw is not None and raw.strip().isdigit():
-        return int(raw)
+def shard_index_from_env(env: Mapping[str, str]) -> int | str | None:
+    """$SHARD_INDEX (as given: a value that is no index is refused by validation, never
+    replaced by a guess), else the ordinal at the end of $POD_NAME or $HOSTNAME, else None."""
+    raw = (env.get("SHARD_INDEX") or "").strip()
+    if raw:
+        return int(raw) if raw.isdigit() else raw
     match = _ORDINAL.search(env.get("POD_NAME") or env.get("HOSTNAME") or "")
     return int(match.group(1)) if match is not None else None
 
@@ -327,9 +330,6 @@ class Settings(_Section):
     def _something_to_watch(self) -> Settings:
         if not self.promotions and not self.discovery.enabled:
             raise ValueError("promotions: list at least one promotion, or set discovery.enabled")
-        index = self.sharding.shard_index
-        if index is not None and index >= self.sharding.shard_count:
-            raise ValueError("sharding: shard_index must be < shard_count")
         return self
 
     @property
@@ -493,6 +493,13 @@ def _apply_coordination(raw: dict[str, Any]) -> None:
         section["identity"] = pod.pod_name or socket.gethostname()
 
 
+def _more_than_one(count: object) -> bool:
+    try:
+        return int(str(count)) > 1
+    except ValueError:
+        return False  # validation names the key
+
+
 def _apply_environment(raw: dict[str, Any]) -> None:
     _apply_coordination(raw)
     shards = ShardEnvironment()
@@ -500,7 +507,9 @@ def _apply_environment(raw: dict[str, Any]) -> None:
     if isinstance(sharding, dict):
         if shards.shard_count is not None:
             sharding["shard_count"] = shards.shard_count
-        if sharding.get("shard_index") is None:
+        # Only a sharded monitor has an index to find: a lone sidecar whose pod happens to be
+        # named `shop-2` must not be refused for it.
+        if sharding.get("shard_index") is None and _more_than_one(sharding.get("shard_count")):
             sharding["shard_index"] = shard_index_from_env(os.environ)
     overrides = EnvironmentOverrides()
     api = raw.setdefault("api", {})

@@ -206,11 +206,36 @@ def test_shard_index_comes_from_the_environment(env: dict[str, str], expected: i
 
 
 @pytest.mark.parametrize(
-    "env", [{}, {"POD_NAME": "promo-monitor"}, {"SHARD_INDEX": "7"}, {"POD_NAME": "x-3"}]
+    "env",
+    [
+        {},
+        {"POD_NAME": "promo-monitor"},
+        {"SHARD_INDEX": "7"},
+        {"POD_NAME": "x-3"},
+        # a SHARD_INDEX that is no index is refused, not replaced by the pod's ordinal
+        {"SHARD_INDEX": "abc", "POD_NAME": "x-1"},
+        {"SHARD_INDEX": "-1", "POD_NAME": "x-1"},
+    ],
 )
 def test_a_missing_or_impossible_shard_index_is_refused(env: dict[str, str]) -> None:
     with pytest.raises(ValueError, match="shard_index"):
-        ShardingSettings(shard_count=3, shard_index=shard_index_from_env(env))
+        ShardingSettings.model_validate(
+            {"shard_count": 3, "shard_index": shard_index_from_env(env)}
+        )
+
+
+def test_an_unsharded_monitor_ignores_the_pod_ordinal(sim: Simulator, tmp_path: Path) -> None:
+    # A lone sidecar in a StatefulSet pod named shop-2 has nothing to shard: it must start.
+    config = write_config(tmp_path, sim, [{"id": sim.add_promotion()}])
+    result = subprocess.run(
+        [sys.executable, "-m", "monitor", "check-config", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env={"PATH": "/usr/bin:/bin", "HOSTNAME": "shop-2", "POD_NAME": "shop-2"},
+    )
+    assert (result.returncode, result.stderr) == (0, "")
 
 
 @pytest.mark.parametrize("command", ["check-config", "once", "run"])
