@@ -12,7 +12,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -241,7 +241,7 @@ class Monitor:
         registry: CollectorRegistry | None = None,
         clock: Callable[[], float] = utc_now,
         serve_http: bool = True,
-        env: Mapping[str, str] | None = None,
+        coordinated: bool = True,
         events: EventSink | None = None,
     ) -> Monitor:
         # stamina would otherwise log its own events and count retries on prometheus_client's
@@ -252,7 +252,8 @@ class Monitor:
         store = SnapshotStore(settings.state.path, events)
         coordination = settings.coordination
         # With a lease, only the replica holding it polls; everything that polls or reports asks.
-        fence = Fence(coordination.renew_deadline_seconds) if coordination.mode == "lease" else None
+        elects = coordinated and coordination.mode == "lease"
+        fence = Fence(coordination.renew_deadline_seconds) if elects else None
         may_poll = fence.allows if fence is not None else lambda: True
 
         def snapshots() -> Iterator[PromotionSnapshot]:
@@ -343,9 +344,7 @@ class Monitor:
         if serve_http:
             monitor.web = _web(monitor)
         if fence is not None:
-            monitor.leases, monitor.elector = _election(
-                monitor, plan, fence, coordination, os.environ if env is None else env
-            )
+            monitor.leases, monitor.elector = _election(monitor, plan, fence, coordination)
         else:
             metrics.leader.set(1)
         return monitor
@@ -397,7 +396,6 @@ def _election(
     plan: PollPlan,
     fence: Fence,
     coordination: CoordinationSettings,
-    env: Mapping[str, str],
 ) -> tuple[KubernetesLeases, LeaderElector]:
     """The Lease and its elector, for coordination.mode: lease."""
     from monitor.kube import KubernetesLeases  # noqa: PLC0415 - see the TYPE_CHECKING import
@@ -409,7 +407,6 @@ def _election(
         name=coordination.lease_name,
         # A renewal must not outlive the time the fence gives it.
         timeout=coordination.renew_deadline_seconds - coordination.retry_period_seconds,
-        env=env,
     )
     leadership = Leadership(
         monitor.store,

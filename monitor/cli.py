@@ -22,7 +22,14 @@ from monitor import __version__
 from monitor.app import Monitor, serve
 from monitor.models import ACTIVE_STATUSES, COMPLETED, FAILED, PromotionSnapshot
 from monitor.poller import PollOutcome
-from monitor.settings import CONFIG_ENV, DEFAULT_PORT, ConfigError, Settings, load_settings
+from monitor.settings import (
+    CONFIG_ENV,
+    DEFAULT_PORT,
+    ConfigError,
+    Settings,
+    check_kubernetes,
+    load_settings,
+)
 from monitor.settings import parse_settings as parse_settings_document
 from monitor.sinks.logs import configure_logging
 
@@ -92,7 +99,8 @@ async def _once(settings: Settings, fmt: str) -> int:
         configure_logging("warning", "json", stream=sys.stderr)
     else:
         configure_logging(settings.log.level, "json")
-    monitor = Monitor.build(settings, serve_http=False)
+    # One poll of every promotion, whoever holds the lease: it takes part in no election.
+    monitor = Monitor.build(settings, serve_http=False, coordinated=False)
     outcomes = await monitor.run_once()
     if fmt == "table":
         print(render_table(monitor, outcomes))
@@ -237,12 +245,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             return asyncio.run(_demo(args.duration, args.port, args.promotions))
         settings = load_settings(_config_path(args.config))
+        if args.command == "once":
+            return asyncio.run(_once(settings, args.format))
+        check_kubernetes(settings, os.environ)  # run elects; check-config judges what run runs
         if args.command == "check-config":
             print(f"config OK: {args.config or os.environ.get(CONFIG_ENV)}")
             print(settings.summary())
             return EXIT_OK
-        if args.command == "once":
-            return asyncio.run(_once(settings, args.format))
         configure_logging(settings.log.level, settings.log.format)
         return asyncio.run(_run(settings))
     except ConfigError as exc:

@@ -553,7 +553,6 @@ def load_settings(path: Path | str) -> Settings:
         raise ConfigError([f"config: {path}: {where}{problem}"]) from None
     settings = parse_settings(raw)
     _check_files(settings)
-    _check_kubernetes(settings, os.environ)
     return settings
 
 
@@ -592,7 +591,9 @@ def kubernetes_api(env: Mapping[str, str]) -> str:
     )
 
 
-def _check_kubernetes(settings: Settings, env: Mapping[str, str]) -> None:
+def check_kubernetes(settings: Settings, env: Mapping[str, str]) -> None:
+    """For the commands that elect (run, and check-config judging run): a lease needs a way to
+    the Kubernetes API. `once` takes part in no election and does not ask."""
     if settings.coordination.mode != "lease":
         return
     found = kubernetes_api(env)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
 import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -89,7 +90,7 @@ class Result:
         return [e for e in self.events() if e["event"] in CHANGE_EVENTS]
 
 
-async def cli(*args: str, timeout: float = 30.0) -> Result:
+async def cli(*args: str, timeout: float = 30.0, env: Mapping[str, str] | None = None) -> Result:
     """Run `python -m monitor ARGS` without blocking the loop the simulator serves on."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -98,6 +99,7 @@ async def cli(*args: str, timeout: float = 30.0) -> Result:
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
     )
     try:
         stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
@@ -467,3 +469,20 @@ def test_every_command_refuses_a_lease_with_no_kubernetes_api(tmp_path: Path, co
     assert (result.returncode, result.stdout) == (2, "")
     assert result.stderr.startswith("promo-monitor: coordination: no Kubernetes API to reach")
     assert "Traceback" not in result.stderr
+
+
+async def test_once_polls_whoever_holds_the_lease(store: Store, tmp_path: Path) -> None:
+    # `once` takes part in no election: with a sidecar's lease config it still polls and
+    # reports (it used to report every promotion "abandoned" behind a fence nobody opened).
+    lease = {"mode": "lease", "namespace": "shop", "identity": "pod-0"}
+    config = write_config(tmp_path, store.sim, store.promotions(), coordination=lease)
+    home = tmp_path / "home"  # no ~/.kube/config: none is needed
+    home.mkdir()
+    result = await cli(
+        "once",
+        "--config",
+        str(config),
+        env={"HOME": str(home), "KUBECONFIG": "", "KUBERNETES_SERVICE_HOST": ""},
+    )
+    assert result.code == 0, result.stderr
+    assert [e["event"] for e in result.changes()] == ["baseline_loaded"] * 2
