@@ -157,15 +157,24 @@ class PollPlan:
         self._compact()
 
     def abandoned(self, promotion_id: str) -> None:
-        """A poll given up before it finished (the replica lost the lease): due again as it was."""
+        """A poll given up before it finished (the replica lost the lease): due again as it was.
+
+        Its queue item was taken with the poll, so it goes back in; without that the promotion
+        would sit in no queue and never be polled again.
+        """
         entry = self._entries.get(promotion_id)
-        if entry is not None:
+        if entry is not None and entry.in_flight:
             entry.in_flight = False
+            self._queue(entry)
 
     def due_all(self, now: float) -> None:
         """Every promotion due now (a replica that just became the poller has been silent)."""
         for entry in self._entries.values():
-            entry.due = min(entry.due, now)
+            if entry.due > now:
+                entry.due = now
+                if not entry.in_flight:
+                    self._queue(entry)  # the heaps order by the due time of each queued item
+        self._compact()
 
     def lag(self, now: float) -> float:
         """How far behind schedule the most overdue waiting promotion is (0 when on time)."""

@@ -398,3 +398,29 @@ def test_many_removals_leave_the_plan_answering_for_the_promotions_left() -> Non
     assert {t.promotion_id for t in plan.take_due(100, limit=1000)} == {
         t.promotion_id for t in kept[:10]
     }
+
+
+def test_an_abandoned_poll_is_due_again_not_lost() -> None:
+    # A replica losing the lease cancels its polls in flight; those promotions must be polled
+    # again once it leads again (they used to sit in no queue, never due again).
+    plan = PollPlan(interval=60.0, active_interval=10.0, anchor=0.0)
+    plan.add(target(1), 0.0)
+    plan.add(target(2), 0.0)
+    taken = plan.take_due(0.0, 2)
+    assert len(taken) == 2
+    plan.abandoned(taken[0].promotion_id)
+    plan.finished(taken[1].promotion_id, 1.0, active=False)
+    assert plan.take_due(1.0, 5) == [taken[0]]
+    plan.abandoned("not watched")  # a promotion removed meanwhile: nothing to do
+
+
+def test_due_all_makes_every_waiting_promotion_due_now() -> None:
+    # A replica that just became the poller has been silent: it catches up at once.
+    plan = PollPlan(interval=60.0, active_interval=10.0, anchor=0.0)
+    for n in range(3):
+        plan.add(target(n), 0.0)
+    for polled in plan.take_due(0.0, 3):
+        plan.finished(polled.promotion_id, 1.0, active=False)
+    assert plan.take_due(2.0, 5) == []  # next slots are half an interval away or more
+    plan.due_all(2.0)
+    assert len(plan.take_due(2.0, 5)) == 3
