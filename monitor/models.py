@@ -195,8 +195,8 @@ def _unchanged(obj: dict[str, Any], known: Mapping[str, Job]) -> Job | None:
     if obj.get("error") != previous.error:
         return None
     # A result that arrives after the status (same updated_at) must not be missed.
-    result = obj.get("result", obj.get("generate_result"))
-    generated = result.get("generated") if type(result) is dict else None
+    result = code_result(obj)
+    generated = result.get("generated") if result is not None else None
     return previous if generated == previous.codes_generated else None
 
 

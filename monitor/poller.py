@@ -154,12 +154,15 @@ class Poller:
 
         if not self._may_report():
             return PollOutcome(pid, ok=False, reason="abandoned")
+        # Accepted: the pages read are now what this promotion looked like.
+        self._pages.remember(pid, result.pages)
         if result.skipped:
             self._metrics.jobs_skipped.labels(pid).inc(len(result.skipped))
             self._events.emit(
                 JobsSkipped(promotion_id=pid, count=len(result.skipped), reason=result.skipped[0])
             )
         now = self._clock()
+        jobs = self._seen_jobs(pid, result, previous)  # (counts an incomplete listing too)
         if result.unchanged and previous is not None and not self._needs_diff(previous, now):
             # Same bytes as last time, nothing active that could turn stuck, nothing expiring:
             # the diff could only say "no change".
@@ -167,7 +170,7 @@ class Poller:
             return PollOutcome(pid, ok=True)
         outcome: Diff = diff(
             previous,
-            self._seen_jobs(pid, result, previous),
+            jobs,
             promotion_id=pid,
             now=now,
             stuck_after=self._stuck_after,

@@ -205,3 +205,12 @@ async def test_the_rule_promotion_list_is_read_in_every_documented_shape(body: A
             found, listing = await client.list_promotions(PromotionKind.RULE_PROMOTION)
     assert [(p["id"], p["name"]) for p in found] == [(PID, "Builder sale")]
     assert listing.incomplete is None
+
+
+async def test_jobs_without_an_id_each_count_as_a_record(listing_of: Any) -> None:
+    # Two id-less records and one job: the page holds all the store's three, nothing is missing
+    # (id-less records used to count as one, making the listing look incomplete).
+    jobs = [api_job(1), {"status": "failed"}, {"status": "completed"}]
+    result = await listing_of(capped_store(jobs))
+    assert result.complete
+    assert len(result.skipped) == 2

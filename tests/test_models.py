@@ -421,3 +421,14 @@ def test_any_change_in_status_error_or_updated_at_is_parsed_afresh(
     fresh = parse_job(changed)
     assert again is not first
     assert again == fresh
+
+
+def test_reuse_reads_the_result_under_either_spelling() -> None:
+    # `result: null` beside a `generate_result` that gains a count: the count must be seen.
+    first = parse_job({**GENERATE, "result": None, "generate_result": {}})
+    assert isinstance(first, Job)
+    later = parse_job(
+        {**GENERATE, "result": None, "generate_result": {"generated": 7}}, {first.id: first}
+    )
+    assert isinstance(later, Job)
+    assert later.codes_generated == 7

@@ -43,6 +43,9 @@ class FetchResult:
     jobs: list[Job] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     listing: Listing = field(default_factory=Listing)
+    # The pages as read, for the caller's PageMemory once it has accepted the result (a poll
+    # abandoned after reading must not leave the memory claiming pages nobody diffed).
+    pages: dict[int, SeenPage] = field(default_factory=dict)
     # True when every page was byte-identical to the last poll's: nothing can have changed.
     unchanged: bool = True
 
@@ -140,7 +143,8 @@ class ElasticPathClient:
         """Every job of one promotion, as far as the API pages.
 
         `memory`: the pages of the last successful poll; a page whose bytes are the same is not
-        decoded, its jobs are reused, and the memory is updated after a whole read.
+        decoded and its jobs are reused. The pages read come back in `pages`; the caller
+        remembers them once it has used the result.
         `known`: the jobs the monitor already holds, reused where the API shows them unchanged.
         `keep`: which parsed jobs matter (the rest, e.g. history past retention, are dropped and
         never held in the memory, so it costs the retention window, not the API history).
@@ -161,7 +165,7 @@ class ElasticPathClient:
 
             params = {**target.params, "page[offset]": str(offset)}
             answer = await self._get(target.url, target.endpoint, read, params)
-            if answer.document is None and last is not None:
+            if last is not None and answer.key == last.key:
                 page = last
             else:
                 data, total = list_page(answer.document, target.endpoint)
@@ -182,8 +186,7 @@ class ElasticPathClient:
             result.jobs.extend(page.jobs)
             result.skipped.extend(page.skipped)
         result.unchanged = result.unchanged and len(seen) == len(before)
-        if memory is not None:
-            memory.remember(target.promotion_id, seen)
+        result.pages = seen
         return result
 
     async def list_promotions(

@@ -65,6 +65,7 @@ async def read_pages(page_at: Callable[[int], Awaitable[Page]]) -> Listing:
     offset = 0
     total: int | None = None
     previous: array[int] | None = None
+    anonymous = 0
     while True:
         if offset > MAX_OFFSET:
             listing.incomplete = "offset_limit"
@@ -78,11 +79,14 @@ async def read_pages(page_at: Callable[[int], Awaitable[Page]]) -> Listing:
             return listing
         previous = page.ids
         distinct.update(page.ids)
+        # Records without an id all hash alike; each still is one record.
+        anonymous += page.ids.count(-1)
         total = page.total if page.total is not None else total
         offset += len(page.ids)
         if total is not None and offset >= total:
             break
-    if total is not None and len(distinct) < total:
+    distinct.discard(-1)
+    if total is not None and len(distinct) + anonymous < total:
         listing.incomplete = "short"
     return listing
 

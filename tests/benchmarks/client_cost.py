@@ -260,8 +260,8 @@ LEGS = (
 )
 BREAKDOWN = {
     "poll (all, main thread)": "monitor/poller.py:poll",
-    "fetch_jobs": "monitor/client.py:fetch_jobs",
-    "  HTTP exchange": "monitor/client.py:_exchange",
+    "fetch_jobs": "monitor/client/api.py:fetch_jobs",
+    "  HTTP exchange": "monitor/client/transport.py:_exchange",
     "  json.loads": "json/__init__.py:loads",
     "  parse_jobs": "monitor/models.py:parse_jobs",
     "diff": "monitor/diff.py:diff",
