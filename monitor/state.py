@@ -342,8 +342,12 @@ class SnapshotStore:
         if epoch is not None:
             try:
                 journal = self.journal.read_bytes()
-            except OSError:
-                journal = b""  # (none yet, or unreadable: what the snapshot holds is all we have)
+            except FileNotFoundError:
+                journal = b""  # none yet: the snapshot holds everything
+            except OSError as exc:
+                # Changes were journaled that cannot be read: the snapshot alone is older than
+                # what was announced, and would announce it again. A fresh baseline instead.
+                return Discarded(self.journal, f"unreadable: {exc.strerror}")
             self._journal_bytes, whole = replay(journal, epoch, snapshots)
         # A journal with a torn tail cannot take appends (replay would stop before them): the
         # next write rewrites the snapshot and starts a new journal.

@@ -723,3 +723,27 @@ def test_what_loads_is_what_was_persisted_whatever_the_writes_and_tears(
 
     with tempfile.TemporaryDirectory() as directory:
         asyncio.run(scenario(Path(directory) / "snapshot.json"))
+
+
+async def test_an_unreadable_journal_discards_the_state_rather_than_replaying_less(
+    tmp_path: Path,
+) -> None:
+    # The snapshot alone is older than what was announced: a fresh baseline, not a stale load.
+    path = tmp_path / "snapshot.json"
+    store = SnapshotStore(path, journal_above=0)
+    for snap in SNAPSHOTS.values():
+        store.put(snap)
+    await store.persist(SAVED_AT)
+    store.put(snapshot("p-none", job("j3", "failed", "boom")))
+    await store.persist(SAVED_AT + 1)
+    journal = state.journal_path(path)
+    journal.unlink()
+    journal.mkdir()  # reading it now fails with something other than "not found"
+
+    again = SnapshotStore(path, journal_above=0)
+    discarded = again.load()
+
+    assert discarded is not None
+    assert discarded.path == journal
+    assert "unreadable" in discarded.reason
+    assert list(again) == []
