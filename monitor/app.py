@@ -66,8 +66,9 @@ async def serve(monitor: Monitor, stop: asyncio.Event | None = None) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    await monitor.startup()
     try:
+        # (inside: a startup that fails, e.g. the port taken, still closes what it opened)
+        await monitor.startup()
         await stop.wait()  # the main loop is APScheduler's: dispatch, discovery, state flush
     finally:
         await monitor.shutdown()
@@ -176,10 +177,10 @@ class Monitor:
         added, removed = self.watching.apply(
             targets, authoritative=found.complete, discovered=found.discovered
         )
-        self.lookups.listed(found.names)
+        self.lookups.listed(found.names, found.listed)
         self.events.emit(
             DiscoveryCompleted(
-                promotions=len(found.targets),
+                promotions=len(targets),
                 discovered=len(found.discovered),
                 added=added,
                 removed=removed,
@@ -408,13 +409,7 @@ def _election(
         # A renewal must not outlive the time the fence gives it.
         timeout=coordination.renew_deadline_seconds - coordination.retry_period_seconds,
     )
-    leadership = Leadership(
-        monitor.store,
-        plan,
-        monitor.metrics,
-        monitor.scheduler,
-        discovery=monitor.settings.discovery.enabled,
-    )
+    leadership = Leadership(monitor.watching, plan, monitor.metrics, monitor.scheduler)
     elector = LeaderElector(
         leases,
         coordination.identity,

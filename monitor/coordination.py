@@ -148,7 +148,7 @@ class LeaderElector:
         try:
             current = await self._api.get()
         except LeaseUnavailableError as exc:
-            self._events.emit(LeaseUnavailable(lease=self._api.name, detail=str(exc)))
+            self._lease_unavailable(str(exc))
             return False
         now_text = micro_time(self._wall())
         duration = self._timing.lease_duration
@@ -186,7 +186,7 @@ class LeaderElector:
         except LeaseConflictError:
             return False
         except LeaseUnavailableError as exc:
-            self._events.emit(LeaseUnavailable(lease=self._api.name, detail=str(exc)))
+            self._lease_unavailable(str(exc))
             return False
         self._observed = written
         self._observed_at = started
@@ -205,6 +205,11 @@ class LeaderElector:
         self.fence.renewed(started)
         self._arm_watchdog()
         return True
+
+    def _lease_unavailable(self, detail: str) -> None:
+        # A leader failing to renew is news (its fence is closing); a follower's is routine.
+        event = LeaseUnreachable if self.leading else LeaseUnavailable
+        self._events.emit(event(lease=self._api.name, detail=detail))
 
     def _arm_watchdog(self) -> None:
         # Notices the closed fence on time even while a renewal request hangs.
@@ -237,7 +242,7 @@ class LeaderElector:
                 await self.try_acquire_or_renew()
             except Exception as exc:
                 # Whatever went wrong, the fence still closes on time; the next attempt may work.
-                self._events.emit(LeaseUnreachable(lease=self._api.name, detail=repr(exc)[:300]))
+                self._lease_unavailable(repr(exc)[:300])
                 self.notice_fence()
             await asyncio.sleep(self._timing.retry_period)
 

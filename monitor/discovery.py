@@ -61,6 +61,8 @@ class Watchlist:
     discovered: frozenset[str]
     # The name of every listed promotion this replica owns, explicit ones included.
     names: Mapping[str, tuple[PromotionKind, str]] = field(default_factory=dict)
+    # Every id the lists showed this replica, named or not.
+    listed: frozenset[str] = frozenset()
     # False when a list could not be read whole: a promotion missing from it may still exist,
     # so it must not be dropped (and its state lost) on this evidence.
     complete: bool = True
@@ -90,6 +92,7 @@ class Discovery:
         targets = self.explicit()
         discovered: set[str] = set()
         names: dict[str, tuple[PromotionKind, str]] = {}
+        listed: set[str] = set()
         complete = True
         rules = self._settings.discovery
         for kind in rules.kinds:
@@ -103,6 +106,7 @@ class Discovery:
                 explicit = pid in targets
                 if not explicit and not wanted(promotion, rules, now):
                     continue
+                listed.add(pid)
                 name = promotion_name(promotion)
                 if name is not None:
                     names[pid] = (kind, name)
@@ -110,7 +114,7 @@ class Discovery:
                     continue
                 targets[pid] = self._client.target(pid, kind)
                 discovered.add(pid)
-        return Watchlist(targets, frozenset(discovered), names, complete)
+        return Watchlist(targets, frozenset(discovered), names, frozenset(listed), complete)
 
 
 def _canonical(raw: str) -> str | None:

@@ -45,7 +45,7 @@ class Discard:
 
 
 class Recorder:
-    """An EventSink that keeps what it is given (for `once`, and tests that read events)."""
+    """An EventSink that keeps what it is given (for code that reads events back, e.g. tests)."""
 
     def __init__(self) -> None:
         self.events: list[Event] = []
@@ -331,7 +331,7 @@ class LeaderLost(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LeaseUnavailable(Event):
-    """The Lease could not be read or written; debug while standing by, warning otherwise."""
+    """The Lease could not be read or written; debug while standing by, warning while leading."""
 
     NAME = "lease_unavailable"
     LEVEL: ClassVar[Level] = "debug"

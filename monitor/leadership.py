@@ -8,7 +8,7 @@ from collections.abc import Callable
 from monitor.planner import PollPlan
 from monitor.scheduler import PollScheduler
 from monitor.sinks.metrics import MonitorMetrics
-from monitor.state import SnapshotStore
+from monitor.watching import Watching
 
 
 class Leadership:
@@ -16,19 +16,17 @@ class Leadership:
 
     def __init__(
         self,
-        store: SnapshotStore,
+        watching: Watching,
         plan: PollPlan,
         metrics: MonitorMetrics,
         scheduler: PollScheduler,
         *,
-        discovery: bool,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._store = store
+        self._watching = watching
         self._plan = plan
         self._metrics = metrics
         self._scheduler = scheduler
-        self._discovery = discovery
         self._monotonic = monotonic
 
     def elected(self, kept_state: bool) -> None:
@@ -36,15 +34,14 @@ class Leadership:
             # Another replica polled since this one last did: a snapshot from back then would
             # announce again what that replica already reported. A fresh baseline instead (its
             # lookback catches what failed during the handover).
-            for pid in self._store.retain(set()):
-                self._metrics.forget(pid)
+            self._watching.start_afresh()
         for target in self._plan.targets:
             self._metrics.watch(target.promotion_id)
         # It has been silent for at least a renew deadline: catch up now, not at the next slot.
         self._plan.due_all(self._monotonic())
         self._metrics.leader.set(1)
-        if self._discovery:
-            self._scheduler.run_soon("discovery")
+        # Discovery and name lookups ran gated while it stood by: now, not an interval later.
+        self._scheduler.run_soon("discovery")
 
     def lost(self) -> None:
         self._metrics.leader.set(0)

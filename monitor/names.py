@@ -57,18 +57,21 @@ class NameLookups:
         self._client = client
         self._names = names
         self._events = events
-        self._listed: set[str] = set()  # named by the last discovery run: no lookup needed
+        self._listed: set[str] = set()  # in the last discovery run's lists: no lookup needed
         self._failing: set[str] = set()  # warned once, until a lookup works again
 
-    def listed(self, found: Mapping[str, tuple[PromotionKind, str]]) -> None:
-        """Names a discovery run read from the promotion lists."""
-        self._listed = set(found)
+    def listed(self, found: Mapping[str, tuple[PromotionKind, str]], ids: Iterable[str]) -> None:
+        """What a discovery run read: the names in the lists, and every id listed (a promotion
+        listed without a name has none to look up either)."""
+        self._listed = set(ids)
         for pid, (kind, name) in found.items():
             self._names.set(pid, kind, name)
 
     async def look_up(self, targets: Iterable[JobsTarget], watched: Callable[[str], bool]) -> None:
         """Look up every target's name that no list gave; a failed lookup keeps the last."""
-        for target in list(targets):
+        targets = list(targets)
+        self._failing &= {target.promotion_id for target in targets}  # (forget the unwatched)
+        for target in targets:
             pid = target.promotion_id
             if pid in self._listed:
                 continue

@@ -13,6 +13,9 @@ from monitor.models import Change, Job, PromotionSnapshot
 from monitor.sinks.metrics import MonitorMetrics
 from monitor.state import SnapshotStore
 
+# A poll given up because this replica may no longer poll (coordination); not a failure.
+ABANDONED = "abandoned"
+
 # What an operator should check, by failure reason; shown in the poll_failed event.
 HINTS = {
     "auth": "check the credentials (EPCC_CLIENT_ID, EPCC_CLIENT_SECRET or api.client_secret_file, "
@@ -40,6 +43,11 @@ class PollOutcome:
     changes: tuple[Change, ...] = ()
     reason: str | None = None
     detail: str | None = None  # what went wrong, as logged (secrets already scrubbed)
+
+    @property
+    def abandoned(self) -> bool:
+        """The replica stopped being the poller mid-poll: nothing was reported."""
+        return self.reason == ABANDONED
 
 
 class Poller:
@@ -128,7 +136,7 @@ class Poller:
             )
         except ApiError as exc:
             if not self._may_report():
-                return PollOutcome(pid, ok=False, reason="abandoned")
+                return PollOutcome(pid, ok=False, reason=ABANDONED)
             # What the monitor knew stays known: no vanished jobs, gauges keep their values.
             self._metrics.poll_failed(pid, exc.reason)
             self._events.emit(
@@ -143,7 +151,7 @@ class Poller:
             return PollOutcome(pid, ok=False, reason=exc.reason, detail=str(exc))
         except Exception as exc:
             if not self._may_report():
-                return PollOutcome(pid, ok=False, reason="abandoned")
+                return PollOutcome(pid, ok=False, reason=ABANDONED)
             # An answer shaped in a way nobody foresaw must cost one poll, not the daemon.
             self._metrics.poll_failed(pid, "bad_response")
             detail = repr(exc)[:300]
@@ -153,7 +161,7 @@ class Poller:
             self._metrics.poll_duration.observe(time.perf_counter() - started)
 
         if not self._may_report():
-            return PollOutcome(pid, ok=False, reason="abandoned")
+            return PollOutcome(pid, ok=False, reason=ABANDONED)
         # Accepted: the pages read are now what this promotion looked like.
         self._pages.remember(pid, result.pages)
         if result.skipped:

@@ -156,9 +156,13 @@ class PollScheduler:
             # Removed while this poll was in flight: undo what the poll just recorded.
             self.on_unwatched(target.promotion_id)
             return outcome
+        if outcome.abandoned:
+            # No longer the poller: nothing was seen or recorded; due again once it leads.
+            self.plan.abandoned(target.promotion_id)
+            return outcome
         self._observe(outcome)
         snapshot = self._store.get(target.promotion_id)
-        active = snapshot is not None and any(job.is_active for job in snapshot.jobs.values())
+        active = snapshot is not None and snapshot.has_active
         self.plan.finished(target.promotion_id, self._monotonic(), active=active)
         # Fill the freed slot now rather than at the next tick.
         asyncio.get_running_loop().call_soon(self.dispatch)

@@ -33,7 +33,7 @@ Names = Callable[[str], str | None]
 
 
 def no_names(_: str) -> str | None:
-    """Promotion names are not known yet (issue #12 brings them); rows show the id alone."""
+    """No promotion names (a view built without them): rows show the id alone."""
     return None
 
 

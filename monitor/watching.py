@@ -75,6 +75,16 @@ class Watching:
             self._metrics.promotions.labels(kind.value).set(kinds[kind])
         return len(added), len(removed)
 
+    def start_afresh(self) -> None:
+        """Drop what was seen of every promotion (snapshot, series, page memory, activity), still
+        watching them: the next polls are baselines. Names stay: they are the store's, not ours."""
+        seen = {s.promotion_id for s in self._store} | {t.promotion_id for t in self._plan.targets}
+        for pid in seen:
+            self._metrics.forget(pid)
+            self._store.drop(pid)
+            self._pages.forget(pid)
+            self._activity.forget(pid)
+
     def forget(self, promotion_id: str) -> None:
         """Everything the monitor holds of a promotion no longer watched: its series, its
         snapshot, its page memory, its recent activity, its name."""

@@ -142,6 +142,8 @@ async def test_three_replicas_one_polls_and_the_others_stand_by_ready(
     assert leader_value(samples) == 1
     assert api_requests(samples) > 0
     assert value(samples, "epcc_monitor_up", promotion_id=workload.promotion) == 1
+    # Names are looked up as soon as it leads, not a discovery interval (300 s) later.
+    assert series(samples, "epcc_promotion_info") != {}
     for follower in followers:
         samples = await follower.metrics()
         assert leader_value(samples) == 0

@@ -25,6 +25,7 @@ from monitor.coordination import (
     LeaseUnavailableError,
     Timing,
 )
+from monitor.events import Recorder
 from monitor.kube import KubernetesLeases
 from monitor.settings import ConfigError
 from tests.kube_fake import FakeLeaseApi, write_kubeconfig
@@ -50,6 +51,7 @@ class Cluster:
     directory: Path
     clock: FakeClock
     candidates: list[Candidate] = field(default_factory=list)
+    events: Recorder = field(default_factory=Recorder)
 
     async def candidate(self, identity: str) -> Candidate:
         kubeconfig = write_kubeconfig(
@@ -74,6 +76,7 @@ class Cluster:
             Fence(TIMING.renew_deadline, self.clock),
             on_elected=elected,
             on_lost=lost,
+            events=self.events,
             clock=self.clock,
         )
         result = Candidate(elector, leases)
@@ -269,3 +272,17 @@ def test_a_monitor_without_coordination_does_not_load_the_kubernetes_client() ->
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
     )
     assert result.stdout.strip() == "False"
+
+
+async def test_a_leader_failing_to_renew_says_so_and_a_follower_only_at_debug(
+    cluster: Cluster,
+) -> None:
+    a = await cluster.candidate("pod-a")
+    b = await cluster.candidate("pod-b")
+    assert await a.elector.try_acquire_or_renew()
+    cluster.fake.tokens.clear()  # the API server now refuses every request
+    assert not await b.elector.try_acquire_or_renew()
+    assert not await a.elector.try_acquire_or_renew()
+    seen = [(e.NAME, e.LEVEL) for e in cluster.events.events if e.NAME == "lease_unavailable"]
+    # the follower's attempt, then the leader's failed renewal: its fence is closing
+    assert seen == [("lease_unavailable", "debug"), ("lease_unavailable", "warning")]
