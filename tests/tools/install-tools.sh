@@ -8,7 +8,7 @@ set -u
 
 TOOLS="promtool amtool prometheus prometheus-alertmanager"
 PACKAGES="prometheus prometheus-alertmanager"
-# (the override exists for tests/test_deploy.py, which runs this script against fake apt tools)
+# (the override exists for tests/test_image_and_tools.py, which runs this script against fake apt tools)
 POLICY_RC=${INSTALL_TOOLS_POLICY_RC:-/usr/sbin/policy-rc.d}
 
 missing_tools() {

@@ -1,6 +1,6 @@
 """Write deploy/kubernetes/base/prometheusrule.yaml from deploy/prometheus/alerts.yaml.
 
-The PrometheusRule must carry exactly the groups of the plain rule file (tests/test_deploy.py
+The PrometheusRule must carry exactly the groups of the plain rule file (tests/test_alert_rules.py
 checks it), except that PromoMonitorAbsent watches one namespace (see `namespaced`). Run after
 editing alerts.yaml: `python3 tests/tools/sync_prometheusrule.py`; `--check` only compares.
 """
