@@ -485,7 +485,9 @@ async def test_standard_promotion_list(api: Api, sim: Simulator) -> None:
         ("gt(end,2025-01-01T00:00:00.000Z)", {"live", "off"}),
         ("eq(enabled,true):gt(end,2025-01-01T00:00:00.000Z)", {"live"}),
         ("le(end,2025-01-01)", {"ended"}),
-        ("eq(name,off)", {"off"}),
+        ("ilike(name,OFF)", {"off"}),
+        ("like(name,*e*)", {"live", "ended"}),
+        ("like(name,OFF)", set()),
     ],
 )
 async def test_rule_promotion_list_filters(
@@ -501,6 +503,17 @@ async def test_rule_promotion_list_filters(
     assert all(p["type"] == "rule_promotion" for p in body["data"])
 
 
-@pytest.mark.parametrize("expression", ["eq(enabled,maybe)", "gt(end,yesterday)", "gt(enabled,1)"])
+@pytest.mark.parametrize(
+    "expression",
+    # (the last three: filters Promotions Builder does not describe for its list)
+    [
+        "eq(enabled,maybe)",
+        "gt(end,yesterday)",
+        "gt(enabled,1)",
+        "eq(name,off)",
+        "eq(id,x)",
+        "eq(automatic,true)",
+    ],
+)
 async def test_malformed_rule_promotion_filter_answers_400(api: Api, expression: str) -> None:
     assert await api.get("/v2/rule-promotions", {"filter": expression}) == (400, FILTER_ERROR)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -92,23 +93,35 @@ def test_step_spawns_jobs_on_disabled_promotions_too(sim: Simulator) -> None:
     assert len(sim.jobs(rule_off)) == 1
 
 
-def test_rule_promotion_jobs_stay_within_the_builder_limits(sim: Simulator) -> None:
-    rule = sim.add_promotion("rule_promotion")
-    with pytest.raises(ValueError, match="above Promotions Builder's maximum of 1000"):
-        sim.add_job(rule, number_of_codes=1001)
-    sim.add_job(rule, number_of_codes=1000)
-    standard = sim.add_promotion()
-    sim.add_job(standard, number_of_codes=10_000)
-    [rule_job], [standard_job] = sim.jobs(rule), sim.jobs(standard)
-    assert rule_job["parameters"]["consume_unit"] == "per_checkout"
-    assert standard_job["parameters"]["consume_unit"] == "per_cart"
-    # the lifecycle never asks a rule promotion for more than the maximum either
+@pytest.mark.parametrize("kind", ["promotion", "rule_promotion"])
+def test_code_generate_jobs_stay_within_the_api_limits(sim: Simulator, kind: Any) -> None:
+    pid = sim.add_promotion(kind)
+    with pytest.raises(ValueError, match="above the API's maximum of 1000"):
+        sim.add_job(pid, number_of_codes=1001)
+    sim.add_job(pid, number_of_codes=1000)
+    sim.add_job(pid, job_type="code_export", number_of_codes=5000)  # (exports have no such count)
+    [job] = [j for j in sim.jobs(pid) if "parameters" in j]
+    unit = "per_checkout" if kind == "rule_promotion" else "per_cart"
+    assert job["parameters"]["consume_unit"] == unit
+    # the lifecycle never asks for more than the maximum either
     sim.spawn_rate = 1.0
     for _ in range(60):
         sim.step()
-    counts = [j["parameters"]["number_of_codes"] for j in sim.jobs(rule) if "parameters" in j]
+    counts = [j["parameters"]["number_of_codes"] for j in sim.jobs(pid) if "parameters" in j]
     assert len(counts) > 5
     assert max(counts) <= 1000
+
+
+def test_a_job_cancelled_before_it_ran_removed_no_codes(sim: Simulator) -> None:
+    pid = sim.add_promotion()
+    waiting = sim.add_job(pid, status="pending", number_of_codes=800)
+    running = sim.add_job(pid, status="pending", number_of_codes=800)
+    sim.set_job_status(pid, running, "processing")
+    for job_id in (waiting, running):
+        sim.set_job_status(pid, job_id, "cancelled")
+    results = {j["id"]: j["result"] for j in sim.jobs(pid)}
+    assert results[waiting] == {"generated": 0, "deleted": 0}
+    assert results[running] == {"generated": 400, "deleted": 400}
 
 
 def test_cancelling_becomes_cancelled(sim: Simulator) -> None:

@@ -14,9 +14,9 @@ _NAMES = (
     "Clearance bundle",
     "Holiday gift card bonus",
 )
-# A rule promotion's counts stay within Promotions Builder's maximum of 1000 codes.
+# Within the API's maximum of 1000 codes a job.
 _DEMO_CODES: dict[Kind, tuple[int, ...]] = {
-    "promotion": (100, 1000, 5000, 10_000),
+    "promotion": (100, 500, 750, 1000),
     "rule_promotion": (100, 250, 500, 1000),
 }
 _TERMINAL = ("completed", "failed", "cancelled")

@@ -20,7 +20,7 @@ MAX_LIMIT = 100
 MAX_OFFSET = 10_000
 
 # The reference's examples put a space after the comma (`eq(status, complete)`).
-_CLAUSE = re.compile(r"(eq|ne|gt|ge|lt|le|like|in)\(([A-Za-z_.]+), ?([^()]*)\)")
+_CLAUSE = re.compile(r"(eq|ne|gt|ge|lt|le|like|ilike|in)\(([A-Za-z_.]+), ?([^()]*)\)")
 # The jobs filter example says `complete`; every status enum says `completed`.
 _STATUS_ALIASES = {"complete": "completed"}
 _ORDERINGS: dict[str, Callable[[datetime, datetime], bool]] = {
@@ -138,17 +138,24 @@ def _promotion_test(kind: Kind, op: str, name: str, value: str) -> PromotionTest
     if kind == "promotion":
         # Promotions Standard filters only by code server-side; codes are not modelled here.
         return (lambda _: True) if (op, name) == ("eq", "code") else None
-    if name in ("enabled", "automatic"):
+    # Promotions Builder's list filters: eq(enabled), lt/le/eq/gt/ge(start|end), like/ilike(name),
+    # eq(code); anything else is a parse error, as the API answers.
+    if name == "enabled":
         if op != "eq" or value not in ("true", "false"):
             return None
         wanted = value == "true"
-        return lambda p: bool(getattr(p, name)) is wanted
+        return lambda p: p.enabled is wanted
     if name in ("start", "end"):
         when = parse_time(value)
         compare = _ORDERINGS.get(op)
         if when is None or compare is None:
             return None
         return lambda p: compare(checked_time(getattr(p, name)), when)
-    if name in ("id", "name", "promotion_type") and op == "eq":
-        return lambda p: bool(getattr(p, name) == value)
+    if name == "name" and op in ("like", "ilike"):
+        # `*` is the wildcard; ilike ignores case.
+        flags = re.IGNORECASE if op == "ilike" else 0
+        pattern = re.compile(".*".join(map(re.escape, value.split("*"))), flags)
+        return lambda p: pattern.fullmatch(p.name) is not None
+    if (op, name) == ("eq", "code"):
+        return lambda _: True  # codes are not modelled (as for Promotions Standard)
     return None

@@ -34,6 +34,8 @@ class Job:
     updated_at: float
     # Codes a completed code_generate job made; None means all it was asked for.
     generated: int | None = None
+    # It ran (reached processing): a cancel before that removes nothing, having made nothing.
+    started: bool = False
 
 
 @dataclass
@@ -87,11 +89,12 @@ def render_promotion(promotion: Promotion) -> dict[str, Any]:
         "enabled": promotion.enabled,
         "start": promotion.start,
         "end": promotion.end,
-        "promotion_type": promotion.promotion_type,
         "automatic": promotion.automatic,
     }
     # Promotions Standard requires `schema`; a Builder promotion carries a `rule_set` instead.
     if promotion.kind == "promotion":
+        # (promotion_type is Promotions Standard's; Builder describes no such field)
+        rendered["promotion_type"] = promotion.promotion_type
         rendered["schema"] = _FIXED_DISCOUNT_SCHEMA
     else:
         rendered["rule_set"] = _RULE_SET
@@ -104,8 +107,8 @@ def _code_result(job: Job) -> dict[str, int] | None:
         made = job.number_of_codes if job.generated is None else job.generated
         return {"generated": made, "deleted": 0}
     if job.status == "cancelled":
-        # the cancel is taken to reach the job halfway, and removes what it had made
-        made = job.number_of_codes // 2
+        # a cancel of a running job is taken to reach it halfway, and removes what it had made
+        made = job.number_of_codes // 2 if job.started else 0
         return {"generated": made, "deleted": made}
     return None
 

@@ -28,12 +28,15 @@ from monitor.simulator.rendering import (
 JOB_TYPES = ("code_generate", "code_export")
 JOB_STATUSES = ("pending", "processing", "completed", "failed", "cancelling", "cancelled")
 # Promotions Builder refuses a code_generate job asking for more (its job schema's maximum).
-RULE_MAX_CODES = 1000
+# Both descriptions cap a code_generate job's number_of_codes at 1000 (PS's job schema
+# declares the maximum; PB's too).
+MAX_CODES = 1000
+RULE_MAX_CODES = MAX_CODES  # (the name tests and callers knew)
 
-# Code counts the lifecycle picks from; a rule promotion's stay within PB's maximum (same
-# lengths, so the seeded draws, and the ids a seed serves, do not move).
+# Code counts the lifecycle picks from, within the maximum (one length for both kinds, so
+# the seeded draws, and the ids a seed serves, do not move).
 _SPAWN_CODES: dict[Kind, tuple[int, ...]] = {
-    "promotion": (100, 500, 1000, 5000, 10_000),
+    "promotion": (100, 250, 500, 750, 1000),
     "rule_promotion": (50, 100, 250, 500, 1000),
 }
 # Templates are weighted so the failure the monitor exists for dominates; the numbers and ids
@@ -106,15 +109,14 @@ class Store:
         if promotion_id in self._promotions:
             raise ValueError(f"promotion {promotion_id} already exists")
         now = self._clock()
-        if end is not None:
-            checked_time(end)
+        end = end or iso_millis(now + timedelta(days=365).total_seconds())
         self._promotions[promotion_id] = Promotion(
             id=promotion_id,
             kind=kind,
             name=name or f"Promotion {len(self._promotions) + 1}",
             enabled=enabled,
-            start=iso_millis(now),
-            end=end or iso_millis(now + timedelta(days=365).total_seconds()),
+            start=_start_before(now, end),
+            end=end,
             promotion_type="rule_promotion" if kind == "rule_promotion" else "fixed_discount",
             automatic=False,
         )
@@ -136,7 +138,7 @@ class Store:
         if enabled is not None:
             promotion.enabled = enabled
         if end is not None:
-            checked_time(end)
+            promotion.start = _start_before(checked_time(promotion.start).timestamp(), end)
             promotion.end = end
         if name is not None:
             promotion.name = name
@@ -156,17 +158,12 @@ class Store:
     ) -> str:
         """Add a job as given, without the real API's one-active-job check, and return its id.
 
-        Like Promotions Builder, a rule promotion refuses a code_generate job over 1000 codes.
+        Like the API, a code_generate job over 1000 codes is refused.
         """
         promotion = self._promotions[promotion_id]
-        if (
-            promotion.kind == "rule_promotion"
-            and job_type == "code_generate"
-            and number_of_codes > RULE_MAX_CODES
-        ):
+        if job_type == "code_generate" and number_of_codes > MAX_CODES:
             raise ValueError(
-                f"number_of_codes {number_of_codes} is above Promotions Builder's maximum "
-                f"of {RULE_MAX_CODES}"
+                f"number_of_codes {number_of_codes} is above the API's maximum of {MAX_CODES}"
             )
         job_id = job_id or self._new_id()
         if job_id in promotion.jobs:
@@ -181,6 +178,7 @@ class Store:
             error=error,
             created_at=created,
             updated_at=created if updated_at is None else updated_at,
+            started=status != "pending",
         )
         return job_id
 
@@ -289,6 +287,7 @@ class Store:
 
     def _change(self, job: Job, status: str, error: str | None = None) -> int:
         changed = job.status != status
+        job.started = job.started or status == "processing"
         job.status = status
         job.error = error
         job.updated_at = self._clock()
@@ -298,3 +297,9 @@ class Store:
     def _new_id(self) -> str:
         # From the seeded stream, so `--seed N` always serves the same promotion ids.
         return str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
+
+
+def _start_before(now: float, end: str) -> str:
+    """Now, or a month before `end` when that has passed: a promotion starts before it ends."""
+    ends = checked_time(end).timestamp()
+    return iso_millis(min(now, ends - timedelta(days=30).total_seconds()))

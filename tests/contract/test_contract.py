@@ -305,6 +305,8 @@ async def test_error_answers_follow_the_descriptions(store: Store) -> None:
     await store.authorise()
     answers = [
         ("/v2/promotions/no-such-promotion/jobs", None, 404),
+        ("/v2/promotions/no-such-promotion", None, 404),  # the name lookup's
+        (f"/v2/rule-promotions/{pid}", None, 404),  # a standard promotion is no rule promotion
         (f"/v2/rule-promotions/{pid}/jobs", None, 404),
         (f"/v2/promotions/{pid}/jobs", {"filter": "eq(status,failed"}, 400),
         (f"/v2/rule-promotions/{rule}/jobs", {"filter": "like(status,fail*)"}, 400),
