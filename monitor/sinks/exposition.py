@@ -150,22 +150,10 @@ class PromotionSeries(Collector):
             self._keys[values[0]] = (*self._keys.get(values[0], ()), values)
         return point
 
-    def remove(self, *values: str) -> None:
-        if self._points.pop(values, None) is not None:
-            left = tuple(key for key in self._keys[values[0]] if key != values)
-            if left:
-                self._keys[values[0]] = left
-            else:
-                del self._keys[values[0]]
-            self._changed.add(values[0])
-
     def forget(self, promotion_id: str) -> None:
         for key in self._keys.pop(promotion_id, ()):
             del self._points[key]
         self._changed.add(promotion_id)
-
-    def keys(self) -> list[tuple[str, ...]]:
-        return list(self._points)
 
     def describe(self) -> Iterable[Metric]:
         return [self._metric()]
