@@ -228,6 +228,9 @@ class ShardingSettings(_Section):
 
     @model_validator(mode="after")
     def _index_in_range(self) -> ShardingSettings:
+        if self.shard_index is not None and self.shard_index >= self.shard_count:
+            # (an index is read from the environment only when sharded: this one was configured)
+            raise ValueError("shard_index must be < shard_count")
         if self.shard_count == 1:
             return self
         if self.shard_index is None:
@@ -235,8 +238,6 @@ class ShardingSettings(_Section):
                 "shard_index: shard_count > 1 but no shard_index, $SHARD_INDEX or pod ordinal "
                 "(a pod name ending in -N, as a StatefulSet gives)"
             )
-        if self.shard_index >= self.shard_count:
-            raise ValueError(f"shard_index: {self.shard_index} is not < shard_count")
         return self
 
     @property
