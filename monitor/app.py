@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -22,24 +21,15 @@ from prometheus_client import CollectorRegistry
 from monitor import __version__
 from monitor.activity import RecentActivity
 from monitor.budget import RequestBudget
-from monitor.client import ApiError, ElasticPathClient, JobsTarget, PageMemory
+from monitor.client import ElasticPathClient, JobsTarget, PageMemory
 from monitor.coordination import Fence, LeaderElector, Timing
 from monitor.discovery import Discovery
-from monitor.events import (
-    DiscoveryCompleted,
-    DiscoveryFailed,
-    DiscoveryIncomplete,
-    EventSink,
-    MonitorStarted,
-    MonitorStopped,
-    StateDiscarded,
-)
-from monitor.leadership import Leadership
+from monitor.events import EventSink
 from monitor.models import PromotionSnapshot, utc_now
 from monitor.names import NameLookups, PromotionNames
 from monitor.planner import PollPlan
 from monitor.poller import HINTS, Poller, PollOutcome
-from monitor.scheduler import PollScheduler
+from monitor.scheduler import PollScheduler, Upkeep
 from monitor.settings import CoordinationSettings, Settings
 from monitor.sinks.logs import LogSink
 from monitor.sinks.metrics import MonitorMetrics
@@ -89,10 +79,10 @@ class Monitor:
     client: ElasticPathClient
     watching: Watching
     names: PromotionNames
-    lookups: NameLookups
     poller: Poller
     discovery: Discovery
     scheduler: PollScheduler
+    upkeep: Upkeep
     health: Health
     activity: RecentActivity
     clock: Callable[[], float]
@@ -107,20 +97,14 @@ class Monitor:
     async def startup(self) -> None:
         if self.leases is not None:
             await self.leases.open()
-        self.load_state()
+        self.upkeep.load_state()
         port = self.settings.server.port
         if self.web is not None:
             port = await self.web.start(self.settings.server.host, self.settings.server.port)
-        self.scheduler.start()
-        # Discovery names what it lists and looks up the rest; without it, names are looked up.
-        refresh = self.discover if self.settings.discovery.enabled else self.refresh_names
-        self.scheduler.every(
-            self.settings.discovery.interval_seconds, refresh, name="discovery", now=True
-        )
+        self.upkeep.start(port)
         if self.elector is not None:
             self._election = asyncio.create_task(self.elector.run(), name="leader election")
         self.health.started = True
-        self.events.emit(self._started(port))
 
     async def shutdown(self, grace: float = SHUTDOWN_GRACE_SECONDS) -> None:
         self.health.stopping = True
@@ -135,102 +119,21 @@ class Monitor:
                 await asyncio.wait_for(self.elector.release(), RELEASE_SECONDS)
             await self.leases.close()
             grace = 0.0
-        await self.scheduler.stop(grace)
+        await self.upkeep.stop(grace)
         await self.client.close()
-        saved = await self.store.save(self.clock(), compact=True)
-        self.events.emit(MonitorStopped(state_saved=saved))
         if self.web is not None:
             await self.web.stop()
 
     async def run_once(self) -> list[PollOutcome]:
         """One poll of every promotion, for `promo-monitor once`."""
-        self.load_state()
         try:
-            if self.settings.discovery.enabled:
-                await self.discover()
-            else:
-                await self.refresh_names()
-            return await self.scheduler.run_cycle()
+            return await self.upkeep.run_once()
         finally:
             await self.client.close()
-
-    # what the scheduler runs besides polls
-
-    async def discover(self) -> None:
-        """One discovery run; a failure keeps the last known list."""
-        try:
-            found = await self.discovery.discover(self.clock())
-        except ApiError as exc:
-            self.metrics.discovery_errors.labels(exc.reason).inc()
-            self.events.emit(DiscoveryFailed(reason=exc.reason, detail=str(exc)))
-            return
-        targets = found.targets
-        if not found.complete:
-            # Pages overlapped or the store ignored the offset: what was listed is added, and
-            # nothing is removed on the word of a partial list.
-            targets = {t.promotion_id: t for t in self.targets} | dict(targets)
-            self.events.emit(
-                DiscoveryIncomplete(
-                    detail="the store's promotion list could not be read whole; nothing removed"
-                )
-            )
-        added, removed = self.watching.apply(
-            targets, authoritative=found.complete, discovered=found.discovered
-        )
-        self.lookups.listed(found.names, found.listed)
-        self.events.emit(
-            DiscoveryCompleted(
-                promotions=len(targets),
-                discovered=len(found.discovered),
-                added=added,
-                removed=removed,
-            )
-        )
-        self.scheduler.dispatch()
-        await self.refresh_names()
-
-    async def refresh_names(self) -> None:
-        await self.lookups.look_up(self.targets, lambda pid: pid in self.scheduler.plan)
-
-    # helpers
 
     @property
     def targets(self) -> list[JobsTarget]:
         return self.scheduler.targets
-
-    def load_state(self) -> None:
-        discarded = self.store.load()
-        if discarded is not None:
-            aside = discarded.path.with_name(discarded.path.name + ".discarded")
-            with contextlib.suppress(OSError):
-                os.replace(discarded.path, aside)
-            self.events.emit(
-                StateDiscarded(
-                    path=str(discarded.path), reason=discarded.reason, kept_as=str(aside)
-                )
-            )
-        # With discovery on, saved state of discovered promotions is kept until the first
-        # discovery says whether they are still watched; dropping it now would re-baseline
-        # them and swallow whatever changed while the monitor was down.
-        self.watching.apply(
-            self.discovery.explicit(), authoritative=not self.settings.discovery.enabled
-        )
-
-    def _started(self, port: int) -> MonitorStarted:
-        settings = self.settings
-        return MonitorStarted(
-            version=__version__,
-            promotions=len(self.targets),
-            discovery=settings.discovery.enabled,
-            shard=f"{self.discovery.shard_index}/{self.discovery.shard_count}",
-            base_url=settings.api.base_url,
-            metrics_port=port,
-            interval_seconds=settings.poll.interval_seconds,
-            active_interval_seconds=settings.poll.active_interval,
-            requests_per_second=settings.request_rate,
-            state_path=str(self.store.path),
-            coordination=settings.coordination.mode,
-        )
 
     # composition
 
@@ -250,7 +153,7 @@ class Monitor:
         stamina.instrumentation.set_on_retry_hooks([])
         registry = registry or CollectorRegistry(auto_describe=True)
         events = events if events is not None else LogSink()
-        store = SnapshotStore(settings.state.path, events)
+        store = SnapshotStore(settings.state.path)
         coordination = settings.coordination
         # With a lease, only the replica holding it polls; everything that polls or reports asks.
         elects = coordinated and coordination.mode == "lease"
@@ -291,7 +194,6 @@ class Monitor:
             names=names,
             activity=activity,
             pages=pages,
-            events=events,
         )
         poller = Poller(
             client,
@@ -311,6 +213,7 @@ class Monitor:
             plan,
             store,
             metrics,
+            events,
             concurrency=settings.poll.max_concurrent_polls,
             clock=clock,
             observe=activity.polled,
@@ -319,6 +222,16 @@ class Monitor:
             on_unwatched=watching.forget,
         )
         discovery = Discovery(client, settings)
+        upkeep = Upkeep(
+            scheduler,
+            settings,
+            watching=watching,
+            discovery=discovery,
+            lookups=NameLookups(client, names),
+            store=store,
+            metrics=metrics,
+            events=events,
+        )
         # Liveness fails only when the loop has made no progress for several intervals.
         health = Health(
             progress=lambda: scheduler.heartbeat,
@@ -334,10 +247,10 @@ class Monitor:
             client,
             watching,
             names,
-            NameLookups(client, names, events),
             poller,
             discovery,
             scheduler,
+            upkeep,
             health,
             activity,
             clock,
@@ -345,7 +258,7 @@ class Monitor:
         if serve_http:
             monitor.web = _web(monitor)
         if fence is not None:
-            monitor.leases, monitor.elector = _election(monitor, plan, fence, coordination)
+            monitor.leases, monitor.elector = _election(monitor, fence, coordination)
         else:
             metrics.leader.set(1)
         return monitor
@@ -394,7 +307,6 @@ def _web(monitor: Monitor) -> WebServer:
 
 def _election(
     monitor: Monitor,
-    plan: PollPlan,
     fence: Fence,
     coordination: CoordinationSettings,
 ) -> tuple[KubernetesLeases, LeaderElector]:
@@ -409,7 +321,6 @@ def _election(
         # A renewal must not outlive the time the fence gives it.
         timeout=coordination.renew_deadline_seconds - coordination.retry_period_seconds,
     )
-    leadership = Leadership(monitor.watching, plan, monitor.metrics, monitor.scheduler)
     elector = LeaderElector(
         leases,
         coordination.identity,
@@ -419,8 +330,6 @@ def _election(
             coordination.retry_period_seconds,
         ),
         fence,
-        on_elected=leadership.elected,
-        on_lost=leadership.lost,
-        events=monitor.events,
+        monitor.upkeep,
     )
     return leases, elector

@@ -18,14 +18,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Protocol
 
-from monitor.events import (
-    Discard,
-    EventSink,
-    LeaderElected,
-    LeaderLost,
-    LeaseUnavailable,
-    LeaseUnreachable,
-)
+from monitor.events import LeaderElected, LeaderLost, LeaseUnavailable, LeaseUnreachable
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,13 +94,23 @@ class Fence:
         return deadline is not None and self._clock() < deadline
 
 
-class LeaderElector:
-    """Acquires and renews one Lease every retry period; reports gaining and losing it.
+class ElectionReports(Protocol):
+    """What the elector tells the replica it campaigns for, which acts on it and reports it
+    (monitor.scheduler.Upkeep): the elector itself logs nothing."""
 
-    `on_elected(kept_state)` runs before the fence opens: `kept_state` is False when another
-    replica held the lease since this one last did (its snapshot may be stale, so it starts from
-    a fresh baseline). `on_lost()` runs once the fence has closed.
-    """
+    def elected(self, news: LeaderElected) -> None:
+        """Before the fence opens. `news.kept_state` is False when another replica held the
+        lease since this one last did (its snapshot may be stale: start from a fresh baseline)."""
+
+    def lost(self, news: LeaderLost) -> None:
+        """Once the fence has closed."""
+
+    def unavailable(self, news: LeaseUnavailable) -> None:
+        """The Lease could not be read or written (a LeaseUnreachable while leading)."""
+
+
+class LeaderElector:
+    """Acquires and renews one Lease every retry period; reports gaining and losing it."""
 
     def __init__(
         self,
@@ -115,10 +118,8 @@ class LeaderElector:
         identity: str,
         timing: Timing,
         fence: Fence,
+        reports: ElectionReports,
         *,
-        on_elected: Callable[[bool], None],
-        on_lost: Callable[[], None],
-        events: EventSink | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
@@ -126,15 +127,13 @@ class LeaderElector:
         self.identity = identity
         self._timing = timing
         self.fence = fence
-        self._on_elected = on_elected
-        self._on_lost = on_lost
+        self._reports = reports
         self._clock = clock
         self._wall = wall
         self.leading = False
         self._observed: LeaseRecord | None = None
         self._observed_at = 0.0
         self._watchdog: asyncio.TimerHandle | None = None
-        self._events: EventSink = events if events is not None else Discard()
 
     async def try_acquire_or_renew(self) -> bool:
         """One attempt; True if this replica holds the lease (and may poll) afterwards."""
@@ -193,8 +192,7 @@ class LeaderElector:
         if not self.leading:
             self.leading = True
             # Before the fence opens: the replica sets itself up before its first poll.
-            self._on_elected(kept_state)
-            self._events.emit(
+            self._reports.elected(
                 LeaderElected(
                     identity=self.identity,
                     lease=self._api.name,
@@ -208,8 +206,8 @@ class LeaderElector:
 
     def _lease_unavailable(self, detail: str) -> None:
         # A leader failing to renew is news (its fence is closing); a follower's is routine.
-        event = LeaseUnreachable if self.leading else LeaseUnavailable
-        self._events.emit(event(lease=self._api.name, detail=detail))
+        news = LeaseUnreachable if self.leading else LeaseUnavailable
+        self._reports.unavailable(news(lease=self._api.name, detail=detail))
 
     def _arm_watchdog(self) -> None:
         # Notices the closed fence on time even while a renewal request hangs.
@@ -232,8 +230,7 @@ class LeaderElector:
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
-        self._on_lost()
-        self._events.emit(LeaderLost(identity=self.identity, lease=self._api.name, reason=reason))
+        self._reports.lost(LeaderLost(identity=self.identity, lease=self._api.name, reason=reason))
 
     async def run(self) -> None:
         """Campaign and renew until cancelled."""

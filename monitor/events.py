@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
 from monitor.models import Change, ChangeKind, Job
+from monitor.state import Saved
 
 Level = Literal["debug", "info", "warning", "error"]
 
@@ -431,3 +432,15 @@ def _plain(kind: ChangeKind, promotion_id: str, job: Job) -> Iterator[JobEvent]:
         yield JobStuck(**ids, since=job.status_since)
     elif kind in _PLAIN:
         yield _PLAIN[kind](**ids)
+
+
+# from a state write
+
+
+def state_written(saved: Saved) -> Event | None:
+    """What a save() is news for: a failure (every time), or the first success after one."""
+    if not saved.ok:
+        return StateWriteFailed(path=str(saved.path), detail=saved.error or "write failed")
+    if saved.recovered:
+        return StateWriteRecovered(path=str(saved.path))
+    return None

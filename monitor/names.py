@@ -11,7 +11,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Final
 
 from monitor.client import ApiError, ElasticPathClient, JobsTarget
-from monitor.events import EventSink, NameLookupFailed
 from monitor.models import PromotionKind, single_line
 
 # Names go into a label value and log lines: one line, bounded.
@@ -53,10 +52,9 @@ class NameLookups:
     """Fetches the names no discovery list gave, one request at a time, so that polls waiting
     for the request budget never queue behind a burst of lookups."""
 
-    def __init__(self, client: ElasticPathClient, names: PromotionNames, events: EventSink) -> None:
+    def __init__(self, client: ElasticPathClient, names: PromotionNames) -> None:
         self._client = client
         self._names = names
-        self._events = events
         self._listed: set[str] = set()  # in the last discovery run's lists: no lookup needed
         self._failing: set[str] = set()  # warned once, until a lookup works again
 
@@ -67,9 +65,15 @@ class NameLookups:
         for pid, (kind, name) in found.items():
             self._names.set(pid, kind, name)
 
-    async def look_up(self, targets: Iterable[JobsTarget], watched: Callable[[str], bool]) -> None:
-        """Look up every target's name that no list gave; a failed lookup keeps the last."""
+    async def look_up(
+        self, targets: Iterable[JobsTarget], watched: Callable[[str], bool]
+    ) -> list[tuple[str, ApiError]]:
+        """Look up every target's name that no list gave; a failed lookup keeps the last.
+
+        Returns the lookups that began to fail: each is news once, until one works again.
+        """
         targets = list(targets)
+        failed: list[tuple[str, ApiError]] = []
         self._failing &= {target.promotion_id for target in targets}  # (forget the unwatched)
         for target in targets:
             pid = target.promotion_id
@@ -80,11 +84,10 @@ class NameLookups:
             except ApiError as exc:
                 if pid not in self._failing:
                     self._failing.add(pid)
-                    self._events.emit(
-                        NameLookupFailed(promotion_id=pid, reason=exc.reason, detail=str(exc))
-                    )
+                    failed.append((pid, exc))
                 continue
             self._failing.discard(pid)
             name = promotion_name(promotion)
             if name is not None and watched(pid):  # (it may have gone while we asked)
                 self._names.set(pid, target.kind, name)
+        return failed

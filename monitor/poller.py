@@ -8,7 +8,14 @@ from dataclasses import dataclass
 
 from monitor.client import ApiError, ElasticPathClient, FetchResult, JobsTarget, PageMemory
 from monitor.diff import Diff, diff, expired
-from monitor.events import EventSink, JobsSkipped, PollFailed, PollIncomplete, job_events
+from monitor.events import (
+    EventSink,
+    JobsSkipped,
+    PollFailed,
+    PollIncomplete,
+    job_events,
+    state_written,
+)
 from monitor.models import Change, Job, PromotionSnapshot
 from monitor.sinks.metrics import MonitorMetrics
 from monitor.state import SnapshotStore
@@ -191,7 +198,9 @@ class Poller:
         if outcome.changes:
             # Durable before announced: a crash now may lose these events, but a restart
             # never announces them twice.
-            await self._store.save(now)
+            written = state_written(await self._store.save(now))
+            if written is not None:
+                self._events.emit(written)
             self._metrics.record(outcome.changes)
             for event in job_events(outcome.changes, self._names):
                 self._events.emit(event)

@@ -1,24 +1,51 @@
-"""APScheduler wiring: dispatch due polls, retry failed state writes, run discovery.
+"""The loop: APScheduler dispatches due polls and runs the upkeep (discovery, name lookups,
+retries of failed state writes); leadership changes arrive here too.
 
 APScheduler's interval job is the heartbeat; which promotion is polled when is the PollPlan's
-decision, so adaptive intervals and priorities stay in one pure, tested place.
+decision, so adaptive intervals and priorities stay in one pure, tested place. Events are
+emitted here and in the poller only: the parts below (state, watching, names, the elector)
+answer with values, and what is news is decided where the loop runs them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from monitor.client import JobsTarget
+from monitor import __version__
+from monitor.client import ApiError, JobsTarget
+from monitor.discovery import Discovery
+from monitor.events import (
+    DiscoveryCompleted,
+    DiscoveryFailed,
+    DiscoveryIncomplete,
+    EventSink,
+    LeaderElected,
+    LeaderLost,
+    LeaseUnavailable,
+    MonitorStarted,
+    MonitorStopped,
+    NameLookupFailed,
+    PromotionAdded,
+    PromotionRemoved,
+    StateDiscarded,
+    StatePruned,
+    state_written,
+)
+from monitor.names import NameLookups
 from monitor.planner import PollPlan
 from monitor.poller import Poller, PollOutcome
+from monitor.settings import Settings
 from monitor.sinks.metrics import MonitorMetrics
 from monitor.state import SnapshotStore
+from monitor.watching import Applied, Watching
 
 FLUSH_SECONDS = 30.0
 
@@ -32,6 +59,7 @@ class PollScheduler:
         plan: PollPlan,
         store: SnapshotStore,
         metrics: MonitorMetrics,
+        events: EventSink,
         *,
         concurrency: int,
         clock: Callable[[], float],
@@ -46,8 +74,9 @@ class PollScheduler:
         self.plan = plan
         self._store = store
         self._metrics = metrics
+        self._events = events
         self._concurrency = concurrency
-        self._clock = clock
+        self.clock = clock
         self._monotonic = monotonic
         self._observe = observe  # sees every finished poll of a watched promotion (status page)
         self.on_unwatched = on_unwatched
@@ -182,7 +211,15 @@ class PollScheduler:
         # Only after a failed write: between a poll's put and its own persist the store is
         # dirty as a matter of course, and that poll writes it itself.
         if self._store.write_failed:
-            await self._store.save(self._clock())
+            await self.save()
+
+    async def save(self, *, compact: bool = False) -> bool:
+        """Write the state; a failed write (and the first success after one) is news."""
+        saved = await self._store.save(self.clock(), compact=compact)
+        written = state_written(saved)
+        if written is not None:
+            self._events.emit(written)
+        return saved.ok
 
     async def stop(self, grace: float) -> None:
         """Stop scheduling; give in-flight polls `grace` seconds, then cancel them."""
@@ -196,3 +233,181 @@ class PollScheduler:
                 task.cancel()
             if late:
                 await asyncio.gather(*late, return_exceptions=True)
+
+
+class Upkeep:
+    """What the loop runs besides polls, and the events they make: the saved state at start,
+    start and stop, discovery and name lookups, and what the elector reports (ElectionReports)."""
+
+    def __init__(
+        self,
+        scheduler: PollScheduler,
+        settings: Settings,
+        *,
+        watching: Watching,
+        discovery: Discovery,
+        lookups: NameLookups,
+        store: SnapshotStore,
+        metrics: MonitorMetrics,
+        events: EventSink,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._scheduler = scheduler
+        self._settings = settings
+        self._watching = watching
+        self._discovery = discovery
+        self._lookups = lookups
+        self._store = store
+        self._metrics = metrics
+        self._events = events
+        self._monotonic = monotonic
+        self._clock = scheduler.clock
+
+    # start and stop
+
+    def load_state(self) -> None:
+        """Read the saved state (a torn or foreign file is set aside) and watch the configured
+        promotions."""
+        discarded = self._store.load()
+        if discarded is not None:
+            aside = discarded.path.with_name(discarded.path.name + ".discarded")
+            with contextlib.suppress(OSError):
+                os.replace(discarded.path, aside)
+            self._events.emit(
+                StateDiscarded(
+                    path=str(discarded.path), reason=discarded.reason, kept_as=str(aside)
+                )
+            )
+        # With discovery on, saved state of discovered promotions is kept until the first
+        # discovery says whether they are still watched; dropping it now would re-baseline
+        # them and swallow whatever changed while the monitor was down.
+        self._apply(self._discovery.explicit(), authoritative=not self._settings.discovery.enabled)
+
+    def start(self, port: int) -> None:
+        """Start the loop; `port` is where /metrics ended up (for the monitor_started line)."""
+        self._scheduler.start()
+        self._scheduler.every(
+            self._settings.discovery.interval_seconds, self.refresh, name="discovery", now=True
+        )
+        self._events.emit(self._started(port))
+
+    async def stop(self, grace: float) -> None:
+        """Stop the loop (in-flight polls get `grace` seconds), then write the whole state."""
+        await self._scheduler.stop(grace)
+        saved = await self._scheduler.save(compact=True)
+        self._events.emit(MonitorStopped(state_saved=saved))
+
+    async def run_once(self) -> list[PollOutcome]:
+        """One poll of every promotion, for `promo-monitor once`."""
+        self.load_state()
+        await self.refresh()
+        return await self._scheduler.run_cycle()
+
+    # the periodic upkeep
+
+    async def refresh(self) -> None:
+        """Discovery names what it lists and looks up the rest; without it, names are looked up."""
+        if self._settings.discovery.enabled:
+            await self.discover()
+        else:
+            await self.look_up_names()
+
+    async def discover(self) -> None:
+        """One discovery run; a failure keeps the last known list."""
+        try:
+            found = await self._discovery.discover(self._clock())
+        except ApiError as exc:
+            self._metrics.discovery_errors.labels(exc.reason).inc()
+            self._events.emit(DiscoveryFailed(reason=exc.reason, detail=str(exc)))
+            return
+        targets = found.targets
+        if not found.complete:
+            # Pages overlapped or the store ignored the offset: what was listed is added, and
+            # nothing is removed on the word of a partial list.
+            targets = {t.promotion_id: t for t in self._scheduler.targets} | dict(targets)
+            self._events.emit(
+                DiscoveryIncomplete(
+                    detail="the store's promotion list could not be read whole; nothing removed"
+                )
+            )
+        applied = self._apply(targets, authoritative=found.complete, discovered=found.discovered)
+        self._lookups.listed(found.names, found.listed)
+        self._events.emit(
+            DiscoveryCompleted(
+                promotions=len(targets),
+                discovered=len(found.discovered),
+                added=len(applied.added),
+                removed=len(applied.removed),
+            )
+        )
+        self._scheduler.dispatch()
+        await self.look_up_names()
+
+    async def look_up_names(self) -> None:
+        plan = self._scheduler.plan
+        failed = await self._lookups.look_up(plan.targets, lambda pid: pid in plan)
+        for pid, exc in failed:
+            self._events.emit(
+                NameLookupFailed(promotion_id=pid, reason=exc.reason, detail=str(exc))
+            )
+
+    def _apply(
+        self,
+        targets: Mapping[str, JobsTarget],
+        *,
+        authoritative: bool,
+        discovered: frozenset[str] = frozenset(),
+    ) -> Applied:
+        applied = self._watching.apply(targets, authoritative=authoritative)
+        for target in applied.added:
+            # (Configured promotions are announced by monitor_started, not one by one.)
+            if target.promotion_id in discovered:
+                self._events.emit(
+                    PromotionAdded(promotion_id=target.promotion_id, kind=target.kind.value)
+                )
+        for pid in applied.removed:
+            self._events.emit(PromotionRemoved(promotion_id=pid))
+        if applied.pruned:
+            self._events.emit(StatePruned(promotions=applied.pruned))
+        return applied
+
+    # what the elector reports (coordination.mode: lease)
+
+    def elected(self, news: LeaderElected) -> None:
+        if not news.kept_state:
+            # Another replica polled since this one last did: a snapshot from back then would
+            # announce again what that replica already reported. A fresh baseline instead (its
+            # lookback catches what failed during the handover).
+            self._watching.start_afresh()
+        plan = self._scheduler.plan
+        for target in plan.targets:
+            self._metrics.watch(target.promotion_id)
+        # It has been silent for at least a renew deadline: catch up now, not at the next slot.
+        plan.due_all(self._monotonic())
+        self._metrics.leader.set(1)
+        # Discovery and name lookups ran gated while it stood by: now, not an interval later.
+        self._scheduler.run_soon("discovery")
+        self._events.emit(news)
+
+    def lost(self, news: LeaderLost) -> None:
+        self._metrics.leader.set(0)
+        self._events.emit(news)
+
+    def unavailable(self, news: LeaseUnavailable) -> None:
+        self._events.emit(news)
+
+    def _started(self, port: int) -> MonitorStarted:
+        settings = self._settings
+        return MonitorStarted(
+            version=__version__,
+            promotions=len(self._scheduler.targets),
+            discovery=settings.discovery.enabled,
+            shard=f"{self._discovery.shard_index}/{self._discovery.shard_count}",
+            base_url=settings.api.base_url,
+            metrics_port=port,
+            interval_seconds=settings.poll.interval_seconds,
+            active_interval_seconds=settings.poll.active_interval,
+            requests_per_second=settings.request_rate,
+            state_path=str(self._store.path),
+            coordination=settings.coordination.mode,
+        )

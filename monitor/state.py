@@ -25,14 +25,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from monitor.events import Discard, EventSink, StateWriteFailed, StateWriteRecovered
 from monitor.models import Job, PromotionSnapshot
 
 # 2: job rows carry name and codes requested/generated/deleted. Files of version 1 still load.
 # (A snapshot written with a journal names it by a random epoch, an optional key: still version 2.)
 FORMAT_VERSION: Final = 2
 READABLE_VERSIONS: Final = (1, 2)
-JOURNAL_VERSION: Final = 1
+# 2: each append ends with a commit record; a group without one (torn) is not applied. Journals
+# of version 1 (a record applies alone) still replay.
+JOURNAL_VERSION: Final = 2
+READABLE_JOURNALS: Final = (1, 2)
 # Below this state size a whole rewrite costs about what an append does (one fsync either way).
 JOURNAL_ABOVE_BYTES: Final = 64 * 1024
 
@@ -196,7 +198,9 @@ def decode_with_epoch(data: bytes) -> tuple[dict[str, PromotionSnapshot], str | 
 
 # The journal: one record per line, `<crc32 of payload, 8 hex digits> <payload JSON>\n`. JSON
 # escapes every newline, so a record never contains one; a record without its newline or with a
-# wrong checksum is where a crash tore the file, and replay stops there.
+# wrong checksum is where a crash tore the file, and replay stops there. One write appends the
+# records of every promotion it carries, then a commit record: a write torn between two of its
+# records is not applied at all, so what loads is always the state of some earlier write.
 
 
 def _record(payload: bytes) -> bytes:
@@ -216,6 +220,10 @@ def drop_record(promotion_id: str) -> bytes:
     return _record(b'{"p":%b}' % json.dumps(promotion_id).encode())
 
 
+COMMIT: Final = {"c": 1}
+COMMIT_RECORD: Final = _record(json.dumps(COMMIT).encode())
+
+
 def _payload(line: bytes) -> Any:
     """A record's payload, or ValueError if the line is torn or corrupt."""
     crc, _, payload = line.partition(b" ")
@@ -224,39 +232,68 @@ def _payload(line: bytes) -> Any:
     return json.loads(payload)
 
 
-def _apply(record: Any, snapshots: dict[str, PromotionSnapshot]) -> None:
+def _operation(record: Any) -> tuple[str, PromotionSnapshot | None]:
+    """A put (the promotion's new snapshot) or a drop (None); ValueError if malformed."""
     pid = record["p"]
     if not isinstance(pid, str):
         raise ValueError("promotion id is not text")  # noqa: TRY004 - callers catch ValueError
-    if "s" in record:
-        snapshots[pid] = _entry(pid, record["s"])
-    else:
-        snapshots.pop(pid, None)
+    return pid, _entry(pid, record["s"]) if "s" in record else None
+
+
+def _journal_version(head: Any, epoch: str) -> int | None:
+    """The version of a journal that continues the snapshot of `epoch`, else None."""
+    if not isinstance(head, dict) or head.get("epoch") != epoch or len(head) != 2:
+        return None
+    version = head.get("journal")
+    return version if type(version) is int and version in READABLE_JOURNALS else None
 
 
 def replay(data: bytes, epoch: str, snapshots: dict[str, PromotionSnapshot]) -> tuple[int, bool]:
-    """Apply a journal's records to `snapshots`, in order, up to the first torn one.
+    """Apply a journal's writes to `snapshots`, in order, up to the first torn one.
 
     Returns the bytes of the usable prefix and whether that is the whole journal. A journal
     that continues another snapshot file (an older epoch: a crash between a compaction's two
     renames) is not applied at all.
     """
-    end = 0
-    while end < len(data):
-        newline = data.find(b"\n", end)
+    end = 0  # just past the last write applied
+    grouped = True
+    pending: list[tuple[str, PromotionSnapshot | None]] = []
+    position = 0
+    while position < len(data):
+        newline = data.find(b"\n", position)
         if newline < 0:
-            return end, False
+            break
         try:
-            record = _payload(data[end:newline])
-            if end == 0:
-                if record != {"journal": JOURNAL_VERSION, "epoch": epoch}:
+            record = _payload(data[position:newline])
+            if position == 0:
+                version = _journal_version(record, epoch)
+                if version is None:
                     return 0, False
+                grouped = version >= 2  # (the version that added commits)
+                end = newline + 1
+            elif grouped and record == COMMIT:
+                for pid, snapshot in pending:
+                    _set(snapshots, pid, snapshot)
+                pending.clear()
+                end = newline + 1
+            elif grouped:
+                pending.append(_operation(record))
             else:
-                _apply(record, snapshots)
+                _set(snapshots, *_operation(record))
+                end = newline + 1
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
-            return end, False
-        end = newline + 1
-    return end, end > 0
+            break
+        position = newline + 1
+    return end, end > 0 and end == len(data)
+
+
+def _set(
+    snapshots: dict[str, PromotionSnapshot], pid: str, snapshot: PromotionSnapshot | None
+) -> None:
+    if snapshot is None:
+        snapshots.pop(pid, None)
+    else:
+        snapshots[pid] = snapshot
 
 
 def journal_path(path: Path) -> Path:
@@ -298,19 +335,27 @@ def write_atomic(path: Path, data: bytes | list[bytes]) -> None:
             os.close(dir_fd)
 
 
+@dataclass(frozen=True, slots=True)
+class Saved:
+    """What a save() came to; whoever saved reports it (monitor.events.state_written)."""
+
+    path: Path
+    ok: bool
+    error: str | None = None  # why the write failed
+    recovered: bool = False  # it worked after failed ones
+
+
 class SnapshotStore:
     """The current snapshot of every watched promotion, and its durable copy."""
 
     def __init__(
         self,
         path: Path,
-        events: EventSink | None = None,
         *,
         journal_above: int = JOURNAL_ABOVE_BYTES,
     ) -> None:
         self.path = path
         self.journal = journal_path(path)
-        self._events: EventSink = events if events is not None else Discard()
         self._journal_above = journal_above
         self._snapshots: dict[str, PromotionSnapshot] = {}
         self._lock = asyncio.Lock()
@@ -406,6 +451,7 @@ class SnapshotStore:
             else drop_record(pid)
             for pid in changed
         ]
+        records.append(COMMIT_RECORD)
         append_durable(self.journal, records)
         self._journal_bytes += sum(map(len, records))
 
@@ -426,23 +472,16 @@ class SnapshotStore:
             write_atomic(self.journal, head)
             self._epoch, self._journal_bytes = epoch, len(head)
 
-    async def save(self, saved_at: float, *, compact: bool = False) -> bool:
-        """persist(), reporting instead of raising: True when every change is durable.
-
-        The one place a failed or recovered write is announced; the scheduler retries every
-        30 s while `write_failed`.
+    async def save(self, saved_at: float, *, compact: bool = False) -> Saved:
+        """persist(), answering instead of raising: whether every change is durable, and whether
+        that ends a run of failed writes (the scheduler retries every 30 s while `write_failed`).
         """
         failed_before = self.write_failed
         try:
             await self.persist(saved_at, compact=compact)
         except OSError as exc:
-            self._events.emit(
-                StateWriteFailed(path=str(self.path), detail=exc.strerror or str(exc))
-            )
-            return False
-        if failed_before:
-            self._events.emit(StateWriteRecovered(path=str(self.path)))
-        return True
+            return Saved(self.path, ok=False, error=exc.strerror or str(exc))
+        return Saved(self.path, ok=True, recovered=failed_before)
 
     async def persist(self, saved_at: float, *, compact: bool = False) -> None:
         """Make every change made so far durable; concurrent callers share one write.

@@ -6,15 +6,24 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from monitor.activity import RecentActivity
 from monitor.client import JobsTarget, PageMemory
-from monitor.events import EventSink, PromotionAdded, PromotionRemoved, StatePruned
 from monitor.models import PromotionKind
 from monitor.names import PromotionNames
 from monitor.planner import PollPlan
 from monitor.sinks.metrics import MonitorMetrics
 from monitor.state import SnapshotStore
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What applying a new watched set changed."""
+
+    added: tuple[JobsTarget, ...]
+    removed: tuple[str, ...]
+    pruned: int  # promotions whose saved state went with them
 
 
 class Watching:
@@ -29,7 +38,6 @@ class Watching:
         names: PromotionNames,
         activity: RecentActivity,
         pages: PageMemory,
-        events: EventSink,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._plan = plan
@@ -38,7 +46,6 @@ class Watching:
         self._names = names
         self._activity = activity
         self._pages = pages
-        self._events = events
         self._monotonic = monotonic
 
     def apply(
@@ -46,9 +53,8 @@ class Watching:
         targets: Mapping[str, JobsTarget],
         *,
         authoritative: bool,
-        discovered: frozenset[str] = frozenset(),
-    ) -> tuple[int, int]:
-        """Poll exactly `targets` from now on; returns (added, removed).
+    ) -> Applied:
+        """Poll exactly `targets` from now on.
 
         `authoritative`: the list is the whole truth, so saved state of promotions not in it
         goes too (not so at start with discovery on, before the first discovery has said).
@@ -61,19 +67,13 @@ class Watching:
         added, removed = self._plan.reconcile(targets, self._monotonic(), active=active)
         for pid in added:
             self._metrics.watch(pid)
-            if pid in discovered:
-                self._events.emit(PromotionAdded(promotion_id=pid, kind=targets[pid].kind.value))
         for pid in removed:
             self.forget(pid)
-            self._events.emit(PromotionRemoved(promotion_id=pid))
-        if authoritative:
-            dropped = self._store.retain(set(targets))
-            if dropped:
-                self._events.emit(StatePruned(promotions=len(dropped)))
+        dropped = self._store.retain(set(targets)) if authoritative else []
         kinds = Counter(t.kind for t in self._plan.targets)
         for kind in PromotionKind:
             self._metrics.promotions.labels(kind.value).set(kinds[kind])
-        return len(added), len(removed)
+        return Applied(tuple(targets[pid] for pid in added), tuple(removed), len(dropped))
 
     def start_afresh(self) -> None:
         """Drop what was seen of every promotion (snapshot, series, page memory, activity), still

@@ -25,7 +25,7 @@ from monitor.coordination import (
     LeaseUnavailableError,
     Timing,
 )
-from monitor.events import Recorder
+from monitor.events import LeaderElected, LeaderLost, LeaseUnavailable, Recorder
 from monitor.kube import KubernetesLeases
 from monitor.settings import ConfigError
 from tests.kube_fake import FakeLeaseApi, write_kubeconfig
@@ -37,11 +37,38 @@ TIMING = Timing(lease_duration=3, renew_deadline=2.0, retry_period=0.5)
 
 
 @dataclass
+class Reports:
+    """What one candidate's elector reported (the ElectionReports a replica's Upkeep takes)."""
+
+    events: Recorder
+    kept_states: list[bool] = field(default_factory=list)  # kept_state of each election
+    losses: int = 0
+
+    def elected(self, news: LeaderElected) -> None:
+        self.kept_states.append(news.kept_state)
+        self.events.emit(news)
+
+    def lost(self, news: LeaderLost) -> None:
+        self.losses += 1
+        self.events.emit(news)
+
+    def unavailable(self, news: LeaseUnavailable) -> None:
+        self.events.emit(news)
+
+
+@dataclass
 class Candidate:
     elector: LeaderElector
     leases: KubernetesLeases
-    elected: list[bool] = field(default_factory=list)  # kept_state of each election
-    lost: int = 0
+    reports: Reports
+
+    @property
+    def elected(self) -> list[bool]:
+        return self.reports.kept_states
+
+    @property
+    def lost(self) -> int:
+        return self.reports.losses
 
 
 @dataclass
@@ -61,25 +88,16 @@ class Cluster:
             namespace=NAMESPACE, name=LEASE, timeout=1.0, env={"KUBECONFIG": str(kubeconfig)}
         )
         await leases.open()
-        result: Candidate
-
-        def elected(kept_state: bool) -> None:
-            result.elected.append(kept_state)
-
-        def lost() -> None:
-            result.lost += 1
-
+        reports = Reports(self.events)
         elector = LeaderElector(
             leases,
             identity,
             TIMING,
             Fence(TIMING.renew_deadline, self.clock),
-            on_elected=elected,
-            on_lost=lost,
-            events=self.events,
+            reports,
             clock=self.clock,
         )
-        result = Candidate(elector, leases)
+        result = Candidate(elector, leases, reports)
         self.candidates.append(result)
         return result
 

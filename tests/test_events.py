@@ -4,6 +4,7 @@ same, and events captured in process as whole dicts (structlog's capture, as sta
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import re
 from pathlib import Path
@@ -27,7 +28,8 @@ from monitor.simulator import Simulator
 from monitor.sinks.logs import LogSink
 from tests.support import long_ago
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
 JOB_FIELDS = {"promotion_id", "job_id", "job_type", "status"}
 NOW = 1_700_000_000.0
 
@@ -211,6 +213,32 @@ async def test_every_event_goes_through_the_one_sink_the_monitor_is_given(
     assert logs == []  # nothing bypassed the sink
     assert [e.NAME for e in recorder.events] == ["token_refreshed", "baseline_loaded"]
     assert all(isinstance(e, Event) for e in recorder.events)
+
+
+def emitters() -> set[str]:
+    """The modules of the package that hand an event to a sink (calls of `.emit(...)`)."""
+    found = set()
+    for path in (ROOT / "monitor").rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "emit"
+            ):
+                found.add(path.relative_to(ROOT).as_posix())
+    return found
+
+
+def test_only_the_loop_emits_events() -> None:
+    # The poller reports what a poll found, the scheduler everything else the loop runs; the
+    # client's reports are rendered by their sink. State, watching, names and the elector answer
+    # with values instead, so a newcomer finds every emission in these three files.
+    assert emitters() == {
+        "monitor/poller.py",
+        "monitor/scheduler.py",
+        "monitor/sinks/requests.py",
+    }
 
 
 def test_the_log_sink_renders_name_level_and_fields() -> None:

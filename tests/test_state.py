@@ -472,10 +472,12 @@ def job(job_id: str, status: str = "pending", error: str | None = None) -> Job:
     return Job(job_id, "code_generate", status, error, 1.0, 2.0)
 
 
-def journal_records(path: Path) -> list[dict[str, object]]:
-    """The journal's records after its head, as JSON (checksums stripped)."""
+def journal_records(path: Path, *, commits: bool = False) -> list[dict[str, object]]:
+    """The journal's records after its head, as JSON (checksums stripped; the commit record
+    that ends each write left out unless asked for)."""
     lines = state.journal_path(path).read_bytes().splitlines()
-    return [json.loads(line.partition(b" ")[2]) for line in lines[1:]]
+    records = [json.loads(line.partition(b" ")[2]) for line in lines[1:]]
+    return [r for r in records if commits or r != {"c": 1}]
 
 
 async def test_a_large_state_appends_each_change_to_the_journal(
@@ -535,6 +537,53 @@ async def test_replay_applies_records_in_order(tmp_path: Path) -> None:
 
     assert len(journal_records(path)) == 4
     assert on_disk(path) == {**filler, "p": snapshot("p", job("j2", "completed"))}
+
+
+async def test_a_write_torn_between_its_records_is_not_applied_at_all(tmp_path: Path) -> None:
+    # One write carries two promotions; a crash after the first record reached the disk must
+    # not load a state that was never whole (a with its new job, b without).
+    path = tmp_path / "snapshot.json"
+    store = SnapshotStore(path, journal_above=0)
+    for snap in FILLER.values():
+        store.put(snap)
+    store.put(snapshot("a", job("j1")))
+    store.put(snapshot("b", job("j2")))
+    await store.persist(SAVED_AT)
+    store.put(snapshot("a", job("j1", "failed", "boom")))
+    store.put(snapshot("b", job("j2", "completed")))
+    await store.persist(SAVED_AT)
+    assert [r.get("p", "commit") for r in journal_records(path, commits=True)] == [
+        "a",
+        "b",
+        "commit",
+    ]
+    journal = state.journal_path(path)
+    data = journal.read_bytes()
+    journal.write_bytes(data[: data.index(b"\n", data.index(b'"a"')) + 1])  # a's record, whole
+
+    assert on_disk(path) == {
+        **FILLER,
+        "a": snapshot("a", job("j1")),
+        "b": snapshot("b", job("j2")),
+    }
+
+
+async def test_a_journal_written_before_commit_records_still_replays(tmp_path: Path) -> None:
+    # Version 1 journals (before this release) apply each record alone.
+    path = tmp_path / "snapshot.json"
+    store = SnapshotStore(path, journal_above=0)
+    for snap in FILLER.values():
+        store.put(snap)
+    await store.persist(SAVED_AT)
+    store.put(snapshot("a", job("j1", "failed", "boom")))
+    await store.persist(SAVED_AT)
+    journal = state.journal_path(path)
+    head, *records = journal.read_bytes().splitlines(keepends=True)
+    epoch = json.loads(head.partition(b" ")[2])["epoch"]
+    old_head = state._record(json.dumps({"journal": 1, "epoch": epoch}).encode())
+    journal.write_bytes(old_head + b"".join(r for r in records if b'"c"' not in r))
+
+    assert on_disk(path) == {**FILLER, "a": snapshot("a", job("j1", "failed", "boom"))}
 
 
 # Unchanged promotions, so that the snapshot file outweighs a few journal records.
