@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, Protocol, TypeVar
+from typing import Any, ClassVar, Literal, Protocol, TypeVar, dataclass_transform
 
 from monitor.models import Change, ChangeKind, Job
 from monitor.state import Saved
@@ -19,12 +19,25 @@ from monitor.state import Saved
 Level = Literal["debug", "info", "warning", "error"]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass_transform(kw_only_default=True, frozen_default=True)
 class Event:
-    """Base of every event: `NAME` and `LEVEL` are the class's, the fields the instance's."""
+    """Base of every event: `NAME` and `LEVEL` are the class's, the fields the instance's.
+
+    A subclass is a frozen, keyword-only dataclass: `class JobFailed(JobEvent, name="job_failed",
+    level="error")` and its fields are the whole declaration.
+    """
 
     NAME: ClassVar[str]
     LEVEL: ClassVar[Level]
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]  # (every subclass's)
+
+    def __init_subclass__(cls, *, name: str | None = None, level: Level | None = None) -> None:
+        super().__init_subclass__()
+        if name is not None:
+            cls.NAME = name
+        if level is not None:
+            cls.LEVEL = level
+        dataclass(frozen=True, kw_only=True)(cls)
 
     def fields(self) -> dict[str, object]:
         """The fields as rendered: declaration order, None left out."""
@@ -58,10 +71,7 @@ class Recorder:
 # lifecycle
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MonitorStarted(Event):
-    NAME = "monitor_started"
-    LEVEL = "info"
+class MonitorStarted(Event, name="monitor_started", level="info"):
     version: str
     promotions: int
     discovery: bool
@@ -75,17 +85,13 @@ class MonitorStarted(Event):
     coordination: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MonitorStopped(Event):
-    NAME = "monitor_stopped"
-    LEVEL = "info"
+class MonitorStopped(Event, name="monitor_stopped", level="info"):
     state_saved: bool
 
 
 # jobs
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
 class JobEvent(Event):
     """The fields every job event carries."""
 
@@ -95,7 +101,6 @@ class JobEvent(Event):
     status: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
 class DescribedJobEvent(JobEvent):
     """A job event a person acts on: names and codes, where known."""
 
@@ -106,78 +111,52 @@ class DescribedJobEvent(JobEvent):
     codes_deleted: int | None = None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class BaselineLoaded(Event):
-    NAME = "baseline_loaded"
-    LEVEL = "info"
+class BaselineLoaded(Event, name="baseline_loaded", level="info"):
     promotion_id: str
     jobs: int
     by_status: Mapping[str, int]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class JobDiscovered(JobEvent):
-    NAME = "job_discovered"
-    LEVEL = "info"
+class JobDiscovered(JobEvent, name="job_discovered", level="info"):
+    """A job first seen after the baseline."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class JobSeenLate(JobEvent):
+class JobSeenLate(JobEvent, name="job_discovered", level="debug"):
     """A job first seen long after it last changed: history an incomplete listing hid."""
 
-    NAME = "job_discovered"
-    LEVEL = "debug"
     late_seen: bool = True
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class JobStatusChanged(DescribedJobEvent):
-    NAME = "job_status_changed"
-    LEVEL = "info"
+class JobStatusChanged(DescribedJobEvent, name="job_status_changed", level="info"):
     previous_status: str | None = None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class JobFailed(DescribedJobEvent):
-    NAME = "job_failed"
-    LEVEL = "error"
+class JobFailed(DescribedJobEvent, name="job_failed", level="error"):
     error: str
     # Found by the baseline lookback (True), or seen turning failed (left out).
     during_baseline: bool | None = None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class JobIncomplete(DescribedJobEvent):
-    NAME = "job_incomplete"
-    LEVEL = "warning"
+class JobIncomplete(DescribedJobEvent, name="job_incomplete", level="warning"):
+    """A job that finished with fewer codes than it asked for."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class JobStuck(JobEvent):
-    NAME = "job_stuck"
-    LEVEL = "warning"
+class JobStuck(JobEvent, name="job_stuck", level="warning"):
     since: float | None = None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class JobVanished(JobEvent):
-    NAME = "job_vanished"
-    LEVEL = "info"
+class JobVanished(JobEvent, name="job_vanished", level="info"):
+    """A job no longer listed (a complete listing only)."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class JobUpdated(JobEvent):
-    NAME = "job_updated"
-    LEVEL = "debug"
+class JobUpdated(JobEvent, name="job_updated", level="debug"):
+    """A job changed without changing status."""
 
 
 # polls and requests
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PollFailed(Event):
-    NAME = "poll_failed"
-    LEVEL = "warning"
+class PollFailed(Event, name="poll_failed", level="warning"):
     promotion_id: str
     reason: str
     detail: str
@@ -185,28 +164,19 @@ class PollFailed(Event):
     hint: str | None = None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PollIncomplete(Event):
-    NAME = "poll_incomplete"
-    LEVEL = "warning"
+class PollIncomplete(Event, name="poll_incomplete", level="warning"):
     promotion_id: str
     reason: str
     detail: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class JobsSkipped(Event):
-    NAME = "jobs_skipped"
-    LEVEL = "warning"
+class JobsSkipped(Event, name="jobs_skipped", level="warning"):
     promotion_id: str
     count: int
     reason: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RequestRetried(Event):
-    NAME = "request_retried"
-    LEVEL = "info"
+class RequestRetried(Event, name="request_retried", level="info"):
     endpoint: str
     reason: str
     attempt: int
@@ -214,60 +184,39 @@ class RequestRetried(Event):
     retry_after: float | None = None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TokenRefreshed(Event):
-    NAME = "token_refreshed"
-    LEVEL = "info"
+class TokenRefreshed(Event, name="token_refreshed", level="info"):
     expires_in: float
 
 
 # what is watched
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PromotionAdded(Event):
-    NAME = "promotion_added"
-    LEVEL = "info"
+class PromotionAdded(Event, name="promotion_added", level="info"):
     promotion_id: str
     kind: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PromotionRemoved(Event):
-    NAME = "promotion_removed"
-    LEVEL = "info"
+class PromotionRemoved(Event, name="promotion_removed", level="info"):
     promotion_id: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DiscoveryCompleted(Event):
-    NAME = "discovery_completed"
-    LEVEL = "info"
+class DiscoveryCompleted(Event, name="discovery_completed", level="info"):
     promotions: int
     discovered: int
     added: int
     removed: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DiscoveryFailed(Event):
-    NAME = "discovery_failed"
-    LEVEL = "warning"
+class DiscoveryFailed(Event, name="discovery_failed", level="warning"):
     reason: str
     detail: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DiscoveryIncomplete(Event):
-    NAME = "discovery_incomplete"
-    LEVEL = "warning"
+class DiscoveryIncomplete(Event, name="discovery_incomplete", level="warning"):
     detail: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class NameLookupFailed(Event):
-    NAME = "name_lookup_failed"
-    LEVEL = "warning"
+class NameLookupFailed(Event, name="name_lookup_failed", level="warning"):
     promotion_id: str
     reason: str
     detail: str
@@ -276,73 +225,51 @@ class NameLookupFailed(Event):
 # state
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StateDiscarded(Event):
-    NAME = "state_discarded"
-    LEVEL = "warning"
+class StateDiscarded(Event, name="state_discarded", level="warning"):
     path: str
     reason: str
     kept_as: str
     detail: str = "starting from a fresh baseline"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StatePruned(Event):
-    NAME = "state_pruned"
-    LEVEL = "info"
+class StatePruned(Event, name="state_pruned", level="info"):
     promotions: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StateWriteFailed(Event):
-    NAME = "state_write_failed"
-    LEVEL = "error"
+class StateWriteFailed(Event, name="state_write_failed", level="error"):
     path: str
     detail: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StateWriteRecovered(Event):
-    NAME = "state_write_recovered"
-    LEVEL = "info"
+class StateWriteRecovered(Event, name="state_write_recovered", level="info"):
     path: str
 
 
 # coordination
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class LeaderElected(Event):
-    NAME = "leader_elected"
-    LEVEL = "info"
+class LeaderElected(Event, name="leader_elected", level="info"):
     identity: str
     lease: str
     transitions: int
     kept_state: bool
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class LeaderLost(Event):
-    NAME = "leader_lost"
-    LEVEL = "warning"
+class LeaderLost(Event, name="leader_lost", level="warning"):
     identity: str
     lease: str
     reason: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class LeaseUnavailable(Event):
+class LeaseUnavailable(Event, name="lease_unavailable", level="debug"):
     """The Lease could not be read or written; debug while standing by, warning while leading."""
 
-    NAME = "lease_unavailable"
-    LEVEL: ClassVar[Level] = "debug"
     lease: str
     detail: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class LeaseUnreachable(LeaseUnavailable):
-    LEVEL = "warning"
+class LeaseUnreachable(LeaseUnavailable, level="warning"):
+    """The leader could not renew the Lease: its fence is closing."""
 
 
 def all_events() -> list[type[Event]]:

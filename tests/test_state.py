@@ -7,6 +7,7 @@ import json
 import os
 import tempfile
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -480,14 +481,28 @@ def journal_records(path: Path, *, commits: bool = False) -> list[dict[str, obje
     return [r for r in records if commits or r != {"c": 1}]
 
 
+# Unchanged promotions, so that the snapshot file outweighs a few journal records.
+FILLER = {f"f{i}": snapshot(f"f{i}", job(f"jf{i}")) for i in range(20)}
+AB = {"a": snapshot("a", job("j1")), "b": snapshot("b", job("j2"))}
+
+
+async def journal_store(
+    path: Path, *snapshot_sets: Mapping[str, PromotionSnapshot]
+) -> SnapshotStore:
+    """A store that journals every write (journal_above=0), with `snapshot_sets` written whole."""
+    store = SnapshotStore(path, journal_above=0)
+    for snapshots in snapshot_sets:
+        for snap in snapshots.values():
+            store.put(snap)
+    await store.persist(SAVED_AT)
+    return store
+
+
 async def test_a_large_state_appends_each_change_to_the_journal(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "snapshot.json"
-    store = SnapshotStore(path, journal_above=0)
-    for snap in SNAPSHOTS.values():
-        store.put(snap)
-    await store.persist(SAVED_AT)
+    store = await journal_store(path, SNAPSHOTS)
     written = path.read_bytes()
     writes = CountingWrites(monkeypatch)
     changed = snapshot("p-none", job("j3", "failed", "boom"))
@@ -543,12 +558,7 @@ async def test_a_write_torn_between_its_records_is_not_applied_at_all(tmp_path: 
     # One write carries two promotions; a crash after the first record reached the disk must
     # not load a state that was never whole (a with its new job, b without).
     path = tmp_path / "snapshot.json"
-    store = SnapshotStore(path, journal_above=0)
-    for snap in FILLER.values():
-        store.put(snap)
-    store.put(snapshot("a", job("j1")))
-    store.put(snapshot("b", job("j2")))
-    await store.persist(SAVED_AT)
+    store = await journal_store(path, FILLER, AB)
     store.put(snapshot("a", job("j1", "failed", "boom")))
     store.put(snapshot("b", job("j2", "completed")))
     await store.persist(SAVED_AT)
@@ -571,10 +581,7 @@ async def test_a_write_torn_between_its_records_is_not_applied_at_all(tmp_path: 
 async def test_a_journal_written_before_commit_records_still_replays(tmp_path: Path) -> None:
     # Version 1 journals (before this release) apply each record alone.
     path = tmp_path / "snapshot.json"
-    store = SnapshotStore(path, journal_above=0)
-    for snap in FILLER.values():
-        store.put(snap)
-    await store.persist(SAVED_AT)
+    store = await journal_store(path, FILLER)
     store.put(snapshot("a", job("j1", "failed", "boom")))
     await store.persist(SAVED_AT)
     journal = state.journal_path(path)
@@ -586,18 +593,9 @@ async def test_a_journal_written_before_commit_records_still_replays(tmp_path: P
     assert on_disk(path) == {**FILLER, "a": snapshot("a", job("j1", "failed", "boom"))}
 
 
-# Unchanged promotions, so that the snapshot file outweighs a few journal records.
-FILLER = {f"f{i}": snapshot(f"f{i}", job(f"jf{i}")) for i in range(20)}
-
-
 async def journaled(path: Path) -> SnapshotStore:
     """A store whose journal holds two appends after its snapshot."""
-    store = SnapshotStore(path, journal_above=0)
-    store.put(snapshot("a", job("j1")))
-    store.put(snapshot("b", job("j2")))
-    for snap in FILLER.values():
-        store.put(snap)
-    await store.persist(SAVED_AT)
+    store = await journal_store(path, AB, FILLER)
     store.put(snapshot("a", job("j1", "processing")))
     await store.persist(SAVED_AT)
     store.put(snapshot("b", job("j2", "failed", "boom")))
@@ -779,10 +777,7 @@ async def test_an_unreadable_journal_discards_the_state_rather_than_replaying_le
 ) -> None:
     # The snapshot alone is older than what was announced: a fresh baseline, not a stale load.
     path = tmp_path / "snapshot.json"
-    store = SnapshotStore(path, journal_above=0)
-    for snap in SNAPSHOTS.values():
-        store.put(snap)
-    await store.persist(SAVED_AT)
+    store = await journal_store(path, SNAPSHOTS)
     store.put(snapshot("p-none", job("j3", "failed", "boom")))
     await store.persist(SAVED_AT + 1)
     journal = state.journal_path(path)
