@@ -154,6 +154,14 @@ def series(samples: Mapping[Sample, float], name: str) -> dict[frozenset[tuple[s
     return {labels: v for (n, labels), v in samples.items() if n == name}
 
 
+def series_where(
+    samples: Mapping[Sample, float], name: str, **where: str
+) -> list[tuple[dict[str, str], float]]:
+    """The series of `name` whose labels include `where`, each with all its labels."""
+    found = ((dict(labels), v) for labels, v in series(samples, name).items())
+    return [(labels, v) for labels, v in found if where.items() <= labels.items()]
+
+
 async def spawn_daemon(
     config: Path,
     *,
