@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from monitor.client import ApiError, ElasticPathClient, FetchResult
 from monitor.models import PromotionKind
 from monitor.settings import ApiSettings
 from monitor.simulator import RecordedRequest, Simulator
-from tests.support import TOKEN_PATH
+from tests.support import TOKEN_PATH, Handler, serving, store_app
 
 MAX_RETRIES = 2
 # Elastic Path's documented example responses (copied from shared/fixtures, see its README).
@@ -66,6 +67,21 @@ def make_client(
         retry_wait_initial=0.01,
         retry_wait_max=0.05,
     )
+
+
+@contextlib.asynccontextmanager
+async def store_client(
+    listing: Handler,
+    *,
+    token: Handler | None = None,
+    events: RecordedEvents | None = None,
+    **api: Any,
+) -> AsyncIterator[ElasticPathClient]:
+    """A client of a hand-written store (`store_app`) on loopback, any credentials; closes both."""
+    async with serving(store_app(listing, token=token)) as base_url:
+        settings = {"base_url": base_url, "client_id": "id", "client_secret": "s", **api}
+        async with make_client(settings, events=events) as client:
+            yield client
 
 
 def jobs_path(promotion_id: str, kind: PromotionKind = PromotionKind.PROMOTION) -> str:

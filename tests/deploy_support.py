@@ -208,6 +208,15 @@ def kustomize(kubectl: str, directory: Path) -> list[dict[str, Any]]:
     return load_yaml_documents(run(kubectl, "kustomize", directory))
 
 
+def kustomize_overlay(kubectl: str, directory: Path, **fields: Any) -> list[dict[str, Any]]:
+    """Write a kustomization of `fields` (paths relative to `directory`) there and render it."""
+    directory.mkdir(exist_ok=True)
+    kustomization = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization"}
+    text = yaml.safe_dump(kustomization | fields)
+    (directory / "kustomization.yaml").write_text(text, encoding="utf-8")
+    return kustomize(kubectl, directory)
+
+
 def only(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     found = [doc for doc in docs if doc["kind"] == kind]
     assert len(found) == 1, f"expected one {kind}, got {[d['metadata']['name'] for d in found]}"

@@ -10,9 +10,18 @@ from pathlib import Path
 from typing import Any
 
 from monitor.models import PromotionSnapshot
-from monitor.simulator import Kind, RecordedRequest, Simulator
+from monitor.simulator import Fault, Kind, RecordedRequest, Simulator
 from monitor.state import decode
-from tests.support import Daemon, Sample, long_ago, series, started, until, value, write_config
+from tests.support import (
+    Daemon,
+    Sample,
+    long_ago,
+    series_where,
+    started,
+    until,
+    value,
+    write_config,
+)
 
 Samples = dict[Sample, float]
 Event = dict[str, Any]
@@ -147,21 +156,13 @@ def up(samples: Samples, pid: str) -> float | None:
 
 def jobs_gauge(samples: Samples, pid: str) -> dict[tuple[str, str], float]:
     """epcc_promotion_jobs of one promotion, by (job_type, status)."""
-    found: dict[tuple[str, str], float] = {}
-    for labels, v in series(samples, "epcc_promotion_jobs").items():
-        label = dict(labels)
-        if label["promotion_id"] == pid:
-            found[label["job_type"], label["status"]] = v
-    return found
+    found = series_where(samples, "epcc_promotion_jobs", promotion_id=pid)
+    return {(label["job_type"], label["status"]): v for label, v in found}
 
 
 def poll_errors(samples: Samples, pid: str) -> dict[str, float]:
-    found: dict[str, float] = {}
-    for labels, v in series(samples, "epcc_monitor_poll_errors_total").items():
-        label = dict(labels)
-        if label["promotion_id"] == pid:
-            found[label["reason"]] = v
-    return found
+    found = series_where(samples, "epcc_monitor_poll_errors_total", promotion_id=pid)
+    return {label["reason"]: v for label, v in found}
 
 
 def retries(samples: Samples, endpoint: str, reason: str) -> float:
@@ -170,12 +171,8 @@ def retries(samples: Samples, endpoint: str, reason: str) -> float:
 
 def requests_metric(samples: Samples, endpoint: str) -> dict[str, float]:
     """epcc_monitor_api_requests_total of one endpoint, by code."""
-    found: dict[str, float] = {}
-    for labels, v in series(samples, "epcc_monitor_api_requests_total").items():
-        label = dict(labels)
-        if label["endpoint"] == endpoint:
-            found[label["code"]] = v
-    return found
+    found = series_where(samples, "epcc_monitor_api_requests_total", endpoint=endpoint)
+    return {label["code"]: v for label, v in found}
 
 
 def store_codes(requests: list[RecordedRequest], endpoint: str) -> Counter[str]:
@@ -257,19 +254,29 @@ async def failed_then_recovered(
 
 
 async def ridden_out(
-    daemon: Daemon, store: Store, directory: Path, before: Samples, mark: int
-) -> AroundFault:
-    """A request spoiled after `mark`, then the victim's poll succeeds; then a job fails."""
+    store: Store, directory: Path, *faults: Fault, revoke_tokens: bool = False
+) -> tuple[Daemon, AroundFault]:
+    """Once the daemon's baseline is in, `faults` (the tokens revoked first, with
+    `revoke_tokens`) spoil a request, then the victim's poll succeeds; then a job fails.
+    Returns the daemon, stopped, and what it showed."""
     victim = store.victim
-    await until(lambda: recovered_since(store.sim, mark, victim), "a retried poll")
-    await polled(store.sim, victim, 1)
-    during = await daemon.metrics()
-    state = read_state(directory)
-    failed_job = store.fail(victim)
-    await daemon.wait_for("job_failed", timeout=30)
-    await polled(store.sim, victim, 3)
-    known = store.known_jobs(victim)
-    return AroundFault(before, during, state, known, await daemon.metrics(), failed_job)
+    async with watching(store, directory) as daemon:
+        await daemon.wait_for("baseline_loaded", count=3)
+        before, mark = await daemon.metrics(), len(store.sim.requests)
+        if revoke_tokens:
+            store.sim.revoke_tokens()
+        for fault in faults:
+            store.sim.inject(fault)
+        await until(lambda: recovered_since(store.sim, mark, victim), "a retried poll")
+        await polled(store.sim, victim, 1)
+        during = await daemon.metrics()
+        state = read_state(directory)
+        failed_job = store.fail(victim)
+        await daemon.wait_for("job_failed", timeout=30)
+        await polled(store.sim, victim, 3)
+        known = store.known_jobs(victim)
+        after = await daemon.metrics()
+    return daemon, AroundFault(before, during, state, known, after, failed_job)
 
 
 def assert_only_the_victims_polls_failed(
@@ -305,3 +312,12 @@ def assert_no_poll_failed(daemon: Daemon, store: Store, seen: AroundFault) -> No
     (failed,) = daemon.named("job_failed")
     assert (failed["job_id"], failed["error"]) == (seen.failed_job, CODES_LIMIT)
     assert up(seen.after, victim) == 1
+
+
+def assert_retried(daemon: Daemon, seen: AroundFault, endpoint: str, reason: str) -> None:
+    """Requests to `endpoint` were retried for `reason` alone, each counted, within the attempts."""
+    retried = daemon.named("request_retried")
+    assert retried
+    assert {(e["endpoint"], e["reason"]) for e in retried} == {(endpoint, reason)}
+    assert retries(seen.after, endpoint, reason) == len(retried)
+    assert all(1 <= e["attempt"] <= ATTEMPTS - 1 for e in retried)

@@ -163,24 +163,24 @@ class FakeLeaseApi:
         return None
 
     async def _replace(self, request: web.Request) -> web.Response:
+        return await self._update(request, merge=False)
+
+    async def _patch(self, request: web.Request) -> web.Response:
+        return await self._update(request, merge=True)
+
+    async def _update(self, request: web.Request, *, merge: bool) -> web.Response:
+        """PUT (the body replaces the lease) or PATCH (its spec is merged into the lease's)."""
         key = (request.match_info["namespace"], request.match_info["name"])
         body = await request.json()
         refused = self._conflict(key, body)
         if refused is not None:
             return refused
-        if body.get("metadata", {}).get("resourceVersion") is None:
+        if merge:
+            body = {"spec": {**self.leases[key]["spec"], **(body.get("spec") or {})}}
+        elif body.get("metadata", {}).get("resourceVersion") is None:
             # A PUT must carry the version it replaces (what an optimistic client does).
             return _status(422, "Invalid", "metadata.resourceVersion: must be specified")
         return web.json_response(self._store(*key, body))
-
-    async def _patch(self, request: web.Request) -> web.Response:
-        key = (request.match_info["namespace"], request.match_info["name"])
-        body = await request.json()
-        refused = self._conflict(key, body)
-        if refused is not None:
-            return refused
-        merged = {"spec": {**self.leases[key]["spec"], **(body.get("spec") or {})}}
-        return web.json_response(self._store(*key, merged))
 
     async def _delete(self, request: web.Request) -> web.Response:
         key = (request.match_info["namespace"], request.match_info["name"])

@@ -116,15 +116,18 @@ def store_app(
     return app
 
 
-def run_cli(*args: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """`python -m monitor ARGS` to completion, with `env` over this process's environment."""
+def run_cli(
+    *args: str, env: Mapping[str, str] | None = None, inherit: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """`python -m monitor ARGS` to completion, with `env` over this process's environment (or
+    `env` alone, without `inherit`)."""
     return subprocess.run(
         [sys.executable, "-m", "monitor", *args],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
-        env={**os.environ, **(env or {})},
+        env={**(os.environ if inherit else {}), **(env or {})},
     )
 
 
@@ -152,6 +155,14 @@ def value(samples: Mapping[Sample, float], name: str, **labels: str) -> float | 
 
 def series(samples: Mapping[Sample, float], name: str) -> dict[frozenset[tuple[str, str]], float]:
     return {labels: v for (n, labels), v in samples.items() if n == name}
+
+
+def series_where(
+    samples: Mapping[Sample, float], name: str, **where: str
+) -> list[tuple[dict[str, str], float]]:
+    """The series of `name` whose labels include `where`, each with all its labels."""
+    found = ((dict(labels), v) for labels, v in series(samples, name).items())
+    return [(labels, v) for labels, v in found if where.items() <= labels.items()]
 
 
 async def spawn_daemon(
@@ -348,6 +359,16 @@ def promtool_check_metrics(promtool: str, exposition: str) -> tuple[int, str]:
         timeout=30,
     )
     return result.returncode, result.stdout + result.stderr
+
+
+@contextlib.asynccontextmanager
+async def running_daemon(config: Path) -> AsyncIterator[Daemon]:
+    """The daemon on `config` for the block; on the way out it must stop cleanly (exit 0)."""
+    daemon = await Daemon.start(config)
+    try:
+        yield daemon
+    finally:
+        assert await daemon.stop() == 0
 
 
 @contextlib.asynccontextmanager

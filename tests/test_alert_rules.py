@@ -28,7 +28,7 @@ from tests.deploy_support import (
     RUNBOOK_URL_BASE,
     SEVERITY_RECEIVERS,
     alert_rules,
-    kustomize,
+    kustomize_overlay,
     load_yaml,
     markdown_anchors,
     metric_names_in,
@@ -104,15 +104,8 @@ def test_a_forgotten_namespace_replacement_is_loud(kubectl: str, tmp_path: Path)
     """Without the replacement the selector keeps a placeholder that no namespace can match."""
     assert not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", NAMESPACE_PLACEHOLDER)
     overlay = tmp_path / "overlay"
-    overlay.mkdir()
-    kustomization = {
-        "apiVersion": "kustomize.config.k8s.io/v1beta1",
-        "kind": "Kustomization",
-        "namespace": "shop",
-        "resources": [os.path.relpath(KUBERNETES / "base", overlay)],
-    }
-    (overlay / "kustomization.yaml").write_text(yaml.safe_dump(kustomization), encoding="utf-8")
-    expr = absent_expr(kustomize(kubectl, overlay))
+    base = os.path.relpath(KUBERNETES / "base", overlay)
+    expr = absent_expr(kustomize_overlay(kubectl, overlay, namespace="shop", resources=[base]))
     assert expr.startswith(
         f'absent(epcc_monitor_build_info{{namespace="{NAMESPACE_PLACEHOLDER}"}})'
     )

@@ -32,6 +32,7 @@ from tests.deploy_support import (
     SECRET_NAME,
     by_name,
     kustomize,
+    kustomize_overlay,
     load_yaml,
     monitor_config,
     only,
@@ -102,6 +103,20 @@ def check_monitor_container(
     assert not state_mount.get("readOnly", False)
     state_volume = volumes[state_mount["name"]]
     assert "emptyDir" in state_volume or "persistentVolumeClaim" in state_volume
+
+
+def check_config_in_pod(rendered: list[dict[str, Any]], directory: Path, **pod_env: str) -> str:
+    """`check-config` on the rendered ConfigMap's file, with the Secret's variables and what
+    the pod sets (`pod_env`); its output."""
+    config = directory / "config.yaml"
+    config.write_text(only(rendered, "ConfigMap")["data"]["config.yaml"], encoding="utf-8")
+    env = {
+        **os.environ,
+        "EPCC_CLIENT_ID": "id",
+        "EPCC_CLIENT_SECRET": "secret-for-check-config",
+        **pod_env,
+    }
+    return run(sys.executable, "-m", "monitor", "check-config", "--config", config, env=env)
 
 
 def pod_monitor_selects(pod_monitor: dict[str, Any], deployment: dict[str, Any]) -> None:
@@ -211,16 +226,7 @@ def test_daemon_accepts_the_statefulset_config_in_a_pod(
     statefulset: list[dict[str, Any]], tmp_path: Path
 ) -> None:
     """The rendered config plus what the pod provides (secret env, SHARD_COUNT, POD_NAME)."""
-    config = tmp_path / "config.yaml"
-    config.write_text(only(statefulset, "ConfigMap")["data"]["config.yaml"], encoding="utf-8")
-    env = {
-        **os.environ,
-        "EPCC_CLIENT_ID": "id",
-        "EPCC_CLIENT_SECRET": "secret-for-check-config",
-        "SHARD_COUNT": "3",
-        "POD_NAME": "promo-monitor-2",
-    }
-    out = run(sys.executable, "-m", "monitor", "check-config", "--config", config, env=env)
+    out = check_config_in_pod(statefulset, tmp_path, SHARD_COUNT="3", POD_NAME="promo-monitor-2")
     assert "discovery: every 300s of promotion, rule_promotion" in out
     # 20 requests/s for the whole StatefulSet, a third of it for this replica.
     assert "budget 6.66667 requests/s" in out
@@ -303,17 +309,13 @@ def test_rbac_follows_the_overlay_namespace_and_a_named_service_account(
     patches = yaml.safe_load("\n".join(line[5:] for line in documented.group(1).splitlines()))
     tree = tmp_path / "kubernetes"
     shutil.copytree(KUBERNETES, tree)
-    overlay = tmp_path / "overlay"
-    overlay.mkdir()
-    kustomization = {
-        "apiVersion": "kustomize.config.k8s.io/v1beta1",
-        "kind": "Kustomization",
-        "namespace": "shop",
-        "resources": ["../kubernetes/example"],
-        "patches": patches,
-    }
-    (overlay / "kustomization.yaml").write_text(yaml.safe_dump(kustomization), encoding="utf-8")
-    docs = kustomize(kubectl, overlay)
+    docs = kustomize_overlay(
+        kubectl,
+        tmp_path / "overlay",
+        namespace="shop",
+        resources=["../kubernetes/example"],
+        patches=patches,
+    )
     binding = only(docs, "RoleBinding")
     assert binding["metadata"]["namespace"] == only(docs, "Role")["metadata"]["namespace"] == "shop"
     assert binding["subjects"] == [
@@ -328,20 +330,16 @@ def test_daemon_accepts_the_sidecar_config_in_a_pod(
     example: list[dict[str, Any]], tmp_path: Path
 ) -> None:
     """The rendered config plus what the sidecar's pod provides: coordination is on."""
-    config = tmp_path / "config.yaml"
-    config.write_text(only(example, "ConfigMap")["data"]["config.yaml"], encoding="utf-8")
-    env = {
-        **os.environ,
-        "EPCC_CLIENT_ID": "id",
-        "EPCC_CLIENT_SECRET": "secret-for-check-config",
-        "COORDINATION_MODE": "lease",
-        "POD_NAME": "example-app-5d8f7-abcde",
-        "POD_NAMESPACE": "shop",
+    out = check_config_in_pod(
+        example,
+        tmp_path,
+        COORDINATION_MODE="lease",
+        POD_NAME="example-app-5d8f7-abcde",
+        POD_NAMESPACE="shop",
         # Kubernetes sets these in every container: the Lease is reached in cluster.
-        "KUBERNETES_SERVICE_HOST": "127.0.0.1",  # (check-config sends no request)
-        "KUBERNETES_SERVICE_PORT": "443",
-    }
-    out = run(sys.executable, "-m", "monitor", "check-config", "--config", config, env=env)
+        KUBERNETES_SERVICE_HOST="127.0.0.1",  # (check-config sends no request)
+        KUBERNETES_SERVICE_PORT="443",
+    )
     assert "coordination: lease shop/promo-monitor as example-app-5d8f7-abcde" in out
     assert "(duration 15s, renew deadline 10s, retry 2s)" in out
 
@@ -373,15 +371,9 @@ def test_component_patches_only_labelled_deployments(kubectl: str, tmp_path: Pat
     ]
     (tmp_path / "apps.yaml").write_text(yaml.safe_dump_all(apps), encoding="utf-8")
     rel = Path(os.path.relpath(KUBERNETES, tmp_path))
-    kustomization = {
-        "apiVersion": "kustomize.config.k8s.io/v1beta1",
-        "kind": "Kustomization",
-        "resources": [str(rel / "base"), "apps.yaml"],
-        "components": [str(rel / "sidecar")],
-    }
-    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(kustomization), encoding="utf-8")
+    resources, components = [str(rel / "base"), "apps.yaml"], [str(rel / "sidecar")]
 
-    docs = kustomize(kubectl, tmp_path)
+    docs = kustomize_overlay(kubectl, tmp_path, resources=resources, components=components)
     rendered = {doc["metadata"]["name"]: doc for doc in docs if doc["kind"] == "Deployment"}
     patched = rendered["with-sidecar"]["spec"]["template"]
     init_names = sorted(c["name"] for c in patched["spec"]["initContainers"])

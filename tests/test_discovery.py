@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
 import uuid
 from datetime import datetime
@@ -16,7 +14,7 @@ import pytest
 from monitor.discovery import shard_of, wanted
 from monitor.settings import DiscoverySettings, ShardingSettings, shard_index_from_env
 from monitor.simulator import Fault, Simulator
-from tests.support import Daemon, long_ago, series, value, write_config
+from tests.support import Daemon, long_ago, run_cli, running_daemon, series, value, write_config
 
 PAST = "2020-01-01T00:00:00.000Z"
 FUTURE = "2099-01-01T00:00:00.000Z"
@@ -52,8 +50,7 @@ async def test_discovers_both_kinds_and_skips_disabled_expired_and_unmatched(
     config = write_config(
         tmp_path, sim, [], discovery=discovery(name_pattern="^Summer", include_disabled=False)
     )
-    daemon = await Daemon.start(config)
-    try:
+    async with running_daemon(config) as daemon:
         await daemon.wait_for("baseline_loaded", count=2)
         samples = await daemon.metrics()
         assert polled_ids(samples) == {live, rule}
@@ -62,31 +59,25 @@ async def test_discovers_both_kinds_and_skips_disabled_expired_and_unmatched(
         assert {e["promotion_id"] for e in daemon.named("promotion_added")} == {live, rule}
         # The rule promotion is polled on its own endpoint.
         assert any(r.path == f"/v2/rule-promotions/{rule}/jobs" for r in sim.requests)
-    finally:
-        assert await daemon.stop() == 0
 
 
 async def test_a_disabled_promotion_is_watched_by_default(sim: Simulator, tmp_path: Path) -> None:
     # Codes are generated before a campaign is switched on: "codes limit exceeded" hits then.
     draft = sim.add_promotion("promotion", name="Launch next week", enabled=False)
     job = sim.add_job(draft, status="processing")
-    daemon = await Daemon.start(write_config(tmp_path, sim, [], discovery=discovery()))
-    try:
+    async with running_daemon(write_config(tmp_path, sim, [], discovery=discovery())) as daemon:
         await daemon.wait_for("baseline_loaded")
         sim.set_job_status(draft, job, "failed", error="codes limit exceeded")
         failed = await daemon.wait_for("job_failed")
         assert failed["promotion_id"] == draft
         assert failed["error"] == "codes limit exceeded"
-    finally:
-        assert await daemon.stop() == 0
 
 
 async def test_promotions_come_and_go_at_run_time(sim: Simulator, tmp_path: Path) -> None:
     first = sim.add_promotion("promotion", name="first")
     sim.add_job(first, status="failed", error="codes limit exceeded", created_at=long_ago())
     config = write_config(tmp_path, sim, [], discovery=discovery())
-    daemon = await Daemon.start(config)
-    try:
+    async with running_daemon(config) as daemon:
         await daemon.wait_for("baseline_loaded")
         second = sim.add_promotion("rule_promotion", name="second")
         sim.add_job(second, status="pending")
@@ -108,8 +99,6 @@ async def test_promotions_come_and_go_at_run_time(sim: Simulator, tmp_path: Path
         assert leftovers == []
         assert watched(samples, "promotion") == 0
         assert watched(samples, "rule_promotion") == 1
-    finally:
-        assert await daemon.stop() == 0
 
 
 async def test_explicit_entries_win_and_a_failing_discovery_keeps_the_last_list(
@@ -227,14 +216,8 @@ def test_a_missing_or_impossible_shard_index_is_refused(env: dict[str, str]) -> 
 def test_an_unsharded_monitor_ignores_the_pod_ordinal(sim: Simulator, tmp_path: Path) -> None:
     # A lone sidecar in a StatefulSet pod named shop-2 has nothing to shard: it must start.
     config = write_config(tmp_path, sim, [{"id": sim.add_promotion()}])
-    result = subprocess.run(
-        [sys.executable, "-m", "monitor", "check-config", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-        env={"PATH": "/usr/bin:/bin", "HOSTNAME": "shop-2", "POD_NAME": "shop-2"},
-    )
+    env = {"PATH": "/usr/bin:/bin", "HOSTNAME": "shop-2", "POD_NAME": "shop-2"}
+    result = run_cli("check-config", "--config", str(config), env=env, inherit=False)
     assert (result.returncode, result.stderr) == (0, "")
 
 
@@ -244,14 +227,8 @@ def test_every_command_refuses_a_shard_count_without_an_index(
 ) -> None:
     # check-config used to say OK to what `once` and `run` refused: one verdict for all now.
     config = write_config(tmp_path, sim, [], discovery=discovery(), sharding={"shard_count": 2})
-    result = subprocess.run(
-        [sys.executable, "-m", "monitor", command, "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-        env={"PATH": "/usr/bin:/bin", "HOSTNAME": "no-ordinal"},
-    )
+    env = {"PATH": "/usr/bin:/bin", "HOSTNAME": "no-ordinal"}
+    result = run_cli(command, "--config", str(config), env=env, inherit=False)
     assert (result.returncode, result.stdout) == (2, "")
     assert result.stderr.startswith("promo-monitor: sharding.shard_index: shard_count > 1")
     assert "Traceback" not in result.stderr

@@ -107,6 +107,24 @@ async def stack(tools: Tools, store: Store, tmp_path: Path) -> AsyncIterator[Sta
         yield stack
 
 
+def assert_delivered(received: Received, to: tuple[str, str], **labels: str) -> None:
+    """The alert came with exactly `labels`, to the (receiver, webhook path) `to`."""
+    assert received.labels == labels
+    assert (received.delivery.payload["receiver"], received.delivery.path) == to
+
+
+def assert_paged_for_the_watched_job(received: Received, store: Store) -> None:
+    """The watched promotion's code_generate job failed, and paged."""
+    assert_delivered(
+        received,
+        PAGER,
+        alertname=JOB_FAILED,
+        severity="critical",
+        promotion_id=store.watched,
+        job_type="code_generate",
+    )
+
+
 def only_one(found: list[Received], what: str) -> Received:
     assert len(found) == 1, f"{what}: expected one, got\n" + "\n".join(map(str, found))
     return found[0]
@@ -183,13 +201,7 @@ async def test_a_job_turning_failed_is_delivered_with_its_error(
         )
 
         assert received.status == "firing"
-        assert received.labels == {
-            "alertname": JOB_FAILED,
-            "severity": "critical",
-            "promotion_id": store.watched,
-            "job_type": "code_generate",
-        }
-        assert (received.delivery.payload["receiver"], received.delivery.path) == PAGER
+        assert_paged_for_the_watched_job(received, store)
         assert received.delivery.payload["groupLabels"] == {
             "alertname": JOB_FAILED,
             "promotion_id": store.watched,
@@ -235,13 +247,14 @@ async def test_monitor_down_fires_and_job_alerts_do_not_flap(
             f"\nmonitor {how} -> {DOWN} delivered: {down.delivery.at - stopped:.1f} s "
             f"(for: {down_for:g}s; {settings_summary()})"
         )
-        assert down.labels == {
-            "alertname": DOWN,
-            "severity": "critical",
-            "job": JOB_NAME,
-            "instance": f"127.0.0.1:{stack.daemon_port}",
-        }
-        assert (down.delivery.payload["receiver"], down.delivery.path) == PAGER
+        assert_delivered(
+            down,
+            PAGER,
+            alertname=DOWN,
+            severity="critical",
+            job=JOB_NAME,
+            instance=f"127.0.0.1:{stack.daemon_port}",
+        )
 
         # Meanwhile the job alert goes on firing in Prometheus, and Alertmanager holds it back
         # as a symptom of the monitor being down (the shipped inhibit rule).
@@ -322,13 +335,7 @@ async def test_a_failure_while_the_pod_is_replaced_pages_once(stack: Stack, stor
             f"\nfailure during a pod replacement -> delivered: "
             f"{received.delivery.at - failed:.1f} s"
         )
-        assert received.labels == {
-            "alertname": JOB_FAILED,
-            "severity": "critical",
-            "promotion_id": store.watched,
-            "job_type": "code_generate",
-        }
-        assert (received.delivery.payload["receiver"], received.delivery.path) == PAGER
+        assert_paged_for_the_watched_job(received, store)
         assert f"{store.running}: {ERROR}" in received.annotations["description"]
         # What made it page: a new series that started at 1, which increase() cannot see.
         counter = await stack.api.query(
@@ -354,12 +361,9 @@ async def test_a_shortfall_is_delivered_naming_the_promotion(stack: Stack, store
         )
         print(f"\nshortfall -> delivered: {received.delivery.at - changed:.1f} s")
         assert received.status == "firing"
-        assert received.labels == {
-            "alertname": SHORTFALL,
-            "severity": "warning",
-            "promotion_id": store.watched,
-        }
-        assert (received.delivery.payload["receiver"], received.delivery.path) == CHAT
+        assert_delivered(
+            received, CHAT, alertname=SHORTFALL, severity="warning", promotion_id=store.watched
+        )
         text = received.annotations["summary"] + " " + received.annotations["description"]
         assert "Watched" in text  # the name Elastic Path has for it
         event = await stack.daemon.wait_for("job_incomplete")
@@ -384,12 +388,9 @@ async def test_failing_polls_of_one_promotion_alert_for_it_only(
             f"\npolls failing -> {POLLING_FAILING} delivered: "
             f"{received.delivery.at - injected:.1f} s (for: {polling_for:g}s; {settings_summary()})"
         )
-        assert received.labels == {
-            "alertname": POLLING_FAILING,
-            "severity": "warning",
-            "promotion_id": store.flaky,
-        }
-        assert (received.delivery.payload["receiver"], received.delivery.path) == CHAT
+        assert_delivered(
+            received, CHAT, alertname=POLLING_FAILING, severity="warning", promotion_id=store.flaky
+        )
         assert "by reason: http_5xx." in received.annotations["description"]
         up = await stack.api.query("epcc_monitor_up")
         assert {s["metric"]["promotion_id"]: s["value"][1] for s in up} == {

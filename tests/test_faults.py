@@ -26,6 +26,7 @@ from tests.fault_support import (
     assert_no_poll_failed,
     assert_nothing_known_is_lost,
     assert_only_the_victims_polls_failed,
+    assert_retried,
     assert_untouched,
     failed_then_recovered,
     jobs_gauge,
@@ -267,29 +268,19 @@ async def test_a_deleted_promotion_is_reported_for_that_promotion_only(tmp_path:
 
 async def test_one_500_is_retried_and_the_poll_succeeds(tmp_path: Path) -> None:
     store = Store.build(seed=6)
-    async with watching(store, tmp_path) as daemon:
-        await daemon.wait_for("baseline_loaded", count=3)
-        before, mark = await daemon.metrics(), len(store.sim.requests)
-        store.sim.inject(Fault("status", status=500, path_contains=f"/{store.victim}/jobs"))
-        seen = await ridden_out(daemon, store, tmp_path, before, mark)
+    fault = Fault("status", status=500, path_contains=f"/{store.victim}/jobs")
+    daemon, seen = await ridden_out(store, tmp_path, fault)
 
     assert_no_poll_failed(daemon, store, seen)
-    retried = daemon.named("request_retried")
-    assert retried
-    assert {(e["endpoint"], e["reason"]) for e in retried} == {("promotion_jobs", "http_5xx")}
-    assert retries(seen.after, "promotion_jobs", "http_5xx") == len(retried)
-    assert all(1 <= e["attempt"] <= ATTEMPTS - 1 for e in retried)
+    assert_retried(daemon, seen, "promotion_jobs", "http_5xx")
     assert_every_spoiled_request_counted(seen.after, store.sim.requests, "promotion_jobs")
 
 
 async def test_one_429_is_retried_no_sooner_than_its_retry_after(tmp_path: Path) -> None:
     store = Store.build(seed=7)
     jobs = f"/{store.victim}/jobs"
-    async with watching(store, tmp_path) as daemon:
-        await daemon.wait_for("baseline_loaded", count=3)
-        before, mark = await daemon.metrics(), len(store.sim.requests)
-        store.sim.inject(Fault("status", status=429, retry_after="1", path_contains=jobs))
-        seen = await ridden_out(daemon, store, tmp_path, before, mark)
+    fault = Fault("status", status=429, retry_after="1", path_contains=jobs)
+    daemon, seen = await ridden_out(store, tmp_path, fault)
 
     assert_no_poll_failed(daemon, store, seen)
     (retried,) = daemon.named("request_retried")
@@ -306,11 +297,8 @@ async def test_one_429_is_retried_no_sooner_than_its_retry_after(tmp_path: Path)
 
 async def test_a_revoked_token_is_replaced_once_without_a_failed_poll(tmp_path: Path) -> None:
     store = Store.build(seed=8)
-    async with watching(store, tmp_path) as daemon:
-        await daemon.wait_for("baseline_loaded", count=3)
-        before, mark = await daemon.metrics(), len(store.sim.requests)
-        store.sim.inject(Fault("status", status=401, path_contains=f"/{store.victim}/jobs"))
-        seen = await ridden_out(daemon, store, tmp_path, before, mark)
+    fault = Fault("status", status=401, path_contains=f"/{store.victim}/jobs")
+    daemon, seen = await ridden_out(store, tmp_path, fault)
 
     assert_no_poll_failed(daemon, store, seen)
     # A new token, once, and the refused request again with it: no retry, no failed poll.
@@ -327,20 +315,12 @@ async def test_a_token_endpoint_failing_twice_is_retried_and_the_poll_succeeds(
     tmp_path: Path,
 ) -> None:
     store = Store.build(seed=9)
-    async with watching(store, tmp_path) as daemon:
-        await daemon.wait_for("baseline_loaded", count=3)
-        before, mark = await daemon.metrics(), len(store.sim.requests)
-        # The next jobs request meets a revoked token, so the daemon must fetch a new one.
-        store.sim.revoke_tokens()
-        store.sim.inject(Fault("status", status=500, path_contains="/oauth", times=2))
-        seen = await ridden_out(daemon, store, tmp_path, before, mark)
+    # The next jobs request meets a revoked token, so the daemon must fetch a new one.
+    fault = Fault("status", status=500, path_contains="/oauth", times=2)
+    daemon, seen = await ridden_out(store, tmp_path, fault, revoke_tokens=True)
 
     assert_no_poll_failed(daemon, store, seen)
-    retried = daemon.named("request_retried")
-    assert retried
-    assert {(e["endpoint"], e["reason"]) for e in retried} == {("token", "http_5xx")}
-    assert retries(seen.after, "token", "http_5xx") == len(retried)
-    assert all(1 <= e["attempt"] <= ATTEMPTS - 1 for e in retried)
+    assert_retried(daemon, seen, "token", "http_5xx")
     assert_every_spoiled_request_counted(seen.after, store.sim.requests, "token")
 
 

@@ -22,6 +22,18 @@ def target(n: int) -> JobsTarget:
     return JobsTarget.build(BASE, pid, PromotionKind.PROMOTION, None, 100)
 
 
+def polled_at_zero(targets: list[JobsTarget], busy: list[JobsTarget]) -> PollPlan:
+    """A plan (every 60 s, active every 10 s) that polled `targets` at 0, finding `busy` active."""
+    plan = PollPlan(interval=60, active_interval=10, anchor=0)
+    for t in targets:
+        plan.add(t, now=0)
+    polled = plan.take_due(0, limit=len(targets))
+    assert len(polled) == len(targets)  # every new target is due at once
+    for t in polled:
+        plan.finished(t.promotion_id, now=0, active=t in busy)
+    return plan
+
+
 @pytest.mark.parametrize(
     ("after", "anchor", "interval", "phase", "expected"),
     [
@@ -155,13 +167,9 @@ def test_re_adding_a_watched_promotion_keeps_its_schedule_and_takes_the_new_targ
 
 
 def test_baselines_are_not_starved_by_active_promotions() -> None:
-    plan = PollPlan(interval=60, active_interval=10, anchor=0)
     busy = [target(n) for n in range(3)]
     idle = target(50)
-    for t in [*busy, idle]:
-        plan.add(t, now=0)
-    for t in plan.take_due(0, limit=10):
-        plan.finished(t.promotion_id, now=0, active=t in busy)
+    plan = polled_at_zero([*busy, idle], busy)
     newcomer = target(99)  # watched later (e.g. discovered): no baseline yet
     plan.add(newcomer, now=100)
     # Much later everything is due at once: the idle, already-known promotion comes last,
@@ -172,13 +180,9 @@ def test_baselines_are_not_starved_by_active_promotions() -> None:
 
 
 def test_active_and_never_polled_go_before_idle_promotions_overdue_for_longer() -> None:
-    plan = PollPlan(interval=60, active_interval=10, anchor=0)
     idle = [target(n) for n in range(5)]
     busy = target(10)
-    for t in [*idle, busy]:
-        plan.add(t, now=0)
-    for t in plan.take_due(0, limit=10):
-        plan.finished(t.promotion_id, now=0, active=t is busy)
+    plan = polled_at_zero([*idle, busy], [busy])
     fresh = target(11)
     plan.add(fresh, now=400)
     # At 500 the idle ones have waited since ~30-90 s, the active one since ~5-15 s and the

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from monitor.simulator import Fault, Simulator
-from tests.support import Daemon, Sample, long_ago, value, write_config
+from tests.support import Daemon, Sample, long_ago, running_daemon, value, write_config
 
 PROMOTION_PATHS = {"promotion": "/v2/promotions", "rule_promotion": "/v2/rule-promotions"}
 
@@ -59,8 +59,7 @@ async def test_codes_generated_shortfalls_and_deletions_are_counted_and_told(
     full = sim.add_job(pid, status="processing", name="Full batch")
     short = sim.add_job(pid, status="processing", number_of_codes=1000, name="Spring codes")
     cancelled = sim.add_job(pid, status="processing", number_of_codes=600)
-    daemon = await Daemon.start(write_config(tmp_path, sim, [{"id": pid, "kind": kind}]))
-    try:
+    async with running_daemon(write_config(tmp_path, sim, [{"id": pid, "kind": kind}])) as daemon:
         await daemon.wait_for("baseline_loaded")
         samples = await daemon.wait_for_metric(lambda s: pid in info(s))
         assert produced(samples, pid) == (0, 0, 0)  # pre-set, and history is not news
@@ -94,8 +93,6 @@ async def test_codes_generated_shortfalls_and_deletions_are_counted_and_told(
         (gone,) = daemon.named("job_status_changed", status="cancelled")
         assert (gone["codes_deleted"], gone["codes_requested"]) == (300, 600)
         assert len(daemon.named("job_incomplete")) == 1
-    finally:
-        assert await daemon.stop() == 0
 
 
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
@@ -113,15 +110,12 @@ async def test_what_was_counted_is_not_counted_again_after_a_restart(
         # Durable before announced: the state holds the completion once the event is out.
     finally:
         await daemon.stop(how)
-    again = await Daemon.start(config)
-    try:
+    async with running_daemon(config) as again:
         await again.wait_for_metric(lambda s: value(s, "epcc_monitor_up", promotion_id=pid) == 1)
         samples = await again.polled(pid)
         assert produced(samples, pid) == (0, 0, 0)
         assert again.named("job_incomplete") == []
         assert again.named("baseline_loaded") == []
-    finally:
-        assert await again.stop() == 0
 
 
 async def test_names_come_from_discovery_and_lookups_and_survive_a_failing_lookup(
@@ -135,8 +129,7 @@ async def test_names_come_from_discovery_and_lookups_and_survive_a_failing_looku
         [{"id": configured, "kind": "rule_promotion"}],
         discovery={"enabled": True, "kinds": ["promotion"], "interval_seconds": 0.5},
     )
-    daemon = await Daemon.start(config)
-    try:
+    async with running_daemon(config) as daemon:
         samples = await daemon.wait_for_metric(lambda s: len(info(s)) == 2)
         assert info(samples) == {
             configured: ("rule_promotion", "Configured builder promo"),
@@ -162,5 +155,3 @@ async def test_names_come_from_discovery_and_lookups_and_survive_a_failing_looku
         assert info(samples)[configured] == ("rule_promotion", "Builder promo v2")
         assert value(samples, "epcc_monitor_up", promotion_id=configured) == 1
         assert len(daemon.named("name_lookup_failed")) == 1  # once, not at every retry
-    finally:
-        assert await daemon.stop() == 0

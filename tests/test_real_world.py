@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from monitor.simulator import Simulator
-from tests.support import Daemon, long_ago, value, write_config
+from tests.support import long_ago, running_daemon, value, write_config
 
 
 @pytest.fixture
@@ -40,8 +40,7 @@ async def test_an_unordered_store_causes_no_phantom_vanish_and_no_false_failure(
     pid = sim.add_promotion()
     history(sim, pid, 150, failed=5)
     running = sim.add_job(pid, status="processing")
-    daemon = await Daemon.start(write_config(tmp_path, sim, [{"id": pid}]))
-    try:
+    async with running_daemon(write_config(tmp_path, sim, [{"id": pid}])) as daemon:
         await daemon.wait_for("baseline_loaded")
         await daemon.polled(pid, 12)
 
@@ -70,8 +69,6 @@ async def test_an_unordered_store_causes_no_phantom_vanish_and_no_false_failure(
         await daemon.polled(pid, 6)
         assert [e["job_id"] for e in daemon.named("job_failed")] == [running]
         assert daemon.named("job_vanished") == []
-    finally:
-        assert await daemon.stop() == 0
 
 
 async def test_a_failure_on_the_third_page_of_a_short_page_store_is_reported(
@@ -81,8 +78,7 @@ async def test_a_failure_on_the_third_page_of_a_short_page_store_is_reported(
     sim.page_cap = 25
     pid = sim.add_promotion()
     ids = history(sim, pid, 130, failed=0)
-    daemon = await Daemon.start(write_config(tmp_path, sim, [{"id": pid}]))
-    try:
+    async with running_daemon(write_config(tmp_path, sim, [{"id": pid}])) as daemon:
         baseline = await daemon.wait_for("baseline_loaded")
         assert baseline["jobs"] == 130
         sim.set_job_status(pid, ids[60], "failed", error="codes limit exceeded")
@@ -91,8 +87,6 @@ async def test_a_failure_on_the_third_page_of_a_short_page_store_is_reported(
         await daemon.polled(pid, 3)
         assert daemon.named("job_vanished") == []
         assert daemon.named("poll_incomplete") == []
-    finally:
-        assert await daemon.stop() == 0
 
 
 async def test_a_store_that_ignores_the_offset_is_not_read_forever(
@@ -102,8 +96,7 @@ async def test_a_store_that_ignores_the_offset_is_not_read_forever(
     sim.ignore_offset = True
     pid = sim.add_promotion()
     history(sim, pid, 60, failed=2)
-    daemon = await Daemon.start(write_config(tmp_path, sim, [{"id": pid}]))
-    try:
+    async with running_daemon(write_config(tmp_path, sim, [{"id": pid}])) as daemon:
         await daemon.wait_for("baseline_loaded")
         await daemon.polled(pid, 4)
         # Two requests a poll (the first page, then its repeat), not an endless loop.
@@ -113,5 +106,3 @@ async def test_a_store_that_ignores_the_offset_is_not_read_forever(
         assert warning["reason"] == "offset_ignored"
         assert daemon.named("job_vanished") == []
         assert daemon.named("job_failed") == []
-    finally:
-        assert await daemon.stop() == 0

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import base64
 import ssl
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,7 +12,7 @@ import pytest
 import trustme
 
 from monitor.simulator import Simulator
-from tests.support import Daemon, write_config
+from tests.support import run_cli, running_daemon, write_config
 
 PASSWORD = "scrape-password-never-logged"
 
@@ -53,8 +51,7 @@ async def test_metrics_over_tls_with_basic_auth(sim: Simulator, tmp_path: Path) 
         },
         log={"level": "debug", "format": "json"},
     )
-    daemon = await Daemon.start(config)
-    try:
+    async with running_daemon(config) as daemon:
         await daemon.wait_for("baseline_loaded")
         trusted = ssl.create_default_context()
         authority.configure_trust(trusted)
@@ -81,8 +78,6 @@ async def test_metrics_over_tls_with_basic_auth(sim: Simulator, tmp_path: Path) 
             with pytest.raises(aiohttp.ClientConnectorCertificateError):
                 async with session.get(f"{base}/healthz") as response:
                     await response.read()
-    finally:
-        assert await daemon.stop() == 0
     assert PASSWORD not in "\n".join(daemon.raw) + daemon.stderr
 
 
@@ -96,13 +91,7 @@ def test_unreadable_certificate_is_a_config_error(sim: Simulator, tmp_path: Path
             "tls_key_file": str(tmp_path / "no.key"),
         },
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "monitor", "check-config", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = run_cli("check-config", "--config", str(config))
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
         f"promo-monitor: server.tls_cert_file: cannot read {tmp_path / 'no.crt'}",

@@ -10,6 +10,7 @@ import math
 import re
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
@@ -133,39 +134,41 @@ class NamesCollector(Collector):
         yield info
 
 
+@dataclass(frozen=True, slots=True)
+class SnapshotSource:
+    """What the job gauges are rendered from; both renderings share one, and so its summaries."""
+
+    snapshots: Callable[[], Iterable[PromotionSnapshot]]
+    clock: Callable[[], float]
+    stuck_after: float
+    summaries: Summaries = field(default_factory=Summaries)
+
+
 class SnapshotCollector(Collector):
     """Renders job gauges from the live snapshots at scrape time."""
 
-    def __init__(
-        self,
-        snapshots: Callable[[], Iterable[PromotionSnapshot]],
-        clock: Callable[[], float],
-        stuck_after: float,
-        summaries: Summaries | None = None,
-    ) -> None:
-        self._snapshots = snapshots
-        self._clock = clock
-        self._stuck_after = stuck_after
-        self._summaries = summaries or Summaries()
+    def __init__(self, source: SnapshotSource) -> None:
+        self._source = source
 
     def collect(self) -> Iterator[Metric]:
+        source = self._source
         jobs = GaugeMetricFamily(*JOBS, labels=JOB_LABELS)
         stuck = GaugeMetricFamily(*STUCK, labels=JOB_LABELS)
         failed = GaugeMetricFamily(*FAILED_INFO, labels=FAILED_LABELS)
-        now = self._clock()
+        now = source.clock()
         live: set[str] = set()
-        for snapshot in self._snapshots():
+        for snapshot in source.snapshots():
             pid = snapshot.promotion_id
             live.add(pid)
-            summary = self._summaries.of(snapshot)
+            summary = source.summaries.of(snapshot)
             for family, rows in (
                 (jobs, job_rows(pid, summary)),
-                (stuck, stuck_rows(pid, summary, now, self._stuck_after)[0]),
+                (stuck, stuck_rows(pid, summary, now, source.stuck_after)[0]),
                 (failed, failed_rows(pid, summary)),
             ):
                 for labels, value in rows:
                     family.add_metric(list(labels), value)
-        self._summaries.keep_only(live)
+        source.summaries.keep_only(live)
         yield jobs
         yield stuck
         yield failed
@@ -189,17 +192,8 @@ class SnapshotFamilies:
     """The SnapshotCollector's families as cached chunks: a promotion's are rendered again only
     when its snapshot object changes, or, for the stuck counts, when a job turns stuck."""
 
-    def __init__(
-        self,
-        snapshots: Callable[[], Iterable[PromotionSnapshot]],
-        clock: Callable[[], float],
-        stuck_after: float,
-        summaries: Summaries | None = None,
-    ) -> None:
-        self._snapshots = snapshots
-        self._clock = clock
-        self._stuck_after = stuck_after
-        self._summaries = summaries or Summaries()
+    def __init__(self, source: SnapshotSource) -> None:
+        self._source = source
         self._jobs = Family(*JOBS, "gauge")
         self._stuck = Family(*STUCK, "gauge")
         self._failed = Family(*FAILED_INFO, "gauge")
@@ -207,28 +201,29 @@ class SnapshotFamilies:
         self._rendered: dict[str, tuple[PromotionSnapshot, float, float]] = {}
 
     def refresh(self) -> Iterable[Family]:
-        now = self._clock()
+        source = self._source
+        now = source.clock()
         live: set[str] = set()
-        for snapshot in self._snapshots():
+        for snapshot in source.snapshots():
             pid = snapshot.promotion_id
             live.add(pid)
             rendered = self._rendered.get(pid)
             new = rendered is None or rendered[0] is not snapshot
             if not new and rendered is not None and rendered[1] <= now <= rendered[2]:
                 continue
-            summary = self._summaries.of(snapshot)
+            summary = source.summaries.of(snapshot)
             if new:
                 _put(self._jobs, pid, _gauge_entry(self._jobs, JOB_LABELS, job_rows(pid, summary)))
                 failed = failed_rows(pid, summary)
                 _put(self._failed, pid, _gauge_entry(self._failed, FAILED_LABELS, failed))
-            rows, until = stuck_rows(pid, summary, now, self._stuck_after)
+            rows, until = stuck_rows(pid, summary, now, source.stuck_after)
             _put(self._stuck, pid, _gauge_entry(self._stuck, JOB_LABELS, rows))
             self._rendered[pid] = (snapshot, now, until)
         for gone in self._rendered.keys() - live:
             del self._rendered[gone]
             for family in (self._jobs, self._stuck, self._failed):
                 family.chunks.pop(gone, None)
-        self._summaries.keep_only(live)
+        source.summaries.keep_only(live)
         return (self._jobs, self._stuck, self._failed)
 
 
@@ -463,8 +458,8 @@ class MonitorMetrics:
         )
         self._series = reported + polled
         names = names or PromotionNames()
-        summaries = Summaries()
-        promotions.register(SnapshotCollector(snapshots, clock, stuck_after, summaries))
+        source = SnapshotSource(snapshots, clock, stuck_after)
+        promotions.register(SnapshotCollector(source))
         promotions.register(NamesCollector(names))
         # The same series as `promotions`, in its order, for /metrics (see exposition.py).
         self.exposition = Exposition(
@@ -474,7 +469,7 @@ class MonitorMetrics:
                 *reported,
                 self.duration,
                 *polled,
-                SnapshotFamilies(snapshots, clock, stuck_after, summaries),
+                SnapshotFamilies(source),
                 NameFamily(names),
             ],
         )

@@ -44,6 +44,7 @@ from tests.benchmarks.common import (
     Stopwatch,
     Store,
     cpu_seconds,
+    credentials,
     daemon_config,
     median,
     simulator_process,
@@ -84,9 +85,7 @@ class DaemonPath:
     def __init__(self, store: Store, state_dir: Path) -> None:
         document = daemon_config(
             state_dir,
-            base_url=store.base_url,
-            client_id=store.client_id,
-            client_secret=store.client_secret,
+            **credentials(store),
             promotions=store.promotions,
             rate=1000,  # the budget never waits: it would only add sleeps, not CPU
             interval=3600,

@@ -29,6 +29,7 @@ from tests.benchmarks.common import (
     Result,
     Stopwatch,
     cpu_seconds,
+    credentials,
     daemon_config,
     median,
     rss_bytes,
@@ -74,9 +75,7 @@ async def _one(promotions: int, concurrency: int) -> dict[str, Any]:
             directory = Path(tmp)
             document = daemon_config(
                 directory,
-                base_url=store.base_url,
-                client_id=store.client_id,
-                client_secret=store.client_secret,
+                **credentials(store),
                 promotions=store.promotions,
                 rate=RATE,
                 interval=3600,

@@ -560,23 +560,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--output", type=Path, default=RESULTS / f"{NAME}.json")
     args = parser.parse_args(argv)
-    options = Options(
-        promotions=args.promotions,
-        steps=args.steps,
-        faults_per_step=args.faults_per_step,
-        rate=args.rate,
-        interval=args.interval,
-        timeout=args.timeout,
-        retention=args.retention,
-        warmup=args.warmup,
-        seed=args.seed,
-    )
+    # every argument but --output is an Options field of the same name
+    output = vars(args).pop("output")
+    options = replace(defaults, **vars(args))
     result = asyncio.run(run(options))
     report = result.to_json()
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     print(table(result))
-    print(f"\nwritten to {args.output}")
+    print(f"\nwritten to {output}")
     return 0 if report["passed"] else 1
 
 

@@ -41,6 +41,7 @@ from tests.benchmarks.common import (
     Stopwatch,
     Store,
     cpu_seconds,
+    credentials,
     daemon_config,
     median,
     rss_bytes,
@@ -122,9 +123,7 @@ async def _bare_loop(store: Store, directory: Path) -> AsyncIterator[int]:
     """`tests.benchmarks.bareloop` against the store, as a subprocess; yields its pid."""
     config = directory / "bare.json"
     document = {
-        "base_url": store.base_url,
-        "client_id": store.client_id,
-        "client_secret": store.client_secret,
+        **credentials(store),
         "promotions": store.promotions,
         "rate": RATE,
         "concurrency": CONCURRENCY,
@@ -175,9 +174,7 @@ async def _measure_daemon(
 ) -> dict[str, Any]:
     document = daemon_config(
         directory,
-        base_url=store.base_url,
-        client_id=store.client_id,
-        client_secret=store.client_secret,
+        **credentials(store),
         promotions=store.promotions,
         rate=RATE,
         interval=INTERVAL,

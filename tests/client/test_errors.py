@@ -26,8 +26,9 @@ from tests.client_support import (
     jobs_path,
     make_client,
     requests_to,
+    store_client,
 )
-from tests.support import TOKEN_PATH, serving, store_app
+from tests.support import TOKEN_PATH
 
 # errors
 
@@ -160,13 +161,8 @@ async def test_undeclared_oversized_body_is_cut_off_at_the_cap() -> None:
             await response.write(b"]}")
         return response
 
-    app = store_app(stream)
-    async with serving(app) as base_url:
-        client = make_client(
-            {"base_url": base_url, "client_id": "id", "client_secret": "s", "timeout_seconds": 10}
-        )
-        async with client:
-            error = await fetch_error(client, "p")
+    async with store_client(stream, timeout_seconds=10) as client:
+        error = await fetch_error(client, "p")
 
     assert error.reason == "bad_response"
     assert "larger than" in str(error)
@@ -183,14 +179,9 @@ async def test_body_cut_short_by_the_server_is_a_bad_response() -> None:
         request.transport.close()
         return response
 
-    app = store_app(truncated)
-    async with serving(app) as base_url:
-        events = RecordedEvents()
-        client = make_client(
-            {"base_url": base_url, "client_id": "id", "client_secret": "s"}, events=events
-        )
-        async with client:
-            error = await fetch_error(client, "p")
+    events = RecordedEvents()
+    async with store_client(truncated, events=events) as client:
+        error = await fetch_error(client, "p")
 
     assert error.reason == "bad_response"
     assert events.requests.count(("promotion_jobs", "200")) == MAX_RETRIES + 1

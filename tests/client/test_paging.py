@@ -21,10 +21,9 @@ from tests.client_support import (
     fetch,
     fetch_error,
     jobs_path,
-    make_client,
     requests_to,
+    store_client,
 )
-from tests.support import serving, store_app
 
 # paging
 
@@ -98,13 +97,8 @@ async def test_paging_without_a_total_stops_on_an_empty_page(jobs: int, offsets:
         # no meta at all, and a next link that never ends: only the data can stop the client
         return web.json_response({"data": page, "links": {"next": str(request.url)}})
 
-    app = store_app(handle)
-    async with serving(app) as base_url:
-        client = make_client(
-            {"base_url": base_url, "client_id": "id", "client_secret": "s", "page_limit": 25}
-        )
-        async with client:
-            result = await fetch(client, "p")
+    async with store_client(handle, page_limit=25) as client:
+        result = await fetch(client, "p")
 
     assert sorted(job.id for job in result.jobs) == sorted(f"job-{i}" for i in range(jobs))
     assert seen == offsets
@@ -252,14 +246,9 @@ async def test_fixture_page_with_a_self_referencing_next_link_is_read_once() -> 
         seen.append(request.headers["Authorization"])
         return web.json_response(page)
 
-    app = store_app(jobs, token=issue)
-    async with serving(app) as base_url:
-        events = RecordedEvents()
-        client = make_client(
-            {"base_url": base_url, "client_id": "id", "client_secret": "s"}, events=events
-        )
-        async with client:
-            result = await fetch(client, "ad386702-e780-42c6-b190-0527ad768917")
+    events = RecordedEvents()
+    async with store_client(jobs, token=issue, events=events) as client:
+        result = await fetch(client, "ad386702-e780-42c6-b190-0527ad768917")
 
     [job] = result.jobs
     assert (job.id, job.status, job.error) == (
@@ -303,11 +292,8 @@ async def test_fixture_error_bodies_are_classified_and_summarised(
     async def jobs(request: web.Request) -> web.Response:
         return web.json_response(body, status=status)
 
-    app = store_app(jobs, token=issue)
-    async with serving(app) as base_url:
-        client = make_client({"base_url": base_url, "client_id": "id", "client_secret": "s"})
-        async with client:
-            error = await fetch_error(client, "p")
+    async with store_client(jobs, token=issue) as client:
+        error = await fetch_error(client, "p")
 
     assert error.reason == reason
     assert error.http_status == status

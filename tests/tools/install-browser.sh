@@ -7,13 +7,8 @@ set -u
 
 PACKAGES="chromium fonts-liberation"
 
-loud() {
-    echo "##########################################################################################" >&2
-    for line in "$@"; do
-        echo "### $line" >&2
-    done
-    echo "##########################################################################################" >&2
-}
+# loud and apt_install, shared with the other install script (${0%/*}: no dirname on a minimal PATH)
+case $0 in */*) . "${0%/*}/apt.sh" ;; *) . ./apt.sh ;; esac
 
 FONTS=/usr/share/fonts/truetype/liberation
 if command -v chromium >/dev/null 2>&1 && [ -d "$FONTS" ]; then
@@ -36,16 +31,8 @@ if ! command -v apt-get >/dev/null 2>&1; then
     exit 0
 fi
 
-candidate=$(apt-cache policy chromium 2>/dev/null | sed -n 's/^ *Candidate: *//p')
-if [ -z "$candidate" ] || [ "$candidate" = "(none)" ]; then
-    apt-get update || true
-fi
 echo "install-browser: installing $PACKAGES"
-if ! DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $PACKAGES; then
-    # the package lists may be stale (a version no longer on the mirror): refresh once and retry
-    apt-get update || true
-    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $PACKAGES || true
-fi
+apt_install $PACKAGES
 if ! command -v chromium >/dev/null 2>&1; then
     loud "install-browser: chromium is still missing after apt-get install." \
         "The real-browser test of the status page will FAIL: look at the apt-get output above."

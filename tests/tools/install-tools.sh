@@ -19,13 +19,8 @@ missing_tools() {
     echo "$missing"
 }
 
-loud() {
-    echo "##########################################################################################" >&2
-    for line in "$@"; do
-        echo "### $line" >&2
-    done
-    echo "##########################################################################################" >&2
-}
+# loud and apt_install, shared with the other install script (${0%/*}: no dirname on a minimal PATH)
+case $0 in */*) . "${0%/*}/apt.sh" ;; *) . ./apt.sh ;; esac
 
 missing=$(missing_tools)
 if [ -z "$missing" ]; then
@@ -62,29 +57,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'cleanup; exit 130' INT TERM
 
-have_candidates() {
-    for pkg in $PACKAGES; do
-        candidate=$(apt-cache policy "$pkg" 2>/dev/null | sed -n 's/^ *Candidate: *//p')
-        if [ -z "$candidate" ] || [ "$candidate" = "(none)" ]; then
-            return 1
-        fi
-    done
-    return 0
-}
-
-install_packages() {
-    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $PACKAGES
-}
-
 echo "install-tools: installing $PACKAGES (missing:$missing)"
-if ! have_candidates; then
-    apt-get update || true
-fi
-if ! install_packages; then
-    # the package lists may be stale (a version no longer on the mirror): refresh once and retry
-    apt-get update || true
-    install_packages || true
-fi
+apt_install $PACKAGES
 
 # If systemd runs (a VM rather than a container), make sure the packaged services are stopped and stay off.
 if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
