@@ -1,24 +1,22 @@
-"""What the simulator's tests share: a fake clock, a minimal API client, and their fixtures."""
+"""What the simulator's tests share: Elastic Path's examples and a minimal API client."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
 from monitor.simulator import Simulator
 
 # Elastic Path's documented example responses (copied from shared/fixtures, see its README).
 FIXTURES = Path(__file__).parent / "fixtures"
-START = 1_733_270_626.0  # 2024-12-04T00:03:46Z
 FILTER_ERROR = {
     "errors": [
         {"status": "400", "title": "Bad Request", "detail": "Could not parse the supplied filter"}
@@ -39,14 +37,6 @@ def load(name: str) -> Any:
 
 def epoch(iso: str) -> float:
     return datetime.fromisoformat(iso).timestamp()
-
-
-class FakeClock:
-    def __init__(self, now: float = START) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass
@@ -85,29 +75,6 @@ class Api:
         headers = await self.headers()
         async with self.http.get(f"{self.sim.base_url}{path}", headers=headers) as resp:
             return resp.status, resp.content_type, await resp.read()
-
-
-# Named apart from the fixtures, so a test module can import them without shadowing its parameters.
-
-
-@pytest.fixture(name="clock")
-def clock_fixture() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture(name="sim")
-async def sim_fixture(clock: FakeClock) -> AsyncIterator[Simulator]:
-    simulator = Simulator(clock=clock)
-    simulator.spawn_rate = 0.0
-    await simulator.start()
-    yield simulator
-    await simulator.stop()
-
-
-@pytest.fixture(name="api")
-async def api_fixture(sim: Simulator) -> AsyncIterator[Api]:
-    async with aiohttp.ClientSession() as http:
-        yield Api(sim, http)
 
 
 async def eventually(condition: Callable[[], bool], within: float = 2.0) -> None:

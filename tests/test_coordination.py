@@ -92,6 +92,13 @@ class Workload:
     async def start_all(self, *identities: str, **poll: Any) -> None:
         await asyncio.gather(*(self.start(identity, **poll) for identity in identities))
 
+    async def polling(self, *identities: str, **poll: Any) -> Daemon:
+        """Start the replicas; returns the one elected, once it has polled (its baseline)."""
+        await self.start_all(*identities, **poll)
+        leader = await self.leader()
+        await leader.wait_for("baseline_loaded")
+        return leader
+
     async def leader(self, *, timeout: float = 15.0, besides: Daemon | None = None) -> Daemon:
         """The replica that logs leader_elected (the first one other than `besides`)."""
         deadline = time.monotonic() + timeout
@@ -132,9 +139,7 @@ async def workload(tmp_path: Path) -> AsyncIterator[Workload]:
 async def test_three_replicas_one_polls_and_the_others_stand_by_ready(
     workload: Workload,
 ) -> None:
-    await workload.start_all("pod-a", "pod-b", "pod-c")
-    leader = await workload.leader()
-    await leader.wait_for("baseline_loaded")
+    leader = await workload.polling("pod-a", "pod-b", "pod-c")
     await asyncio.sleep(2 * RETRY_PERIOD + 1.0)  # several polls and renewals
     followers = [d for d in workload.replicas.values() if d is not leader]
 
@@ -163,9 +168,7 @@ async def test_three_replicas_one_polls_and_the_others_stand_by_ready(
 async def test_sigkill_of_the_leader_hands_over_within_lease_duration(
     workload: Workload,
 ) -> None:
-    await workload.start_all("pod-a", "pod-b", "pod-c")
-    leader = await workload.leader()
-    await leader.wait_for("baseline_loaded")
+    leader = await workload.polling("pod-a", "pod-b", "pod-c")
     await asyncio.sleep(1.0)
     killed = time.time()
     await leader.stop(signal.SIGKILL)
@@ -188,9 +191,7 @@ async def test_sigkill_of_the_leader_hands_over_within_lease_duration(
 async def test_a_failure_during_the_handover_is_reported_once(workload: Workload) -> None:
     """Needs poll.baseline_lookback_seconds (issue #10): the successor's baseline reports jobs
     that failed within the lookback window, so nothing failing during the handover is lost."""
-    await workload.start_all("pod-a", "pod-b", "pod-c", baseline_lookback_seconds=120)
-    leader = await workload.leader()
-    await leader.wait_for("baseline_loaded")
+    leader = await workload.polling("pod-a", "pod-b", "pod-c", baseline_lookback_seconds=120)
     before, during, after = workload.processing
     workload.sim.set_job_status(workload.promotion, before, "failed", error="codes limit exceeded")
     await leader.wait_for("job_failed")
@@ -211,9 +212,7 @@ async def test_a_failure_during_the_handover_is_reported_once(workload: Workload
 async def test_a_leader_cut_off_from_the_api_server_stops_polling_before_anyone_takes_over(
     workload: Workload,
 ) -> None:
-    await workload.start_all("pod-a", "pod-b", "pod-c")
-    leader = await workload.leader()
-    await leader.wait_for("baseline_loaded")
+    leader = await workload.polling("pod-a", "pod-b", "pod-c")
     await asyncio.sleep(1.0)
     cut = time.time()
     workload.fake.cut_off.add(workload.identity(leader))  # its requests now hang
@@ -241,9 +240,7 @@ async def test_a_leader_cut_off_from_the_api_server_stops_polling_before_anyone_
 
 
 async def test_sigterm_releases_the_lease_for_a_quick_handover(workload: Workload) -> None:
-    await workload.start_all("pod-a", "pod-b", "pod-c")
-    leader = await workload.leader()
-    await leader.wait_for("baseline_loaded")
+    leader = await workload.polling("pod-a", "pod-b", "pod-c")
     terminated = time.time()
     assert await leader.stop(signal.SIGTERM) == 0
     successor = await workload.leader(besides=leader, timeout=10)

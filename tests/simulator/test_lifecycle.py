@@ -8,15 +8,8 @@ from typing import Any
 import pytest
 
 from monitor.simulator import Simulator, populate_demo
-from tests.simulator_support import (
-    KNOWN_FAILURES,
-    START,
-    FakeClock,
-    clock_fixture,  # noqa: F401 -- a fixture, found by pytest here
-    epoch,
-    eventually,
-    sim_fixture,  # noqa: F401 -- a fixture, found by pytest here
-)
+from tests.simulator_support import KNOWN_FAILURES, epoch, eventually
+from tests.support import START, FakeClock
 
 
 def statuses(sim: Simulator, *promotion_ids: str) -> dict[str, str]:

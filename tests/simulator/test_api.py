@@ -10,19 +10,8 @@ import pytest
 from yarl import URL
 
 from monitor.simulator import Simulator, populate_demo
-from tests.simulator_support import (
-    FILTER_ERROR,
-    FIXTURES,
-    START,
-    Api,
-    FakeClock,
-    api_fixture,  # noqa: F401 -- a fixture, found by pytest here
-    clock_fixture,  # noqa: F401 -- a fixture, found by pytest here
-    epoch,
-    jobs_path,
-    load,
-    sim_fixture,  # noqa: F401 -- a fixture, found by pytest here
-)
+from tests.simulator_support import FILTER_ERROR, FIXTURES, Api, epoch, jobs_path, load
+from tests.support import START, FakeClock
 
 # tokens
 

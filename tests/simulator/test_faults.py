@@ -10,16 +10,8 @@ import aiohttp
 import pytest
 
 from monitor.simulator import Fault, RecordedRequest, Simulator
-from tests.simulator_support import (
-    START,
-    Api,
-    FakeClock,
-    api_fixture,  # noqa: F401 -- a fixture, found by pytest here
-    clock_fixture,  # noqa: F401 -- a fixture, found by pytest here
-    eventually,
-    jobs_path,
-    sim_fixture,  # noqa: F401 -- a fixture, found by pytest here
-)
+from tests.simulator_support import Api, eventually, jobs_path
+from tests.support import START, FakeClock
 
 
 @pytest.mark.parametrize("status", [500, 503, 429, 401, 403, 404, 400])

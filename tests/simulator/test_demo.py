@@ -13,10 +13,8 @@ import aiohttp
 import pytest
 
 from monitor.simulator import Simulator, main, populate_demo
-from tests.simulator_support import (
-    KNOWN_FAILURES,
-    FakeClock,
-)
+from tests.simulator_support import KNOWN_FAILURES
+from tests.support import FakeClock
 
 # demo
 
