@@ -20,7 +20,7 @@ import os
 import secrets
 import tempfile
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -31,8 +31,9 @@ from monitor.models import Job, PromotionSnapshot
 # (A snapshot written with a journal names it by a random epoch, an optional key: still version 2.)
 FORMAT_VERSION: Final = 2
 READABLE_VERSIONS: Final = (1, 2)
-# 2: each append ends with a commit record; a group without one (torn) is not applied. Journals
-# of version 1 (a record applies alone) still replay.
+# 2: each append ends with a commit record, and a write torn before it is not applied; a record
+# may be a delta (the jobs that changed). Journals of version 1 (whole entries, each applied
+# alone) still replay.
 JOURNAL_VERSION: Final = 2
 READABLE_JOURNALS: Final = (1, 2)
 # Below this state size a whole rewrite costs about what an append does (one fsync either way).
@@ -47,25 +48,29 @@ class Discarded:
     reason: str
 
 
-Fragments = dict[str, tuple[PromotionSnapshot, bytes]]
+# What the files on disk hold of each promotion: its snapshot, and its encoded entry while the
+# snapshot file's copy is current (None once a journal delta has moved it on: encoded afresh at
+# the next compaction). Touched only by the writer, under the store's lock.
+Fragments = dict[str, tuple[PromotionSnapshot, bytes | None]]
+
+
+def _row(j: Job) -> list[Any]:
+    return [
+        j.id,
+        j.job_type,
+        j.status,
+        j.error,
+        j.created_at,
+        j.updated_at,
+        j.name,
+        j.codes_requested,
+        j.codes_generated,
+        j.codes_deleted,
+    ]
 
 
 def _fragment(snap: PromotionSnapshot) -> bytes:
-    rows = [
-        [
-            j.id,
-            j.job_type,
-            j.status,
-            j.error,
-            j.created_at,
-            j.updated_at,
-            j.name,
-            j.codes_requested,
-            j.codes_generated,
-            j.codes_deleted,
-        ]
-        for j in snap.jobs.values()
-    ]
+    rows = [_row(j) for j in snap.jobs.values()]
     entry = {"jobs": rows, "stuck": sorted(snap.stuck), "baseline_at": snap.baseline_at}
     return json.dumps(entry, separators=(",", ":")).encode()
 
@@ -73,7 +78,7 @@ def _fragment(snap: PromotionSnapshot) -> bytes:
 def _cached_fragment(cache: Fragments | None, snap: PromotionSnapshot) -> bytes:
     """The snapshot's encoded entry, reused while its (immutable) object is the same."""
     cached = cache.get(snap.promotion_id) if cache is not None else None
-    if cached is not None and cached[0] is snap:
+    if cached is not None and cached[0] is snap and cached[1] is not None:
         return cached[1]
     fragment = _fragment(snap)
     if cache is not None:
@@ -200,7 +205,9 @@ def decode_with_epoch(data: bytes) -> tuple[dict[str, PromotionSnapshot], str | 
 # escapes every newline, so a record never contains one; a record without its newline or with a
 # wrong checksum is where a crash tore the file, and replay stops there. One write appends the
 # records of every promotion it carries, then a commit record: a write torn between two of its
-# records is not applied at all, so what loads is always the state of some earlier write.
+# records is not applied at all, so what loads is always the state of some earlier write. A
+# promotion the files already hold is written as a delta (its changed jobs), one they do not
+# as a whole entry.
 
 
 def _record(payload: bytes) -> bytes:
@@ -220,6 +227,23 @@ def drop_record(promotion_id: str) -> bytes:
     return _record(b'{"p":%b}' % json.dumps(promotion_id).encode())
 
 
+def delta_record(promotion_id: str, old: PromotionSnapshot, new: PromotionSnapshot) -> bytes:
+    """What `new` changed since `old`: its jobs that differ (`u`), the ids it no longer has (`r`),
+    and the rest of its entry. A poll's news costs its jobs, not the promotion's hundred."""
+    before = old.jobs
+    # Unchanged jobs are the very objects of the last snapshot (the parser reuses them).
+    rows = [_row(j) for jid, j in new.jobs.items() if (o := before.get(jid)) is not j and o != j]
+    gone = [jid for jid in before if jid not in new.jobs]
+    delta = {
+        "p": promotion_id,
+        "u": rows,
+        "r": gone,
+        "stuck": sorted(new.stuck),
+        "baseline_at": new.baseline_at,
+    }
+    return _record(json.dumps(delta, separators=(",", ":")).encode())
+
+
 COMMIT: Final = {"c": 1}
 COMMIT_RECORD: Final = _record(json.dumps(COMMIT).encode())
 
@@ -232,12 +256,30 @@ def _payload(line: bytes) -> Any:
     return json.loads(payload)
 
 
-def _operation(record: Any) -> tuple[str, PromotionSnapshot | None]:
-    """A put (the promotion's new snapshot) or a drop (None); ValueError if malformed."""
+def _operation(
+    record: Any, base: Callable[[str], PromotionSnapshot | None]
+) -> tuple[str, PromotionSnapshot | None]:
+    """A put or delta (the promotion's new snapshot) or a drop (None); ValueError if malformed.
+
+    `base` gives a promotion's snapshot as the journal has it so far, for a delta to apply to.
+    """
     pid = record["p"]
     if not isinstance(pid, str):
         raise ValueError("promotion id is not text")  # noqa: TRY004 - callers catch ValueError
-    return pid, _entry(pid, record["s"]) if "s" in record else None
+    if "s" in record:
+        return pid, _entry(pid, record["s"])
+    if "u" not in record:
+        return pid, None
+    old = base(pid)
+    if old is None:
+        raise ValueError("a delta for a promotion the state does not hold")
+    jobs = dict(old.jobs)
+    for gone in record["r"]:
+        jobs.pop(gone, None)
+    changed = _entry(pid, {"jobs": record["u"], "baseline_at": record["baseline_at"]})
+    jobs.update(changed.jobs)
+    stuck = frozenset(str(s) for s in record["stuck"] if s in jobs)
+    return pid, PromotionSnapshot(pid, jobs, stuck, changed.baseline_at)
 
 
 def _journal_version(head: Any, epoch: str) -> int | None:
@@ -257,7 +299,11 @@ def replay(data: bytes, epoch: str, snapshots: dict[str, PromotionSnapshot]) -> 
     """
     end = 0  # just past the last write applied
     grouped = True
-    pending: list[tuple[str, PromotionSnapshot | None]] = []
+    pending: dict[str, PromotionSnapshot | None] = {}  # the write being read, until its commit
+
+    def base(pid: str) -> PromotionSnapshot | None:
+        return pending[pid] if pid in pending else snapshots.get(pid)
+
     position = 0
     while position < len(data):
         newline = data.find(b"\n", position)
@@ -272,14 +318,15 @@ def replay(data: bytes, epoch: str, snapshots: dict[str, PromotionSnapshot]) -> 
                 grouped = version >= 2  # (the version that added commits)
                 end = newline + 1
             elif grouped and record == COMMIT:
-                for pid, snapshot in pending:
+                for pid, snapshot in pending.items():
                     _set(snapshots, pid, snapshot)
                 pending.clear()
                 end = newline + 1
             elif grouped:
-                pending.append(_operation(record))
+                pid, snapshot = _operation(record, base)
+                pending[pid] = snapshot
             else:
-                _set(snapshots, *_operation(record))
+                _set(snapshots, *_operation(record, snapshots.get))
                 end = newline + 1
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             break
@@ -445,15 +492,22 @@ class SnapshotStore:
         if compact or small or self._epoch is None or self._journal_bytes > self._snapshot_bytes:
             self._rewrite(view, saved_at, journal=not small)
             return
-        records = [
-            put_record(pid, _cached_fragment(self._fragments, view[pid]))
-            if pid in view
-            else drop_record(pid)
-            for pid in changed
-        ]
+        records = [self._journal_record(pid, view.get(pid)) for pid in changed]
         records.append(COMMIT_RECORD)
         append_durable(self.journal, records)
         self._journal_bytes += sum(map(len, records))
+
+    def _journal_record(self, pid: str, snap: PromotionSnapshot | None) -> bytes:
+        """The record that brings the files' copy of `pid` to `snap` (None: dropped)."""
+        fragments = self._fragments
+        if snap is None:
+            fragments.pop(pid, None)
+            return drop_record(pid)
+        on_disk = fragments.get(pid)
+        if on_disk is None:  # (not written since the state was loaded, or new)
+            return put_record(pid, _cached_fragment(fragments, snap))
+        fragments[pid] = (snap, None)
+        return delta_record(pid, on_disk[0], snap)
 
     def _rewrite(self, view: dict[str, PromotionSnapshot], saved_at: float, journal: bool) -> None:
         """Compaction: the whole snapshot, then (for a large state) a new, empty journal."""

@@ -411,7 +411,7 @@ def test_retain_of_every_known_promotion_changes_nothing(tmp_path: Path) -> None
 def test_cached_encoding_is_identical_and_follows_changes() -> None:
     a = PromotionSnapshot("a", {"j1": Job("j1", "code_generate", "pending", None, 1.0, 2.0)})
     b = PromotionSnapshot("b", {"j2": Job("j2", "code_export", "failed", "boom", 1.0, None)})
-    cache: dict[str, tuple[PromotionSnapshot, bytes]] = {}
+    cache: state.Fragments = {}
     first = encode({"a": a, "b": b}, 5.0, cache)
     assert first == encode({"a": a, "b": b}, 5.0)
     assert set(cache) == {"a", "b"}
@@ -552,6 +552,27 @@ async def test_replay_applies_records_in_order(tmp_path: Path) -> None:
 
     assert len(journal_records(path)) == 4
     assert on_disk(path) == {**filler, "p": snapshot("p", job("j2", "completed"))}
+
+
+async def test_a_promotion_on_disk_journals_only_the_jobs_that_changed(tmp_path: Path) -> None:
+    # A poll's news is one job of a hundred: the append carries that job and the ids that went,
+    # not the promotion's hundred rows (which made every few appends a compaction).
+    path = tmp_path / "snapshot.json"
+    jobs = [job(f"j{i}", "completed") for i in range(100)]
+    big = snapshot("big", *jobs)
+    store = await journal_store(path, FILLER, {"big": big})
+    changed = snapshot("big", *jobs[1:50], job("j50", "failed", "boom"), *jobs[51:], job("new"))
+    store.put(changed)
+    await store.persist(SAVED_AT + 1)
+
+    (delta,) = journal_records(path)
+    assert delta["p"] == "big"
+    rows = delta["u"]
+    assert isinstance(rows, list)
+    assert [row[0] for row in rows] == ["j50", "new"]
+    assert delta["r"] == ["j0"]
+    assert state.journal_path(path).stat().st_size < 1000
+    assert on_disk(path) == {**FILLER, "big": changed}
 
 
 async def test_a_write_torn_between_its_records_is_not_applied_at_all(tmp_path: Path) -> None:
