@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from monitor.client import ElasticPathClient, JobsTarget
@@ -87,8 +87,15 @@ class Discovery:
             if self.owns(p.id)
         }
 
-    async def discover(self, now: float) -> Watchlist:
-        """List the store's promotions; raises ApiError if any list call fails (keep the old)."""
+    async def discover(
+        self, now: float, active: Callable[[str], bool] = lambda _: False
+    ) -> Watchlist:
+        """List the store's promotions; raises ApiError if any list call fails (keep the old).
+
+        `active`: whether the monitor holds a pending or processing job of a promotion. One that
+        stops being wanted (its end passed, it was switched off, renamed) is watched until its
+        jobs have finished: a job queued before the end can still fail after it.
+        """
         targets = self.explicit()
         discovered: set[str] = set()
         names: dict[str, tuple[PromotionKind, str]] = {}
@@ -104,7 +111,7 @@ class Discovery:
                 if pid is None or not self.owns(pid):
                     continue
                 explicit = pid in targets
-                if not explicit and not wanted(promotion, rules, now):
+                if not explicit and not wanted(promotion, rules, now) and not active(pid):
                     continue
                 listed.add(pid)
                 name = promotion_name(promotion)

@@ -315,7 +315,7 @@ class Upkeep:
     async def discover(self) -> None:
         """One discovery run; a failure keeps the last known list."""
         try:
-            found = await self._discovery.discover(self._clock())
+            found = await self._discovery.discover(self._clock(), self._active)
         except ApiError as exc:
             self._metrics.discovery_errors.labels(exc.reason).inc()
             self._events.emit(DiscoveryFailed(reason=exc.reason, detail=str(exc)))
@@ -342,6 +342,10 @@ class Upkeep:
         )
         self._scheduler.dispatch()
         await self.look_up_names()
+
+    def _active(self, promotion_id: str) -> bool:
+        snapshot = self._store.get(promotion_id)
+        return snapshot is not None and snapshot.has_active
 
     async def look_up_names(self) -> None:
         plan = self._scheduler.plan

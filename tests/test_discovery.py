@@ -101,6 +101,28 @@ async def test_promotions_come_and_go_at_run_time(sim: Simulator, tmp_path: Path
         assert watched(samples, "rule_promotion") == 1
 
 
+async def test_a_promotion_that_ends_is_watched_until_its_jobs_have_finished(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    # A code_generate job queued before the promotion's end can fail after it: the failure must
+    # still page. Once nothing is pending or processing, the promotion goes as any expired one.
+    ending = sim.add_promotion("promotion", name="Ends tonight", end=FUTURE)
+    running = sim.add_job(ending, status="processing")
+    config = write_config(tmp_path, sim, [], discovery=discovery())
+    async with running_daemon(config) as daemon:
+        await daemon.wait_for("baseline_loaded")
+        sim.set_promotion(ending, end=PAST)
+        runs = len(daemon.named("discovery_completed"))
+        await daemon.wait_for("discovery_completed", count=runs + 2)
+        assert daemon.named("promotion_removed") == []
+
+        sim.set_job_status(ending, running, "failed", error="codes limit exceeded")
+        failed = await daemon.wait_for("job_failed")
+        assert failed["promotion_id"] == ending
+        removed = await daemon.wait_for("promotion_removed")
+        assert removed["promotion_id"] == ending
+
+
 async def test_explicit_entries_win_and_a_failing_discovery_keeps_the_last_list(
     sim: Simulator, tmp_path: Path
 ) -> None:
