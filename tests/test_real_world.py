@@ -99,10 +99,35 @@ async def test_a_store_that_ignores_the_offset_is_not_read_forever(
     async with running_daemon(write_config(tmp_path, sim, [{"id": pid}])) as daemon:
         await daemon.wait_for("baseline_loaded")
         await daemon.polled(pid, 4)
-        # Two requests a poll (the first page, then its repeat), not an endless loop.
+        # Three requests a poll (the first page, its repeat, the failed jobs alone), not an
+        # endless loop.
         per_poll = [r for r in sim.requests if r.path.endswith("/jobs")]
-        assert {r.query["page[offset]"] for r in per_poll} == {"0", "25"}
+        assert {(r.query["page[offset]"], r.query.get("filter")) for r in per_poll} == {
+            ("0", None),
+            ("25", None),
+            ("0", "eq(status,failed)"),
+        }
         (warning,) = daemon.named("poll_incomplete")
         assert warning["reason"] == "offset_ignored"
         assert daemon.named("job_vanished") == []
         assert daemon.named("job_failed") == []
+
+
+async def test_a_failure_an_offset_ignoring_store_never_lists_still_pages(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    # 60 old jobs fill the one page such a store serves; the newest job is never on it. When it
+    # fails, the failed jobs alone (the documented status filter) show it: reported once.
+    sim.page_cap = 25
+    sim.ignore_offset = True
+    pid = sim.add_promotion()
+    history(sim, pid, 60, failed=2)
+    newest = sim.add_job(pid, status="processing")
+    async with running_daemon(write_config(tmp_path, sim, [{"id": pid}])) as daemon:
+        await daemon.wait_for("baseline_loaded")
+        sim.set_job_status(pid, newest, "failed", error="codes limit exceeded")
+        failed = await daemon.wait_for("job_failed")
+        assert failed["job_id"] == newest
+        await daemon.polled(pid, 3)
+        assert len(daemon.named("job_failed")) == 1
+        assert daemon.named("job_vanished") == []

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Final, TypeVar
 
 from yarl import URL
 
@@ -15,6 +15,7 @@ from monitor.client.endpoints import JOBS_ENDPOINT, LIST_ENDPOINT, ONE_ENDPOINT,
 from monitor.client.errors import ApiError, Redactions, decode_json
 from monitor.client.memory import BodyKey, PageMemory, SeenPage, body_key
 from monitor.client.pager import (
+    UNREACHABLE,
     Listing,
     Page,
     id_hashes,
@@ -34,6 +35,9 @@ from monitor.models import Job, PromotionKind, parse_jobs
 from monitor.settings import ApiSettings
 
 T = TypeVar("T")
+
+# The one job filter the descriptions document for both kinds (eq on status or job_type).
+FAILED_ONLY: Final = "eq(status,failed)"
 
 
 @dataclass(slots=True)
@@ -178,16 +182,49 @@ class ElasticPathClient:
             seen[offset] = page
             return Page(page.ids, page.total)
 
-        result.listing = await read_pages(page_at)
+        asked = int(target.params["page[limit]"])
+        result.listing = await read_pages(page_at, asked)
         pages = list(seen.values())
-        if result.listing.incomplete == "offset_ignored":
+        if len(pages) > 1 and pages[-1].ids == pages[-2].ids:
             pages.pop()  # the repeat of the page before it
         for page in pages:
             result.jobs.extend(page.jobs)
             result.skipped.extend(page.skipped)
         result.unchanged = result.unchanged and len(seen) == len(before)
         result.pages = seen
+        if result.listing.incomplete in UNREACHABLE:
+            failed = await self._failed_jobs(target, known, keep)
+            listed = {job.id for job in result.jobs}
+            news = [job for job in failed if job.id not in listed]
+            result.jobs.extend(news)
+            # (a job the poller already holds comes back as the very same object when unchanged)
+            held = known or {}
+            result.unchanged = result.unchanged and all(held.get(j.id) is j for j in news)
         return result
+
+    async def _failed_jobs(
+        self,
+        target: JobsTarget,
+        known: Mapping[str, Job] | None,
+        keep: Callable[[Job], bool] | None,
+    ) -> list[Job]:
+        """The promotion's failed jobs alone, through the documented status filter: when the
+        listing cannot be paged past some point, a failure beyond it must still be seen."""
+        wanted = target.params.get("filter")
+        query = {**target.params, "filter": f"{wanted}:{FAILED_ONLY}" if wanted else FAILED_ONLY}
+        found: list[Job] = []
+
+        async def page_at(offset: int) -> Page:
+            document = await self._get_json(
+                target.url, target.endpoint, {**query, "page[offset]": str(offset)}
+            )
+            data, total = list_page(document, target.endpoint)
+            parsed = parse_jobs(data, known).jobs
+            found.extend(parsed if keep is None else filter(keep, parsed))
+            return Page(id_hashes(data), total)
+
+        await read_pages(page_at, int(query["page[limit]"]))
+        return list({job.id: job for job in found}.values())
 
     async def list_promotions(
         self, kind: PromotionKind
@@ -207,7 +244,7 @@ class ElasticPathClient:
             found.extend(item for item in items if item is not None)
             return Page(id_hashes(items), total)
 
-        listing = await read_pages(page_at)
+        listing = await read_pages(page_at, self.settings.page_limit)
         return found, listing
 
     async def get_promotion(self, kind: PromotionKind, promotion_id: str) -> Mapping[str, object]:

@@ -15,6 +15,8 @@ MAX_OFFSET: Final = 10_000
 
 # Why a listing could not be read whole; None when it was.
 Incomplete = Literal["offset_limit", "offset_ignored", "short"]
+# The reasons that leave records past some point unread at every poll (not just this one).
+UNREACHABLE: Final[frozenset[Incomplete]] = frozenset({"offset_limit", "offset_ignored"})
 
 
 @dataclass(slots=True)
@@ -50,15 +52,20 @@ def id_hashes(items: Iterable[object]) -> array[int]:
     )
 
 
-async def read_pages(page_at: Callable[[int], Awaitable[Page]]) -> Listing:
-    """Read pages by offset until every record is read; `page_at(offset)` reads one page.
+async def read_pages(
+    page_at: Callable[[int], Awaitable[Page]], asked: int | None = None
+) -> Listing:
+    """Read pages by offset until every record is read; `page_at(offset)` reads one page of
+    `asked` records (page[limit]).
 
     The offset steps by the records the server returned, not by what was asked: neither jobs
     endpoint declares page parameters, and a store's page length is a store setting. Paging
     ends at meta.results.total or an empty page (without a total a short page proves
     nothing), at a page that repeats the one before (a server ignoring page[offset] would
     otherwise be read forever), or at the API's offset limit. links.next is ignored on
-    purpose: the real API fills it even on the last page.
+    purpose: the real API fills it even on the last page. A repeated page that held more
+    records than were asked for was the whole list at once (a server that does not page): the
+    listing is complete.
     """
     listing = Listing()
     distinct: set[int] = set()
@@ -75,8 +82,10 @@ async def read_pages(page_at: Callable[[int], Awaitable[Page]]) -> Listing:
         if not page.ids:
             break
         if page.ids == previous:
-            listing.incomplete = "offset_ignored"
-            return listing
+            if asked is None or len(page.ids) <= asked:
+                listing.incomplete = "offset_ignored"
+                return listing
+            break
         previous = page.ids
         distinct.update(page.ids)
         # Records without an id all hash alike; each still is one record.
@@ -96,6 +105,8 @@ def list_page(document: object, endpoint: str) -> tuple[list[object], int | None
 
     A bare array is a page too: Promotions Builder's SDK description declares the
     rule-promotion list that way. It carries no total, so paging goes on to an empty page.
+    So does a total whose `total_method` is not "exact" (Promotions Builder's PaginationMeta
+    names how the total was counted): an estimate must not end paging before the last job.
     """
     if isinstance(document, list):
         return document, None
@@ -106,6 +117,9 @@ def list_page(document: object, endpoint: str) -> tuple[list[object], int | None
     meta = document.get("meta")
     results = meta.get("results") if isinstance(meta, dict) else None
     raw_total = results.get("total") if isinstance(results, dict) else None
+    method = results.get("total_method") if isinstance(results, dict) else None
+    if isinstance(method, str) and method.strip().lower() != "exact":
+        return data, None
     if isinstance(raw_total, int) and not isinstance(raw_total, bool) and raw_total >= 0:
         return data, raw_total
     return data, None
