@@ -37,6 +37,8 @@ _WHITESPACE = re.compile(r"\s+")
 # Some Python builds reject more than 6 fractional digits; trimming the fraction to microseconds
 # (only when the fast path fails) keeps nanosecond timestamps parseable everywhere.
 _FRACTION = re.compile(r"(\.\d{6})\d+")
+# RFC 3339 allows a leap second (23:59:60), which datetime cannot hold: read it as :59.
+_LEAP_SECOND = re.compile(r"(T\d{2}:\d{2}:)60")
 
 
 class PromotionKind(enum.StrEnum):
@@ -70,8 +72,11 @@ def parse_timestamp(value: object) -> float | None:
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
+        # Nanoseconds (Promotions Builder), and what RFC 3339 date-times may also be: a lower-case
+        # "t" or "z", a leap second.
+        text = _LEAP_SECOND.sub(r"\g<1>59", _FRACTION.sub(r"\1", value.strip().upper()))
         try:
-            parsed = datetime.fromisoformat(_FRACTION.sub(r"\1", value.strip()))
+            parsed = datetime.fromisoformat(text)
         except ValueError:
             return None
     if parsed.tzinfo is None:

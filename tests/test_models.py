@@ -294,6 +294,13 @@ TIMESTAMPS: dict[str, tuple[object, float | None]] = {
         utc(2024, 12, 4, 0, 3, 46, 388_696),
     ),
     "padded": ("  2023-12-06T13:52:29.587Z\n", CREATED),
+    # RFC 3339 (the descriptions' format: date-time) allows these too.
+    "lower-case t and z": ("2023-12-06t13:52:29.587z", CREATED),
+    "leap second": ("2016-12-31T23:59:60Z", utc(2016, 12, 31, 23, 59, 59)),
+    "leap second with nanoseconds": (
+        "2016-12-31T23:59:60.123456789Z",
+        utc(2016, 12, 31, 23, 59, 59, 123_456),
+    ),
     "garbage": ("yesterday", None),
     "impossible date": ("2023-13-45T00:00:00Z", None),
     "empty": ("", None),

@@ -75,7 +75,10 @@ def error_summary(body: bytes) -> str:
     """The title/detail of an Elastic Path error body, or a hint of what the body was."""
     try:
         document = json.loads(body)
-        first = document["errors"][0]
+        errors = document["errors"]
+        # An array of error objects, as declared; one Promotions Standard example writes one
+        # object instead.
+        first = errors if isinstance(errors, dict) else errors[0]
         parts = [str(first.get(k)) for k in ("title", "detail") if first.get(k)]
         return single_line(": ".join(parts), 200) or "no error detail"
     except (ValueError, KeyError, IndexError, TypeError, AttributeError):

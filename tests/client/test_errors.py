@@ -12,9 +12,8 @@ import pytest
 from aiohttp import web
 
 from monitor.budget import RequestBudget
-from monitor.client import (
-    parse_retry_after,
-)
+from monitor.client import parse_retry_after
+from monitor.client.errors import error_summary
 from monitor.models import PromotionKind
 from monitor.simulator import Fault, Simulator
 from tests.client_support import (
@@ -375,3 +374,21 @@ def http_date(epoch: float) -> str:
 )
 def test_parse_retry_after(value: str | None, expected: float | None) -> None:
     assert parse_retry_after(value, NOW) == expected
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b'{"errors": [{"status": 401, "title": "Unauthorized"}]}', "Unauthorized"),
+        (
+            b'{"errors": [{"status": "400", "title": "Bad Request", "detail": "bad filter"}]}',
+            "Bad Request: bad filter",
+        ),
+        # Promotions Standard's 401 example writes one error object, not an array of them.
+        (b'{"errors": {"status": 401, "title": "Unauthorized"}}', "Unauthorized"),
+        (b'{"errors": []}', "non-JSON error body (14 bytes)"),
+        (b"<html><body>Bad gateway</body></html>", "non-JSON error body (HTML page)"),
+    ],
+)
+def test_error_summary(body: bytes, expected: str) -> None:
+    assert error_summary(body) == expected
