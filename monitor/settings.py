@@ -6,6 +6,7 @@ import ipaddress
 import os
 import re
 import socket
+import ssl
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -569,6 +570,36 @@ def _check_files(settings: Settings) -> None:
     ):
         if file is not None and not os.access(file, os.R_OK):
             problems.append(f"{key}: cannot read {file}")
+    if problems:
+        raise ConfigError(problems)
+    _check_server_files(settings.server)
+
+
+def _check_server_files(server: ServerSettings) -> None:
+    """What `run` reads once at start must be usable, or `check-config` would pass a config that
+    `run` cannot serve: the certificate pair loads, the scrape password is text."""
+    problems = []
+    if server.tls_cert_file is not None and server.tls_key_file is not None:
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+                server.tls_cert_file, server.tls_key_file
+            )
+        except (ssl.SSLError, OSError) as exc:
+            reason = getattr(exc, "reason", None) or exc.strerror or "unusable"
+            problems.append(
+                f"server.tls_cert_file: {server.tls_cert_file} and {server.tls_key_file} are "
+                f"not a PEM certificate and its key ({reason})"
+            )
+    auth = server.basic_auth
+    if auth is not None and auth.password_file is not None:
+        try:
+            password = auth.password_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError):
+            password = None
+        if not password:
+            problems.append(
+                f"server.basic_auth.password_file: {auth.password_file} holds no UTF-8 password"
+            )
     if problems:
         raise ConfigError(problems)
 

@@ -97,3 +97,47 @@ def test_unreadable_certificate_is_a_config_error(sim: Simulator, tmp_path: Path
         f"promo-monitor: server.tls_cert_file: cannot read {tmp_path / 'no.crt'}",
         f"promo-monitor: server.tls_key_file: cannot read {tmp_path / 'no.key'}",
     ]
+
+
+@pytest.mark.parametrize("command", ["check-config", "run"])
+def test_a_certificate_that_does_not_load_is_refused_by_check_config_and_run_alike(
+    sim: Simulator, tmp_path: Path, command: str
+) -> None:
+    # Readable but not a certificate: check-config used to say OK, and run then failed to
+    # serve with an SSL error presented as a taken port (exit 1).
+    (tmp_path / "junk.crt").write_text("not a certificate\n")
+    (tmp_path / "junk.key").write_text("not a key\n")
+    config = write_config(
+        tmp_path,
+        sim,
+        [{"id": p["id"]} for p in sim.promotions()],
+        server={
+            "tls_cert_file": str(tmp_path / "junk.crt"),
+            "tls_key_file": str(tmp_path / "junk.key"),
+        },
+    )
+    result = run_cli(command, "--config", str(config))
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("promo-monitor: server.tls_cert_file: ")
+    assert "not a PEM certificate and its key" in line
+
+
+@pytest.mark.parametrize("command", ["check-config", "run"])
+@pytest.mark.parametrize("content", [b"", b"\n  \n", b"\xff\xfe\x00not utf-8"])
+def test_a_password_file_without_a_password_is_refused_by_check_config_and_run_alike(
+    sim: Simulator, tmp_path: Path, command: str, content: bytes
+) -> None:
+    (tmp_path / "password").write_bytes(content)
+    config = write_config(
+        tmp_path,
+        sim,
+        [{"id": p["id"]} for p in sim.promotions()],
+        server={"basic_auth": {"username": "scraper", "password_file": str(tmp_path / "password")}},
+    )
+    result = run_cli(command, "--config", str(config))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"promo-monitor: server.basic_auth.password_file: {tmp_path / 'password'} holds no "
+        "UTF-8 password"
+    ]
