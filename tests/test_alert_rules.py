@@ -202,7 +202,9 @@ def test_the_deploy_guide_lists_every_alert() -> None:
     text = (DEPLOY / "README.md").read_text(encoding="utf-8")
     table = text.split("## Alerts at a glance", 1)[1].split("\n\n", 2)[1]
     rows = dict(re.findall(r"^\| (PromoMonitor\w+) \| (\w+) \|", table, re.MULTILINE))
-    assert rows == {rule["alert"]: rule["labels"]["severity"] for rule in alert_rules(rule_groups())}
+    assert rows == {
+        rule["alert"]: rule["labels"]["severity"] for rule in alert_rules(rule_groups())
+    }
 
 
 def test_alert_expressions_use_metrics_the_monitor_exports() -> None:
