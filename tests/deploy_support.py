@@ -45,6 +45,7 @@ MONITOR_METRIC_NAMES: frozenset[str] = frozenset(
         "epcc_monitor_last_success_timestamp_seconds",
         "epcc_monitor_poll_duration_seconds",
         "epcc_monitor_poll_errors_total",
+        "epcc_monitor_polls_incomplete_total",
         "epcc_monitor_api_requests_total",
         "epcc_monitor_build_info",
         "epcc_monitor_shards",
