@@ -10,8 +10,10 @@ import heapq
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from monitor.client import JobsTarget
+if TYPE_CHECKING:  # (a value it holds, never looks into: the planner imports no HTTP stack)
+    from monitor.client import JobsTarget
 
 
 def phase_of(promotion_id: str) -> float:

@@ -6,7 +6,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from monitor.client import ApiError, ElasticPathClient, FetchResult, JobsTarget, PageMemory
+from monitor.client import (
+    UNREACHABLE,
+    ApiError,
+    ElasticPathClient,
+    FetchResult,
+    JobsTarget,
+    PageMemory,
+)
 from monitor.diff import Diff, diff, expired
 from monitor.events import (
     EventSink,
@@ -19,6 +26,9 @@ from monitor.events import (
 from monitor.models import Change, Job, PromotionSnapshot
 from monitor.sinks.metrics import MonitorMetrics
 from monitor.state import SnapshotStore
+
+# The one job filter the descriptions document for both kinds (eq on status or job_type).
+FAILED_ONLY = "eq(status,failed)"
 
 # A poll given up because this replica may no longer poll (coordination); not a failure.
 ABANDONED = "abandoned"
@@ -50,6 +60,9 @@ class PollOutcome:
     changes: tuple[Change, ...] = ()
     reason: str | None = None
     detail: str | None = None  # what went wrong, as logged (secrets already scrubbed)
+    # Whether the promotion has a pending, processing or cancelling job now (as last known after
+    # a failed poll): the plan polls it at the active interval.
+    active: bool = False
 
     @property
     def abandoned(self) -> bool:
@@ -133,14 +146,24 @@ class Poller:
         seen = {job.id for job in result.jobs}
         return result.jobs + [job for job in previous.jobs.values() if job.id not in seen]
 
+    async def _fetch(self, target: JobsTarget, previous: PromotionSnapshot | None) -> FetchResult:
+        known = previous.jobs if previous else None
+        keep = self._keeper(previous)
+        result = await self._client.fetch_jobs(target, self._pages, known, keep)
+        if result.listing.incomplete in UNREACHABLE:
+            # The store cannot be paged past some point: its failed jobs alone (the documented
+            # status filter) are few, and a failure past the pages read must still page.
+            failed = await self._client.fetch_jobs(target.narrowed(FAILED_ONLY), None, known, keep)
+            result.add(failed, known)
+        return result
+
     async def poll(self, target: JobsTarget) -> PollOutcome:
         pid = target.promotion_id
         started = time.perf_counter()
         previous = self._store.get(pid)
+        was_active = previous is not None and previous.has_active
         try:
-            result = await self._client.fetch_jobs(
-                target, self._pages, previous.jobs if previous else None, self._keeper(previous)
-            )
+            result = await self._fetch(target, previous)
         except ApiError as exc:
             if not self._may_report():
                 return PollOutcome(pid, ok=False, reason=ABANDONED)
@@ -155,7 +178,7 @@ class Poller:
                     hint=HINTS.get(exc.reason),
                 )
             )
-            return PollOutcome(pid, ok=False, reason=exc.reason, detail=str(exc))
+            return PollOutcome(pid, ok=False, reason=exc.reason, detail=str(exc), active=was_active)
         except Exception as exc:
             if not self._may_report():
                 return PollOutcome(pid, ok=False, reason=ABANDONED)
@@ -163,7 +186,9 @@ class Poller:
             self._metrics.poll_failed(pid, "bad_response")
             detail = repr(exc)[:300]
             self._events.emit(PollFailed(promotion_id=pid, reason="bad_response", detail=detail))
-            return PollOutcome(pid, ok=False, reason="bad_response", detail=detail)
+            return PollOutcome(
+                pid, ok=False, reason="bad_response", detail=detail, active=was_active
+            )
         finally:
             self._metrics.poll_duration.observe(time.perf_counter() - started)
 
@@ -182,7 +207,7 @@ class Poller:
             # Same bytes as last time, nothing active that could turn stuck, nothing expiring:
             # the diff could only say "no change".
             self._metrics.poll_succeeded(pid, now)
-            return PollOutcome(pid, ok=True)
+            return PollOutcome(pid, ok=True, active=was_active)
         outcome: Diff = diff(
             previous,
             jobs,
@@ -205,4 +230,6 @@ class Poller:
             for event in job_events(outcome.changes, self._names):
                 self._events.emit(event)
         self._metrics.poll_succeeded(pid, now)
-        return PollOutcome(pid, ok=True, changes=tuple(outcome.changes))
+        return PollOutcome(
+            pid, ok=True, changes=tuple(outcome.changes), active=outcome.snapshot.has_active
+        )

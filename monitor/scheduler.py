@@ -190,9 +190,7 @@ class PollScheduler:
             self.plan.abandoned(target.promotion_id)
             return outcome
         self._observe(outcome)
-        snapshot = self._store.get(target.promotion_id)
-        active = snapshot is not None and snapshot.has_active
-        self.plan.finished(target.promotion_id, self._monotonic(), active=active)
+        self.plan.finished(target.promotion_id, self._monotonic(), active=outcome.active)
         # Fill the freed slot now rather than at the next tick.
         asyncio.get_running_loop().call_soon(self.dispatch)
         return outcome
@@ -315,7 +313,7 @@ class Upkeep:
     async def discover(self) -> None:
         """One discovery run; a failure keeps the last known list."""
         try:
-            found = await self._discovery.discover(self._clock(), self._active)
+            found = await self._discovery.discover(self._clock(), self._store.active)
         except ApiError as exc:
             self._metrics.discovery_errors.labels(exc.reason).inc()
             self._events.emit(DiscoveryFailed(reason=exc.reason, detail=str(exc)))
@@ -342,10 +340,6 @@ class Upkeep:
         )
         self._scheduler.dispatch()
         await self.look_up_names()
-
-    def _active(self, promotion_id: str) -> bool:
-        snapshot = self._store.get(promotion_id)
-        return snapshot is not None and snapshot.has_active
 
     async def look_up_names(self) -> None:
         plan = self._scheduler.plan

@@ -450,6 +450,11 @@ class SnapshotStore:
     def get(self, promotion_id: str) -> PromotionSnapshot | None:
         return self._snapshots.get(promotion_id)
 
+    def active(self, promotion_id: str) -> bool:
+        """Whether the promotion has a pending, processing or cancelling job, as last known."""
+        snapshot = self._snapshots.get(promotion_id)
+        return snapshot is not None and snapshot.has_active
+
     def put(self, snapshot: PromotionSnapshot) -> None:
         self._snapshots[snapshot.promotion_id] = snapshot
         self._changed[snapshot.promotion_id] = None

@@ -59,12 +59,7 @@ class Watching:
         `authoritative`: the list is the whole truth, so saved state of promotions not in it
         goes too (not so at start with discovery on, before the first discovery has said).
         """
-
-        def active(pid: str) -> bool:
-            snapshot = self._store.get(pid)
-            return snapshot is not None and snapshot.has_active
-
-        added, removed = self._plan.reconcile(targets, self._monotonic(), active=active)
+        added, removed = self._plan.reconcile(targets, self._monotonic(), active=self._store.active)
         for pid in added:
             self._metrics.watch(pid)
         for pid in removed:

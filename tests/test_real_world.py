@@ -131,3 +131,27 @@ async def test_a_failure_an_offset_ignoring_store_never_lists_still_pages(
         await daemon.polled(pid, 3)
         assert len(daemon.named("job_failed")) == 1
         assert daemon.named("job_vanished") == []
+
+
+async def test_the_failed_jobs_alone_keep_the_configured_filter(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    # A promotion watched for its code_generate jobs only: the failed jobs read past an
+    # offset-ignoring store's one page are its failed code_generate jobs, not its failed exports.
+    sim.page_cap = 25
+    sim.ignore_offset = True
+    pid = sim.add_promotion()
+    history(sim, pid, 60, failed=2)
+    export = sim.add_job(pid, status="processing", job_type="code_export")
+    generate = sim.add_job(pid, status="processing", job_type="code_generate")
+    watched = [{"id": pid, "filter": "eq(job_type,code_generate)"}]
+    async with running_daemon(write_config(tmp_path, sim, watched)) as daemon:
+        await daemon.wait_for("baseline_loaded")
+        sim.set_job_status(pid, export, "failed", error="export failed: storage unavailable")
+        sim.set_job_status(pid, generate, "failed", error="codes limit exceeded")
+        failed = await daemon.wait_for("job_failed")
+        assert failed["job_id"] == generate
+        await daemon.polled(pid, 3)
+        assert [e["job_id"] for e in daemon.named("job_failed")] == [generate]
+        filters = {r.query.get("filter") for r in sim.requests if r.path.endswith("/jobs")}
+        assert "eq(job_type,code_generate):eq(status,failed)" in filters

@@ -9,7 +9,7 @@ from monitor.client.api import ElasticPathClient, FetchResult
 from monitor.client.endpoints import JOBS_ENDPOINT, JobsTarget
 from monitor.client.errors import REASONS, ApiError, Reason, parse_retry_after
 from monitor.client.memory import PageMemory
-from monitor.client.pager import MAX_OFFSET, Incomplete, Listing
+from monitor.client.pager import MAX_OFFSET, UNREACHABLE, Incomplete, Listing
 from monitor.client.tokens import ClientCredentials, StaticTokenFile, TokenSource
 from monitor.client.transport import MAX_BODY_BYTES, ClientEvents, NoEvents
 
@@ -18,6 +18,7 @@ __all__ = [
     "MAX_BODY_BYTES",
     "MAX_OFFSET",
     "REASONS",
+    "UNREACHABLE",
     "ApiError",
     "ClientCredentials",
     "ClientEvents",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Final, TypeVar
+from typing import TypeVar
 
 from yarl import URL
 
@@ -15,7 +15,6 @@ from monitor.client.endpoints import JOBS_ENDPOINT, LIST_ENDPOINT, ONE_ENDPOINT,
 from monitor.client.errors import ApiError, Redactions, decode_json
 from monitor.client.memory import BodyKey, PageMemory, SeenPage, body_key
 from monitor.client.pager import (
-    UNREACHABLE,
     Listing,
     Page,
     id_hashes,
@@ -36,9 +35,6 @@ from monitor.settings import ApiSettings
 
 T = TypeVar("T")
 
-# The one job filter the descriptions document for both kinds (eq on status or job_type).
-FAILED_ONLY: Final = "eq(status,failed)"
-
 
 @dataclass(slots=True)
 class FetchResult:
@@ -57,6 +53,17 @@ class FetchResult:
     def complete(self) -> bool:
         """Every job the API holds was seen, so a job missing from `jobs` is really gone."""
         return self.listing.incomplete is None
+
+    def add(self, other: FetchResult, known: Mapping[str, Job] | None) -> None:
+        """Take in the jobs of another listing of the same promotion (e.g. its failed jobs alone)
+        that this one did not show; the listing stays as incomplete as it was."""
+        listed = {job.id for job in self.jobs}
+        news = [job for job in other.jobs if job.id not in listed]
+        self.jobs.extend(news)
+        self.skipped.extend(other.skipped)
+        # A job the caller already holds comes back as the very same object when unchanged.
+        held = known or {}
+        self.unchanged = self.unchanged and all(held.get(job.id) is job for job in news)
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,39 +199,7 @@ class ElasticPathClient:
             result.skipped.extend(page.skipped)
         result.unchanged = result.unchanged and len(seen) == len(before)
         result.pages = seen
-        if result.listing.incomplete in UNREACHABLE:
-            failed = await self._failed_jobs(target, known, keep)
-            listed = {job.id for job in result.jobs}
-            news = [job for job in failed if job.id not in listed]
-            result.jobs.extend(news)
-            # (a job the poller already holds comes back as the very same object when unchanged)
-            held = known or {}
-            result.unchanged = result.unchanged and all(held.get(j.id) is j for j in news)
         return result
-
-    async def _failed_jobs(
-        self,
-        target: JobsTarget,
-        known: Mapping[str, Job] | None,
-        keep: Callable[[Job], bool] | None,
-    ) -> list[Job]:
-        """The promotion's failed jobs alone, through the documented status filter: when the
-        listing cannot be paged past some point, a failure beyond it must still be seen."""
-        wanted = target.params.get("filter")
-        query = {**target.params, "filter": f"{wanted}:{FAILED_ONLY}" if wanted else FAILED_ONLY}
-        found: list[Job] = []
-
-        async def page_at(offset: int) -> Page:
-            document = await self._get_json(
-                target.url, target.endpoint, {**query, "page[offset]": str(offset)}
-            )
-            data, total = list_page(document, target.endpoint)
-            parsed = parse_jobs(data, known).jobs
-            found.extend(parsed if keep is None else filter(keep, parsed))
-            return Page(id_hashes(data), total)
-
-        await read_pages(page_at, int(query["page[limit]"]))
-        return list({job.id: job for job in found}.values())
 
     async def list_promotions(
         self, kind: PromotionKind

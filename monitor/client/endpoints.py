@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 from yarl import URL
@@ -50,3 +50,9 @@ class JobsTarget:
             params["filter"] = job_filter
         url = URL(base_url) / "v2" / segment / promotion_id / "jobs"
         return cls(promotion_id, kind, url, endpoint, params)
+
+    def narrowed(self, job_filter: str) -> JobsTarget:
+        """The same jobs list, filtered by `job_filter` too (conditions joined by ":" all hold)."""
+        wanted = self.params.get("filter")
+        combined = f"{wanted}:{job_filter}" if wanted else job_filter
+        return replace(self, params={**self.params, "filter": combined})

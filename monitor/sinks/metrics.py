@@ -24,9 +24,9 @@ from monitor.models import (
     JOB_TYPES,
     Change,
     ChangeKind,
+    PromotionKind,
     PromotionSnapshot,
 )
-from monitor.names import PromotionNames
 from monitor.sinks.exposition import (
     Entry,
     Exposition,
@@ -37,6 +37,9 @@ from monitor.sinks.exposition import (
     sample_line,
 )
 from monitor.summary import JobSummary, Summaries
+
+# (promotion id, kind, name) of every promotion whose name is known (monitor.names.PromotionNames).
+Names = Iterable[tuple[str, PromotionKind, str]]
 
 MAX_ERROR_KINDS: Final = 50
 OTHER: Final = "other"
@@ -124,7 +127,7 @@ def failed_rows(pid: str, summary: JobSummary) -> Rows:
 class NamesCollector(Collector):
     """`epcc_promotion_info`: one series per named promotion, for joins in alerts and views."""
 
-    def __init__(self, names: PromotionNames) -> None:
+    def __init__(self, names: Names) -> None:
         self._names = names
 
     def collect(self) -> Iterator[Metric]:
@@ -230,7 +233,7 @@ class SnapshotFamilies:
 class NameFamily:
     """`epcc_promotion_info` as cached chunks, rendered again when a name or kind changes."""
 
-    def __init__(self, names: PromotionNames) -> None:
+    def __init__(self, names: Names) -> None:
         self._names = names
         self._family = Family(*INFO, "gauge")
         self._rendered: dict[str, tuple[str, str]] = {}
@@ -272,7 +275,7 @@ class MonitorMetrics:
         snapshots: Callable[[], Iterable[PromotionSnapshot]],
         clock: Callable[[], float],
         stuck_after: float,
-        names: PromotionNames | None = None,
+        names: Names = (),
         visible: Callable[[], bool] = lambda: True,
     ) -> None:
         self.registry = registry
@@ -457,7 +460,6 @@ class MonitorMetrics:
             self.jobs_skipped,
         )
         self._series = reported + polled
-        names = names or PromotionNames()
         source = SnapshotSource(snapshots, clock, stuck_after)
         promotions.register(SnapshotCollector(source))
         promotions.register(NamesCollector(names))
