@@ -77,7 +77,6 @@ class Monitor:
     store: SnapshotStore
     metrics: MonitorMetrics
     client: ElasticPathClient
-    watching: Watching
     names: PromotionNames
     poller: Poller
     discovery: Discovery
@@ -90,7 +89,7 @@ class Monitor:
     # Only with coordination.mode: lease (monitor.coordination).
     leases: KubernetesLeases | None = None
     elector: LeaderElector | None = None
-    _election: asyncio.Task[None] | None = None
+    _campaign: asyncio.Task[None] | None = None  # the elector running (startup to shutdown)
 
     # lifecycle
 
@@ -103,15 +102,15 @@ class Monitor:
             port = await self.web.start(self.settings.server.host, self.settings.server.port)
         self.upkeep.start(port)
         if self.elector is not None:
-            self._election = asyncio.create_task(self.elector.run(), name="leader election")
+            self._campaign = asyncio.create_task(self.elector.run(), name="leader election")
         self.health.started = True
 
     async def shutdown(self, grace: float = SHUTDOWN_GRACE_SECONDS) -> None:
         self.health.stopping = True
         if self.elector is not None and self.leases is not None:
-            if self._election is not None:
-                self._election.cancel()
-                await asyncio.gather(self._election, return_exceptions=True)
+            if self._campaign is not None:
+                self._campaign.cancel()
+                await asyncio.gather(self._campaign, return_exceptions=True)
             # Hand over first, so a rollout costs seconds, not a lease duration; polls in flight
             # are abandoned (the fence closed), so they get no grace.
             with contextlib.suppress(TimeoutError):
@@ -238,14 +237,30 @@ class Monitor:
             stale_after=max(5 * settings.poll.interval_seconds, 300.0),
             version=__version__,
         )
-        monitor = cls(
+        web = None
+        if serve_http:
+            board = StatusBoard(
+                snapshots=lambda: iter(store),
+                watched=lambda: {t.promotion_id: t.kind.value for t in scheduler.targets},
+                activity=activity,
+                facts=_facts(health, client, activity, discovery, clock),
+                clock=clock,
+                stuck_after=settings.poll.stuck_after_seconds,
+                names=names.get,
+            )
+            web = _web(settings, registry, health, metrics, board)
+        leases, elector = None, None
+        if fence is not None:
+            leases, elector = _election(upkeep, fence, coordination)
+        else:
+            metrics.leader.set(1)
+        return cls(
             settings,
             registry,
             events,
             store,
             metrics,
             client,
-            watching,
             names,
             poller,
             discovery,
@@ -254,59 +269,51 @@ class Monitor:
             health,
             activity,
             clock,
+            web,
+            leases,
+            elector,
         )
-        if serve_http:
-            monitor.web = _web(monitor)
-        if fence is not None:
-            monitor.leases, monitor.elector = _election(monitor, fence, coordination)
-        else:
-            metrics.leader.set(1)
-        return monitor
 
 
-def _web(monitor: Monitor) -> WebServer:
-    """/metrics, the probes, and the status page over the monitor's live state."""
-    settings, client, activity, clock = (
-        monitor.settings,
-        monitor.client,
-        monitor.activity,
-        monitor.clock,
-    )
+def _facts(
+    health: Health,
+    client: ElasticPathClient,
+    activity: RecentActivity,
+    discovery: Discovery,
+    clock: Callable[[], float],
+) -> Callable[[], MonitorFacts]:
+    """What the status page says of the monitor itself, read when the page is asked for."""
 
     def facts() -> MonitorFacts:
         return MonitorFacts(
             version=__version__,
             started_at=activity.started_at,
-            ready=monitor.health.started and not monitor.health.stopping,
+            ready=health.started and not health.stopping,
             requests_budget=client.budget.max_rate,
             requests_rate_in_force=client.budget.rate,
             requests_per_second=activity.requests_per_second(clock()),
-            shard_index=monitor.discovery.shard_index,
-            shard_count=monitor.discovery.shard_count,
+            shard_index=discovery.shard_index,
+            shard_count=discovery.shard_count,
         )
 
-    board = StatusBoard(
-        snapshots=lambda: iter(monitor.store),
-        watched=lambda: {t.promotion_id: t.kind.value for t in monitor.targets},
-        activity=activity,
-        facts=facts,
-        clock=clock,
-        stuck_after=settings.poll.stuck_after_seconds,
-        names=monitor.names.get,
-    )
+    return facts
+
+
+def _web(
+    settings: Settings,
+    registry: CollectorRegistry,
+    health: Health,
+    metrics: MonitorMetrics,
+    board: StatusBoard,
+) -> WebServer:
+    """/metrics, the probes, and the status page over the monitor's live state."""
     security = load_web_security(settings.server)
-    app = build_app(
-        monitor.registry,
-        monitor.health,
-        security,
-        status=board.view,
-        exposition=monitor.metrics.exposition,
-    )
+    app = build_app(registry, health, security, status=board.view, exposition=metrics.exposition)
     return WebServer(app, security.ssl_context)
 
 
 def _election(
-    monitor: Monitor,
+    upkeep: Upkeep,
     fence: Fence,
     coordination: CoordinationSettings,
 ) -> tuple[KubernetesLeases, LeaderElector]:
@@ -330,6 +337,6 @@ def _election(
             coordination.retry_period_seconds,
         ),
         fence,
-        monitor.upkeep,
+        upkeep,
     )
     return leases, elector

@@ -51,13 +51,6 @@ class EventSink(Protocol):
     def emit(self, event: Event) -> None: ...
 
 
-class Discard:
-    """An EventSink for parts built without one (scripts, unit tests of other concerns)."""
-
-    def emit(self, event: Event) -> None:
-        return None
-
-
 class Recorder:
     """An EventSink that keeps what it is given (for code that reads events back, e.g. tests)."""
 

@@ -41,9 +41,6 @@ class PromotionNames:
     def forget(self, promotion_id: str) -> None:
         self._names.pop(promotion_id, None)
 
-    def __contains__(self, promotion_id: object) -> bool:
-        return promotion_id in self._names
-
     def __iter__(self) -> Iterator[tuple[str, PromotionKind, str]]:
         return iter([(pid, kind, name) for pid, (kind, name) in self._names.items()])
 

@@ -278,7 +278,6 @@ class MonitorMetrics:
         names: Names = (),
         visible: Callable[[], bool] = lambda: True,
     ) -> None:
-        self.registry = registry
         self.error_kinds = ErrorKinds()
         self._clock = clock
         # Promotion and job series live in a registry of their own, served only while `visible`:
