@@ -29,6 +29,16 @@ def history(sim: Simulator, pid: str, count: int, failed: int) -> list[str]:
     return ids
 
 
+def offset_ignoring_store(sim: Simulator) -> str:
+    """A store that serves pages of 25 and ignores page[offset], and a promotion whose 60 old
+    jobs (two failed) fill the one page it serves; returns the promotion's id."""
+    sim.page_cap = 25
+    sim.ignore_offset = True
+    pid = sim.add_promotion()
+    history(sim, pid, 60, failed=2)
+    return pid
+
+
 async def test_an_unordered_store_causes_no_phantom_vanish_and_no_false_failure(
     sim: Simulator, tmp_path: Path
 ) -> None:
@@ -92,10 +102,7 @@ async def test_a_failure_on_the_third_page_of_a_short_page_store_is_reported(
 async def test_a_store_that_ignores_the_offset_is_not_read_forever(
     sim: Simulator, tmp_path: Path
 ) -> None:
-    sim.page_cap = 25
-    sim.ignore_offset = True
-    pid = sim.add_promotion()
-    history(sim, pid, 60, failed=2)
+    pid = offset_ignoring_store(sim)
     async with running_daemon(write_config(tmp_path, sim, [{"id": pid}])) as daemon:
         await daemon.wait_for("baseline_loaded")
         await daemon.polled(pid, 4)
@@ -118,10 +125,7 @@ async def test_a_failure_an_offset_ignoring_store_never_lists_still_pages(
 ) -> None:
     # 60 old jobs fill the one page such a store serves; the newest job is never on it. When it
     # fails, the failed jobs alone (the documented status filter) show it: reported once.
-    sim.page_cap = 25
-    sim.ignore_offset = True
-    pid = sim.add_promotion()
-    history(sim, pid, 60, failed=2)
+    pid = offset_ignoring_store(sim)
     newest = sim.add_job(pid, status="processing")
     async with running_daemon(write_config(tmp_path, sim, [{"id": pid}])) as daemon:
         await daemon.wait_for("baseline_loaded")
@@ -138,10 +142,7 @@ async def test_the_failed_jobs_alone_keep_the_configured_filter(
 ) -> None:
     # A promotion watched for its code_generate jobs only: the failed jobs read past an
     # offset-ignoring store's one page are its failed code_generate jobs, not its failed exports.
-    sim.page_cap = 25
-    sim.ignore_offset = True
-    pid = sim.add_promotion()
-    history(sim, pid, 60, failed=2)
+    pid = offset_ignoring_store(sim)
     export = sim.add_job(pid, status="processing", job_type="code_export")
     generate = sim.add_job(pid, status="processing", job_type="code_generate")
     watched = [{"id": pid, "filter": "eq(job_type,code_generate)"}]
