@@ -35,6 +35,7 @@ class PollRecord:
     reason: str | None = None
     last_success: float | None = None
     failing_since: float | None = None  # the first failed poll since the last success
+    incomplete: str | None = None  # why a poll that worked could not read the whole listing
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +126,9 @@ class RecentActivity:
         last = self._polls.get(pid)
         last_success = last.last_success if last is not None else None
         if outcome.ok:
-            self._polls[pid] = PollRecord(now, ok=True, last_success=now)
+            self._polls[pid] = PollRecord(
+                now, ok=True, last_success=now, incomplete=outcome.incomplete
+            )
         else:
             failing_since = last.failing_since if last is not None and not last.ok else None
             self._polls[pid] = PollRecord(

@@ -63,6 +63,8 @@ class PollOutcome:
     # Whether the promotion has a pending, processing or cancelling job now (as last known after
     # a failed poll): the plan polls it at the active interval.
     active: bool = False
+    # Why the listing could not be read whole (monitor.client.Incomplete), for a poll that worked.
+    incomplete: str | None = None
 
     @property
     def abandoned(self) -> bool:
@@ -207,7 +209,9 @@ class Poller:
             # Same bytes as last time, nothing active that could turn stuck, nothing expiring:
             # the diff could only say "no change".
             self._metrics.poll_succeeded(pid, now)
-            return PollOutcome(pid, ok=True, active=was_active)
+            return PollOutcome(
+                pid, ok=True, active=was_active, incomplete=result.listing.incomplete
+            )
         outcome: Diff = diff(
             previous,
             jobs,
@@ -231,5 +235,9 @@ class Poller:
                 self._events.emit(event)
         self._metrics.poll_succeeded(pid, now)
         return PollOutcome(
-            pid, ok=True, changes=tuple(outcome.changes), active=outcome.snapshot.has_active
+            pid,
+            ok=True,
+            changes=tuple(outcome.changes),
+            active=outcome.snapshot.has_active,
+            incomplete=result.listing.incomplete,
         )

@@ -98,6 +98,7 @@ class PromotionRow:
     poll_reason: str | None = None
     failing_since: float | None = None
     last_success: float | None = None
+    incomplete: str | None = None  # the last poll read part of the listing, and why
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +196,7 @@ def _row(
         record.reason if record else None,
         record.failing_since if record else None,
         record.last_success if record else None,
+        record.incomplete if record else None,
     )
 
 
@@ -381,6 +383,7 @@ def to_json(view: StatusView) -> dict[str, Any]:
                     "reason": row.poll_reason,
                     "failing_since": iso(row.failing_since),
                     "last_success": iso(row.last_success),
+                    "incomplete": row.incomplete,
                 },
                 "jobs": row.jobs,
                 "stuck": row.stuck,

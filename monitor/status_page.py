@@ -74,6 +74,16 @@ def job_chips(jobs: dict[str, int]) -> list[tuple[str, int]]:
     return [(status, jobs[status]) for status in sorted(jobs, key=order)]
 
 
+# What a partial listing means to the person reading the page (reasons: monitor.client.Incomplete).
+INCOMPLETE_NOTES: Final = {
+    "offset_ignored": "jobs read in part: the store ignores page[offset] (failures are read "
+    "through the status filter)",
+    "offset_limit": "jobs read in part: more than the API pages through (failures are read "
+    "through the status filter)",
+    "short": "jobs read in part this time: the store lists them in no stable order",
+}
+
+
 def status_class(status: str) -> str:
     return f"s-{status}" if status in _STATUS_CLASSES else "s-other"
 
@@ -105,6 +115,7 @@ def render_page(view: StatusView, query: StatusQuery) -> str:
         iso=iso,
         job_chips=job_chips,
         status_class=status_class,
+        incomplete_notes=INCOMPLETE_NOTES,
         qs=qs,
         link=link,
     )

@@ -254,7 +254,27 @@ def test_poll_errors_say_why_since_when_and_what_to_check() -> None:
         "reason": "auth",
         "failing_since": "2026-01-02T03:00:45.000Z",  # the first failure, not the latest
         "last_success": "2026-01-02T02:59:05.000Z",
+        "incomplete": None,
     }
+
+
+def test_a_listing_read_in_part_is_said_on_the_page_and_in_the_document() -> None:
+    # PromoMonitorListingIncomplete sends the reader here: the row must say why.
+    activity = RecentActivity(FakeClock(NOW))
+    activity.polled(PollOutcome(P_OK, ok=True, incomplete="offset_ignored"))
+    activity.polled(PollOutcome(P_FAILED, ok=True))
+    view = view_of([snap(P_OK), snap(P_FAILED)], activity)
+
+    rows = {row["id"]: row for row in to_json(view)["promotions"]}
+    assert rows[P_OK]["last_poll"]["incomplete"] == "offset_ignored"
+    assert rows[P_FAILED]["last_poll"]["incomplete"] is None
+    page = render_page(view, StatusQuery())
+    assert page.count("the store ignores page[offset]") == 1
+
+    activity.polled(PollOutcome(P_OK, ok=True))  # read whole again
+    assert (
+        to_json(view_of([snap(P_OK)], activity))["promotions"][0]["last_poll"]["incomplete"] is None
+    )
 
 
 def test_json_document_has_the_monitor_health_and_a_page_of_promotions() -> None:
@@ -296,6 +316,7 @@ def test_json_document_has_the_monitor_health_and_a_page_of_promotions() -> None
                 "reason": None,
                 "failing_since": None,
                 "last_success": "2026-01-02T03:04:05.000Z",
+                "incomplete": None,
             },
             "jobs": {"completed": 1, "failed": 1},
             "stuck": 0,
