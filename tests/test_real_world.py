@@ -7,6 +7,7 @@ Each test runs `promo-monitor run` as a subprocess against the simulator in one 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -118,6 +119,10 @@ async def test_a_store_that_ignores_the_offset_is_not_read_forever(
         assert warning["reason"] == "offset_ignored"
         assert daemon.named("job_vanished") == []
         assert daemon.named("job_failed") == []
+        status, body = await daemon.get("/status.json")
+        assert status == 200
+        (row,) = json.loads(body)["promotions"]
+        assert row["last_poll"]["incomplete"] == "offset_ignored"
 
 
 async def test_a_failure_an_offset_ignoring_store_never_lists_still_pages(
