@@ -72,6 +72,10 @@ def paged(
     def link(at: int) -> str:
         return f"{base}?page[offset]={at}&page[limit]={limit}{extra}"
 
+    # Promotions Builder's PaginationMeta also names how the total was counted.
+    builder = request.path.startswith("/v2/rule-promotions")
+    results: dict[str, Any] = {"total": total, **({"total_method": "exact"} if builder else {})}
+
     return {
         "data": page,
         "links": {
@@ -88,7 +92,7 @@ def paged(
                 "current": offset // limit + 1,
                 "total": pages,
             },
-            "results": {"total": total},
+            "results": results,
         },
     }
 

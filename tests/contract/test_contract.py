@@ -337,6 +337,18 @@ async def test_generate_result_spelling_is_a_documented_variant(store: Store) ->
     assert cancelled["generate_result"]["deleted"] == cancelled["generate_result"]["generated"]
 
 
+async def test_builder_lists_say_how_their_total_was_counted(store: Store) -> None:
+    # PB PaginationMeta: results.total_method beside results.total; PS's meta has no such key.
+    rule = store.sim.add_promotion("rule_promotion")
+    standard = store.sim.add_promotion("promotion")
+    await store.authorise()
+    _, builder_page = await store.get(f"/v2/rule-promotions/{rule}/jobs")
+    _, standard_page = await store.get(f"/v2/promotions/{standard}/jobs")
+    assert violations("ruleJobPage", builder_page) == []
+    assert builder_page["meta"]["results"] == {"total": 0, "total_method": "exact"}
+    assert standard_page["meta"]["results"] == {"total": 0}
+
+
 async def test_bare_rule_promotion_list_is_a_documented_variant(store: Store) -> None:
     store.sim.rule_list_shape = "bare"
     first = store.sim.add_promotion("rule_promotion")
