@@ -290,6 +290,17 @@ def _journal_version(head: Any, epoch: str) -> int | None:
     return version if type(version) is int and version in READABLE_JOURNALS else None
 
 
+def journal_version(data: bytes) -> int | None:
+    """The version its head record names, or None for a journal without a readable head."""
+    head, _, _ = data.partition(b"\n")
+    try:
+        record = _payload(head)
+    except (ValueError, RecursionError):
+        return None
+    version = record.get("journal") if isinstance(record, dict) else None
+    return version if type(version) is int else None
+
+
 def replay(data: bytes, epoch: str, snapshots: dict[str, PromotionSnapshot]) -> tuple[int, bool]:
     """Apply a journal's writes to `snapshots`, in order, up to the first torn one.
 
@@ -441,6 +452,9 @@ class SnapshotStore:
                 # what was announced, and would announce it again. A fresh baseline instead.
                 return Discarded(self.journal, f"unreadable: {exc.strerror}")
             self._journal_bytes, whole = replay(journal, epoch, snapshots)
+            # Appends must be in the journal's own format: one written by an earlier release
+            # (version 1: no commit records) is folded into a new snapshot at the next write.
+            whole = whole and journal_version(journal) == JOURNAL_VERSION
         # A journal with a torn tail cannot take appends (replay would stop before them): the
         # next write rewrites the snapshot and starts a new journal.
         self._epoch = epoch if whole else None
@@ -533,35 +547,53 @@ class SnapshotStore:
 
     async def save(self, saved_at: float, *, compact: bool = False) -> Saved:
         """persist(), answering instead of raising: whether every change is durable, and whether
-        that ends a run of failed writes (the scheduler retries every 30 s while `write_failed`).
-        """
-        failed_before = self.write_failed
+        this call's write ended a run of failed writes (the scheduler retries every 30 s while
+        `write_failed`)."""
         try:
-            await self.persist(saved_at, compact=compact)
+            recovered = await self.persist(saved_at, compact=compact)
         except OSError as exc:
             return Saved(self.path, ok=False, error=exc.strerror or str(exc))
-        return Saved(self.path, ok=True, recovered=failed_before)
+        return Saved(self.path, ok=True, recovered=recovered)
 
-    async def persist(self, saved_at: float, *, compact: bool = False) -> None:
-        """Make every change made so far durable; concurrent callers share one write.
+    async def persist(self, saved_at: float, *, compact: bool = False) -> bool:
+        """Make every change made so far durable; concurrent callers share one write. Returns
+        True when this call's write is the first to work after failed ones.
 
         `compact` (at a clean shutdown) leaves the whole state in the snapshot file.
         """
         wanted = self._generation
         async with self._lock:
             if self._written >= wanted and not (compact and self._epoch is not None):
-                return
+                return False
             generation = self._generation
             # Snapshots are immutable, so a shallow copy is a consistent view to encode off-loop.
             view = dict(self._snapshots)
             changed, self._changed = self._changed, {}
-            try:
-                await asyncio.to_thread(self._write, view, changed, saved_at, compact)
-            except OSError:
+            write = asyncio.ensure_future(
+                asyncio.to_thread(self._write, view, changed, saved_at, compact)
+            )
+            cancelled, recovered = False, False
+            while not write.done():
+                try:
+                    await asyncio.shield(write)
+                except asyncio.CancelledError:
+                    # The thread writes on whatever happens to this caller (a poll abandoned
+                    # at shutdown or on a lost lease): the lock stays held and the outcome is
+                    # settled before anyone else writes, or files and bookkeeping would part.
+                    cancelled = True
+                except Exception:  # noqa: S110 - the write's own error, read from `write` below
+                    pass
+            error = write.exception()
+            if error is not None:
                 # What reached the journal is unknown: the retry rewrites the whole snapshot.
                 self._epoch = None
                 self._changed = changed | self._changed
                 self.write_failed = True
-                raise
-            self.write_failed = False
-            self._written = generation
+            else:
+                recovered, self.write_failed = self.write_failed, False
+                self._written = generation
+        if cancelled:
+            raise asyncio.CancelledError
+        if error is not None:
+            raise error
+        return recovered

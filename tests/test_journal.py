@@ -146,19 +146,41 @@ async def test_a_write_torn_between_its_records_is_not_applied_at_all(tmp_path: 
     }
 
 
-async def test_a_journal_written_before_commit_records_still_replays(tmp_path: Path) -> None:
-    # Version 1 journals (before this release) apply each record alone.
-    path = tmp_path / "snapshot.json"
-    store = await journal_store(path, FILLER)
-    store.put(snapshot("a", job("j1", "failed", "boom")))
-    await store.persist(SAVED_AT)
+def as_version_1(path: Path) -> None:
+    """Rewrite the journal as the release before commit records and deltas wrote it."""
     journal = state.journal_path(path)
     head, *records = journal.read_bytes().splitlines(keepends=True)
     epoch = json.loads(head.partition(b" ")[2])["epoch"]
     old_head = state._record(json.dumps({"journal": 1, "epoch": epoch}).encode())
     journal.write_bytes(old_head + b"".join(r for r in records if b'"c"' not in r))
 
+
+async def test_a_journal_written_before_commit_records_still_replays(tmp_path: Path) -> None:
+    # Version 1 journals (before this release) apply each record alone.
+    path = tmp_path / "snapshot.json"
+    store = await journal_store(path, FILLER)
+    store.put(snapshot("a", job("j1", "failed", "boom")))
+    await store.persist(SAVED_AT)
+    as_version_1(path)
+
     assert on_disk(path) == {**FILLER, "a": snapshot("a", job("j1", "failed", "boom"))}
+
+
+async def test_writes_after_an_upgrade_never_go_into_the_old_journal(tmp_path: Path) -> None:
+    # The release before this one left a version 1 journal. Appending commit records and deltas
+    # to it would make it unreadable past the first of them: after a crash, every write but
+    # the first would be lost (and their failures announced again). The first write folds it.
+    path = tmp_path / "snapshot.json"
+    await journal_store(path, FILLER)
+    as_version_1(path)
+    upgraded = SnapshotStore(path, journal_above=0)
+    assert upgraded.load() is None
+    for n in range(3):
+        upgraded.put(snapshot(f"p{n}", job(f"j{n}", "failed", "boom")))
+        await upgraded.persist(SAVED_AT + n)
+
+    assert state.journal_version(state.journal_path(path).read_bytes()) == state.JOURNAL_VERSION
+    assert on_disk(path) == {snap.promotion_id: snap for snap in upgraded}
 
 
 async def journaled(path: Path) -> SnapshotStore:

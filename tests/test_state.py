@@ -246,6 +246,63 @@ async def test_a_change_made_during_a_write_stays_dirty_until_written(
     assert on_disk(path) == {"p-failed": SNAPSHOTS["p-failed"], "p-none": SNAPSHOTS["p-none"]}
 
 
+async def test_a_write_whose_caller_is_cancelled_is_settled_before_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A poll cancelled mid-save (shutdown, a lost lease): the write goes on in its thread. It
+    # must hold the store until it ends, and a failure must still be known, or the next write
+    # would run beside it and the files would no longer be what the store thinks they are.
+    path = tmp_path / "snapshot.json"
+    store = SnapshotStore(path)
+    started, release = threading.Event(), threading.Event()
+    real = state.write_atomic
+
+    def failing_write(target: Path, data: bytes) -> None:
+        started.set()
+        release.wait(10)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(state, "write_atomic", failing_write)
+    store.put(SNAPSHOTS["p-failed"])
+    poll = asyncio.create_task(store.persist(SAVED_AT))
+    assert await asyncio.to_thread(started.wait, 10)
+    poll.cancel()
+    await asyncio.sleep(0.05)
+    assert not poll.done()  # still settling the write it started
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await poll
+
+    assert store.write_failed
+    assert store.dirty
+    monkeypatch.setattr(state, "write_atomic", real)
+    saved = await store.save(SAVED_AT + 1)
+    assert (saved.ok, saved.recovered) == (True, True)
+    assert on_disk(path) == {"p-failed": SNAPSHOTS["p-failed"]}
+
+
+async def test_a_recovery_is_reported_by_one_save_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two polls sharing the write that works again: one state_write_recovered, not two.
+    path = tmp_path / "snapshot.json"
+    store = SnapshotStore(path)
+    real = state.write_atomic
+
+    def failing_write(target: Path, data: bytes) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(state, "write_atomic", failing_write)
+    store.put(SNAPSHOTS["p-failed"])
+    assert not (await store.save(SAVED_AT)).ok
+    monkeypatch.setattr(state, "write_atomic", real)
+    store.put(SNAPSHOTS["p-none"])
+    first, second = await asyncio.gather(store.save(SAVED_AT), store.save(SAVED_AT))
+
+    assert (first.ok, second.ok) == (True, True)
+    assert [first.recovered, second.recovered].count(True) == 1
+
+
 async def test_persist_without_changes_writes_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
