@@ -93,6 +93,11 @@ class PollScheduler:
     def targets(self) -> list[JobsTarget]:
         return self.plan.targets
 
+    @property
+    def running(self) -> bool:
+        """Started and not stopped: the loop dispatches polls."""
+        return self._scheduler.running and not self._stopping
+
     def start(self) -> None:
         self.heartbeat = self._monotonic()
         self._scheduler.add_job(
@@ -338,7 +343,8 @@ class Upkeep:
                 removed=len(applied.removed),
             )
         )
-        self._scheduler.dispatch()
+        if self._scheduler.running:  # (`once` polls every promotion itself, once)
+            self._scheduler.dispatch()
         await self.look_up_names()
 
     async def look_up_names(self) -> None:

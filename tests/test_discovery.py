@@ -5,14 +5,23 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections import Counter
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
+from monitor.app import Monitor
 from monitor.discovery import shard_of, wanted
-from monitor.settings import DiscoverySettings, ShardingSettings, shard_index_from_env
+from monitor.events import BaselineLoaded, Recorder
+from monitor.settings import (
+    DiscoverySettings,
+    ShardingSettings,
+    parse_settings,
+    shard_index_from_env,
+)
 from monitor.simulator import Fault, Simulator
 from tests.support import Daemon, long_ago, run_cli, running_daemon, series, value, write_config
 
@@ -121,6 +130,38 @@ async def test_a_promotion_that_ends_is_watched_until_its_jobs_have_finished(
         assert failed["promotion_id"] == ending
         removed = await daemon.wait_for("promotion_removed")
         assert removed["promotion_id"] == ending
+
+
+async def test_once_with_discovery_polls_each_promotion_once(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    # `once` polls every promotion itself: discovery must not start polls of its own beside it
+    # (each promotion was polled twice and every event logged twice).
+    pids = [sim.add_promotion(name=f"sale {n}") for n in range(3)]
+    for pid in pids:
+        sim.add_job(pid, status="failed", error="codes limit exceeded")
+    settings = parse_settings(
+        {
+            "api": {
+                "base_url": sim.base_url,
+                "client_id": sim.client_id,
+                "client_secret": sim.client_secret,
+            },
+            "discovery": discovery(),
+            "state": {"path": str(tmp_path / "state.json")},
+        }
+    )
+    events = Recorder()
+    monitor = Monitor.build(settings, registry=CollectorRegistry(), serve_http=False, events=events)
+
+    outcomes = await monitor.run_once()
+    await asyncio.sleep(0.3)  # (a poll started beside `once` would land by now)
+
+    assert sorted(o.promotion_id for o in outcomes) == sorted(pids)
+    jobs_requests = Counter(r.path for r in sim.requests if r.path.endswith("/jobs"))
+    assert sorted(jobs_requests.values()) == [1, 1, 1]
+    baselines = [e for e in events.events if isinstance(e, BaselineLoaded)]
+    assert sorted(e.promotion_id for e in baselines) == sorted(pids)
 
 
 async def test_explicit_entries_win_and_a_failing_discovery_keeps_the_last_list(
