@@ -155,7 +155,12 @@ class Poller:
         if result.listing.incomplete in UNREACHABLE:
             # The store cannot be paged past some point: its failed jobs alone (the documented
             # status filter) are few, and a failure past the pages read must still page.
-            failed = await self._client.fetch_jobs(target.narrowed(FAILED_ONLY), None, known, keep)
+            narrowed = target.narrowed(FAILED_ONLY)
+            try:
+                failed = await self._client.fetch_jobs(narrowed, None, known, keep)
+            except ApiError:
+                # (a store that refuses the filter still gave the listing: keep what it gave)
+                return result
             result.add(failed, known)
         return result
 

@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import random
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
+from monitor.app import Monitor
 from monitor.budget import RequestBudget
 from monitor.client import ElasticPathClient, FetchResult
+from monitor.events import PollFailed, Recorder
 from monitor.models import PromotionKind
-from monitor.settings import ApiSettings
+from monitor.settings import ApiSettings, parse_settings
 from tests.support import serving, store_app
 
 PID = "ad386702-e780-42c6-b190-0527ad768917"
@@ -145,20 +149,62 @@ async def test_an_exact_total_named_as_such_ends_paging(listing_of: Any) -> None
     assert app[OFFSETS] == [0, 25, 50]
 
 
-async def test_a_store_that_answers_the_whole_list_at_once_is_complete(listing_of: Any) -> None:
+@pytest.mark.parametrize("with_total", [True, False], ids=["with a total", "data alone"])
+async def test_a_store_that_answers_the_whole_list_at_once(
+    listing_of: Any, with_total: bool
+) -> None:
     # Promotions Builder's SDK description answers the jobs list with `data` alone: a server
-    # that does not page returns every job, more than asked, whatever the offset.
+    # that does not page returns every job, more than asked, whatever the offset. With a total
+    # that is the whole listing; without one it cannot be told from a server that serves pages
+    # of its own length and ignores the offset, so it concludes nothing (the failed jobs are
+    # then read on their own: see test_real_world).
     jobs = [api_job(n) for n in range(130)]
     jobs[120] = api_job(120, "failed")
+    meta = {"meta": {"results": {"total": 130}}} if with_total else {}
 
     async def everything(_: web.Request) -> web.Response:
-        return web.json_response({"data": jobs})
+        return web.json_response({"data": jobs, **meta})
 
     result = await listing_of(store_app(everything, route=JOBS))
 
-    assert len(result.jobs) == 130
+    assert len(result.jobs) == len({job.id for job in result.jobs}) == 130
     assert [job.status for job in result.jobs].count("failed") == 1
-    assert result.complete
+    assert result.listing.incomplete == (None if with_total else "offset_ignored")
+
+
+async def test_a_store_that_refuses_the_status_filter_still_gives_its_listing(
+    tmp_path: Path,
+) -> None:
+    # Past an offset-ignoring store's one page the monitor asks for the failed jobs alone; a
+    # store that answers that with a 400 must cost the extra look, not the poll.
+    jobs = [api_job(n) for n in range(130)]
+
+    async def refusing(request: web.Request) -> web.Response:
+        if "filter" in request.query:
+            refusal = {"errors": [{"status": 400, "title": "Bad Request"}]}
+            return web.json_response(refusal, status=400)
+        return web.json_response({"data": jobs[:25], "meta": {"results": {"total": 130}}})
+
+    async with serving(store_app(refusing, route=JOBS)) as base_url:
+        events = Recorder()
+        monitor = Monitor.build(
+            parse_settings(
+                {
+                    "api": {"base_url": base_url, "client_id": "id", "client_secret": "s"},
+                    "promotions": [{"id": PID}],
+                    "state": {"path": str(tmp_path / "state.json")},
+                }
+            ),
+            registry=CollectorRegistry(),
+            serve_http=False,
+            events=events,
+        )
+        (outcome,) = await monitor.run_once()
+
+    assert outcome.ok
+    assert outcome.incomplete == "offset_ignored"
+    assert [e for e in events.events if isinstance(e, PollFailed)] == []
+    assert monitor.store.get(PID) is not None  # the baseline was taken from the listing
 
 
 async def test_pages_that_overlap_make_an_incomplete_listing(listing_of: Any) -> None:

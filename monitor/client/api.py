@@ -59,8 +59,7 @@ class FetchResult:
         that this one did not show; the listing stays as incomplete as it was."""
         listed = {job.id for job in self.jobs}
         news = [job for job in other.jobs if job.id not in listed]
-        self.jobs.extend(news)
-        self.skipped.extend(other.skipped)
+        self.jobs.extend(news)  # (its skipped objects are this listing's too: not counted twice)
         # A job the caller already holds comes back as the very same object when unchanged.
         held = known or {}
         self.unchanged = self.unchanged and all(held.get(job.id) is job for job in news)
@@ -189,10 +188,9 @@ class ElasticPathClient:
             seen[offset] = page
             return Page(page.ids, page.total)
 
-        asked = int(target.params["page[limit]"])
-        result.listing = await read_pages(page_at, asked)
+        result.listing = await read_pages(page_at)
         pages = list(seen.values())
-        if len(pages) > 1 and pages[-1].ids == pages[-2].ids:
+        if result.listing.incomplete == "offset_ignored":
             pages.pop()  # the repeat of the page before it
         for page in pages:
             result.jobs.extend(page.jobs)
@@ -219,7 +217,7 @@ class ElasticPathClient:
             found.extend(item for item in items if item is not None)
             return Page(id_hashes(items), total)
 
-        listing = await read_pages(page_at, self.settings.page_limit)
+        listing = await read_pages(page_at)
         return found, listing
 
     async def get_promotion(self, kind: PromotionKind, promotion_id: str) -> Mapping[str, object]:

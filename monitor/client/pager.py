@@ -52,20 +52,17 @@ def id_hashes(items: Iterable[object]) -> array[int]:
     )
 
 
-async def read_pages(
-    page_at: Callable[[int], Awaitable[Page]], asked: int | None = None
-) -> Listing:
-    """Read pages by offset until every record is read; `page_at(offset)` reads one page of
-    `asked` records (page[limit]).
+async def read_pages(page_at: Callable[[int], Awaitable[Page]]) -> Listing:
+    """Read pages by offset until every record is read; `page_at(offset)` reads one page.
 
     The offset steps by the records the server returned, not by what was asked: neither jobs
     endpoint declares page parameters, and a store's page length is a store setting. Paging
     ends at meta.results.total or an empty page (without a total a short page proves
     nothing), at a page that repeats the one before (a server ignoring page[offset] would
     otherwise be read forever), or at the API's offset limit. links.next is ignored on
-    purpose: the real API fills it even on the last page. A repeated page that held more
-    records than were asked for was the whole list at once (a server that does not page): the
-    listing is complete.
+    purpose: the real API fills it even on the last page. A repeated page is never taken for
+    the whole list, even one longer than asked for: without a total to say so, a server that
+    serves pages of its own length and ignores the offset looks the same.
     """
     listing = Listing()
     distinct: set[int] = set()
@@ -82,10 +79,8 @@ async def read_pages(
         if not page.ids:
             break
         if page.ids == previous:
-            if asked is None or len(page.ids) <= asked:
-                listing.incomplete = "offset_ignored"
-                return listing
-            break
+            listing.incomplete = "offset_ignored"
+            return listing
         previous = page.ids
         distinct.update(page.ids)
         # Records without an id all hash alike; each still is one record.
