@@ -44,7 +44,7 @@ def wanted(promotion: Mapping[str, object], rules: DiscoverySettings, now: float
         return False
     if not rules.include_expired:
         end = promotion_end(promotion.get("end"))
-        if end is not None and end < now:
+        if end is not None and end + rules.expired_grace_seconds < now:
             return False
     if rules.name_pattern is not None:
         name = promotion.get("name")

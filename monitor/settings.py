@@ -206,6 +206,9 @@ class DiscoverySettings(_Section):
     # switched on: a job that fails then is the one a launch depends on.
     include_disabled: bool = True
     include_expired: bool = False
+    # A code job queued before a promotion's end can fail after it, and a monitor that starts
+    # then (a rollout) knows no running job to keep the promotion for: watch it a while longer.
+    expired_grace_seconds: Annotated[float, Field(ge=0)] = 86_400.0
     name_pattern: str | None = None
 
     @field_validator("name_pattern")

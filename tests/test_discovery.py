@@ -6,7 +6,7 @@ import asyncio
 import time
 import uuid
 from collections import Counter
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,11 @@ from tests.support import Daemon, long_ago, run_cli, running_daemon, series, val
 
 PAST = "2020-01-01T00:00:00.000Z"
 FUTURE = "2099-01-01T00:00:00.000Z"
+
+
+def ago(seconds: float) -> str:
+    """An `end` date-time this long before now."""
+    return datetime.fromtimestamp(time.time() - seconds, UTC).isoformat().replace("+00:00", "Z")
 
 
 @pytest.fixture
@@ -314,6 +319,11 @@ def test_shards_split_evenly() -> None:
         ({"enabled": False}, {"include_disabled": True}, True),
         ({"end": PAST}, {}, False),
         ({"end": PAST}, {"include_expired": True}, True),
+        # A day's grace after the end (a code job queued before it can fail after it).
+        ({"end": ago(3600)}, {}, True),
+        ({"end": ago(25 * 3600)}, {}, False),
+        ({"end": ago(3600)}, {"expired_grace_seconds": 0}, False),
+        ({"end": ago(3600)}, {"expired_grace_seconds": 7200}, True),
         ({"end": FUTURE}, {}, True),
         ({"end": None}, {}, True),
         ({"end": "not a date"}, {}, True),
@@ -347,4 +357,7 @@ def at(text: str) -> float:
 def test_a_bare_end_date_expires_only_when_the_day_has_ended_everywhere(
     end: str, now: str, expired: bool
 ) -> None:
-    assert wanted({"end": end}, DiscoverySettings(), now=at(now)) is not expired
+    # (without the grace after the end, which comes on top)
+    assert (
+        wanted({"end": end}, DiscoverySettings(expired_grace_seconds=0), now=at(now)) is not expired
+    )
