@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from monitor.codec import decode
 from monitor.models import PromotionSnapshot
 from monitor.simulator import Fault, Kind, RecordedRequest, Simulator
-from monitor.state import decode
 from tests.support import (
     Daemon,
     Sample,

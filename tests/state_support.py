@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from monitor import state
+from monitor import journal, state
 from monitor.models import Job, PromotionSnapshot
 from monitor.state import SnapshotStore
 
@@ -44,7 +44,7 @@ class CountingWrites:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls = 0
         self.appends = 0
-        real_write, real_append = state.write_atomic, state.append_durable
+        real_write, real_append = state.write_atomic, journal.append_durable
 
         def write(path: Path, data: bytes | list[bytes]) -> None:
             if path.name.endswith(".json"):  # (a compaction's new journal is part of its write)
@@ -57,7 +57,7 @@ class CountingWrites:
             real_append(path, records)
 
         monkeypatch.setattr(state, "write_atomic", write)
-        monkeypatch.setattr(state, "append_durable", append)
+        monkeypatch.setattr(state, "append_durable", append)  # (the name the store calls)
 
 
 def on_disk(path: Path) -> dict[str, PromotionSnapshot]:

@@ -14,16 +14,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from monitor import state
+from monitor.codec import decode
+from monitor.journal import JOURNAL_VERSION, framed, journal_path, journal_version
 from monitor.models import PromotionSnapshot
-from monitor.state import SnapshotStore, decode
+from monitor.state import SnapshotStore
 from tests.state_support import SAVED_AT, SNAPSHOTS, CountingWrites, job, on_disk, snapshot
 
 
 def journal_records(path: Path, *, commits: bool = False) -> list[dict[str, object]]:
     """The journal's records after its head, as JSON (checksums stripped; the commit record
     that ends each write left out unless asked for)."""
-    lines = state.journal_path(path).read_bytes().splitlines()
+    lines = journal_path(path).read_bytes().splitlines()
     records = [json.loads(line.partition(b" ")[2]) for line in lines[1:]]
     return [r for r in records if commits or r != {"c": 1}]
 
@@ -118,7 +119,7 @@ async def test_a_promotion_on_disk_journals_only_the_jobs_that_changed(tmp_path:
     assert isinstance(rows, list)
     assert [row[0] for row in rows] == ["j50", "new"]
     assert delta["r"] == ["j0"]
-    assert state.journal_path(path).stat().st_size < 1000
+    assert journal_path(path).stat().st_size < 1000
     assert on_disk(path) == {**FILLER, "big": changed}
 
 
@@ -135,7 +136,7 @@ async def test_a_write_torn_between_its_records_is_not_applied_at_all(tmp_path: 
         "b",
         "commit",
     ]
-    journal = state.journal_path(path)
+    journal = journal_path(path)
     data = journal.read_bytes()
     journal.write_bytes(data[: data.index(b"\n", data.index(b'"a"')) + 1])  # a's record, whole
 
@@ -148,10 +149,10 @@ async def test_a_write_torn_between_its_records_is_not_applied_at_all(tmp_path: 
 
 def as_version_1(path: Path) -> None:
     """Rewrite the journal as the release before commit records and deltas wrote it."""
-    journal = state.journal_path(path)
+    journal = journal_path(path)
     head, *records = journal.read_bytes().splitlines(keepends=True)
     epoch = json.loads(head.partition(b" ")[2])["epoch"]
-    old_head = state._record(json.dumps({"journal": 1, "epoch": epoch}).encode())
+    old_head = framed(json.dumps({"journal": 1, "epoch": epoch}).encode())
     journal.write_bytes(old_head + b"".join(r for r in records if b'"c"' not in r))
 
 
@@ -179,7 +180,7 @@ async def test_writes_after_an_upgrade_never_go_into_the_old_journal(tmp_path: P
         upgraded.put(snapshot(f"p{n}", job(f"j{n}", "failed", "boom")))
         await upgraded.persist(SAVED_AT + n)
 
-    assert state.journal_version(state.journal_path(path).read_bytes()) == state.JOURNAL_VERSION
+    assert journal_version(journal_path(path).read_bytes()) == JOURNAL_VERSION
     assert on_disk(path) == {snap.promotion_id: snap for snap in upgraded}
 
 
@@ -199,7 +200,7 @@ async def test_a_torn_journal_tail_is_ignored_and_the_next_write_repairs_it(
 ) -> None:
     path = tmp_path / "snapshot.json"
     await journaled(path)
-    journal = state.journal_path(path)
+    journal = journal_path(path)
     journal.write_bytes(journal.read_bytes()[:-cut])  # a crash in the middle of the last append
 
     again = SnapshotStore(path, journal_above=0)
@@ -226,7 +227,7 @@ async def test_a_torn_journal_tail_is_ignored_and_the_next_write_repairs_it(
 async def test_a_record_with_a_wrong_checksum_ends_the_replay(tmp_path: Path) -> None:
     path = tmp_path / "snapshot.json"
     await journaled(path)
-    journal = state.journal_path(path)
+    journal = journal_path(path)
     data = journal.read_bytes()
     flipped = data.rindex(b"boom")
     journal.write_bytes(data[:flipped] + b"BOOM" + data[flipped + 4 :])
@@ -243,7 +244,7 @@ async def test_a_journal_left_by_a_crash_between_compaction_renames_is_not_repla
 ) -> None:
     path = tmp_path / "snapshot.json"
     store = await journaled(path)
-    journal = state.journal_path(path)
+    journal = journal_path(path)
     old_journal = journal.read_bytes()  # b failed, per its last record
     store.put(snapshot("b", job("j2", "cancelled")))
     await store.persist(SAVED_AT, compact=True)
@@ -287,7 +288,7 @@ async def test_the_journal_is_compacted_once_it_outgrows_the_snapshot(
     for n in range(40):  # each append is about a tenth of the snapshot
         store.put(snapshot("p0", job("j0", f"status-{n}")))
         await store.persist(SAVED_AT)
-        assert state.journal_path(path).stat().st_size <= 2 * path.stat().st_size
+        assert journal_path(path).stat().st_size <= 2 * path.stat().st_size
 
     assert writes.calls - writes.appends in range(2, 8)  # a few rewrites among 40 writes
     assert path.stat().st_size > snapshot_size - 50
@@ -297,7 +298,7 @@ async def test_the_journal_is_compacted_once_it_outgrows_the_snapshot(
 async def test_a_failed_append_is_retried_as_a_whole_rewrite(tmp_path: Path) -> None:
     path = tmp_path / "snapshot.json"
     store = await journaled(path)
-    state.journal_path(path).unlink()  # appends only go to a journal a compaction created
+    journal_path(path).unlink()  # appends only go to a journal a compaction created
     store.put(snapshot("a", job("j1", "completed")))
 
     with pytest.raises(FileNotFoundError):
@@ -350,7 +351,7 @@ def test_what_loads_is_what_was_persisted_whatever_the_writes_and_tears(
                 await store.persist(SAVED_AT, compact=operation == "compact")
                 persisted.append({s.promotion_id: s for s in store})
                 assert on_disk(path) == persisted[-1]
-        journal = state.journal_path(path)
+        journal = journal_path(path)
         if journal.exists():
             data = journal.read_bytes()
             journal.write_bytes(data[: max(0, len(data) - cut)])
@@ -370,7 +371,7 @@ async def test_an_unreadable_journal_discards_the_state_rather_than_replaying_le
     store = await journal_store(path, SNAPSHOTS)
     store.put(snapshot("p-none", job("j3", "failed", "boom")))
     await store.persist(SAVED_AT + 1)
-    journal = state.journal_path(path)
+    journal = journal_path(path)
     journal.unlink()
     journal.mkdir()  # reading it now fails with something other than "not found"
 

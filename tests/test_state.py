@@ -13,8 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from monitor import state
+from monitor.codec import Fragments, decode, encode
 from monitor.models import Job, PromotionSnapshot
-from monitor.state import Discarded, SnapshotStore, decode, encode, write_atomic
+from monitor.state import Discarded, SnapshotStore, write_atomic
 from tests.state_support import SAVED_AT, SNAPSHOTS, CountingWrites, on_disk, snapshot
 
 # encoding
@@ -411,7 +412,7 @@ def test_retain_of_every_known_promotion_changes_nothing(tmp_path: Path) -> None
 def test_cached_encoding_is_identical_and_follows_changes() -> None:
     a = PromotionSnapshot("a", {"j1": Job("j1", "code_generate", "pending", None, 1.0, 2.0)})
     b = PromotionSnapshot("b", {"j2": Job("j2", "code_export", "failed", "boom", 1.0, None)})
-    cache: state.Fragments = {}
+    cache: Fragments = {}
     first = encode({"a": a, "b": b}, 5.0, cache)
     assert first == encode({"a": a, "b": b}, 5.0)
     assert set(cache) == {"a", "b"}

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from monitor.codec import FORMAT_VERSION, decode
 from monitor.simulator import Fault
-from monitor.state import FORMAT_VERSION, decode
 from tests.fault_support import Store, polled, read_state, up, watching
 from tests.support import until
 

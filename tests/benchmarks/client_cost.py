@@ -34,10 +34,10 @@ from yarl import URL
 
 from monitor.app import Monitor
 from monitor.client import JobsTarget
+from monitor.codec import encode
 from monitor.models import PromotionKind, PromotionSnapshot
 from monitor.settings import parse_settings
 from monitor.sinks.logs import configure_logging
-from monitor.state import encode
 from tests.benchmarks.common import (
     RESULTS,
     Result,

@@ -23,7 +23,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from monitor.state import SnapshotStore, encode
+from monitor.codec import encode
+from monitor.state import SnapshotStore
 from tests.benchmarks.common import (
     RESULTS,
     Result,
