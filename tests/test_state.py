@@ -217,25 +217,45 @@ async def test_polls_finishing_during_a_write_share_the_next_one(
     assert writes.calls in range(1, 50)  # at least one write, and fewer than one per put
 
 
+class HeldWrite:
+    """The store's next whole-file write, held mid-way until released; then it writes, or with
+    `fails` it raises as a full disk would."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, *, fails: bool = False) -> None:
+        self._started, self._release = threading.Event(), threading.Event()
+        self._monkeypatch = monkeypatch
+        real = state.write_atomic
+
+        def held(target: Path, data: bytes | list[bytes]) -> None:
+            self._started.set()
+            self._release.wait(10)
+            if fails:
+                raise OSError(28, "No space left on device")
+            real(target, data)
+
+        monkeypatch.setattr(state, "write_atomic", held)
+
+    async def started(self) -> None:
+        assert await asyncio.to_thread(self._started.wait, 10)
+
+    def release(self) -> None:
+        self._release.set()
+
+    def undo(self) -> None:
+        self._monkeypatch.undo()
+
+
 async def test_a_change_made_during_a_write_stays_dirty_until_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "snapshot.json"
     store = SnapshotStore(path)
-    started, release = threading.Event(), threading.Event()
-    real = state.write_atomic
-
-    def held_write(target: Path, data: bytes) -> None:
-        started.set()
-        release.wait(10)
-        real(target, data)
-
-    monkeypatch.setattr(state, "write_atomic", held_write)
+    held = HeldWrite(monkeypatch)
     store.put(SNAPSHOTS["p-failed"])
     first = asyncio.create_task(store.persist(SAVED_AT))
-    assert await asyncio.to_thread(started.wait, 10)
+    await held.started()
     store.put(SNAPSHOTS["p-none"])
-    release.set()
+    held.release()
     await first
 
     assert store.dirty
@@ -255,28 +275,20 @@ async def test_a_write_whose_caller_is_cancelled_is_settled_before_the_next(
     # would run beside it and the files would no longer be what the store thinks they are.
     path = tmp_path / "snapshot.json"
     store = SnapshotStore(path)
-    started, release = threading.Event(), threading.Event()
-    real = state.write_atomic
-
-    def failing_write(target: Path, data: bytes) -> None:
-        started.set()
-        release.wait(10)
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(state, "write_atomic", failing_write)
+    held = HeldWrite(monkeypatch, fails=True)
     store.put(SNAPSHOTS["p-failed"])
     poll = asyncio.create_task(store.persist(SAVED_AT))
-    assert await asyncio.to_thread(started.wait, 10)
+    await held.started()
     poll.cancel()
     await asyncio.sleep(0.05)
     assert not poll.done()  # still settling the write it started
-    release.set()
+    held.release()
     with pytest.raises(asyncio.CancelledError):
         await poll
 
     assert store.write_failed
     assert store.dirty
-    monkeypatch.setattr(state, "write_atomic", real)
+    held.undo()
     saved = await store.save(SAVED_AT + 1)
     assert (saved.ok, saved.recovered) == (True, True)
     assert on_disk(path) == {"p-failed": SNAPSHOTS["p-failed"]}
