@@ -44,6 +44,7 @@ DOWN = "PromoMonitorDown"
 ABSENT = "PromoMonitorAbsent"
 POLLING_FAILING = "PromoMonitorPollingFailing"
 SHORTFALL = "PromoMonitorCodesShortfall"
+LISTING = "PromoMonitorListingIncomplete"
 ERROR = "codes limit exceeded"
 OLD_ERROR = "Promotion code generation failed: database timeout after 30s"
 # Receivers of the shipped Alertmanager config, by severity, and the URL path of their webhook.
@@ -372,6 +373,36 @@ async def test_a_shortfall_is_delivered_naming_the_promotion(stack: Stack, store
         await stack.wait_evaluations(3)
         only_one(stack.webhook.alerts(SHORTFALL), f"{SHORTFALL} notifications")
         assert {r.name for r in stack.webhook.alerts()} == {SHORTFALL}
+
+
+async def test_a_store_that_cannot_be_paged_warns_and_its_failures_still_page(
+    stack: Stack, store: Store
+) -> None:
+    """The store starts to serve two jobs a page and to ignore page[offset]: the monitor can
+    no longer read the watched promotion's third job. A person hears that (a warning naming the
+    reason), and that job's failure still pages, read through the status filter."""
+    async with stack.diagnostics():
+        changed = time.monotonic()
+        store.sim.page_cap = 2
+        store.sim.ignore_offset = True
+        listing_for = stack.for_seconds[LISTING]
+        received = await stack.webhook.wait_for(
+            LISTING, promotion_id=store.watched, since=changed, timeout=listing_for + 30
+        )
+        print(
+            f"\nlisting read in part -> {LISTING} delivered: "
+            f"{received.delivery.at - changed:.1f} s (for: {listing_for:g}s)"
+        )
+        assert_delivered(
+            received, CHAT, alertname=LISTING, severity="warning", promotion_id=store.watched
+        )
+        assert "page[offset]" in received.annotations["description"]
+        assert "Watched" in received.annotations["summary"]
+
+        failed, failed_at, _ = await fail_watched_job(stack, store)
+        assert_paged_for_the_watched_job(failed, store)
+        print(f"failure past the pages read -> delivered: {failed.delivery.at - failed_at:.1f} s")
+        assert ERROR in failed.annotations["description"]
 
 
 async def test_failing_polls_of_one_promotion_alert_for_it_only(
