@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -205,6 +206,52 @@ async def test_a_store_that_refuses_the_status_filter_still_gives_its_listing(
     assert outcome.incomplete == "offset_ignored"
     assert [e for e in events.events if isinstance(e, PollFailed)] == []
     assert monitor.store.get(PID) is not None  # the baseline was taken from the listing
+
+
+async def test_a_failure_past_the_offset_limit_is_read_through_the_status_filter(
+    tmp_path: Path,
+) -> None:
+    # 10,200 jobs: the API pages no further than offset 10,000, so the newest are never listed.
+    # The failed jobs alone are: the one failure among them reaches the snapshot (and pages).
+    recent = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    jobs = [api_job(n) for n in range(10_200)]
+    failed = {**api_job(10_150, "failed"), "error": "codes limit exceeded"}
+    failed["meta"] = {"timestamps": {"created_at": recent, "updated_at": recent}}
+    jobs[10_150] = failed
+
+    async def large(request: web.Request) -> web.Response:
+        if request.query.get("filter") == "eq(status,failed)":
+            listed = [job for job in jobs if job["status"] == "failed"]
+        else:
+            listed = jobs
+        offset = int(request.query["page[offset]"])
+        page = listed[offset : offset + int(request.query["page[limit]"])]
+        return web.json_response({"data": page, "meta": {"results": {"total": len(listed)}}})
+
+    async with serving(store_app(large, route=JOBS)) as base_url:
+        monitor = Monitor.build(
+            parse_settings(
+                {
+                    "api": {
+                        "base_url": base_url,
+                        "client_id": "id",
+                        "client_secret": "s",
+                        "max_requests_per_second": 1000,  # (103 requests, without waiting)
+                    },
+                    "promotions": [{"id": PID}],
+                    "state": {"path": str(tmp_path / "state.json")},
+                }
+            ),
+            registry=CollectorRegistry(),
+            serve_http=False,
+            events=Recorder(),
+        )
+        (outcome,) = await monitor.run_once()
+
+    assert outcome.incomplete == "offset_limit"
+    snapshot = monitor.store.get(PID)
+    assert snapshot is not None
+    assert snapshot.jobs[failed["id"]].status == "failed"
 
 
 async def test_pages_that_overlap_make_an_incomplete_listing(listing_of: Any) -> None:
