@@ -126,6 +126,20 @@ def assert_paged_for_the_watched_job(received: Received, store: Store) -> None:
     )
 
 
+async def warned_in_chat(stack: Stack, alert: str, promotion: str, *, since: float) -> Received:
+    """The warning `alert` for `promotion`, delivered to chat within its `for:` and 30 s."""
+    waits = stack.for_seconds[alert]
+    received = await stack.webhook.wait_for(
+        alert, promotion_id=promotion, since=since, timeout=waits + 30
+    )
+    print(
+        f"\n{alert} delivered after {received.delivery.at - since:.1f} s "
+        f"(for: {waits:g}s; {settings_summary()})"
+    )
+    assert_delivered(received, CHAT, alertname=alert, severity="warning", promotion_id=promotion)
+    return received
+
+
 def only_one(found: list[Received], what: str) -> Received:
     assert len(found) == 1, f"{what}: expected one, got\n" + "\n".join(map(str, found))
     return found[0]
@@ -385,17 +399,7 @@ async def test_a_store_that_cannot_be_paged_warns_and_its_failures_still_page(
         changed = time.monotonic()
         store.sim.page_cap = 2
         store.sim.ignore_offset = True
-        listing_for = stack.for_seconds[LISTING]
-        received = await stack.webhook.wait_for(
-            LISTING, promotion_id=store.watched, since=changed, timeout=listing_for + 30
-        )
-        print(
-            f"\nlisting read in part -> {LISTING} delivered: "
-            f"{received.delivery.at - changed:.1f} s (for: {listing_for:g}s)"
-        )
-        assert_delivered(
-            received, CHAT, alertname=LISTING, severity="warning", promotion_id=store.watched
-        )
+        received = await warned_in_chat(stack, LISTING, store.watched, since=changed)
         assert "page[offset]" in received.annotations["description"]
         assert "Watched" in received.annotations["summary"]
 
@@ -411,17 +415,7 @@ async def test_failing_polls_of_one_promotion_alert_for_it_only(
     async with stack.diagnostics():
         injected, injected_wall = time.monotonic(), time.time()
         store.sim.inject(Fault("status", status=503, times=None, path_contains=store.flaky))
-        polling_for = stack.for_seconds[POLLING_FAILING]
-        received = await stack.webhook.wait_for(
-            POLLING_FAILING, promotion_id=store.flaky, since=injected, timeout=polling_for + 30
-        )
-        print(
-            f"\npolls failing -> {POLLING_FAILING} delivered: "
-            f"{received.delivery.at - injected:.1f} s (for: {polling_for:g}s; {settings_summary()})"
-        )
-        assert_delivered(
-            received, CHAT, alertname=POLLING_FAILING, severity="warning", promotion_id=store.flaky
-        )
+        received = await warned_in_chat(stack, POLLING_FAILING, store.flaky, since=injected)
         assert "by reason: http_5xx." in received.annotations["description"]
         up = await stack.api.query("epcc_monitor_up")
         assert {s["metric"]["promotion_id"]: s["value"][1] for s in up} == {
