@@ -115,25 +115,16 @@ def _journal_version(head: Any, epoch: str) -> int | None:
     return version if type(version) is int and version in READABLE_JOURNALS else None
 
 
-def journal_version(data: bytes) -> int | None:
-    """The version its head record names, or None for a journal without a readable head."""
-    head, _, _ = data.partition(b"\n")
-    try:
-        record = _payload(head)
-    except (ValueError, RecursionError):
-        return None
-    version = record.get("journal") if isinstance(record, dict) else None
-    return version if type(version) is int else None
-
-
 def replay(data: bytes, epoch: str, snapshots: dict[str, PromotionSnapshot]) -> tuple[int, bool]:
     """Apply a journal's writes to `snapshots`, in order, up to the first torn one.
 
-    Returns the bytes of the usable prefix and whether that is the whole journal. A journal
-    that continues another snapshot file (an older epoch: a crash between a compaction's two
-    renames) is not applied at all.
+    Returns the bytes of the usable prefix and whether later writes may append to it: only to
+    a whole journal, in this release's format (appends to a version 1 journal would end its
+    replay at their first commit record). A journal that continues another snapshot file (an
+    older epoch: a crash between a compaction's two renames) is not applied at all.
     """
     end = 0  # just past the last write applied
+    version: int | None = None
     grouped = True
     pending: dict[str, PromotionSnapshot | None] = {}  # the write being read, until its commit
 
@@ -167,7 +158,7 @@ def replay(data: bytes, epoch: str, snapshots: dict[str, PromotionSnapshot]) -> 
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             break
         position = newline + 1
-    return end, end > 0 and end == len(data)
+    return end, end > 0 and end == len(data) and version == JOURNAL_VERSION
 
 
 def _set(

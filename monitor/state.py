@@ -27,13 +27,11 @@ from typing import Final
 from monitor.codec import Fragments, cached_fragment, decode_with_epoch, encode_parts
 from monitor.journal import (
     COMMIT_RECORD,
-    JOURNAL_VERSION,
     append_durable,
     delta_record,
     drop_record,
     journal_head,
     journal_path,
-    journal_version,
     put_record,
     replay,
 )
@@ -135,10 +133,8 @@ class SnapshotStore:
                 # Changes were journaled that cannot be read: the snapshot alone is older than
                 # what was announced, and would announce it again. A fresh baseline instead.
                 return Discarded(self.journal, f"unreadable: {exc.strerror}")
+            # (a version 1 journal, from the release before, is folded at the next write)
             self._journal_bytes, whole = replay(journal, epoch, snapshots)
-            # Appends must be in the journal's own format: one written by an earlier release
-            # (version 1: no commit records) is folded into a new snapshot at the next write.
-            whole = whole and journal_version(journal) == JOURNAL_VERSION
         # A journal with a torn tail cannot take appends (replay would stop before them): the
         # next write rewrites the snapshot and starts a new journal.
         self._epoch = epoch if whole else None
