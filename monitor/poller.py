@@ -72,6 +72,18 @@ class PollOutcome:
         return self.reason == ABANDONED
 
 
+async def save(
+    store: SnapshotStore, events: EventSink, now: float, *, compact: bool = False
+) -> bool:
+    """Write the state; a failed write (and the first success after failed ones) is news.
+    The poller's writes and the scheduler's (retries, the last at shutdown) go through here."""
+    saved = await store.save(now, compact=compact)
+    written = state_written(saved)
+    if written is not None:
+        events.emit(written)
+    return saved.ok
+
+
 class Poller:
     """Polls promotions and turns what it sees into snapshot updates, metrics and events."""
 
@@ -232,9 +244,7 @@ class Poller:
         if outcome.changes:
             # Durable before announced: a crash now may lose these events, but a restart
             # never announces them twice.
-            written = state_written(await self._store.save(now))
-            if written is not None:
-                self._events.emit(written)
+            await save(self._store, self._events, now)
             self._metrics.record(outcome.changes)
             for event in job_events(outcome.changes, self._names):
                 self._events.emit(event)

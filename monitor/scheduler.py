@@ -37,11 +37,10 @@ from monitor.events import (
     PromotionRemoved,
     StateDiscarded,
     StatePruned,
-    state_written,
 )
 from monitor.names import NameLookups
 from monitor.planner import PollPlan
-from monitor.poller import Poller, PollOutcome
+from monitor.poller import Poller, PollOutcome, save
 from monitor.settings import Settings
 from monitor.sinks.metrics import MonitorMetrics
 from monitor.state import SnapshotStore
@@ -218,11 +217,7 @@ class PollScheduler:
 
     async def save(self, *, compact: bool = False) -> bool:
         """Write the state; a failed write (and the first success after one) is news."""
-        saved = await self._store.save(self.clock(), compact=compact)
-        written = state_written(saved)
-        if written is not None:
-            self._events.emit(written)
-        return saved.ok
+        return await save(self._store, self._events, self.clock(), compact=compact)
 
     async def stop(self, grace: float) -> None:
         """Stop scheduling; give in-flight polls `grace` seconds, then cancel them."""
