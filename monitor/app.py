@@ -28,7 +28,8 @@ from monitor.events import EventSink
 from monitor.models import PromotionSnapshot, utc_now
 from monitor.names import NameLookups, PromotionNames
 from monitor.planner import PollPlan
-from monitor.poller import HINTS, Poller, PollOutcome
+from monitor.poller import Poller, PollOutcome
+from monitor.report import HINTS, Reporter
 from monitor.scheduler import PollScheduler, Upkeep
 from monitor.settings import CoordinationSettings, Settings
 from monitor.sinks.logs import LogSink
@@ -96,7 +97,7 @@ class Monitor:
     async def startup(self) -> None:
         if self.leases is not None:
             await self.leases.open()
-        self.upkeep.load_state()
+        await self.upkeep.load_state()
         port = self.settings.server.port
         if self.web is not None:
             port = await self.web.start(self.settings.server.host, self.settings.server.port)
@@ -194,31 +195,37 @@ class Monitor:
             activity=activity,
             pages=pages,
         )
+        retention = settings.state.retention_days * 86_400
         poller = Poller(
             client,
-            store,
-            metrics,
-            events,
-            names=names.get,
+            store.get,
             pages=pages,
             clock=clock,
             stuck_after=settings.poll.stuck_after_seconds,
-            retention=settings.state.retention_days * 86_400,
+            retention=retention,
             lookback=settings.poll.baseline_lookback_seconds,
+        )
+        reporter = Reporter(
+            store,
+            metrics,
+            events,
+            plan=plan,
+            pages=pages,
+            names=names,
+            activity=activity,
+            clock=clock,
             may_report=may_poll,
         )
         scheduler = PollScheduler(
             poller,
+            reporter,
             plan,
             store,
             metrics,
-            events,
             concurrency=settings.poll.max_concurrent_polls,
             clock=clock,
-            observe=activity.polled,
+            retention=retention,
             may_poll=may_poll,
-            # A promotion removed while its poll was in flight is forgotten once it lands.
-            on_unwatched=watching.forget,
         )
         discovery = Discovery(client, settings)
         upkeep = Upkeep(

@@ -214,7 +214,7 @@ async def _demo(duration: float | None, port: int, promotions: int) -> int:
             "poll": {"interval_seconds": 5, "stuck_after_seconds": 60},
             "promotions": [{"id": p["id"], "kind": p["type"]} for p in simulator.promotions()],
             "server": {"host": "127.0.0.1", "port": port},
-            "state": {"path": str(Path(state_dir) / "snapshot.json")},
+            "state": {"path": str(Path(state_dir) / "monitor.db")},
             "log": {"level": "info", "format": "console"},
         }
         settings = parse_settings_document(document)

@@ -315,16 +315,17 @@ class Change:
     # DISCOVERED at a baseline: a job that failed within the lookback before the monitor first
     # saw the promotion (e.g. while a replaced pod was starting), reported rather than absorbed.
     during_baseline: bool = False
-    # DISCOVERED long after it last changed (a listing in no stable order hid it): history.
+    # History, not news: DISCOVERED long after it last changed (a listing in no stable order hid
+    # it), or a failure already on the ledger of reported failures (monitor.report).
     late: bool = False
 
     @property
     def is_failure(self) -> bool:
         """A job that became failed while we watched (not one that already was at baseline)."""
-        if self.job is None or self.job.status != FAILED:
+        if self.job is None or self.job.status != FAILED or self.late:
             return False
         if self.kind is ChangeKind.DISCOVERED:
-            return not self.late
+            return True
         return (
             self.kind is ChangeKind.STATUS_CHANGED
             and self.previous is not None
@@ -339,9 +340,9 @@ class Change:
     @property
     def reached_terminal(self) -> bool:
         """The job was seen arriving in a terminal status (for duration histograms)."""
-        if self.job is None or not self.job.is_terminal:
+        if self.job is None or not self.job.is_terminal or self.late:
             return False
-        return (self.kind is ChangeKind.DISCOVERED and not self.late) or (
+        return self.kind is ChangeKind.DISCOVERED or (
             self.kind is ChangeKind.STATUS_CHANGED
             and self.previous is not None
             and not self.previous.is_terminal

@@ -2,16 +2,15 @@
 retries of failed state writes); leadership changes arrive here too.
 
 APScheduler's interval job is the heartbeat; which promotion is polled when is the PollPlan's
-decision, so adaptive intervals and priorities stay in one pure, tested place. Events are
-emitted here and in the poller only: the parts below (state, watching, names, the elector)
-answer with values, and what is news is decided where the loop runs them.
+decision, so adaptive intervals and priorities stay in one pure, tested place. A poll's
+outcome goes to the one reporting step (monitor.report); the other events are emitted here: the
+parts below (state, watching, names, the elector) answer with values, and what is news is
+decided where the loop runs them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -40,7 +39,8 @@ from monitor.events import (
 )
 from monitor.names import NameLookups
 from monitor.planner import PollPlan
-from monitor.poller import Poller, PollOutcome, save
+from monitor.poller import Poller, PollOutcome
+from monitor.report import Reporter
 from monitor.settings import Settings
 from monitor.sinks.metrics import MonitorMetrics
 from monitor.state import SnapshotStore
@@ -55,30 +55,28 @@ class PollScheduler:
     def __init__(
         self,
         poller: Poller,
+        reporter: Reporter,
         plan: PollPlan,
         store: SnapshotStore,
         metrics: MonitorMetrics,
-        events: EventSink,
         *,
         concurrency: int,
         clock: Callable[[], float],
+        retention: float,
         monotonic: Callable[[], float] = time.monotonic,
-        observe: Callable[[PollOutcome], None] = lambda _: None,
         may_poll: Callable[[], bool] = lambda: True,
-        on_unwatched: Callable[[str], None] = lambda _: None,
     ) -> None:
         self.poller = poller
+        self.reporter = reporter
         # False while another replica holds the coordination lease (monitor.coordination).
         self._may_poll = may_poll
         self.plan = plan
         self._store = store
         self._metrics = metrics
-        self._events = events
         self._concurrency = concurrency
         self.clock = clock
+        self._retention = retention
         self._monotonic = monotonic
-        self._observe = observe  # sees every finished poll of a watched promotion (status page)
-        self.on_unwatched = on_unwatched
         self._scheduler = AsyncIOScheduler(timezone=UTC)
         self._inflight: set[asyncio.Task[PollOutcome]] = set()
         self._stopping = False
@@ -114,7 +112,7 @@ class PollScheduler:
             self._flush,
             IntervalTrigger(seconds=FLUSH_SECONDS, timezone=UTC),
             id="state_flush",
-            name="retry failed state writes",
+            name="retry failed state writes, prune the ledger",
             max_instances=1,
             coalesce=True,
         )
@@ -182,18 +180,14 @@ class PollScheduler:
     async def _poll(self, target: JobsTarget) -> PollOutcome:
         try:
             outcome = await self.poller.poll(target)
+            reported = await self.reporter.report(outcome)
         except asyncio.CancelledError:
             self.plan.abandoned(target.promotion_id)
             raise
-        if target.promotion_id not in self.plan:
-            # Removed while this poll was in flight: undo what the poll just recorded.
-            self.on_unwatched(target.promotion_id)
-            return outcome
-        if outcome.abandoned:
-            # No longer the poller: nothing was seen or recorded; due again once it leads.
+        if not reported:
+            # No longer the poller (or no longer watched): due again once it leads.
             self.plan.abandoned(target.promotion_id)
             return outcome
-        self._observe(outcome)
         self.plan.finished(target.promotion_id, self._monotonic(), active=outcome.active)
         # Fill the freed slot now rather than at the next tick.
         asyncio.get_running_loop().call_soon(self.dispatch)
@@ -205,19 +199,19 @@ class PollScheduler:
 
         async def one(target: JobsTarget) -> PollOutcome:
             async with limit:
-                return await self.poller.poll(target)
+                outcome = await self.poller.poll(target)
+                await self.reporter.report(outcome)
+                return outcome
 
         return list(await asyncio.gather(*(one(target) for target in self.plan.targets)))
 
     async def _flush(self) -> None:
+        # Reported failures are kept as long as the jobs they came from (the retention).
+        self._store.prune_ledger(self.clock() - self._retention)
         # Only after a failed write: between a poll's put and its own persist the store is
         # dirty as a matter of course, and that poll writes it itself.
         if self._store.write_failed:
-            await self.save()
-
-    async def save(self, *, compact: bool = False) -> bool:
-        """Write the state; a failed write (and the first success after one) is news."""
-        return await save(self._store, self._events, self.clock(), compact=compact)
+            await self.reporter.save()
 
     async def stop(self, grace: float) -> None:
         """Stop scheduling; give in-flight polls `grace` seconds, then cancel them."""
@@ -263,14 +257,12 @@ class Upkeep:
 
     # start and stop
 
-    def load_state(self) -> None:
-        """Read the saved state (a torn or foreign file is set aside) and watch the configured
-        promotions."""
+    async def load_state(self) -> None:
+        """Read the saved state (a torn or foreign file is set aside), watch the configured
+        promotions, and announce what a stopped process still owed."""
         discarded = self._store.load()
         if discarded is not None:
-            aside = discarded.path.with_name(discarded.path.name + ".discarded")
-            with contextlib.suppress(OSError):
-                os.replace(discarded.path, aside)
+            aside = discarded.set_aside()
             self._events.emit(
                 StateDiscarded(
                     path=str(discarded.path), reason=discarded.reason, kept_as=str(aside)
@@ -280,6 +272,7 @@ class Upkeep:
         # discovery says whether they are still watched; dropping it now would re-baseline
         # them and swallow whatever changed while the monitor was down.
         self._apply(self._discovery.explicit(), authoritative=not self._settings.discovery.enabled)
+        await self._scheduler.reporter.announce_owed()
 
     def start(self, port: int) -> None:
         """Start the loop; `port` is where /metrics ended up (for the monitor_started line)."""
@@ -292,12 +285,12 @@ class Upkeep:
     async def stop(self, grace: float) -> None:
         """Stop the loop (in-flight polls get `grace` seconds), then write the whole state."""
         await self._scheduler.stop(grace)
-        saved = await self._scheduler.save(compact=True)
+        saved = await self._scheduler.reporter.save(compact=True)
         self._events.emit(MonitorStopped(state_saved=saved))
 
     async def run_once(self) -> list[PollOutcome]:
         """One poll of every promotion, for `promo-monitor once`."""
-        self.load_state()
+        await self.load_state()
         await self.refresh()
         return await self._scheduler.run_cycle()
 

@@ -189,7 +189,7 @@ class ServerSettings(_Section):
 
 
 class StateSettings(_Section):
-    path: Path = Path("./state/snapshot.json")
+    path: Path = Path("./state/monitor.db")
     # Finished jobs older than this leave the snapshot (and /metrics), so memory stays bounded
     # however many jobs a promotion accumulates.
     retention_days: Annotated[float, Field(gt=0)] = 7.0

@@ -1,44 +1,63 @@
-"""The snapshot: what the monitor knows, in memory and on disk, so restarts neither repeat nor miss.
+"""What the monitor knows, in memory and in a SQLite database, so restarts neither repeat nor miss.
 
-On disk it is a snapshot file (`monitor.codec`) plus an append-only journal beside it
-(`snapshot.json.journal`, `monitor.journal`): a write appends the changes of the promotions it
-carries and fsyncs, so it costs the change, not the state; once the journal outgrows the
-snapshot, or at a clean shutdown, the snapshot is rewritten whole and the journal started afresh
-(compaction). Loading reads the snapshot and replays the journal up to its last whole write (a
-crash mid-append). Small states are rewritten whole every time: below `JOURNAL_ABOVE_BYTES` a
-rewrite costs what an append does and leaves one file.
+Three things are kept (open the file with `sqlite3` to see them):
+- `jobs` / `promotions`: the last snapshot of every watched promotion;
+- `owed`: the announcements a poll's changes owe, written in the same transaction as the
+  changes and deleted once emitted. Whatever is still owed at start is announced then, so a
+  crash between a write and its announcement repeats at worst, never loses;
+- `reported`: the ledger of failures already announced (job, promotion, when). It is the one
+  authority on "already reported": a job that vanishes and comes back, a re-watch or a fresh
+  baseline never announces a failure on it again.
 
-Writes are group-committed: polls that finish while a write is under way share the next write,
-so a thousand promotions changing in one cycle cost a handful of writes, not a thousand.
+A write is one transaction over what changed since the last (WAL; `synchronous=NORMAL`: a
+commit survives a killed process; a power cut may roll back the last commits, snapshot, owed
+and ledger together, which can only repeat an announcement). Writes are group-committed: polls
+that finish while a write is under way share the next one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
-import secrets
-import tempfile
-from collections.abc import Iterable, Iterator
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
-from monitor.codec import Fragments, cached_fragment, decode_with_epoch, encode_parts
-from monitor.journal import (
-    COMMIT_RECORD,
-    append_durable,
-    delta_record,
-    drop_record,
-    journal_head,
-    journal_path,
-    put_record,
-    replay,
+from monitor.models import Change, ChangeKind, Job, PromotionSnapshot
+
+# Bumped when the tables change; a database of another version is set aside, not guessed at.
+SCHEMA_VERSION: Final = 1
+# "EPpm": marks the file as this monitor's, so a foreign SQLite file is never written into.
+APPLICATION_ID: Final = 0x4550706D
+
+_SCHEMA: Final = """
+CREATE TABLE promotions (
+    id TEXT PRIMARY KEY, baseline_at REAL, stuck TEXT NOT NULL DEFAULT '[]'
+) WITHOUT ROWID;
+CREATE TABLE jobs (
+    promotion_id TEXT NOT NULL, id TEXT NOT NULL, job_type TEXT NOT NULL, status TEXT NOT NULL,
+    error TEXT, created_at REAL, updated_at REAL, name TEXT,
+    codes_requested INTEGER, codes_generated INTEGER, codes_deleted INTEGER,
+    PRIMARY KEY (promotion_id, id)
+) WITHOUT ROWID;
+CREATE TABLE owed (
+    ticket INTEGER PRIMARY KEY, promotion_id TEXT NOT NULL, changes TEXT NOT NULL
+);
+CREATE TABLE reported (
+    promotion_id TEXT NOT NULL, job_id TEXT NOT NULL, reported_at REAL NOT NULL,
+    PRIMARY KEY (promotion_id, job_id)
+) WITHOUT ROWID;
+"""
+
+_SELECT_JOBS: Final = (
+    "SELECT promotion_id, id, job_type, status, error, created_at, updated_at, name,"
+    " codes_requested, codes_generated, codes_deleted FROM jobs"
 )
-from monitor.models import PromotionSnapshot
-
-# Below this state size a whole rewrite costs about what an append does (one fsync either way).
-JOURNAL_ABOVE_BYTES: Final = 64 * 1024
+_PUT_JOB: Final = "INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,31 +67,13 @@ class Discarded:
     path: Path
     reason: str
 
-
-def write_atomic(path: Path, data: bytes | list[bytes]) -> None:
-    """Write via a temp file in the same directory, fsync, then rename over the old file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            if isinstance(data, bytes):
-                handle.write(data)
-            else:
-                handle.writelines(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    # The rename itself must reach the disk, or a power cut can bring back the old file.
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    def set_aside(self) -> Path:
+        """Keep the file (and SQLite's -wal and -shm beside it) as `.discarded`, for a look."""
+        aside = self.path.with_name(self.path.name + ".discarded")
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(OSError):
+                os.replace(f"{self.path}{suffix}", f"{aside}{suffix}")
+        return aside
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,61 +86,200 @@ class Saved:
     recovered: bool = False  # it worked after failed ones
 
 
-class SnapshotStore:
-    """The current snapshot of every watched promotion, and its durable copy."""
+@dataclass(frozen=True, slots=True)
+class Owed:
+    """Announcements a poll owes: written with its changes, deleted once emitted."""
 
-    def __init__(
-        self,
-        path: Path,
-        *,
-        journal_above: int = JOURNAL_ABOVE_BYTES,
-    ) -> None:
-        self.path = path
-        self.journal = journal_path(path)
-        self._journal_above = journal_above
+    ticket: int
+    promotion_id: str
+    changes: tuple[Change, ...]
+
+
+def _row(job: Job) -> tuple[Any, ...]:
+    return (
+        job.id,
+        job.job_type,
+        job.status,
+        job.error,
+        job.created_at,
+        job.updated_at,
+        job.name,
+        job.codes_requested,
+        job.codes_generated,
+        job.codes_deleted,
+    )
+
+
+def _job(row: Sequence[Any]) -> Job:
+    return Job(*row)
+
+
+def _encode_changes(changes: Iterable[Change]) -> str:
+    return json.dumps(
+        [
+            {
+                "kind": c.kind.value,
+                "job": _row(c.job) if c.job else None,
+                "previous": _row(c.previous) if c.previous else None,
+                "counts": dict(c.counts) if c.counts is not None else None,
+                "during_baseline": c.during_baseline,
+                "late": c.late,
+            }
+            for c in changes
+        ],
+        separators=(",", ":"),
+    )
+
+
+def _decode_changes(promotion_id: str, text: str) -> tuple[Change, ...]:
+    return tuple(
+        Change(
+            ChangeKind(c["kind"]),
+            promotion_id,
+            _job(c["job"]) if c["job"] else None,
+            _job(c["previous"]) if c["previous"] else None,
+            c["counts"],
+            c["during_baseline"],
+            c["late"],
+        )
+        for c in json.loads(text)
+    )
+
+
+def _prepare(db: sqlite3.Connection) -> None:
+    """Create the tables in a new file; refuse a file that is not this monitor's state."""
+    application_id = db.execute("PRAGMA application_id").fetchone()[0]
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if application_id == 0 and version == 0:
+        if db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+            raise ValueError("a SQLite database of something else")
+        db.executescript(
+            f"BEGIN; {_SCHEMA} PRAGMA application_id = {APPLICATION_ID};"
+            f" PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+        )
+    elif application_id != APPLICATION_ID:
+        raise ValueError("a SQLite database of something else")
+    elif version != SCHEMA_VERSION:
+        raise ValueError(f"state schema version {version} is not {SCHEMA_VERSION}")
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("PRAGMA synchronous = NORMAL")
+
+
+def legacy_snapshot(data: bytes) -> dict[str, PromotionSnapshot]:
+    """The promotions of a snapshot.json written before the SQLite state (formats 1 and 2).
+
+    Its journal is not read: a clean shutdown folded it into the file; after a crash the
+    snapshot alone is older, and an older state can only repeat an announcement, never lose one.
+    """
+    document = json.loads(data)
+    if not isinstance(document, dict) or document.get("version") not in (1, 2):
+        raise ValueError("not a promo-monitor snapshot (format 1 or 2)")
+    snapshots = {}
+    for pid, entry in document["promotions"].items():
+        jobs = {}
+        for row in entry["jobs"]:
+            job = _job(row if len(row) == 10 else [*row, None, None, None, None])
+            jobs[job.id] = job
+        stuck = frozenset(s for s in entry.get("stuck", []) if s in jobs)
+        snapshots[pid] = PromotionSnapshot(pid, jobs, stuck, entry.get("baseline_at"))
+    return snapshots
+
+
+class SnapshotStore:
+    """The current snapshot of every watched promotion, the announcements owed, the ledger of
+    reported failures, and their durable copy."""
+
+    def __init__(self, path: Path) -> None:
+        # A `state.path` naming a snapshot.json of an older release: the database goes beside
+        # it and the file is imported once.
+        self.legacy = path if path.suffix == ".json" else path.with_name("snapshot.json")
+        self.path = path.with_suffix(".db") if path.suffix == ".json" else path
+        self._db: sqlite3.Connection | None = None
         self._snapshots: dict[str, PromotionSnapshot] = {}
+        self._on_disk: dict[str, PromotionSnapshot] = {}  # what the database holds
+        self._owed: dict[int, Owed] = {}
+        self._next_ticket = 1
+        self._ledger: dict[tuple[str, str], float] = {}
         self._lock = asyncio.Lock()
-        self._generation = 0  # bumped by every change in memory
-        self._written = 0  # the generation the files on disk hold
-        self._changed: dict[str, None] = {}  # promotions put or dropped since the last write
-        # Only touched under _lock (in the writer thread): what is on disk.
-        self._fragments: Fragments = {}
-        self._epoch: str | None = None  # the journal appends may go to; None: rewrite whole
-        self._snapshot_bytes = 0
-        self._journal_bytes = 0
+        # Pending since the last write (touched only on the loop; the writer gets copies).
+        self._changed: dict[str, None] = {}
+        self._owed_added: dict[int, None] = {}
+        self._owed_done: dict[int, None] = {}
+        self._ledger_added: dict[tuple[str, str], None] = {}
+        self._ledger_horizon: float | None = None
         self.write_failed = False  # the last write raised; the scheduler's flush retries it
 
+    # loading
+
     def load(self) -> Discarded | None:
-        """Load the file and replay its journal; a torn or foreign file is set aside, never
-        fatal; a torn journal is applied up to the tear."""
+        """Open (or create) the database and read it; a foreign or broken file is set aside by
+        the caller, never fatal. An older release's snapshot.json is imported once."""
         try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            return Discarded(self.path, f"unreadable: {exc.strerror}")
-        try:
-            snapshots, epoch = decode_with_epoch(data)
-        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+            self._db = self._open()
+            self._read(self._db)
+        except (sqlite3.DatabaseError, OSError, ValueError, TypeError, KeyError) as exc:
+            self.close()
+            self._snapshots, self._owed, self._ledger = {}, {}, {}
             return Discarded(self.path, str(exc) or type(exc).__name__)
-        self._snapshot_bytes = len(data)
-        whole = False
-        if epoch is not None:
-            try:
-                journal = self.journal.read_bytes()
-            except FileNotFoundError:
-                journal = b""  # none yet: the snapshot holds everything
-            except OSError as exc:
-                # Changes were journaled that cannot be read: the snapshot alone is older than
-                # what was announced, and would announce it again. A fresh baseline instead.
-                return Discarded(self.journal, f"unreadable: {exc.strerror}")
-            # (a version 1 journal, from the release before, is folded at the next write)
-            self._journal_bytes, whole = replay(journal, epoch, snapshots)
-        # A journal with a torn tail cannot take appends (replay would stop before them): the
-        # next write rewrites the snapshot and starts a new journal.
-        self._epoch = epoch if whole else None
-        self._snapshots = snapshots
+        if not self._snapshots and self.legacy.is_file():
+            return self._import_legacy()
         return None
+
+    def _open(self) -> sqlite3.Connection:
+        if self.path.is_dir():
+            raise OSError(f"{self.path} is a directory")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # One writer thread at a time (under _lock), never two: the check is ours, not sqlite3's.
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        try:
+            _prepare(db)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _read(self, db: sqlite3.Connection) -> None:
+        jobs: dict[str, dict[str, Job]] = {}
+        for pid, *row in db.execute(_SELECT_JOBS):
+            job = _job(row)
+            jobs.setdefault(pid, {})[job.id] = job
+        for pid, baseline_at, stuck in db.execute("SELECT id, baseline_at, stuck FROM promotions"):
+            held = jobs.get(pid, {})
+            marked = frozenset(s for s in json.loads(stuck) if s in held)
+            self._snapshots[pid] = PromotionSnapshot(pid, held, marked, baseline_at)
+        self._on_disk = dict(self._snapshots)
+        for ticket, pid, changes in db.execute("SELECT ticket, promotion_id, changes FROM owed"):
+            self._owed[ticket] = Owed(ticket, pid, _decode_changes(pid, changes))
+            self._next_ticket = max(self._next_ticket, ticket + 1)
+        for pid, job_id, at in db.execute("SELECT promotion_id, job_id, reported_at FROM reported"):
+            self._ledger[(pid, job_id)] = at
+
+    def _import_legacy(self) -> Discarded | None:
+        """Write the old file's promotions into the database, then keep the file aside as
+        `.imported`, so it is read once."""
+        try:
+            snapshots = legacy_snapshot(self.legacy.read_bytes())
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            return Discarded(self.legacy, str(exc) or type(exc).__name__)
+        for snap in snapshots.values():
+            self.put(snap)
+        try:
+            self._write(self._take_batch())
+            os.replace(self.legacy, self.legacy.with_name(self.legacy.name + ".imported"))
+        except (OSError, sqlite3.Error):
+            # (not written: the snapshots stay pending for the first write, the file for the
+            # next start)
+            self._changed = dict.fromkeys(self._snapshots)
+            return None
+        self._on_disk.update(self._snapshots)
+        return None
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    # snapshots
 
     def get(self, promotion_id: str) -> PromotionSnapshot | None:
         return self._snapshots.get(promotion_id)
@@ -152,21 +292,16 @@ class SnapshotStore:
     def put(self, snapshot: PromotionSnapshot) -> None:
         self._snapshots[snapshot.promotion_id] = snapshot
         self._changed[snapshot.promotion_id] = None
-        self._generation += 1
 
     def drop(self, promotion_id: str) -> None:
         if self._snapshots.pop(promotion_id, None) is not None:
             self._changed[promotion_id] = None
-            self._generation += 1
 
     def retain(self, promotion_ids: set[str]) -> list[str]:
         """Forget promotions no longer watched; returns the ids dropped."""
         dropped = [pid for pid in self._snapshots if pid not in promotion_ids]
         for pid in dropped:
-            del self._snapshots[pid]
-            self._changed[pid] = None
-        if dropped:
-            self._generation += 1
+            self.drop(pid)
         return dropped
 
     def __iter__(self) -> Iterator[PromotionSnapshot]:
@@ -175,105 +310,225 @@ class SnapshotStore:
     def __len__(self) -> int:
         return len(self._snapshots)
 
+    # the outbox and the ledger
+
+    def owe(self, promotion_id: str, changes: Sequence[Change], at: float) -> Owed:
+        """Record that `changes` are owed an announcement, and put their failures on the ledger:
+        both reach the disk in the same write as the snapshot they came with."""
+        owed = Owed(self._next_ticket, promotion_id, tuple(changes))
+        self._next_ticket += 1
+        self._owed[owed.ticket] = owed
+        self._owed_added[owed.ticket] = None
+        for change in changes:
+            if change.is_failure and change.job is not None:
+                key = (promotion_id, change.job.id)
+                self._ledger[key] = at
+                self._ledger_added[key] = None
+        return owed
+
+    def announced(self, owed: Owed) -> None:
+        """The owed announcements went out: forget them, on disk at once when no write is under
+        way (a delete of one row, without fsync: tens of microseconds on the loop), else with
+        the next write. The shorter this gap, the rarer a kill in it repeats an announcement."""
+        if self._owed.pop(owed.ticket, None) is None:
+            return
+        if self._owed_added.pop(owed.ticket, 0) is None:
+            return  # (never written: nothing to delete)
+        if self._db is not None and not self._lock.locked():
+            try:
+                self._db.execute("DELETE FROM owed WHERE ticket = ?", (owed.ticket,))
+            except sqlite3.Error:
+                pass  # (the next write deletes it)
+            else:
+                return
+        self._owed_done[owed.ticket] = None
+
+    def owed(self) -> list[Owed]:
+        """What is still owed, oldest first (at start: what a stopped process did not announce)."""
+        return sorted(self._owed.values(), key=lambda owed: owed.ticket)
+
+    def reported(self, promotion_id: str, job_id: str) -> bool:
+        """Whether this job's failure was announced (or is owed) already."""
+        return (promotion_id, job_id) in self._ledger
+
+    def prune_ledger(self, horizon: float) -> None:
+        """Forget reported failures from before `horizon` (the retention period)."""
+        old = [key for key, at in self._ledger.items() if at < horizon]
+        for key in old:
+            del self._ledger[key]
+            self._ledger_added.pop(key, None)
+        if old:
+            self._ledger_horizon = horizon
+
+    # writing
+
     @property
     def dirty(self) -> bool:
-        return self._written < self._generation
+        return bool(
+            self._changed
+            or self._owed_added
+            or self._owed_done
+            or self._ledger_added
+            or self._ledger_horizon is not None
+        )
 
-    def _write(
-        self,
-        view: dict[str, PromotionSnapshot],
-        changed: Iterable[str],
-        saved_at: float,
-        compact: bool,
+    def _write(self, batch: _Batch) -> None:
+        if self._db is None:
+            self._db = self._open()
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for pid, snap in batch.snapshots.items():
+                self._write_promotion(db, pid, snap)
+            db.executemany(
+                "INSERT INTO owed (ticket, promotion_id, changes) VALUES (?, ?, ?)",
+                batch.owed,
+            )
+            db.executemany("DELETE FROM owed WHERE ticket = ?", ((t,) for t in batch.owed_done))
+            db.executemany(
+                "INSERT OR REPLACE INTO reported VALUES (?, ?, ?)",
+                batch.ledger,
+            )
+            if batch.ledger_horizon is not None:
+                db.execute("DELETE FROM reported WHERE reported_at < ?", (batch.ledger_horizon,))
+            db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise
+
+    def _write_promotion(
+        self, db: sqlite3.Connection, pid: str, snap: PromotionSnapshot | None
     ) -> None:
-        # One thread hop for encoding and writing; the fragments are reused, never copied.
-        small = self._snapshot_bytes + self._journal_bytes < self._journal_above
-        if compact or small or self._epoch is None or self._journal_bytes > self._snapshot_bytes:
-            self._rewrite(view, saved_at, journal=not small)
-            return
-        records = [self._journal_record(pid, view.get(pid)) for pid in changed]
-        records.append(COMMIT_RECORD)
-        append_durable(self.journal, records)
-        self._journal_bytes += sum(map(len, records))
-
-    def _journal_record(self, pid: str, snap: PromotionSnapshot | None) -> bytes:
-        """The record that brings the files' copy of `pid` to `snap` (None: dropped)."""
-        fragments = self._fragments
+        """Bring the database's copy of one promotion to `snap` (None: dropped), row by row."""
+        old = self._on_disk.get(pid)
         if snap is None:
-            fragments.pop(pid, None)
-            return drop_record(pid)
-        on_disk = fragments.get(pid)
-        if on_disk is None:  # (not written since the state was loaded, or new)
-            return put_record(pid, cached_fragment(fragments, snap))
-        fragments[pid] = (snap, None)
-        return delta_record(pid, on_disk[0], snap)
+            db.execute("DELETE FROM jobs WHERE promotion_id = ?", (pid,))
+            db.execute("DELETE FROM promotions WHERE id = ?", (pid,))
+            return
+        before = old.jobs if old is not None else {}
+        if old is None:
+            db.execute("DELETE FROM jobs WHERE promotion_id = ?", (pid,))
+        else:
+            gone = [(pid, job_id) for job_id in before.keys() - snap.jobs.keys()]
+            db.executemany("DELETE FROM jobs WHERE promotion_id = ? AND id = ?", gone)
+        db.executemany(
+            _PUT_JOB,
+            (
+                (pid, *_row(job))
+                for job_id, job in snap.jobs.items()
+                if (held := before.get(job_id)) is not job and held != job
+            ),
+        )
+        db.execute(
+            "INSERT OR REPLACE INTO promotions VALUES (?, ?, ?)",
+            (pid, snap.baseline_at, json.dumps(sorted(snap.stuck))),
+        )
 
-    def _rewrite(self, view: dict[str, PromotionSnapshot], saved_at: float, journal: bool) -> None:
-        """Compaction: the whole snapshot, then (for a large state) a new, empty journal."""
-        epoch = secrets.token_hex(8) if journal else None
-        parts = encode_parts(view, saved_at, self._fragments, epoch)
-        self._epoch = None  # until the new journal is in place
-        # A crash between these two renames leaves a journal of the old epoch: never replayed.
-        write_atomic(self.path, parts)
-        had_journal, self._journal_bytes = self._journal_bytes > 0, 0
-        self._snapshot_bytes = sum(map(len, parts))
-        if epoch is None and had_journal:
-            with contextlib.suppress(OSError):  # (stale, so never replayed: only tidiness)
-                os.unlink(self.journal)
-        if epoch is not None:
-            head = journal_head(epoch)
-            write_atomic(self.journal, head)
-            self._epoch, self._journal_bytes = epoch, len(head)
+    def _take_batch(self) -> _Batch:
+        """Everything pending, handed to the writer; restored by _restore if the write fails."""
+        batch = _Batch(
+            snapshots={pid: self._snapshots.get(pid) for pid in self._changed},
+            owed=[
+                (t, o.promotion_id, _encode_changes(o.changes))
+                for t in self._owed_added
+                if (o := self._owed.get(t)) is not None
+            ],
+            owed_tickets=list(self._owed_added),
+            owed_done=list(self._owed_done),
+            ledger=[(pid, job, self._ledger[(pid, job)]) for pid, job in self._ledger_added],
+            ledger_horizon=self._ledger_horizon,
+        )
+        self._changed, self._owed_added, self._owed_done, self._ledger_added = {}, {}, {}, {}
+        self._ledger_horizon = None
+        return batch
 
-    async def save(self, saved_at: float, *, compact: bool = False) -> Saved:
+    def _restore(self, batch: _Batch) -> None:
+        """A write that failed rolled back: what it carried is pending again."""
+        self._changed = dict.fromkeys(batch.snapshots) | self._changed
+        # (an announcement marked done meanwhile needs no row at all)
+        self._owed_added = {t: None for t in batch.owed_tickets if t in self._owed} | (
+            self._owed_added
+        )
+        self._owed_done = dict.fromkeys(batch.owed_done) | self._owed_done
+        still = [(pid, job) for pid, job, _ in batch.ledger if (pid, job) in self._ledger]
+        self._ledger_added = dict.fromkeys(still) | self._ledger_added
+        if batch.ledger_horizon is not None and self._ledger_horizon is None:
+            self._ledger_horizon = batch.ledger_horizon
+
+    async def save(self, *, compact: bool = False) -> Saved:
         """persist(), answering instead of raising: whether every change is durable, and whether
         this call's write ended a run of failed writes (the scheduler retries every 30 s while
         `write_failed`)."""
         try:
-            recovered = await self.persist(saved_at, compact=compact)
-        except OSError as exc:
-            return Saved(self.path, ok=False, error=exc.strerror or str(exc))
+            recovered = await self.persist(compact=compact)
+        except (OSError, sqlite3.Error) as exc:
+            return Saved(self.path, ok=False, error=getattr(exc, "strerror", None) or str(exc))
         return Saved(self.path, ok=True, recovered=recovered)
 
-    async def persist(self, saved_at: float, *, compact: bool = False) -> bool:
+    async def persist(self, *, compact: bool = False) -> bool:
         """Make every change made so far durable; concurrent callers share one write. Returns
         True when this call's write is the first to work after failed ones.
 
-        `compact` (at a clean shutdown) leaves the whole state in the snapshot file.
+        `compact` (at a clean shutdown) checkpoints the WAL into the database file.
         """
-        wanted = self._generation
         async with self._lock:
-            if self._written >= wanted and not (compact and self._epoch is not None):
+            if not self.dirty and not compact:
                 return False
-            generation = self._generation
-            # Snapshots are immutable, so a shallow copy is a consistent view to encode off-loop.
-            view = dict(self._snapshots)
-            changed, self._changed = self._changed, {}
-            write = asyncio.ensure_future(
-                asyncio.to_thread(self._write, view, changed, saved_at, compact)
-            )
-            cancelled, recovered = False, False
+            batch = self._take_batch()
+            write = asyncio.ensure_future(asyncio.to_thread(self._commit, batch, compact))
+            cancelled = False
             while not write.done():
                 try:
                     await asyncio.shield(write)
                 except asyncio.CancelledError:
-                    # The thread writes on whatever happens to this caller (a poll abandoned
-                    # at shutdown or on a lost lease): the lock stays held and the outcome is
-                    # settled before anyone else writes, or files and bookkeeping would part.
+                    # The thread writes on whatever happens to this caller (a poll abandoned at
+                    # shutdown or on a lost lease): the lock stays held and the outcome settled
+                    # before anyone else writes, or memory and disk would part.
                     cancelled = True
                 except Exception:  # noqa: S110 - the write's own error, read from `write` below
                     pass
             error = write.exception()
+            recovered = False
             if error is not None:
-                # What reached the journal is unknown: the retry rewrites the whole snapshot.
-                self._epoch = None
-                self._changed = changed | self._changed
+                self._restore(batch)
                 self.write_failed = True
             else:
                 recovered, self.write_failed = self.write_failed, False
-                self._written = generation
+                for pid, snap in batch.snapshots.items():
+                    if snap is None:
+                        self._on_disk.pop(pid, None)
+                    else:
+                        self._on_disk[pid] = snap
         if cancelled:
             raise asyncio.CancelledError
         if error is not None:
             raise error
         return recovered
+
+    def _commit(self, batch: _Batch, compact: bool) -> None:
+        if batch:
+            self._write(batch)
+        if compact and self._db is not None:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+@dataclass(slots=True)
+class _Batch:
+    """One write's worth of pending changes, as rows."""
+
+    snapshots: dict[str, PromotionSnapshot | None]
+    owed: list[tuple[int, str, str]]
+    owed_tickets: list[int]
+    owed_done: list[int]
+    ledger: list[tuple[str, str, float]]
+    ledger_horizon: float | None
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.snapshots
+            or self.owed
+            or self.owed_done
+            or self.ledger
+            or self.ledger_horizon is not None
+        )

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from monitor.codec import decode
 from monitor.models import PromotionSnapshot
 from monitor.simulator import Fault, Kind, RecordedRequest, Simulator
+from tests.state_support import on_disk
 from tests.support import (
     Daemon,
     Sample,
@@ -113,7 +113,7 @@ async def watching(
 
 
 def read_state(directory: Path) -> dict[str, PromotionSnapshot]:
-    return decode((directory / "state" / "snapshot.json").read_bytes())
+    return on_disk(directory / "state" / "monitor.db")
 
 
 def looked_up(sim: Simulator, pid: str) -> bool:

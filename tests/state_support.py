@@ -1,16 +1,11 @@
-"""What the state tests share: snapshots to store, counted writes, and what a fresh store loads."""
+"""What the state tests share: snapshots to store, and what a fresh store loads."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
-from monitor import journal, state
 from monitor.models import Job, PromotionSnapshot
 from monitor.state import SnapshotStore
-
-SAVED_AT = 1_733_270_626.0
 
 
 def snapshot(
@@ -37,33 +32,18 @@ SNAPSHOTS = {
 }
 
 
-class CountingWrites:
-    """Writes to disk (whole files and journal appends), counted: the I/O boundary is the one
-    thing these tests wrap."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.calls = 0
-        self.appends = 0
-        real_write, real_append = state.write_atomic, journal.append_durable
-
-        def write(path: Path, data: bytes | list[bytes]) -> None:
-            if path.name.endswith(".json"):  # (a compaction's new journal is part of its write)
-                self.calls += 1
-            real_write(path, data)
-
-        def append(path: Path, records: list[bytes]) -> None:
-            self.calls += 1
-            self.appends += 1
-            real_append(path, records)
-
-        monkeypatch.setattr(state, "write_atomic", write)
-        monkeypatch.setattr(state, "append_durable", append)  # (the name the store calls)
+def loaded(path: Path) -> SnapshotStore:
+    fresh = SnapshotStore(path)
+    assert fresh.load() is None
+    return fresh
 
 
 def on_disk(path: Path) -> dict[str, PromotionSnapshot]:
-    fresh = SnapshotStore(path)
-    assert fresh.load() is None
-    return {snap.promotion_id: snap for snap in fresh}
+    fresh = loaded(path)
+    try:
+        return {snap.promotion_id: snap for snap in fresh}
+    finally:
+        fresh.close()
 
 
 def job(job_id: str, status: str = "pending", error: str | None = None) -> Job:

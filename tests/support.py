@@ -84,7 +84,7 @@ def write_config(
         "poll": {"interval_seconds": 0.5, "stuck_after_seconds": 3600},
         "promotions": [dict(p) for p in promotions],
         "server": {"host": "127.0.0.1", "port": 0},
-        "state": {"path": str(directory / "state" / "snapshot.json")},
+        "state": {"path": str(directory / "state" / "monitor.db")},
         "log": {"level": "info", "format": "json"},
     }
     for name, values in sections.items():

@@ -142,7 +142,7 @@ async def test_once_prints_a_baseline_then_only_what_changed(store: Store, tmp_p
     assert baselines[store.sale]["by_status"] == {"completed": 3, "failed": 2, "processing": 1}
     assert baselines[store.builder]["jobs"] == 3
     assert baselines[store.builder]["by_status"] == {"pending": 1, "completed": 2}
-    assert (tmp_path / "state" / "snapshot.json").is_file()
+    assert (tmp_path / "state" / "monitor.db").is_file()
 
     error = "Promotion code generation failed: database timeout after 30s"
     store.sim.set_job_status(store.sale, store.processing, "failed", error=error)

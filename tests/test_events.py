@@ -223,11 +223,11 @@ def emitters() -> set[str]:
 
 
 def test_only_the_loop_emits_events() -> None:
-    # The poller reports what a poll found, the scheduler everything else the loop runs; the
-    # client's reports are rendered by their sink. State, watching, names and the elector answer
-    # with values instead, so a newcomer finds every emission in these three files.
+    # The reporting step reports what a poll found, the scheduler everything else the loop runs;
+    # the client's reports are rendered by their sink. The poller, state, watching, names and the
+    # elector answer with values instead, so a newcomer finds every emission in these three files.
     assert emitters() == {
-        "monitor/poller.py",
+        "monitor/report.py",
         "monitor/scheduler.py",
         "monitor/sinks/requests.py",
     }

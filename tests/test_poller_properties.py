@@ -67,8 +67,16 @@ class Harness:
         else:
             store.drop(PID)
         before = store.get(PID)
-        outcome = self.loop.run_until_complete(self.monitor.poller.poll(self.target))
-        return outcome, before
+        return self.again(), before
+
+    def again(self) -> PollOutcome:
+        """Poll once and report it, as the scheduler does."""
+        return self.loop.run_until_complete(self._poll())
+
+    async def _poll(self) -> PollOutcome:
+        outcome = await self.monitor.poller.poll(self.target)
+        assert await self.monitor.scheduler.reporter.report(outcome)
+        return outcome
 
 
 @pytest.fixture(scope="module")
@@ -96,11 +104,12 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
             "max_requests_per_second": 1000,
         },
         "promotions": [{"id": PID}],
-        "state": {"path": str(tmp_path_factory.mktemp("state") / "snapshot.json")},
+        "state": {"path": str(tmp_path_factory.mktemp("state") / "monitor.db")},
     }
     monitor = Monitor.build(
         parse_settings(document), registry=CollectorRegistry(), serve_http=False
     )
+    loop.run_until_complete(monitor.upkeep.load_state())
     harness = Harness(loop, monitor, monitor.client.target(PID, PromotionKind.PROMOTION))
     holder.append(harness)
     try:
@@ -242,7 +251,7 @@ def test_polling_the_same_answer_twice_changes_nothing_the_second_time(
 ) -> None:
     first, _ = harness.poll(body, known=True)
     snapshot = harness.monitor.store.get(PID)
-    second = harness.loop.run_until_complete(harness.monitor.poller.poll(harness.target))
+    second = harness.again()
 
     assert second.ok == first.ok
     assert second.changes == ()

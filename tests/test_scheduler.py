@@ -20,12 +20,12 @@ async def test_a_monitor_with_nothing_to_poll_still_shows_a_live_loop(tmp_path: 
             "api": {"base_url": "http://127.0.0.1:9", "client_id": "id", "client_secret": "s"},
             "poll": {"interval_seconds": 1},
             "discovery": {"enabled": True, "interval_seconds": 3600},
-            "state": {"path": str(tmp_path / "snapshot.json")},
+            "state": {"path": str(tmp_path / "monitor.db")},
         }
     )
     monitor = Monitor.build(settings, registry=CollectorRegistry(), serve_http=False)
     monitor.health.stale_after = 0.5
-    monitor.upkeep.load_state()
+    await monitor.upkeep.load_state()
     assert monitor.targets == []
     monitor.scheduler.start()
     monitor.health.started = True

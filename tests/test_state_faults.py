@@ -1,4 +1,4 @@
-"""The snapshot file and shutdown under faults: unusable or unwritable state, SIGTERM mid-request.
+"""The state database and shutdown under faults: unusable or unwritable state, SIGTERM mid-request.
 
 Each test runs the real daemon (a subprocess) against a simulated store of its own.
 """
@@ -6,31 +6,32 @@ Each test runs the real daemon (a subprocess) against a simulated store of its o
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import time
 from pathlib import Path
 
 import pytest
 
-from monitor.codec import FORMAT_VERSION, decode
 from monitor.simulator import Fault
 from tests.fault_support import Store, polled, read_state, up, watching
+from tests.state_support import on_disk
 from tests.support import until
 
-TORN = b'{"version": 1, "promotions": {"'
-FOREIGN = b'{"apiVersion": "v1", "kind": "ConfigMap", "data": {"a": "b"}}'
+NOT_SQLITE = b"\x00\xffnot a database" * 64
+TORN = b"SQLite format 3\x00" + b"\x00" * 80
 OLD_FORMAT = b'{"version": 0, "promotions": {"x": {"jobs": {"j": "failed"}}}}'
 
 
 @pytest.mark.parametrize(
-    "unusable", [TORN, FOREIGN, OLD_FORMAT], ids=["state_torn", "state_foreign", "state_old_format"]
+    ("name", "unusable"),
+    [("monitor.db", NOT_SQLITE), ("monitor.db", TORN), ("snapshot.json", OLD_FORMAT)],
+    ids=["state_foreign", "state_torn", "snapshot_json_old_format"],
 )
 async def test_an_unusable_state_file_is_set_aside_for_a_fresh_baseline(
-    tmp_path: Path, unusable: bytes
+    tmp_path: Path, name: str, unusable: bytes
 ) -> None:
     store = Store.build(seed=61)
-    state = tmp_path / "state" / "snapshot.json"
+    state = tmp_path / "state" / name
     state.parent.mkdir()
     state.write_bytes(unusable)
     async with watching(store, tmp_path) as daemon:
@@ -44,19 +45,18 @@ async def test_an_unusable_state_file_is_set_aside_for_a_fresh_baseline(
     assert discarded["level"] == "warning"
     assert discarded["reason"]
     # Set aside whole, where the event says.
-    aside = state.with_name("snapshot.json.discarded")
+    aside = state.with_name(f"{name}.discarded")
     assert aside.read_bytes() == unusable
     assert Path(discarded["kept_as"]) == aside
     if unusable == OLD_FORMAT:
         # Discarded explicitly, saying why: no older format has a migration.
-        assert "version" in discarded["reason"]
+        assert "format" in discarded["reason"]
     assert len(daemon.named("baseline_loaded")) == 3
-    # Nothing in the unusable file is taken for news, and the new file is whole.
+    # Nothing in the unusable file is taken for news, and the new state is whole.
     assert [e["job_id"] for e in daemon.named("job_failed")] == [failed_job]
     written = read_state(tmp_path)
     assert set(written) == set(store.ids)
     assert written[store.victim].jobs[failed_job].status == "failed"
-    assert json.loads(state.read_bytes())["version"] == FORMAT_VERSION
 
 
 async def test_a_state_write_that_fails_is_logged_and_never_fatal(tmp_path: Path) -> None:
@@ -65,7 +65,7 @@ async def test_a_state_write_that_fails_is_logged_and_never_fatal(tmp_path: Path
     # A regular file where the state directory should be: every write fails, even for root.
     blocker = tmp_path / "blocked"
     blocker.write_text("not a directory", encoding="utf-8")
-    state = blocker / "snapshot.json"
+    state = blocker / "monitor.db"
     async with watching(store, tmp_path, state={"path": str(state)}) as daemon:
         await daemon.wait_for("baseline_loaded", count=3)
         await daemon.wait_for("state_write_failed")
@@ -79,7 +79,7 @@ async def test_a_state_write_that_fails_is_logged_and_never_fatal(tmp_path: Path
         second = store.fail(store.others[0])
         await daemon.wait_for("job_failed", count=2)
         await until(state.exists, "the state file to be written")
-        written = decode(state.read_bytes())
+        written = on_disk(state)
         await polled(sim, store.victim, 2)
     assert daemon.process.returncode == 0
 

@@ -13,7 +13,8 @@ import pytest
 
 from monitor.activity import FailureReport, RecentActivity
 from monitor.models import Change, ChangeKind, Job, PromotionSnapshot
-from monitor.poller import HINTS, PollOutcome
+from monitor.poller import PollOutcome
+from monitor.report import HINTS
 from monitor.status import (
     MonitorFacts,
     QueryError,

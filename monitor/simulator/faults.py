@@ -17,7 +17,7 @@ from monitor.simulator.answers import error_body, json_response, raw_json
 from monitor.simulator.tokens import TOKEN_PATH
 
 FaultKind = Literal[
-    "status", "timeout", "reset", "truncated", "html", "wrong_shape", "huge", "slow"
+    "status", "timeout", "reset", "truncated", "html", "wrong_shape", "huge", "slow", "empty"
 ]
 
 HUGE_BYTES = 64 * 1024 * 1024
@@ -126,6 +126,10 @@ class Faults:
                 return json_response(200, shape), 200
             case "huge":
                 return await _stream_huge(request), 200
+            case "empty":
+                # Legal and hostile: a whole list with nothing in it, as a store mid-migration
+                # or a replica lagging behind might answer once.
+                return json_response(200, {"data": [], "meta": {"results": {"total": 0}}}), 200
         raise AssertionError(fault.kind)  # pragma: no cover
 
     async def _pause(self, seconds: float) -> None:

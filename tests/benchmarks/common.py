@@ -250,7 +250,7 @@ def daemon_config(
         },
         "promotions": [{"id": pid, "kind": kind} for pid, kind in promotions],
         "server": {"host": HOST, "port": 0},
-        "state": {"path": str(directory / "state" / "snapshot.json")},
+        "state": {"path": str(directory / "state" / "monitor.db")},
         "log": {"level": "info", "format": "json"},
     }
 
@@ -432,17 +432,20 @@ async def scrape(session: aiohttp.ClientSession, url: str) -> tuple[float, int, 
     return elapsed, len(body), series
 
 
+def state_disk_bytes(path: Path) -> int:
+    """What the state takes on disk: the database and its write-ahead log."""
+    return sum(p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists())
+
+
 async def settled(path: Path, quiet: float = 1.0, timeout: float = 120.0) -> None:
-    """Wait until the snapshot file exists and has not changed for `quiet` seconds."""
+    """Wait until the state database exists and neither it nor its write-ahead log has changed
+    for `quiet` seconds."""
     deadline = time.monotonic() + timeout
-    last: tuple[float, int] | None = None
+    last: tuple[float, ...] | None = None
     stable_since = time.monotonic()
     while time.monotonic() < deadline:
-        try:
-            stat = path.stat()
-            now = (stat.st_mtime, stat.st_size)
-        except FileNotFoundError:
-            now = None
+        files = [p for p in (path, Path(f"{path}-wal")) if p.exists()]
+        now = tuple(x for p in files for x in (p.stat().st_mtime, p.stat().st_size)) or None
         if now is not None and now == last:
             if time.monotonic() - stable_since >= quiet:
                 return

@@ -23,8 +23,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from monitor.codec import encode
-from monitor.state import SnapshotStore
 from tests.benchmarks.common import (
     RESULTS,
     Result,
@@ -38,6 +36,7 @@ from tests.benchmarks.common import (
     scrape,
     settled,
     simulator_process,
+    state_disk_bytes,
     write_yaml,
 )
 
@@ -55,19 +54,6 @@ RATE = 1000.0  # the most the settings allow; the baseline should not wait for t
 CONCURRENCY = 256
 DEFAULT_CONCURRENCY = 8
 SCRAPES = 5
-
-
-def _encode_cost(path: Path) -> dict[str, float]:
-    """What encoding this whole state from scratch costs: load it here, time encode()."""
-    store = SnapshotStore(path)  # (the snapshot file and its journal)
-    if store.load() is not None:
-        raise RuntimeError(f"{path} could not be loaded")
-    snapshots = {snap.promotion_id: snap for snap in store}
-    started = time.process_time()
-    encode(snapshots, 0.0)
-    seconds = time.process_time() - started
-    jobs = sum(len(s.jobs) for s in snapshots.values())
-    return {"full_encode_ms": round(seconds * 1000, 1), "state_jobs": jobs}
 
 
 async def _one(promotions: int, concurrency: int) -> dict[str, Any]:
@@ -91,7 +77,7 @@ async def _one(promotions: int, concurrency: int) -> dict[str, Any]:
                 started = time.perf_counter()
                 await daemon.wait_count("baseline_loaded", promotions, timeout=400)
                 baseline_s = time.perf_counter() - started
-                state = directory / "state" / "snapshot.json"
+                state = directory / "state" / "monitor.db"
                 await settled(state)
                 baseline_cpu = cpu_seconds(daemon.pid) - cpu_before
                 rss = rss_bytes(daemon.pid)
@@ -101,8 +87,7 @@ async def _one(promotions: int, concurrency: int) -> dict[str, Any]:
                     warm = [(await scrape(session, url))[0] for _ in range(SCRAPES)]
                 rss_after_scrapes = rss_bytes(daemon.pid)
                 failed_polls = daemon.counts.get("poll_failed", 0)
-            state_bytes = state.stat().st_size
-            encode_cost = _encode_cost(state)
+            state_bytes = state_disk_bytes(state)
     return {
         "promotions": promotions,
         "jobs": promotions * JOBS,
@@ -118,8 +103,7 @@ async def _one(promotions: int, concurrency: int) -> dict[str, Any]:
         "baseline_s": round(baseline_s, 2),
         "baseline_daemon_cpu_s": round(baseline_cpu, 2),
         "poll_failed_events": failed_polls,
-        "state_file_bytes": state_bytes,
-        **encode_cost,
+        "state_disk_bytes": state_bytes,
     }
 
 

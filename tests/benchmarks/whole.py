@@ -187,7 +187,7 @@ async def _measure_daemon(
         clock = Stopwatch()
         await daemon.wait_count("baseline_loaded", size.promotions, timeout=600)
         baseline_s = clock.elapsed
-        await settled(directory / "state" / "snapshot.json")
+        await settled(directory / "state" / "monitor.db")
         await asyncio.sleep(WARMUP)
         row: dict[str, Any] = {"baseline_s": round(baseline_s, 1)}
         row["idle"] = await _window(session, store, daemon.pid, window)

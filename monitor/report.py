@@ -1,0 +1,177 @@
+"""The one reporting step: a poll's outcome becomes state, events, metrics and the status view.
+
+Written before announced, and never recorded-and-silent: a poll's changes and the announcements
+they owe go into the state in one write; the announcements go out whatever became of that write
+(done, failed, or its poll cancelled at shutdown) and are then marked done. Whatever a killed
+process still owed is announced at the next start. The ledger of reported failures keeps a
+failure that vanishes and comes back, or is seen again by a fresh baseline, from being announced
+twice. The coordination fence is asked once, here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+
+from monitor.activity import RecentActivity
+from monitor.client import PageMemory
+from monitor.events import (
+    EventSink,
+    JobsSkipped,
+    PollFailed,
+    PollIncomplete,
+    job_events,
+    state_written,
+)
+from monitor.models import Change
+from monitor.names import PromotionNames
+from monitor.planner import PollPlan
+from monitor.poller import PollOutcome
+from monitor.sinks.metrics import MonitorMetrics
+from monitor.state import Owed, SnapshotStore
+
+# What an operator should check, by failure reason; shown in the poll_failed event.
+HINTS = {
+    "auth": "check the credentials (EPCC_CLIENT_ID, EPCC_CLIENT_SECRET or api.client_secret_file, "
+    "api.token_file) and that the API key may read promotions",
+    "not_found": "the promotion is deleted, or its kind is wrong (rule_promotion vs promotion)",
+    "rate_limited": "the store is at its request limit; lower api.max_requests_per_second",
+}
+
+# What an incomplete listing means for the operator; shown once per promotion and reason.
+INCOMPLETE_DETAILS = {
+    "offset_limit": "more jobs than the API pages through (offset 10,000); the rest are unseen "
+    "and kept as last known",
+    "offset_ignored": "the store answered every offset with the same page; jobs past it are "
+    "unseen and kept as last known",
+    "short": "fewer distinct jobs than meta.results.total (pages overlap: the store lists jobs in "
+    "no stable order); unseen jobs are kept as last known and none is reported vanished",
+}
+
+
+class Reporter:
+    """Reports every finished poll, and owns the state's writes."""
+
+    def __init__(
+        self,
+        store: SnapshotStore,
+        metrics: MonitorMetrics,
+        events: EventSink,
+        *,
+        plan: PollPlan,
+        pages: PageMemory,
+        names: PromotionNames,
+        activity: RecentActivity,
+        clock: Callable[[], float],
+        may_report: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self._store = store
+        self._metrics = metrics
+        self._events = events
+        self._plan = plan
+        self._pages = pages
+        self._names = names
+        self._activity = activity
+        self._clock = clock
+        # False once this replica may no longer poll (coordination.Fence.allows).
+        self._may_report = may_report
+        # (promotion, reason) pairs already warned about: an unordered store makes every poll
+        # incomplete, and one warning says it.
+        self._incomplete_warned: set[tuple[str, str]] = set()
+
+    async def report(self, outcome: PollOutcome) -> bool:
+        """Report one poll; False when it was not (this replica may no longer poll, so another
+        may already be polling; or the promotion stopped being watched while it was polled)."""
+        pid = outcome.promotion_id
+        self._metrics.poll_duration.observe(outcome.duration)
+        if not self._may_report() or pid not in self._plan:
+            return False
+        if not outcome.ok:
+            # What the monitor knew stays known: no vanished jobs, gauges keep their values.
+            reason = outcome.reason or "unknown"
+            self._metrics.poll_failed(pid, reason)
+            self._events.emit(
+                PollFailed(
+                    promotion_id=pid,
+                    reason=reason,
+                    detail=outcome.detail or "",
+                    http_status=outcome.http_status,
+                    hint=HINTS.get(reason),
+                )
+            )
+            self._activity.polled(outcome)
+            return True
+        self._pages.remember(pid, outcome.pages)
+        self._listing_read(outcome)
+        if outcome.snapshot is not None:
+            self._store.put(outcome.snapshot)
+        self._metrics.poll_succeeded(pid, outcome.now)
+        changes = self._not_reported_before(outcome.changes)
+        if changes:
+            owed = self._store.owe(pid, changes, self._clock())
+            written = False
+            try:
+                written = await self.save()
+            finally:
+                # Announced even when the write failed (at least once) or this poll was
+                # cancelled inside it (shutdown, a lost lease): never recorded-and-silent.
+                self.announce(owed)
+            if written and self._store.dirty:
+                await self.save()  # (marked done as soon as it can be: a restart repeats nothing)
+        self._activity.polled(replace(outcome, changes=changes))
+        return True
+
+    def _listing_read(self, outcome: PollOutcome) -> None:
+        """Objects skipped, and a listing read only in part: counted, the latter warned once."""
+        pid = outcome.promotion_id
+        if outcome.skipped:
+            self._metrics.jobs_skipped.labels(pid).inc(len(outcome.skipped))
+            self._events.emit(
+                JobsSkipped(promotion_id=pid, count=len(outcome.skipped), reason=outcome.skipped[0])
+            )
+        incomplete = outcome.incomplete
+        if incomplete is None:
+            return
+        self._metrics.polls_incomplete.labels(pid, incomplete).inc()
+        if (pid, incomplete) not in self._incomplete_warned:
+            self._incomplete_warned.add((pid, incomplete))
+            self._events.emit(
+                PollIncomplete(
+                    promotion_id=pid, reason=incomplete, detail=INCOMPLETE_DETAILS[incomplete]
+                )
+            )
+
+    def _not_reported_before(self, changes: Sequence[Change]) -> tuple[Change, ...]:
+        """The changes, with a failure already on the ledger turned into history: a job that
+        vanished and came back, or a fresh baseline's lookback, must not announce it again."""
+        return tuple(
+            replace(change, late=True)
+            if change.is_failure
+            and change.job is not None
+            and self._store.reported(change.promotion_id, change.job.id)
+            else change
+            for change in changes
+        )
+
+    def announce(self, owed: Owed) -> None:
+        """Emit what a poll owes (metrics and events), then mark it done."""
+        self._metrics.record(owed.changes)
+        for event in job_events(owed.changes, self._names.get):
+            self._events.emit(event)
+        self._store.announced(owed)
+
+    async def announce_owed(self) -> None:
+        """At start: what a stopped process had written but not announced goes out now."""
+        owed = self._store.owed()
+        for each in owed:
+            self.announce(each)
+        if owed:
+            await self.save()
+
+    async def save(self, *, compact: bool = False) -> bool:
+        """Write the state; a failed write (and the first success after failed ones) is news."""
+        saved = await self._store.save(compact=compact)
+        written = state_written(saved)
+        if written is not None:
+            self._events.emit(written)
+        return saved.ok

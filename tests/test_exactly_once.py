@@ -1,0 +1,114 @@
+"""Every failure announced exactly once at the edges of a pod's life: an empty answer, SIGTERM
+landing anywhere in a poll, and processes killed while jobs keep failing.
+
+Each test runs the real daemon (a subprocess) against a simulated store of its own, with the
+state on disk kept between the processes, as on a persistent volume.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+from pathlib import Path
+
+import pytest
+
+from monitor.simulator import Fault
+from tests.fault_support import CODES_LIMIT, Store, polled, watching
+from tests.support import Daemon, started, value, write_config
+
+
+def failures(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], pid: str) -> float:
+    return value(
+        samples, "epcc_promotion_job_failures_total", promotion_id=pid, job_type="code_generate"
+    ) or 0.0
+
+
+async def test_an_empty_answer_does_not_announce_a_failure_again(tmp_path: Path) -> None:
+    store = Store.build(seed=301)
+    victim = store.victim
+    async with watching(store, tmp_path) as daemon:
+        await daemon.wait_for("baseline_loaded", count=3)
+        failed = store.fail(victim)
+        await daemon.wait_for("job_failed")
+        # One valid answer with no jobs: every job of the promotion vanishes, then comes back.
+        store.sim.inject(Fault("empty", path_contains=f"/{victim}/jobs"))
+        await daemon.wait_for("job_vanished", lambda e: e["job_id"] == failed)
+        await daemon.wait_for("job_discovered")  # (the failure itself comes back as history)
+        await polled(store.sim, victim, 3)
+        after = await daemon.metrics()
+    assert [e["job_id"] for e in daemon.named("job_failed")] == [failed]
+    assert failures(after, victim) == 1
+
+
+# When the slow answer lands relative to SIGTERM's 3 s grace: inside it, at its very end (the
+# poll is cancelled in its save), and after it (the poll is abandoned before its diff).
+@pytest.mark.parametrize("lands_after", [2.5, 2.95, 2.99, 3.3])
+async def test_sigterm_anywhere_in_a_poll_neither_loses_nor_repeats_a_failure(
+    tmp_path: Path, lands_after: float
+) -> None:
+    store = Store.build(seed=311)
+    victim = store.victim
+    async with started(store.sim):
+        config = write_config(
+            tmp_path,
+            store.sim,
+            [{"id": pid} for pid in store.ids],
+            poll={"interval_seconds": 0.3},
+            api={"timeout_seconds": 10},
+        )
+        first = await Daemon.start(config)
+        try:
+            await first.wait_for("baseline_loaded", count=3)
+            mark = len(store.sim.requests)
+            store.sim.inject(Fault("slow", delay=lands_after, path_contains=f"/{victim}/jobs"))
+            failed = store.fail(victim)
+            while not any(r.path.endswith(f"/{victim}/jobs") for r in store.sim.requests[mark:]):
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)  # (the slow request is being held)
+            assert await first.stop(signal.SIGTERM) == 0
+        finally:
+            await first.stop(signal.SIGKILL)
+        second = await Daemon.start(config)
+        try:
+            await polled(store.sim, victim, 3)
+        finally:
+            await second.stop()
+    announced = [e["job_id"] for d in (first, second) for e in d.named("job_failed")]
+    assert announced == [failed], (first.stderr, second.stderr)
+
+
+async def test_killed_again_and_again_while_jobs_fail_every_failure_is_announced_once(
+    tmp_path: Path,
+) -> None:
+    store = Store.build(seed=321, count=4)
+    rng = random.Random(321)
+    failed: list[str] = []
+    daemons: list[Daemon] = []
+    async with started(store.sim):
+        config = write_config(
+            tmp_path, store.sim, [{"id": pid} for pid in store.ids], poll={"interval_seconds": 0.2}
+        )
+        for _ in range(8):
+            daemon = await Daemon.start(config)
+            daemons.append(daemon)
+            try:
+                for _ in range(4):
+                    pid = rng.choice(store.ids)
+                    job = store.sim.add_job(pid, status="processing")
+                    await asyncio.sleep(rng.uniform(0.0, 0.5))
+                    store.sim.set_job_status(pid, job, "failed", error=CODES_LIMIT)
+                    failed.append(job)
+                    await asyncio.sleep(rng.uniform(0.0, 0.4))
+            finally:
+                await daemon.stop(signal.SIGKILL)
+        last = await Daemon.start(config)
+        daemons.append(last)
+        try:
+            for pid in store.ids:
+                await polled(store.sim, pid, 3)
+        finally:
+            await last.stop()
+    announced = [e["job_id"] for d in daemons for e in d.named("job_failed")]
+    assert sorted(announced) == sorted(failed)
