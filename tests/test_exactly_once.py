@@ -20,9 +20,12 @@ from tests.support import Daemon, started, value, write_config
 
 
 def failures(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], pid: str) -> float:
-    return value(
-        samples, "epcc_promotion_job_failures_total", promotion_id=pid, job_type="code_generate"
-    ) or 0.0
+    return (
+        value(
+            samples, "epcc_promotion_job_failures_total", promotion_id=pid, job_type="code_generate"
+        )
+        or 0.0
+    )
 
 
 async def test_an_empty_answer_does_not_announce_a_failure_again(tmp_path: Path) -> None:
