@@ -59,7 +59,7 @@ class ApiSettings(_Section):
         10.0, gt=0, le=300, description="How long one request may take, in seconds."
     )
     max_requests_per_second: float = Field(
-        10.0, gt=0, le=1000, description="The process's request budget (tokens too), per second."
+        10.0, gt=0, le=1000, description="The process's budget (token requests too), in requests/s."
     )
     page_limit: int = Field(
         100, ge=1, le=100, description="Jobs asked for per page; 100 is the API's maximum."
@@ -116,7 +116,10 @@ class PollSettings(_Section):
         60.0, gt=0, description="How often an idle promotion is polled, in seconds."
     )
     active_interval_seconds: float | None = Field(
-        None, gt=0, description="The same while a job is active, in seconds; unset: 10 or less."
+        None,
+        gt=0,
+        description="How often a promotion with an active job is polled, in seconds; unset: "
+        "10, or interval_seconds if shorter.",
     )
     stuck_after_seconds: float = Field(
         3600.0, gt=0, description="A job active longer than this is stuck, in seconds."
@@ -265,7 +268,7 @@ class ShardingSettings(_Section):
         None, ge=0, description="This replica's shard; unset: $SHARD_INDEX, else the pod ordinal."
     )
     max_requests_per_second: float | None = Field(
-        None, gt=0, description="This replica's request budget, per second; unset: 1/shard_count."
+        None, gt=0, description="This replica's budget, in requests/s; unset: an even share."
     )
 
     @model_validator(mode="after")

@@ -108,19 +108,18 @@ def load_settings(path: Path | str) -> Settings:
 
 
 def _check_files(settings: Settings) -> None:
-    problems = []
     auth = settings.server.basic_auth
-    for key, file in (
-        ("api.client_secret_file", settings.api.client_secret_file),
-        ("api.token_file", settings.api.token_file),
-        ("server.tls_cert_file", settings.server.tls_cert_file),
-        ("server.tls_key_file", settings.server.tls_key_file),
-        ("server.basic_auth.password_file", auth.password_file if auth else None),
-    ):
-        if file is not None and not os.access(file, os.R_OK):
-            problems.append(f"{key}: cannot read {file}")
-    if problems:
-        raise ConfigError(problems)
+    files = {
+        "api.client_secret_file": settings.api.client_secret_file,
+        "api.token_file": settings.api.token_file,
+        "server.tls_cert_file": settings.server.tls_cert_file,
+        "server.tls_key_file": settings.server.tls_key_file,
+        "server.basic_auth.password_file": auth.password_file if auth else None,
+    }
+    if unread := [
+        f"{key}: cannot read {f}" for key, f in files.items() if f and not os.access(f, os.R_OK)
+    ]:
+        raise ConfigError(unread)
     _check_server_files(settings.server)
 
 
