@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 import yaml
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 
 from monitor.models import PromotionKind
-from monitor.settings import ConfigError, load_settings, parse_settings
+from monitor.settings import ConfigError, Settings, load_settings, parse_settings
 from monitor.simulator import Simulator, populate_demo
 from tests.support import run_cli
 
@@ -56,6 +59,21 @@ def test_defaults_fill_what_the_file_leaves_out() -> None:
     assert settings.server.port == 10464
     assert settings.log.format == "json"
     assert settings.promotions[0].kind is PromotionKind.PROMOTION
+
+
+def every_key(model: type[BaseModel], prefix: str = "") -> Iterator[tuple[str, FieldInfo]]:
+    for name, field in model.model_fields.items():
+        yield prefix + name, field
+        for inner in (field.annotation, *get_args(field.annotation)):
+            if isinstance(inner, type) and issubclass(inner, BaseModel):
+                yield from every_key(inner, f"{prefix}{name}.")
+
+
+def test_every_key_is_described_for_the_reference() -> None:
+    # The docs site generates the configuration reference from these descriptions.
+    described = {key: field.description or "" for key, field in every_key(Settings)}
+    assert {"promotions.id", "server.basic_auth.password_file"} <= described.keys()
+    assert [key for key, text in described.items() if not text.endswith(".")] == []
 
 
 def edit(path: str, new: object) -> dict[str, Any]:
@@ -120,6 +138,8 @@ INVALID = [
     ("log.format", "xml", "log.format: must be 'json' or 'console'"),
     ("state.path", 5, "state.path: must be a file path"),
     ("surprise", {}, "surprise: unknown key"),
+    # BaseSettings would take this keyword as an option of its own: here it is no key of ours.
+    ("_secrets_dir", "/etc", "_secrets_dir: unknown key"),
     ("coordination.mode", "raft", "coordination.mode: must be 'none' or 'lease'"),
     ("coordination.lease_name", "Promo_Monitor", "coordination.lease_name: must be a DNS"),
     ("coordination.lease_duration_seconds", 0, "coordination.lease_duration_seconds: must be >= 1"),
@@ -211,6 +231,32 @@ def test_environment_overrides_the_file(monkeypatch: pytest.MonkeyPatch) -> None
     assert settings.api.client_secret.get_secret_value() == "env-secret"
     assert settings.api.client_secret_file is None
     assert settings.api.base_url == "https://euwest.api.elasticpath.com"
+
+
+def test_the_environment_leaves_the_given_document_as_it_was(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("EPCC_CLIENT_ID", "from-env")
+    monkeypatch.setenv("COORDINATION_MODE", "lease")
+    monkeypatch.setenv("POD_NAMESPACE", "shop")
+    document = valid()
+    parse_settings(document)
+    assert document == valid()
+
+
+def test_an_empty_shard_count_variable_counts_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHARD_COUNT", "")
+    assert parse_settings(valid()).sharding.shard_count == 1
+
+
+def test_a_shard_count_variable_that_is_no_number_is_named_and_not_echoed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # It used to escape as a raw ValidationError: a traceback quoting the value.
+    monkeypatch.setenv("SHARD_COUNT", "three-replicas")
+    assert problems(valid()) == [
+        "sharding.shard_count: must be a valid integer, unable to parse string as an integer"
+    ]
 
 
 def test_credentials_may_come_only_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
