@@ -103,10 +103,10 @@ def build_app(
     metrics_handler = make_aiohttp_handler(registry)
 
     async def exposed(request: web.Request) -> web.StreamResponse:
-        if exposition is None or "name[]" in request.query:
-            # (`name[]` filters are rare and served by prometheus_client from the registry)
+        if exposition is None:
             return await metrics_handler(request)
-        chunks, content_type = exposition.stream(",".join(request.headers.getall(hdrs.ACCEPT, [])))
+        accept = ",".join(request.headers.getall(hdrs.ACCEPT, []))
+        chunks, content_type = exposition.stream(accept, request.query.getall("name[]", []))
         response = web.StreamResponse(headers={hdrs.CONTENT_TYPE: content_type})
         response.enable_compression()  # gzip or deflate, when the scraper asks for it
         await response.prepare(request)
