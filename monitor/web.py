@@ -17,7 +17,8 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 
 from monitor.settings import ServerSettings
 from monitor.sinks.exposition import Exposition
-from monitor.status import QueryError, StatusQuery, StatusView, parse_query, to_json
+from monitor.status import QueryError, StatusQuery, StatusView, parse_query
+from monitor.status_json import to_json
 from monitor.status_page import CONTENT_SECURITY_POLICY, render_page
 
 
