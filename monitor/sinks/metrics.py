@@ -195,7 +195,8 @@ class NameFamily:
 
 
 class MonitorMetrics:
-    """Every metric the monitor exposes, on an injected registry."""
+    """Every metric the monitor exposes: the process's own on the injected registry, and the
+    promotion series, which only `exposition` renders (it serves both at /metrics)."""
 
     def __init__(
         self,
@@ -354,7 +355,7 @@ class MonitorMetrics:
             "0 while it stands by.",
             registry=process,
         )
-        # (in registration order, on either side of the duration histogram)
+        # (in the order declared above, on either side of the duration histogram)
         reported: tuple[PromotionSeries, ...] = (
             self.failures,
             self.errors,
@@ -373,7 +374,6 @@ class MonitorMetrics:
             self.jobs_skipped,
         )
         self._series = reported + polled
-        # (in the order the families were declared, as prometheus_client would render them)
         self.exposition = Exposition(
             registry,
             visible,
