@@ -20,8 +20,8 @@ from prometheus_client import CollectorRegistry
 
 from monitor import __version__
 from monitor.activity import RecentActivity
-from monitor.budget import RequestBudget
 from monitor.client import ElasticPathClient, JobsTarget, PageMemory
+from monitor.client.budget import RequestBudget
 from monitor.coordination import Fence, LeaderElector, Timing
 from monitor.discovery import Discovery
 from monitor.events import EventSink

@@ -1,4 +1,5 @@
-"""The status view: what the monitor sees now, for a person at `/` and a script at `/status.json`.
+"""The status view: what the monitor sees now, for a person at `/` (status_page) and a script at
+`/status.json` (status_json).
 
 `build_status` is a pure function of the snapshot, the recent activity and the monitor's own
 facts, with `now` passed in; it never calls Elastic Path. Rows are sorted so that what needs
@@ -12,10 +13,9 @@ import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Final
 
-from monitor.activity import FailureReport, PollError, RecentActivity
+from monitor.activity import FailureReport, PollError, PollRecord, RecentActivity
 from monitor.diff import is_stuck
 from monitor.models import FAILED, PromotionSnapshot
 from monitor.summary import Summaries
@@ -93,12 +93,7 @@ class PromotionRow:
     stuck: int = 0
     stuck_since: float | None = None  # the oldest stuck job entered its status
     last_failure_at: float | None = None
-    polled_at: float | None = None
-    poll_ok: bool | None = None  # None: not polled since the monitor started
-    poll_reason: str | None = None
-    failing_since: float | None = None
-    last_success: float | None = None
-    incomplete: str | None = None  # the last poll read part of the listing, and why
+    last_poll: PollRecord | None = None  # None: not polled since the monitor started
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,19 +186,14 @@ def _row(
         len(stuck),
         min(stuck) if stuck else None,
         last_failure,
-        record.at if record else None,
-        record.ok if record else None,
-        record.reason if record else None,
-        record.failing_since if record else None,
-        record.last_success if record else None,
-        record.incomplete if record else None,
+        record,
     )
 
 
 def _urgency(row: PromotionRow) -> tuple[int, float, str]:
     # Within a rank, the newest trouble first: failing longest is not more urgent than news.
     moment = {
-        "poll_failing": row.failing_since,
+        "poll_failing": row.last_poll and row.last_poll.failing_since,
         "stuck": row.stuck_since,
         "failed": row.last_failure_at,
     }.get(row.attention)
@@ -280,13 +270,7 @@ def build_status(
 
     scope = [snapshots[pid] for pid in ids if pid in snapshots and (one is None or pid == one)]
     recent = [f for f in activity.failures if one is None or f.promotion_id == one]
-    failures = _failures(
-        recent,
-        scope,
-        summaries,
-        names,
-        FAILURES_SHOWN,
-    )
+    failures = _failures(recent, scope, summaries, names, FAILURES_SHOWN)
     failing = {row.id for row in rows if row.attention == "poll_failing"}
     poll_errors = tuple(
         PollErrorRow(e, names(e.promotion_id), e.promotion_id in failing)
@@ -315,7 +299,8 @@ def build_status(
                 reverse=True,
             )
         )
-    last_success = max((r.last_success for r in rows if r.last_success is not None), default=None)
+    polls = [row.last_poll.last_success for row in rows if row.last_poll is not None]
+    last_success = max((at for at in polls if at is not None), default=None)
     return StatusView(
         now=now,
         monitor=monitor,
@@ -333,110 +318,6 @@ def build_status(
         jobs=jobs,
         refresh=query.refresh,
     )
-
-
-def iso(moment: float | None) -> str | None:
-    """Epoch seconds as ISO 8601 UTC with milliseconds (the API's own style)."""
-    if moment is None:
-        return None
-    return (
-        datetime.fromtimestamp(moment, UTC)
-        .isoformat(timespec="milliseconds")
-        .replace("+00:00", "Z")
-    )
-
-
-def to_json(view: StatusView) -> dict[str, Any]:
-    """The view as the /status.json document (documented in the README)."""
-    facts = view.monitor
-    document: dict[str, Any] = {
-        "generated_at": iso(view.now),
-        "monitor": {
-            "version": facts.version,
-            "started_at": iso(facts.started_at),
-            "ready": facts.ready,
-            "last_successful_poll": iso(view.last_success),
-            "requests_per_second": {
-                "used": round(facts.requests_per_second, 2),
-                "in_force": round(facts.requests_rate_in_force, 2),
-                "budget": facts.requests_budget,
-            },
-            "shard": {"index": facts.shard_index, "count": facts.shard_count},
-            "promotions": view.watched,
-            "attention": {name: view.attention.get(name, 0) for name in ATTENTION},
-        },
-        "page": {
-            "number": view.page,
-            "per_page": view.per_page,
-            "pages": view.pages,
-            "promotions": view.total,
-        },
-        "promotions": [
-            {
-                "id": row.id,
-                "name": row.name,
-                "kind": row.kind,
-                "attention": row.attention,
-                "last_poll": {
-                    "at": iso(row.polled_at),
-                    "ok": row.poll_ok,
-                    "reason": row.poll_reason,
-                    "failing_since": iso(row.failing_since),
-                    "last_success": iso(row.last_success),
-                    "incomplete": row.incomplete,
-                },
-                "jobs": row.jobs,
-                "stuck": row.stuck,
-                "stuck_since": iso(row.stuck_since),
-                "last_failure_at": iso(row.last_failure_at),
-            }
-            for row in view.promotions
-        ],
-        "failures": [
-            {
-                "promotion_id": f.report.promotion_id,
-                "promotion_name": f.promotion_name,
-                "kind": f.report.kind,
-                "job_id": f.report.job_id,
-                "job_type": f.report.job_type,
-                "job_name": f.report.job_name,
-                "error": f.report.error,
-                "requested": f.report.requested,
-                "generated": f.report.generated,
-                "at": iso(f.report.at),
-                "seen_at": iso(f.report.seen_at),
-            }
-            for f in view.failures
-        ],
-        "poll_errors": [
-            {
-                "promotion_id": e.error.promotion_id,
-                "promotion_name": e.promotion_name,
-                "reason": e.error.reason,
-                "detail": e.error.detail,
-                "hint": e.error.hint,
-                "count": e.error.count,
-                "first_at": iso(e.error.first_at),
-                "last_at": iso(e.error.last_at),
-                "still_failing": e.still_failing,
-            }
-            for e in view.poll_errors
-        ],
-    }
-    if view.jobs is not None:
-        document["jobs"] = [
-            {
-                "id": j.id,
-                "name": j.name,
-                "job_type": j.job_type,
-                "status": j.status,
-                "since": iso(j.since),
-                "stuck": j.stuck,
-                "error": j.error,
-            }
-            for j in view.jobs
-        ]
-    return document
 
 
 class StatusBoard:

@@ -9,7 +9,8 @@ from urllib.parse import urlencode
 
 import jinja2
 
-from monitor.status import ATTENTION, PER_PAGE, StatusQuery, StatusView, iso
+from monitor.status import ATTENTION, PER_PAGE, StatusQuery, StatusView
+from monitor.status_json import iso
 
 LABELS: Final = {
     "poll_failing": "Poll failing",

@@ -17,7 +17,8 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 
 from monitor.settings import ServerSettings
 from monitor.sinks.exposition import Exposition
-from monitor.status import QueryError, StatusQuery, StatusView, parse_query, to_json
+from monitor.status import QueryError, StatusQuery, StatusView, parse_query
+from monitor.status_json import to_json
 from monitor.status_page import CONTENT_SECURITY_POLICY, render_page
 
 
@@ -103,10 +104,10 @@ def build_app(
     metrics_handler = make_aiohttp_handler(registry)
 
     async def exposed(request: web.Request) -> web.StreamResponse:
-        if exposition is None or "name[]" in request.query:
-            # (`name[]` filters are rare and served by prometheus_client from the registry)
+        if exposition is None:
             return await metrics_handler(request)
-        chunks, content_type = exposition.stream(",".join(request.headers.getall(hdrs.ACCEPT, [])))
+        accept = ",".join(request.headers.getall(hdrs.ACCEPT, []))
+        chunks, content_type = exposition.stream(accept, request.query.getall("name[]", []))
         response = web.StreamResponse(headers={hdrs.CONTENT_TYPE: content_type})
         response.enable_compression()  # gzip or deflate, when the scraper asks for it
         await response.prepare(request)

@@ -12,8 +12,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from monitor.budget import RequestBudget
 from monitor.client import ApiError, ElasticPathClient, FetchResult
+from monitor.client.budget import RequestBudget
 from monitor.models import PromotionKind
 from monitor.settings import ApiSettings
 from monitor.simulator import RecordedRequest, Simulator

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from monitor.budget import RequestBudget
+from monitor.client.budget import RequestBudget
 from monitor.simulator import Simulator
 from tests.simulator_support import eventually
 from tests.support import Daemon, write_config

@@ -1,5 +1,6 @@
-"""The /metrics exposition cache: after any change, its bytes say what a fresh prometheus_client
-render of the registry says, in both formats."""
+"""The /metrics exposition cache: after any change, its bytes say what a render from scratch says,
+in both formats, and both formats read back as the same samples through prometheus_client's
+parsers."""
 
 from __future__ import annotations
 
@@ -10,24 +11,21 @@ from dataclasses import dataclass, field
 import aiohttp
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.openmetrics import exposition as openmetrics
+from prometheus_client import CollectorRegistry
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from monitor.models import Job, PromotionKind, PromotionSnapshot
 from monitor.names import PromotionNames
 from monitor.sinks.metrics import MonitorMetrics
 from monitor.web import Health, build_app
-from tests.support import promtool_check_metrics, require_tool, serving
+from tests.support import parse_metrics, promtool_check_metrics, require_tool, serving
 
 NOW = 1_700_000_000.0
 STUCK_AFTER = 300.0
 PIDS = ("p-a", "p-b", "p-c")
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
-
-
-def generate_openmetrics(registry: CollectorRegistry) -> bytes:
-    render: Callable[[CollectorRegistry], bytes] = openmetrics.generate_latest  # (untyped)
-    return render(registry)
+ERRORS = ("codes limit exceeded", 'a "quoted" \\ error\nsecond line', "ünïcødé")
+NAMES = ("Spring sale", 'Quote " sale', "Summer")
 
 
 @dataclass
@@ -52,6 +50,11 @@ class World:
             visible=lambda: self.visible,
         )
 
+    def text(self, accept: str = "") -> str:
+        body, content_type = self.metrics.exposition.render(accept)
+        assert content_type.startswith(accept.partition(";")[0] or "text/plain; version=0.0.4")
+        return body.decode()
+
 
 def sections(text: str) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
     """Families in order, each as its header lines and its sample lines sorted: the format
@@ -67,21 +70,34 @@ def sections(text: str) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
     return [(tuple(head), tuple(sorted(samples))) for head, samples in result]
 
 
-def assert_same_as_a_fresh_render(world: World) -> None:
-    cached, content_type = world.metrics.exposition.render("")
-    assert content_type.startswith("text/plain; version=0.0.4")
-    assert sections(cached.decode()) == sections(generate_latest(world.registry).decode())
-    cached, content_type = world.metrics.exposition.render(OPENMETRICS)
-    assert content_type.startswith("application/openmetrics-text")
-    fresh = generate_openmetrics(world.registry).decode()
-    assert cached.decode().endswith("\n# EOF\n")
-    assert sections(cached.decode()) == sections(fresh)
-    # OpenMetrics keeps a counter's samples together: each _total right before its _created.
-    lines = cached.decode().splitlines()
-    for n, line in enumerate(lines):
-        if "_total{" in line:
-            assert lines[n + 1].startswith(line.split("{")[0].removesuffix("_total") + "_created{")
-            assert lines[n + 1].split("}")[0].split("{")[1] == line.split("}")[0].split("{")[1]
+def assert_both_formats_say_the_same(world: World) -> None:
+    """Both formats parse (OpenMetrics strictly) to the same samples, no `_created` among them,
+    and every label value reads back as one the world was given ("": a failure without text)."""
+    text, om = world.text(), world.text(OPENMETRICS)
+    assert om.endswith("\n# EOF\n")
+    samples = parse_metrics(text)
+    parsed = {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(om)  # type: ignore[no-untyped-call]
+        for sample in family.samples
+    }
+    assert parsed == samples
+    assert not [name for name, _ in samples if name.endswith("_created")]
+    given_values = {*PIDS, *ERRORS, *NAMES, "j1", "j2", "j3", "j4", "1.2.3", "timeout", "+Inf"}
+    given_values |= {"code_generate", "code_export", "promotion", "failed", "pending"}
+    given_values |= {"processing", "completed", "cancelling", "jobs", "200", ""}
+    for _, labels in samples:
+        for key, text_value in labels:
+            assert text_value in given_values or key == "le", (key, text_value)
+
+
+def assert_same_as_a_render_from_scratch(world: World, steps: list[Step]) -> None:
+    """`world` rendered after every step, as a world that took the same steps renders at once."""
+    fresh = World()
+    for step in steps:
+        step(fresh)
+    for accept in ("", OPENMETRICS):
+        assert sections(world.text(accept)) == sections(fresh.text(accept))
 
 
 def jobs(*specs: tuple[str, str, str | None, float]) -> dict[str, Job]:
@@ -91,12 +107,12 @@ def jobs(*specs: tuple[str, str, str | None, float]) -> dict[str, Job]:
     }
 
 
-_error = st.sampled_from(["codes limit exceeded", 'a "quoted" \\ error\nsecond line', "ünïcødé"])
+_error = st.sampled_from(ERRORS)
 _job = st.tuples(
     st.sampled_from(["j1", "j2", "j3", "j4"]),
     st.sampled_from(["pending", "processing", "failed", "completed", "cancelling"]),
     st.none() | _error,
-    st.floats(NOW - 1000, NOW),
+    st.sampled_from([NOW - 1000, NOW - 250, NOW]),  # stuck at once, after one or two clock steps
 )
 
 
@@ -112,6 +128,10 @@ def _drop(world: World, pid: str) -> None:
 
 Step = Callable[[World], None]
 _pid = st.sampled_from(PIDS)
+# (drawn as often as all other steps together: the stuck counts change only with the clock)
+_clock: st.SearchStrategy[Step] = st.builds(
+    lambda s: lambda w: setattr(w, "now", w.now + s), st.sampled_from([10.0, 200.0])
+)
 _steps: st.SearchStrategy[Step] = st.one_of(
     st.builds(lambda pid, specs: lambda w: _put(w, pid, specs), _pid, st.lists(_job, max_size=4)),
     st.builds(lambda pid: lambda w: _drop(w, pid), _pid),
@@ -129,65 +149,82 @@ _steps: st.SearchStrategy[Step] = st.one_of(
     st.builds(
         lambda pid, name: lambda w: w.names.set(pid, PromotionKind.PROMOTION, name),
         _pid,
-        st.sampled_from(["Spring sale", 'Quote " sale', "Summer"]),
+        st.sampled_from(NAMES),
     ),
-    st.builds(lambda s: lambda w: setattr(w, "now", w.now + s), st.sampled_from([10.0, 400.0])),
     st.builds(lambda: lambda w: w.metrics.duration.labels("code_export", "failed").observe(3)),
+    st.builds(lambda: lambda w: w.metrics.api_requests.labels("jobs", "200").inc()),
     st.builds(lambda: lambda w: setattr(w, "visible", not w.visible)),
 )
 
 
 @settings(database=None, max_examples=200, deadline=None)
-@given(st.lists(_steps, max_size=25))
-def test_cached_bytes_say_what_a_fresh_render_says_after_every_kind_of_change(
+@given(st.lists(_clock | _steps, max_size=25))
+def test_cached_bytes_say_what_a_render_from_scratch_says_after_every_kind_of_change(
     steps: list[Step],
 ) -> None:
     world = World()
-    for step in steps:
+    for n, step in enumerate(steps):
         step(world)
-        assert_same_as_a_fresh_render(world)
+        assert_same_as_a_render_from_scratch(world, steps[: n + 1])
+        assert_both_formats_say_the_same(world)
 
 
 def test_the_stuck_count_changes_with_the_clock_though_the_snapshot_does_not() -> None:
     world = World()
     world.snapshots["p-a"] = PromotionSnapshot("p-a", jobs(("j1", "pending", None, NOW)))
-    before, _ = world.metrics.exposition.render("")
-    assert b"epcc_promotion_jobs_stuck{" not in before
+    assert "epcc_promotion_jobs_stuck{" not in world.text()
 
     world.now = NOW + STUCK_AFTER + 1
-    after, _ = world.metrics.exposition.render("")
 
-    assert b'epcc_promotion_jobs_stuck{job_type="code_generate",promotion_id="p-a"' in after
-    assert_same_as_a_fresh_render(world)
+    stuck = (
+        'epcc_promotion_jobs_stuck{job_type="code_generate",promotion_id="p-a",status="pending"}'
+    )
+    assert f"{stuck} 1.0\n" in world.text()
+    assert_both_formats_say_the_same(world)
 
 
 def test_the_failed_info_follows_the_20_most_recent_failures() -> None:
     world = World()
     specs = [(f"j{n:02}", "failed", f"error {n}", NOW - 100 + n) for n in range(25)]
     world.snapshots["p-a"] = PromotionSnapshot("p-a", jobs(*specs))
-    first, _ = world.metrics.exposition.render("")
-    assert b'job_id="j05"' in first
-    assert b'job_id="j04"' not in first
+    first = world.text()
+    assert 'job_id="j05"' in first
+    assert 'job_id="j04"' not in first
 
     specs.append(("j99", "failed", "newest", NOW))
     world.snapshots["p-a"] = PromotionSnapshot("p-a", jobs(*specs))
-    second, _ = world.metrics.exposition.render("")
+    second = world.text()
 
-    assert b'job_id="j99"' in second
-    assert b'job_id="j05"' not in second
-    assert_same_as_a_fresh_render(world)
+    assert 'job_id="j99"' in second
+    assert 'job_id="j05"' not in second
+    assert second.count("epcc_promotion_job_failed_info{") == 20
 
 
 def test_a_replica_standing_by_shows_no_promotion_series() -> None:
     world = World(visible=False)
     world.metrics.watch("p-a")
+    world.metrics.duration.labels("code_generate", "failed").observe(3)
     world.snapshots["p-a"] = PromotionSnapshot("p-a", jobs(("j1", "failed", "x", NOW)))
 
-    body, _ = world.metrics.exposition.render("")
+    for text in (world.text(), world.text(OPENMETRICS)):
+        assert "p-a" not in text
+        assert "epcc_promotion" not in text
+        assert "epcc_monitor_leader" in text
 
-    assert b"p-a" not in body
-    assert b"epcc_monitor_leader" in body
-    assert_same_as_a_fresh_render(world)
+
+def test_no_series_is_a_created_timestamp() -> None:
+    world = World()
+    world.metrics.watch("p-a")
+    world.metrics.failures.labels("p-a", "code_generate").inc()
+    world.metrics.duration.labels("code_generate", "failed").observe(3)
+    world.metrics.api_requests.labels("jobs", "200").inc()
+    world.metrics.discovery_errors.labels("timeout").inc()
+
+    for text in (world.text(), world.text(OPENMETRICS)):
+        assert "epcc_promotion_job_failures_total{" in text
+        assert "epcc_monitor_api_requests_total{" in text
+        assert "epcc_promotion_job_duration_seconds_count{" in text
+        assert "_created" not in text
 
 
 def test_promtool_accepts_the_cached_exposition() -> None:
@@ -204,14 +241,13 @@ def test_promtool_accepts_the_cached_exposition() -> None:
     world.metrics.duration.labels("code_generate", "failed").observe(3)
     world.names.set("p-a", PromotionKind.RULE_PROMOTION, "Spring sale")
 
-    body, _ = world.metrics.exposition.render("")
-
-    assert promtool_check_metrics(promtool, body.decode()) == (0, "")
+    assert promtool_check_metrics(promtool, world.text()) == (0, "")
 
 
-async def test_metrics_are_served_gzipped_and_as_openmetrics_when_asked() -> None:
+async def test_metrics_are_served_gzipped_as_openmetrics_and_by_name_when_asked() -> None:
     world = World()
     world.metrics.watch("p-a")
+    world.metrics.duration.labels("code_generate", "failed").observe(3)
     world.snapshots["p-a"] = PromotionSnapshot("p-a", jobs(("j1", "failed", "x", NOW)))
     app = build_app(
         world.registry,
@@ -219,6 +255,12 @@ async def test_metrics_are_served_gzipped_and_as_openmetrics_when_asked() -> Non
         status=lambda _: None,
         exposition=world.metrics.exposition,
     )
+    names = [
+        "epcc_promotion_job_failures_total",
+        "epcc_promotion_jobs",
+        "epcc_promotion_job_duration_seconds_count",
+        "epcc_monitor_build_info",
+    ]
     async with serving(app) as base, aiohttp.ClientSession(auto_decompress=False) as session:
         headers = {"Accept-Encoding": "gzip", "Accept": OPENMETRICS}
         async with session.get(f"{base}/metrics", headers=headers) as response:
@@ -229,5 +271,14 @@ async def test_metrics_are_served_gzipped_and_as_openmetrics_when_asked() -> Non
             assert "Content-Encoding" not in plain.headers
             assert plain.headers["Content-Type"].startswith("text/plain; version=0.0.4")
             text = (await plain.read()).decode()
-    assert sections(body) == sections(generate_openmetrics(world.registry).decode())
-    assert sections(text) == sections(generate_latest(world.registry).decode())
+        query = [("name[]", name) for name in names]
+        identity = {"Accept-Encoding": "identity"}
+        async with session.get(f"{base}/metrics", params=query, headers=identity) as some:
+            chosen = parse_metrics((await some.read()).decode())
+    assert sections(body) == sections(world.text(OPENMETRICS))
+    assert sections(text) == sections(world.text())
+    assert {name for name, _ in chosen} == set(names)
+    assert {labels for name, labels in chosen if name == "epcc_promotion_job_failures_total"} == {
+        frozenset({("promotion_id", "p-a"), ("job_type", job_type)})
+        for job_type in ("code_generate", "code_export")
+    }

@@ -17,8 +17,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from monitor.app import Monitor
-from monitor.budget import RequestBudget
 from monitor.client import ElasticPathClient, FetchResult
+from monitor.client.budget import RequestBudget
 from monitor.events import PollFailed, Recorder
 from monitor.models import PromotionKind
 from monitor.settings import ApiSettings, parse_settings

@@ -8,7 +8,7 @@ from dataclasses import replace
 from itertools import product
 
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 
 from monitor.diff import diff
 from monitor.models import MAX_ERROR_CHARS, Change, ChangeKind, Job, PromotionSnapshot
@@ -40,18 +40,9 @@ class Snapshots:
         return list(self.current)
 
 
-@pytest.fixture
-def registry() -> CollectorRegistry:
-    return CollectorRegistry()
-
-
-def build(
-    registry: CollectorRegistry,
-    snapshots: Snapshots | None = None,
-    clock: FakeClock | None = None,
-) -> MonitorMetrics:
+def build(snapshots: Snapshots | None = None, clock: FakeClock | None = None) -> MonitorMetrics:
     return MonitorMetrics(
-        registry,
+        CollectorRegistry(),
         version=VERSION,
         snapshots=snapshots or Snapshots(),
         clock=clock or FakeClock(NOW),
@@ -59,8 +50,9 @@ def build(
     )
 
 
-def scrape(registry: CollectorRegistry) -> dict[Sample, float]:
-    return parse_metrics(generate_latest(registry).decode())
+def scrape(metrics: MonitorMetrics) -> dict[Sample, float]:
+    """What /metrics serves, as prometheus_client's parser reads it."""
+    return parse_metrics(metrics.exposition.render("")[0].decode())
 
 
 def job(
@@ -188,13 +180,13 @@ def test_error_kinds_count_masked_variants_once() -> None:
     assert kinds.label("disk full") == "other"
 
 
-def test_errors_counter_folds_kinds_past_the_cap_into_other(registry: CollectorRegistry) -> None:
-    metrics = build(registry)
+def test_errors_counter_folds_kinds_past_the_cap_into_other() -> None:
+    metrics = build()
     _, base = poll(None)
     texts = distinct_kinds(55)
     changes, _ = poll(base, *(job(f"j{i}", "failed", error=text) for i, text in enumerate(texts)))
     metrics.record(changes)
-    samples = scrape(registry)
+    samples = scrape(metrics)
     errors = {
         dict(labels)["error"]: v
         for labels, v in series(samples, "epcc_promotion_job_errors_total").items()
@@ -211,19 +203,19 @@ def test_errors_counter_folds_kinds_past_the_cap_into_other(registry: CollectorR
 # counters fed from real diffs
 
 
-def test_watch_presets_failures_to_zero_for_both_job_types(registry: CollectorRegistry) -> None:
-    metrics = build(registry)
-    assert series(scrape(registry), "epcc_promotion_job_failures_total") == {}
+def test_watch_presets_failures_to_zero_for_both_job_types() -> None:
+    metrics = build()
+    assert series(scrape(metrics), "epcc_promotion_job_failures_total") == {}
     metrics.watch(PID)
-    samples = scrape(registry)
+    samples = scrape(metrics)
     assert series(samples, "epcc_promotion_job_failures_total") == {
         frozenset({("promotion_id", PID), ("job_type", job_type)}): 0.0
         for job_type in ("code_generate", "code_export")
     }
 
 
-def test_baseline_counts_nothing(registry: CollectorRegistry) -> None:
-    metrics = build(registry)
+def test_baseline_counts_nothing() -> None:
+    metrics = build()
     metrics.watch(PID)
     changes, _ = poll(
         None,
@@ -233,7 +225,7 @@ def test_baseline_counts_nothing(registry: CollectorRegistry) -> None:
     )
     assert [c.kind for c in changes] == [ChangeKind.BASELINE]
     metrics.record(changes)
-    samples = scrape(registry)
+    samples = scrape(metrics)
     assert series(samples, "epcc_promotion_job_failures_total") == {
         frozenset({("promotion_id", PID), ("job_type", job_type)}): 0.0
         for job_type in ("code_generate", "code_export")
@@ -243,8 +235,8 @@ def test_baseline_counts_nothing(registry: CollectorRegistry) -> None:
     assert series(samples, "epcc_promotion_job_duration_seconds_count") == {}
 
 
-def test_new_failed_job_after_baseline_is_a_failure(registry: CollectorRegistry) -> None:
-    metrics = build(registry)
+def test_new_failed_job_after_baseline_is_a_failure() -> None:
+    metrics = build()
     metrics.watch(PID)
     baseline_changes, base = poll(None, job("a", "completed"))
     metrics.record(baseline_changes)
@@ -254,7 +246,7 @@ def test_new_failed_job_after_baseline_is_a_failure(registry: CollectorRegistry)
     changes, _ = poll(base, job("a", "completed"), failed)
     metrics.record(changes)
 
-    samples = scrape(registry)
+    samples = scrape(metrics)
     assert (
         value(
             samples, "epcc_promotion_job_failures_total", promotion_id=PID, job_type="code_export"
@@ -288,11 +280,9 @@ def test_new_failed_job_after_baseline_is_a_failure(registry: CollectorRegistry)
     }
 
 
-def test_last_failure_timestamp_is_the_clock_when_a_failure_is_reported(
-    registry: CollectorRegistry,
-) -> None:
+def test_last_failure_timestamp_is_the_clock_when_a_failure_is_reported() -> None:
     clock = FakeClock(NOW)
-    metrics = build(registry, clock=clock)
+    metrics = build(clock=clock)
     metrics.watch(PID)
     name = "epcc_promotion_job_last_failure_timestamp_seconds"
     # A job already failed at baseline is history, not a report: no timestamp, not even 0.
@@ -300,14 +290,14 @@ def test_last_failure_timestamp_is_the_clock_when_a_failure_is_reported(
         None, job("a", "failed", error="codes limit exceeded"), job("b", "processing")
     )
     metrics.record(changes)
-    assert series(scrape(registry), name) == {}
+    assert series(scrape(metrics), name) == {}
 
     clock.now = NOW + 30
     changes, base = poll(
         base, job("a", "failed", error="codes limit exceeded"), job("b", "failed", error="timeout")
     )
     metrics.record(changes)
-    assert series(scrape(registry), name) == {
+    assert series(scrape(metrics), name) == {
         frozenset({("promotion_id", PID), ("job_type", "code_generate")}): NOW + 30
     }
 
@@ -321,20 +311,18 @@ def test_last_failure_timestamp_is_the_clock_when_a_failure_is_reported(
         new,
     )
     metrics.record(changes)
-    assert series(scrape(registry), name) == {
+    assert series(scrape(metrics), name) == {
         frozenset({("promotion_id", PID), ("job_type", "code_generate")}): NOW + 600
     }
 
 
-def test_processing_to_failed_is_one_transition_and_one_failure(
-    registry: CollectorRegistry,
-) -> None:
-    metrics = build(registry)
+def test_processing_to_failed_is_one_transition_and_one_failure() -> None:
+    metrics = build()
     metrics.watch(PID)
     _, base = poll(None, job("a", "processing", updated=NOW - 120))
     changes, _ = poll(base, job("a", "failed", error="codes limit exceeded"))
     metrics.record(changes)
-    samples = scrape(registry)
+    samples = scrape(metrics)
     assert labelled(samples, "epcc_promotion_job_transitions_total") == [
         {
             "promotion_id": PID,
@@ -361,8 +349,8 @@ def test_processing_to_failed_is_one_transition_and_one_failure(
     )
 
 
-def test_a_job_already_failed_staying_failed_counts_nothing(registry: CollectorRegistry) -> None:
-    metrics = build(registry)
+def test_a_job_already_failed_staying_failed_counts_nothing() -> None:
+    metrics = build()
     metrics.watch(PID)
     changes, base = poll(None, job("a", "failed", error="codes limit exceeded"))
     metrics.record(changes)
@@ -371,17 +359,15 @@ def test_a_job_already_failed_staying_failed_counts_nothing(registry: CollectorR
     changes, _ = poll(base, later)
     assert [c.kind for c in changes] == [ChangeKind.UPDATED]
     metrics.record(changes)
-    samples = scrape(registry)
+    samples = scrape(metrics)
     assert set(series(samples, "epcc_promotion_job_failures_total").values()) == {0.0}
     assert series(samples, "epcc_promotion_job_errors_total") == {}
     assert series(samples, "epcc_promotion_job_transitions_total") == {}
     assert series(samples, "epcc_promotion_job_duration_seconds_count") == {}
 
 
-def test_duration_is_observed_once_when_a_job_reaches_a_terminal_status(
-    registry: CollectorRegistry,
-) -> None:
-    metrics = build(registry)
+def test_duration_is_observed_once_when_a_job_reaches_a_terminal_status() -> None:
+    metrics = build()
     created = NOW - 1000
     _, snap = poll(None, job("a", "pending", created=created, updated=created))
     steps = [
@@ -397,7 +383,7 @@ def test_duration_is_observed_once_when_a_job_reaches_a_terminal_status(
         metrics.record(changes)
     assert kinds == [[ChangeKind.STATUS_CHANGED], [ChangeKind.STATUS_CHANGED], [ChangeKind.UPDATED]]
 
-    samples = scrape(registry)
+    samples = scrape(metrics)
     completed = {"job_type": "code_generate", "status": "completed"}
     assert value(samples, "epcc_promotion_job_duration_seconds_count", **completed) == 1
     # created_at → updated_at of the poll that saw it complete: (NOW - 700) - (NOW - 1000).
@@ -410,12 +396,12 @@ def test_duration_is_observed_once_when_a_job_reaches_a_terminal_status(
     assert transitions == {("pending", "processing"), ("processing", "completed")}
 
 
-def test_duration_of_a_failure_is_created_to_updated(registry: CollectorRegistry) -> None:
-    metrics = build(registry)
+def test_duration_of_a_failure_is_created_to_updated() -> None:
+    metrics = build()
     _, base = poll(None, job("a", "processing", created=NOW - 5000, updated=NOW - 4000))
     changes, _ = poll(base, job("a", "failed", created=NOW - 5000, updated=NOW - 1234.5))
     metrics.record(changes)
-    samples = scrape(registry)
+    samples = scrape(metrics)
     failed = {"job_type": "code_generate", "status": "failed"}
     assert value(samples, "epcc_promotion_job_duration_seconds_count", **failed) == 1
     assert value(samples, "epcc_promotion_job_duration_seconds_sum", **failed) == 5000 - 1234.5
@@ -424,7 +410,7 @@ def test_duration_of_a_failure_is_created_to_updated(registry: CollectorRegistry
 # gauges rendered from snapshots at scrape time
 
 
-def test_job_counts_per_promotion_type_and_status(registry: CollectorRegistry) -> None:
+def test_job_counts_per_promotion_type_and_status() -> None:
     jobs = [
         *(job(f"g{i}", "completed") for i in range(3)),
         *(job(f"x{i}", "failed", job_type="code_export", error="export failed") for i in range(2)),
@@ -433,12 +419,12 @@ def test_job_counts_per_promotion_type_and_status(registry: CollectorRegistry) -
     ]
     other = [job("o1", "completed", job_type="code_export"), job("o2", "cancelled")]
     snapshots = Snapshots(snapshot(PID, jobs), snapshot(OTHER_PID, other))
-    build(registry, snapshots)
+    metrics = build(snapshots)
 
     def key(pid: str, job_type: str, status: str) -> frozenset[tuple[str, str]]:
         return frozenset({("promotion_id", pid), ("job_type", job_type), ("status", status)})
 
-    assert series(scrape(registry), "epcc_promotion_jobs") == {
+    assert series(scrape(metrics), "epcc_promotion_jobs") == {
         key(PID, "code_generate", "completed"): 3.0,
         key(PID, "code_export", "failed"): 2.0,
         key(PID, "code_generate", "processing"): 1.0,
@@ -449,7 +435,7 @@ def test_job_counts_per_promotion_type_and_status(registry: CollectorRegistry) -
 
     # A new snapshot without the pending export and with one more completed job.
     snapshots.current[0] = snapshot(PID, [*jobs[:-1], job("g9", "completed")])
-    samples = scrape(registry)
+    samples = scrape(metrics)
     assert (
         value(
             samples,
@@ -473,28 +459,28 @@ def test_job_counts_per_promotion_type_and_status(registry: CollectorRegistry) -
 
     # A promotion no longer in the store leaves /metrics entirely.
     del snapshots.current[1]
-    samples = scrape(registry)
+    samples = scrape(metrics)
     assert {labels["promotion_id"] for labels in labelled(samples, "epcc_promotion_jobs")} == {PID}
 
 
-def test_a_removed_failed_job_leaves_every_gauge(registry: CollectorRegistry) -> None:
+def test_a_removed_failed_job_leaves_every_gauge() -> None:
     doomed = job("x", "failed", job_type="code_export", error="export failed")
     kept = job("a", "completed")
     snapshots = Snapshots(snapshot(PID, [kept, doomed]))
-    build(registry, snapshots)
-    samples = scrape(registry)
+    metrics = build(snapshots)
+    samples = scrape(metrics)
     assert [labels["job_id"] for labels in labelled(samples, "epcc_promotion_job_failed_info")] == [
         "x"
     ]
     snapshots.current = [snapshot(PID, [kept])]
-    samples = scrape(registry)
+    samples = scrape(metrics)
     assert series(samples, "epcc_promotion_job_failed_info") == {}
     assert labelled(samples, "epcc_promotion_jobs") == [
         {"promotion_id": PID, "job_type": "code_generate", "status": "completed"}
     ]
 
 
-def test_stuck_counts_only_active_jobs_older_than_stuck_after(registry: CollectorRegistry) -> None:
+def test_stuck_counts_only_active_jobs_older_than_stuck_after() -> None:
     jobs = [
         job("pending-old", "pending", created=NOW - 1000, updated=None),
         job("processing", "processing", updated=NOW - 100),
@@ -504,12 +490,12 @@ def test_stuck_counts_only_active_jobs_older_than_stuck_after(registry: Collecto
         job("failed", "failed", updated=NOW - 10_000, error="codes limit exceeded"),
     ]
     clock = FakeClock(NOW)
-    build(registry, Snapshots(snapshot(PID, jobs)), clock)
+    metrics = build(Snapshots(snapshot(PID, jobs)), clock)
 
     def stuck() -> dict[str, float]:
         return {
             dict(labels)["status"]: v
-            for labels, v in series(scrape(registry), "epcc_promotion_jobs_stuck").items()
+            for labels, v in series(scrape(metrics), "epcc_promotion_jobs_stuck").items()
         }
 
     assert stuck() == {"pending": 1.0}
@@ -520,9 +506,7 @@ def test_stuck_counts_only_active_jobs_older_than_stuck_after(registry: Collecto
     assert stuck() == {"pending": 1.0, "processing": 1.0, "cancelling": 1.0}
 
 
-def test_failed_info_is_the_20_most_recently_updated_failures_per_promotion(
-    registry: CollectorRegistry,
-) -> None:
+def test_failed_info_is_the_20_most_recently_updated_failures_per_promotion() -> None:
     # 25 failures updated one minute apart, listed oldest-first and newest-first alternately
     # so no input order can stand in for the ordering by time.
     failures = [
@@ -537,9 +521,9 @@ def test_failed_info_is_the_20_most_recently_updated_failures_per_promotion(
     ]
     shuffled = failures[::2] + failures[1::2][::-1]
     other = [job("o1", "failed", error="codes limit exceeded"), job("o2", "failed", error=None)]
-    build(registry, Snapshots(snapshot(PID, shuffled), snapshot(OTHER_PID, other)))
+    metrics = build(Snapshots(snapshot(PID, shuffled), snapshot(OTHER_PID, other)))
 
-    info = labelled(scrape(registry), "epcc_promotion_job_failed_info")
+    info = labelled(scrape(metrics), "epcc_promotion_job_failed_info")
     mine = [labels for labels in info if labels["promotion_id"] == PID]
     newest = sorted(failures, key=lambda j: j.updated_at or 0.0, reverse=True)[:20]
     assert len(mine) == 20
@@ -556,8 +540,8 @@ def test_failed_info_is_the_20_most_recently_updated_failures_per_promotion(
 # forget, poll health, build info
 
 
-def test_forget_removes_every_series_of_the_promotion_only(registry: CollectorRegistry) -> None:
-    metrics = build(registry)
+def test_forget_removes_every_series_of_the_promotion_only() -> None:
+    metrics = build()
     for pid in (PID, OTHER_PID):
         metrics.watch(pid)
         _, base = poll(None, job("a", "processing"), pid=pid)
@@ -570,7 +554,7 @@ def test_forget_removes_every_series_of_the_promotion_only(registry: CollectorRe
     def with_promotion(samples: dict[Sample, float], pid: str) -> dict[str, float]:
         return {name: v for (name, labels), v in samples.items() if ("promotion_id", pid) in labels}
 
-    before = scrape(registry)
+    before = scrape(metrics)
     families = {
         "epcc_promotion_job_failures_total",
         "epcc_promotion_job_errors_total",
@@ -585,25 +569,25 @@ def test_forget_removes_every_series_of_the_promotion_only(registry: CollectorRe
     other_before = {k: v for k, v in before.items() if ("promotion_id", OTHER_PID) in k[1]}
 
     metrics.forget(PID)
-    after = scrape(registry)
+    after = scrape(metrics)
     assert with_promotion(after, PID) == {}
     assert {k: v for k, v in after.items() if ("promotion_id", OTHER_PID) in k[1]} == (other_before)
     # Forgetting a promotion that has no series is harmless.
     metrics.forget(PID)
-    assert scrape(registry) == after
+    assert scrape(metrics) == after
 
 
-def test_poll_outcomes_set_up_and_last_success(registry: CollectorRegistry) -> None:
-    metrics = build(registry)
+def test_poll_outcomes_set_up_and_last_success() -> None:
+    metrics = build()
     metrics.poll_succeeded(PID, NOW)
-    samples = scrape(registry)
+    samples = scrape(metrics)
     assert value(samples, "epcc_monitor_up", promotion_id=PID) == 1
     assert value(samples, "epcc_monitor_last_success_timestamp_seconds", promotion_id=PID) == NOW
 
     metrics.poll_failed(PID, "timeout")
     metrics.poll_failed(PID, "timeout")
     metrics.poll_failed(PID, "not_found")
-    samples = scrape(registry)
+    samples = scrape(metrics)
     assert value(samples, "epcc_monitor_up", promotion_id=PID) == 0
     # A failure does not pretend to be a success: the timestamp stays at the last good poll.
     assert value(samples, "epcc_monitor_last_success_timestamp_seconds", promotion_id=PID) == NOW
@@ -613,30 +597,28 @@ def test_poll_outcomes_set_up_and_last_success(registry: CollectorRegistry) -> N
     )
 
     metrics.poll_succeeded(PID, NOW + 60)
-    samples = scrape(registry)
+    samples = scrape(metrics)
     assert value(samples, "epcc_monitor_up", promotion_id=PID) == 1
     assert (
         value(samples, "epcc_monitor_last_success_timestamp_seconds", promotion_id=PID) == NOW + 60
     )
 
 
-def test_build_info_carries_the_version(registry: CollectorRegistry) -> None:
-    build(registry)
-    assert series(scrape(registry), "epcc_monitor_build_info") == {
+def test_build_info_carries_the_version() -> None:
+    metrics = build()
+    assert series(scrape(metrics), "epcc_monitor_build_info") == {
         frozenset({("version", VERSION)}): 1.0
     }
 
 
-def test_promtool_accepts_the_exposition_with_every_metric_populated(
-    registry: CollectorRegistry,
-) -> None:
+def test_promtool_accepts_the_exposition_with_every_metric_populated() -> None:
     promtool = require_tool("promtool")
     jobs = [
         job("stuck", "pending", created=NOW - 10_000, updated=None),
         job("done", "completed"),
         job("failed", "failed", job_type="code_export", error='quote " and \\ backslash'),
     ]
-    metrics = build(registry, Snapshots(snapshot(PID, jobs)))
+    metrics = build(Snapshots(snapshot(PID, jobs)))
     metrics.watch(PID)
     _, base = poll(None, job("a", "processing"))
     changes, _ = poll(base, job("a", "failed", error="database timeout after 30s"))
@@ -652,7 +634,7 @@ def test_promtool_accepts_the_exposition_with_every_metric_populated(
     metrics.active_promotions.set(1)
     metrics.promotions.labels("promotion").set(1)
     metrics.discovery_errors.labels("timeout").inc()
-    text = generate_latest(registry).decode()
+    text = metrics.exposition.render("")[0].decode()
     samples = parse_metrics(text)
     for name in (
         "epcc_promotion_jobs",

@@ -22,8 +22,8 @@ from monitor.status import (
     StatusView,
     build_status,
     parse_query,
-    to_json,
 )
+from monitor.status_json import to_json
 from monitor.status_page import ago, render_page
 from tests.support import FakeClock
 
@@ -119,7 +119,15 @@ def test_rows_put_what_needs_attention_first() -> None:
     stuck = view.promotions[1]
     assert (stuck.stuck, stuck.stuck_since) == (1, NOW - 2 * STUCK_AFTER)
     assert view.promotions[3].kind == "rule_promotion"
-    assert view.promotions[3].poll_ok is None
+    assert view.promotions[3].last_poll is None
+    assert to_json(view)["promotions"][3]["last_poll"] == {
+        "at": None,
+        "ok": None,
+        "reason": None,
+        "failing_since": None,
+        "last_success": None,
+        "incomplete": None,
+    }
     assert view.last_success == NOW - 30
 
 

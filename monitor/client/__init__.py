@@ -1,6 +1,6 @@
 """The Elastic Path HTTP client.
 
-`transport` (budget → request → classify → retry) ◄─ `tokens` (client_credentials or a token
+`transport` (`budget` → request → classify → retry) ◄─ `tokens` (client_credentials or a token
 file) and `pager` (offsets by records received) ◄─ `api` (jobs, promotion lists, one promotion).
 The page memory (`memory`) belongs to the poller; the client holds no domain state.
 """

@@ -10,7 +10,7 @@ from typing import TypeVar
 
 from yarl import URL
 
-from monitor.budget import RequestBudget
+from monitor.client.budget import RequestBudget
 from monitor.client.endpoints import JOBS_ENDPOINT, LIST_ENDPOINT, ONE_ENDPOINT, JobsTarget
 from monitor.client.errors import ApiError, Redactions, decode_json
 from monitor.client.memory import BodyKey, PageMemory, SeenPage, body_key

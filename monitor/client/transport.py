@@ -12,7 +12,7 @@ import aiohttp
 import stamina
 from yarl import URL
 
-from monitor.budget import RequestBudget
+from monitor.client.budget import RequestBudget
 from monitor.client.errors import (
     ApiError,
     Redactions,

@@ -1,10 +1,11 @@
-"""`python -m monitor.simulator`: serve a populated simulator until Ctrl-C."""
+"""`python -m monitor.simulator`: serve a populated simulator until Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import signal
 from collections.abc import Sequence
 
 from monitor.simulator.demo import populate_demo
@@ -12,7 +13,7 @@ from monitor.simulator.server import Simulator
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Serve a populated simulator until Ctrl-C."""
+    """Serve a populated simulator until Ctrl-C or SIGTERM."""
     parser = argparse.ArgumentParser(
         prog="python -m monitor.simulator", description="Serve a fake Elastic Path store."
     )
@@ -37,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--unordered", action="store_true", help="list jobs in a fresh random order each request"
     )
     args = parser.parse_args(argv)
-    with contextlib.suppress(KeyboardInterrupt):
+    with contextlib.suppress(KeyboardInterrupt):  # (a Ctrl-C before the handlers are in place)
         asyncio.run(_serve(args))
 
 
@@ -49,6 +50,12 @@ def _positive(text: str) -> int:
 
 
 async def _serve(args: argparse.Namespace) -> None:
+    # Handlers of our own, as the daemon's: a background job of a non-interactive shell starts
+    # with SIGINT ignored, and Python's default for SIGTERM is to die without stopping the server.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
     sim = Simulator(
         client_id=args.client_id,
         client_secret=args.client_secret,
@@ -67,9 +74,11 @@ async def _serve(args: argparse.Namespace) -> None:
         flush=True,
     )
     try:
-        if args.lifecycle_period > 0:
-            await sim.run_lifecycle(args.lifecycle_period)
-        else:
-            await asyncio.Event().wait()
+        async with asyncio.TaskGroup() as tasks:  # (a lifecycle step that raises ends it too)
+            period = args.lifecycle_period
+            lifecycle = tasks.create_task(sim.run_lifecycle(period)) if period > 0 else None
+            await stop.wait()
+            if lifecycle is not None:
+                lifecycle.cancel()
     finally:
         await sim.stop()

@@ -1,21 +1,14 @@
-"""Prometheus metrics: counters for events, and gauges rendered from the snapshot at scrape time.
-
-Gauges come from a custom collector rather than Gauge objects, so a job that leaves the
-snapshot leaves /metrics with it, and nothing has to remember to delete its series.
-"""
+"""Prometheus metrics: counters for events, and gauges rendered from the snapshot at scrape time."""
 
 from __future__ import annotations
 
 import math
 import re
 from collections import Counter as Tally
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
 from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from monitor.diff import is_stuck
 from monitor.models import (
@@ -34,6 +27,7 @@ from monitor.sinks.exposition import (
     PromotionCounter,
     PromotionGauge,
     PromotionSeries,
+    Samples,
     sample_line,
 )
 from monitor.summary import JobSummary, Summaries
@@ -124,79 +118,21 @@ def failed_rows(pid: str, summary: JobSummary) -> Rows:
     return [((pid, job.id, job.job_type, job.error or ""), 1) for job in summary.failed]
 
 
-class NamesCollector(Collector):
-    """`epcc_promotion_info`: one series per named promotion, for joins in alerts and views."""
-
-    def __init__(self, names: Names) -> None:
-        self._names = names
-
-    def collect(self) -> Iterator[Metric]:
-        info = GaugeMetricFamily(*INFO, labels=INFO_LABELS)
-        for promotion_id, kind, name in self._names:
-            info.add_metric([promotion_id, kind.value, name], 1)
-        yield info
-
-
-@dataclass(frozen=True, slots=True)
-class SnapshotSource:
-    """What the job gauges are rendered from; both renderings share one, and so its summaries."""
-
-    snapshots: Callable[[], Iterable[PromotionSnapshot]]
-    clock: Callable[[], float]
-    stuck_after: float
-    summaries: Summaries = field(default_factory=Summaries)
-
-
-class SnapshotCollector(Collector):
-    """Renders job gauges from the live snapshots at scrape time."""
-
-    def __init__(self, source: SnapshotSource) -> None:
-        self._source = source
-
-    def collect(self) -> Iterator[Metric]:
-        source = self._source
-        jobs = GaugeMetricFamily(*JOBS, labels=JOB_LABELS)
-        stuck = GaugeMetricFamily(*STUCK, labels=JOB_LABELS)
-        failed = GaugeMetricFamily(*FAILED_INFO, labels=FAILED_LABELS)
-        now = source.clock()
-        live: set[str] = set()
-        for snapshot in source.snapshots():
-            pid = snapshot.promotion_id
-            live.add(pid)
-            summary = source.summaries.of(snapshot)
-            for family, rows in (
-                (jobs, job_rows(pid, summary)),
-                (stuck, stuck_rows(pid, summary, now, source.stuck_after)[0]),
-                (failed, failed_rows(pid, summary)),
-            ):
-                for labels, value in rows:
-                    family.add_metric(list(labels), value)
-        source.summaries.keep_only(live)
-        yield jobs
-        yield stuck
-        yield failed
-
-
-def _gauge_entry(family: Family, names: tuple[str, ...], rows: Rows) -> Entry | None:
-    if not rows:
-        return None
-    lines = [sample_line(family.name, zip(names, labels, strict=True), v) for labels, v in rows]
-    return "".join(lines).encode()
-
-
-def _put(family: Family, pid: str, entry: Entry | None) -> None:
-    if entry is None:
-        family.chunks.pop(pid, None)
-    else:
-        family.chunks[pid] = entry
-
-
 class SnapshotFamilies:
-    """The SnapshotCollector's families as cached chunks: a promotion's are rendered again only
-    when its snapshot object changes, or, for the stuck counts, when a job turns stuck."""
+    """The job gauges, rendered from the live snapshots: a promotion's again only when its
+    snapshot object changes, or, for the stuck counts, when a job turns stuck. A job that leaves
+    the snapshot leaves /metrics with it, so nothing has to remember to delete its series."""
 
-    def __init__(self, source: SnapshotSource) -> None:
-        self._source = source
+    def __init__(
+        self,
+        snapshots: Callable[[], Iterable[PromotionSnapshot]],
+        clock: Callable[[], float],
+        stuck_after: float,
+    ) -> None:
+        self._snapshots = snapshots
+        self._clock = clock
+        self._stuck_after = stuck_after
+        self._summaries = Summaries()
         self._jobs = Family(*JOBS, "gauge")
         self._stuck = Family(*STUCK, "gauge")
         self._failed = Family(*FAILED_INFO, "gauge")
@@ -204,34 +140,40 @@ class SnapshotFamilies:
         self._rendered: dict[str, tuple[PromotionSnapshot, float, float]] = {}
 
     def refresh(self) -> Iterable[Family]:
-        source = self._source
-        now = source.clock()
+        now = self._clock()
         live: set[str] = set()
-        for snapshot in source.snapshots():
+        for snapshot in self._snapshots():
             pid = snapshot.promotion_id
             live.add(pid)
             rendered = self._rendered.get(pid)
             new = rendered is None or rendered[0] is not snapshot
             if not new and rendered is not None and rendered[1] <= now <= rendered[2]:
                 continue
-            summary = source.summaries.of(snapshot)
+            summary = self._summaries.of(snapshot)
             if new:
-                _put(self._jobs, pid, _gauge_entry(self._jobs, JOB_LABELS, job_rows(pid, summary)))
+                self._jobs.put(pid, _entry(self._jobs, JOB_LABELS, job_rows(pid, summary)))
                 failed = failed_rows(pid, summary)
-                _put(self._failed, pid, _gauge_entry(self._failed, FAILED_LABELS, failed))
-            rows, until = stuck_rows(pid, summary, now, source.stuck_after)
-            _put(self._stuck, pid, _gauge_entry(self._stuck, JOB_LABELS, rows))
+                self._failed.put(pid, _entry(self._failed, FAILED_LABELS, failed))
+            rows, until = stuck_rows(pid, summary, now, self._stuck_after)
+            self._stuck.put(pid, _entry(self._stuck, JOB_LABELS, rows))
             self._rendered[pid] = (snapshot, now, until)
         for gone in self._rendered.keys() - live:
             del self._rendered[gone]
             for family in (self._jobs, self._stuck, self._failed):
                 family.chunks.pop(gone, None)
-        source.summaries.keep_only(live)
+        self._summaries.keep_only(live)
         return (self._jobs, self._stuck, self._failed)
 
 
+def _entry(family: Family, names: tuple[str, ...], rows: Rows) -> Entry | None:
+    if not rows:
+        return None
+    lines = [sample_line(family.name, zip(names, labels, strict=True), v) for labels, v in rows]
+    return "".join(lines).encode()
+
+
 class NameFamily:
-    """`epcc_promotion_info` as cached chunks, rendered again when a name or kind changes."""
+    """`epcc_promotion_info`, rendered again when a name or kind changes."""
 
     def __init__(self, names: Names) -> None:
         self._names = names
@@ -245,27 +187,16 @@ class NameFamily:
             if self._rendered.get(pid) != (kind.value, name):
                 self._rendered[pid] = (kind.value, name)
                 rows: Rows = [((pid, kind.value, name), 1)]
-                _put(self._family, pid, _gauge_entry(self._family, INFO_LABELS, rows))
+                self._family.put(pid, _entry(self._family, INFO_LABELS, rows))
         for gone in self._rendered.keys() - live:
             del self._rendered[gone]
             self._family.chunks.pop(gone, None)
         return (self._family,)
 
 
-class _Gated(Collector):
-    """Serves another registry's metrics only while `visible()` is true."""
-
-    def __init__(self, inner: CollectorRegistry, visible: Callable[[], bool]) -> None:
-        self._inner = inner
-        self._visible = visible
-
-    def collect(self) -> Iterator[Metric]:
-        if self._visible():
-            yield from self._inner.collect()
-
-
 class MonitorMetrics:
-    """Every metric the monitor exposes, on an injected registry."""
+    """Every metric the monitor exposes: the process's own on the injected registry, and the
+    promotion series, which only `exposition` renders (it serves both at /metrics)."""
 
     def __init__(
         self,
@@ -280,27 +211,22 @@ class MonitorMetrics:
     ) -> None:
         self.error_kinds = ErrorKinds()
         self._clock = clock
-        # Promotion and job series live in a registry of their own, served only while `visible`:
-        # a replica standing by (coordination) must not show stale or zero series beside the
-        # leader's, or alerts that take the max over replicas would see them.
-        promotions = CollectorRegistry(auto_describe=True)
-        registry.register(_Gated(promotions, visible))
-        # The rest, on a registry of its own too, so /metrics can render it apart from the
-        # promotion series it serves from the exposition cache.
+        # The process's own series, without `_created` (on this registry only: the flag
+        # prometheus_client offers is global). The promotion series are not on a registry: the
+        # exposition renders them, and only while `visible` (a replica standing by must not show
+        # stale or zero series beside the leader's, or alerts that take the max would see them).
         process = CollectorRegistry(auto_describe=True)
-        registry.register(process)
+        registry.register(Samples(process))
         job = ["promotion_id", "job_type"]
         self.failures = PromotionCounter(
             "epcc_promotion_job_failures_total",
             "Jobs seen turning failed (or first seen already failed) since the monitor started.",
             job,
-            registry=promotions,
         )
         self.errors = PromotionCounter(
             "epcc_promotion_job_errors_total",
             "Failures by normalized error text (ids and numbers masked; at most 50 kinds).",
             [*job, "error"],
-            registry=promotions,
         )
         # The alert's age branch reads this: a counter that starts above 0 on a new pod (a failure
         # found by its baseline lookback) has no increase() to see, a timestamp always does.
@@ -309,56 +235,48 @@ class MonitorMetrics:
             "Unix time at which this monitor last reported a failure of the promotion and job "
             "type.",
             job,
-            registry=promotions,
         )
         self.codes_generated = PromotionCounter(
             "epcc_promotion_codes_generated",
             "Codes generated by jobs seen completing (result.generated).",
             ["promotion_id"],
-            registry=promotions,
         )
         self.codes_deleted = PromotionCounter(
             "epcc_promotion_codes_deleted",
             "Codes deleted by jobs seen being cancelled (result.deleted).",
             ["promotion_id"],
-            registry=promotions,
         )
         self.shortfalls = PromotionCounter(
             "epcc_promotion_job_shortfalls",
             "code_generate jobs seen completing with fewer codes than number_of_codes.",
             ["promotion_id"],
-            registry=promotions,
         )
         self.last_shortfall = PromotionGauge(
             "epcc_promotion_job_last_shortfall_timestamp_seconds",
             "Unix time at which this monitor last reported a shortfall of the promotion.",
             ["promotion_id"],
-            registry=promotions,
         )
         self.transitions = PromotionCounter(
             "epcc_promotion_job_transitions_total",
             "Job status changes seen; from_status is 'new' for jobs seen for the first time.",
             [*job, "from_status", "to_status"],
-            registry=promotions,
         )
         self.duration = Histogram(
             "epcc_promotion_job_duration_seconds",
             "created_at to updated_at of jobs seen reaching a terminal status.",
             ["job_type", "status"],
             buckets=DURATION_BUCKETS,
-            registry=promotions,
+            registry=None,
         )
         self.up = PromotionGauge(
             "epcc_monitor_up",
             "1 if the last poll of the promotion succeeded, 0 if it failed.",
             ["promotion_id"],
-            registry=promotions,
         )
         self.last_success = PromotionGauge(
             "epcc_monitor_last_success_timestamp_seconds",
             "Unix time of the last successful poll of the promotion.",
             ["promotion_id"],
-            registry=promotions,
         )
         self.poll_duration = Histogram(
             "epcc_monitor_poll_duration_seconds",
@@ -370,14 +288,12 @@ class MonitorMetrics:
             "epcc_monitor_poll_errors_total",
             "Failed polls by promotion and reason.",
             ["promotion_id", "reason"],
-            registry=promotions,
         )
         self.polls_incomplete = PromotionCounter(
             "epcc_monitor_polls_incomplete_total",
             "Polls whose job listing could not be read whole (reason: offset_limit, "
             "offset_ignored, short); unseen jobs are kept as last known.",
             ["promotion_id", "reason"],
-            registry=promotions,
         )
         self.api_requests = Counter(
             "epcc_monitor_api_requests_total",
@@ -400,7 +316,6 @@ class MonitorMetrics:
             "epcc_monitor_jobs_skipped_total",
             "Job objects in API answers that could not be identified (no id, not an object).",
             ["promotion_id"],
-            registry=promotions,
         )
         self.schedule_lag = Gauge(
             "epcc_monitor_schedule_lag_seconds",
@@ -440,7 +355,7 @@ class MonitorMetrics:
             "0 while it stands by.",
             registry=process,
         )
-        # (in registration order, on either side of the duration histogram)
+        # (in the order declared above, on either side of the duration histogram)
         reported: tuple[PromotionSeries, ...] = (
             self.failures,
             self.errors,
@@ -459,18 +374,14 @@ class MonitorMetrics:
             self.jobs_skipped,
         )
         self._series = reported + polled
-        source = SnapshotSource(snapshots, clock, stuck_after)
-        promotions.register(SnapshotCollector(source))
-        promotions.register(NamesCollector(names))
-        # The same series as `promotions`, in its order, for /metrics (see exposition.py).
         self.exposition = Exposition(
-            process,
+            registry,
             visible,
             [
                 *reported,
                 self.duration,
                 *polled,
-                SnapshotFamilies(source),
+                SnapshotFamilies(snapshots, clock, stuck_after),
                 NameFamily(names),
             ],
         )

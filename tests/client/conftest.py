@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from monitor.budget import RequestBudget
 from monitor.client import ElasticPathClient
+from monitor.client.budget import RequestBudget
 from monitor.simulator import Simulator
 from tests.client_support import Connect, RecordedEvents, make_client
 from tests.support import FakeClock

@@ -11,8 +11,8 @@ from email.utils import format_datetime
 import pytest
 from aiohttp import web
 
-from monitor.budget import RequestBudget
 from monitor.client import parse_retry_after
+from monitor.client.budget import RequestBudget
 from monitor.client.errors import error_summary
 from monitor.models import PromotionKind
 from monitor.simulator import Fault, Simulator

@@ -49,8 +49,13 @@ def test_populate_demo_always_includes_a_rule_promotion() -> None:
 @contextlib.asynccontextmanager
 async def served_by_main(
     *flags: str,
+    sigint: signal.Handlers = signal.SIG_DFL,
+    stop: signal.Signals = signal.SIGINT,
 ) -> AsyncIterator[tuple[aiohttp.ClientSession, dict[str, str]]]:
-    """The simulator CLI as a subprocess on a free port: a session on it and auth headers."""
+    """The simulator CLI as a subprocess on a free port: a session on it and auth headers.
+
+    The child starts with SIGINT set to `sigint`, whatever the test's own disposition (a
+    background job of a non-interactive shell has it ignored), and must exit 0 on `stop`."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -60,6 +65,7 @@ async def served_by_main(
         *flags,
         cwd=Path(__file__).parents[1],
         stdout=asyncio.subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, sigint),
     )
     assert process.stdout is not None
     try:
@@ -77,11 +83,13 @@ async def served_by_main(
             async with http.post("/oauth/access_token", data=form) as resp:
                 token = (await resp.json())["access_token"]
             yield http, {"Authorization": f"Bearer {token}"}
-    finally:
-        process.send_signal(signal.SIGINT)
+        process.send_signal(stop)
         async with asyncio.timeout(10):
-            returncode = await process.wait()
-    assert returncode == 0
+            assert await process.wait() == 0
+    finally:
+        if process.returncode is None:  # (never left running, whatever failed)
+            process.kill()
+            await process.wait()
 
 
 async def test_main_serves_a_populated_store_until_interrupted() -> None:
@@ -92,6 +100,19 @@ async def test_main_serves_a_populated_store_until_interrupted() -> None:
         async with http.get("/v2/rule-promotions", headers=headers) as resp:
             rule = (await resp.json())["meta"]["results"]["total"]
     assert (standard, rule) == (2, 1)
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("sigint", [signal.SIG_DFL, signal.SIG_IGN], ids=["default", "ignored"])
+async def test_main_stops_cleanly_on_sigint_and_sigterm_even_started_with_sigint_ignored(
+    sigint: signal.Handlers, stop: signal.Signals
+) -> None:
+    flags = ("--promotions", "1", "--jobs", "1", "--lifecycle-period", "0.05")
+    async with (
+        served_by_main(*flags, sigint=sigint, stop=stop) as (http, headers),
+        http.get("/v2/promotions", headers=headers) as resp,
+    ):
+        assert resp.status == 200
 
 
 async def test_main_flags_set_the_store_paging_habits() -> None:
