@@ -22,6 +22,7 @@ import monitor.events
 from monitor.app import Monitor
 from monitor.settings import Settings, parse_settings
 from monitor.simulator import Simulator
+from tests.deploy_support import alert_rules, rule_groups
 from tests.support import long_ago
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,6 +95,16 @@ def test_the_strict_build_passes_and_serves_every_page_and_picture(site: Path) -
         for src in re.findall(r'<img[^>]* src="([^"]+)"', html.read_text(encoding="utf-8")):
             if not src.startswith(("http:", "https:", "data:")):
                 assert (html.parent / src).resolve().is_file(), f"{html}: {src}"
+
+
+def test_every_alert_s_runbook_url_anchor_is_a_section_of_the_built_runbook(site: Path) -> None:
+    built = (site / "runbook" / "index.html").read_text(encoding="utf-8")
+    ids = set(re.findall(r'<h2 id="([^"]+)"', built))
+    anchors = {
+        rule["annotations"]["runbook_url"].split("#", 1)[1] for rule in alert_rules(rule_groups())
+    }
+    assert len(anchors) >= 10
+    assert anchors <= ids
 
 
 # events
