@@ -28,7 +28,7 @@ from mkdocs.config.defaults import MkDocsConfig
 from mkdocs.exceptions import PluginError
 from mkdocs.structure.files import File, Files
 from prometheus_client import CollectorRegistry
-from pydantic import BaseModel, SecretStr
+from pydantic import AliasChoices, BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings
 
@@ -203,7 +203,10 @@ def _declared_env(field: FieldInfo) -> str:
     if isinstance(named, list):
         return ", ".join(f"`{item}`" for item in named)
     alias = field.validation_alias
-    return f"`{alias}`" if isinstance(alias, str) and alias.isupper() else ""
+    choices = alias.choices if isinstance(alias, AliasChoices) else [alias]
+    # (an upper-case alias is an environment variable's name, not a YAML key)
+    names = [name for name in choices if isinstance(name, str) and name.isupper()]
+    return ", ".join(f"`{name}`" for name in names)
 
 
 def config_rows(model: type[BaseModel], prefix: str = "") -> Iterator[ConfigRow]:

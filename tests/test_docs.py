@@ -5,6 +5,7 @@ key — each found here from the code by another route than docs/hooks.py takes.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import re
 import subprocess
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import AliasChoices, BaseModel, Field
 
 import monitor.events
 from monitor.app import Monitor
@@ -227,6 +229,43 @@ def test_the_configuration_reference_shows_the_environment_that_sets_a_key(site:
     assert env["api.client_id"] == ["EPCC_CLIENT_ID"]
     assert env["sharding.shard_count"] == ["SHARD_COUNT"]
     assert env["poll.interval_seconds"] == []
+
+
+def docs_hooks() -> Any:
+    spec = importlib.util.spec_from_file_location("docs_hooks", DOCS / "hooks.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class _Inner(BaseModel):
+    limit: int = Field(5, ge=1, description="How many at most.")
+
+
+class _Documented(BaseModel):
+    """A section whose fields say what they mean and which variable sets them."""
+
+    host: str = Field(
+        "h", validation_alias=AliasChoices("host", "DOCS_HOST"), description="Where it runs."
+    )
+    port: int = Field(1, json_schema_extra={"env": "DOCS_PORT"})
+    inner: _Inner | None = None
+
+
+def test_a_key_shows_its_description_and_the_variable_its_field_declares() -> None:
+    rows = {row.key: row for row in docs_hooks().config_rows(_Documented)}
+    assert list(rows) == ["host", "port", "inner", "inner.limit"]
+    assert (rows["host"].description, rows["host"].env) == ("Where it runs.", "`DOCS_HOST`")
+    assert (rows["port"].description, rows["port"].env) == ("", "`DOCS_PORT`")
+    assert (rows["inner"].type, rows["inner"].default) == ("section", "unset")
+    limit = rows["inner.limit"]
+    assert (limit.type, limit.default, limit.description) == (
+        "integer, ≥ 1",
+        "`5`",
+        "How many at most.",
+    )
 
 
 # the architecture page's map of the code
