@@ -4,11 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install tools lint format test demo bench soak constraints clean
+.PHONY: help install tools lint format test demo docs bench soak constraints clean
 
 help:
 	@echo "make demo   - run the monitor against the built-in simulator (metrics on :10464)"
-	@echo "make test   - lint, then the whole test suite (installs what it needs)"
+	@echo "make test   - lint, then the whole test suite (installs what it needs; builds the docs)"
+	@echo "make docs   - the documentation site, into site/ (mkdocs build --strict)"
 	@echo "make lint   - ruff (lint + format check) and mypy --strict"
 	@echo "make bench  - performance benchmarks (results in tests/benchmarks/results/)"
 	@echo "make soak   - an hour of simulated time at 1,000 promotions with faults"
@@ -16,7 +17,7 @@ help:
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,bench]'
+	$(BIN)/pip install --quiet -e '.[test,bench,docs]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -28,19 +29,24 @@ tools:
 	@sh tests/tools/install-browser.sh
 
 lint: $(STAMP)
-	$(BIN)/ruff check monitor tests
-	$(BIN)/ruff format --check monitor tests
+	$(BIN)/ruff check monitor tests docs
+	$(BIN)/ruff format --check monitor tests docs
 	$(BIN)/mypy
 
 format: $(STAMP)
-	$(BIN)/ruff format monitor tests
-	$(BIN)/ruff check --fix monitor tests
+	$(BIN)/ruff format monitor tests docs
+	$(BIN)/ruff check --fix monitor tests docs
 
 test: lint tools
 	$(BIN)/pytest
 
 demo: $(STAMP)
 	$(BIN)/promo-monitor demo
+
+# The reference pages are generated from monitor/ at build time (docs/hooks.py); tests/test_docs.py
+# runs the same strict build, so `make test` checks it too.
+docs: $(STAMP)
+	cd docs && NO_MKDOCS_2_WARNING=1 ../$(BIN)/mkdocs build --strict
 
 bench: $(STAMP)
 	$(BIN)/python -m tests.benchmarks
@@ -61,4 +67,4 @@ constraints:
 	rm -rf build/constraints-venv
 
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) build site *.egg-info .mypy_cache .pytest_cache .ruff_cache

@@ -20,7 +20,7 @@ ALERT_TESTS = DEPLOY / "prometheus" / "alerts.test.yaml"
 PROMETHEUS_RULE = KUBERNETES / "base" / "prometheusrule.yaml"
 ALERTMANAGER = DEPLOY / "alertmanager" / "alertmanager.yaml"
 DASHBOARD = DEPLOY / "grafana" / "dashboard.json"
-RUNBOOK = DEPLOY / "RUNBOOK.md"
+RUNBOOK = ROOT / "docs" / "pages" / "runbook.md"
 DOCKERFILE = DEPLOY / "Dockerfile"
 
 # The metric families of the monitor that deploy/ may rely on (the names fixed by issues 2 and 12;
@@ -177,7 +177,7 @@ CONFIG_DIR = "/etc/promo-monitor"
 SECRET_NAME = "promo-monitor-credentials"
 SECRET_KEYS = ("EPCC_CLIENT_ID", "EPCC_CLIENT_SECRET")
 SEVERITY_RECEIVERS = {"critical": "promo-monitor-pager", "warning": "promo-monitor-chat"}
-RUNBOOK_URL_BASE = "https://github.com/your-org/promo-monitor/blob/main/deploy/RUNBOOK.md#"
+RUNBOOK_URL_BASE = "https://github.com/your-org/promo-monitor/blob/main/docs/pages/runbook.md#"
 SCRAPE_LABEL = ("promo-monitor/scrape", "true")
 # The alerts that mean the monitor itself is gone; they inhibit every other (symptom) alert.
 MONITOR_GONE_ABSENT = "PromoMonitorAbsent"

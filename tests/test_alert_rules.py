@@ -19,7 +19,6 @@ from tests.deploy_support import (
     ABSENT_NAMESPACE_TESTS,
     ALERT_TESTS,
     ALERTS,
-    DEPLOY,
     ENTRY_POINTS,
     KUBERNETES,
     MONITOR_GONE_ABSENT,
@@ -142,7 +141,7 @@ def test_alerts_are_named_labelled_annotated_and_have_a_runbook() -> None:
         annotations = rule["annotations"]
         assert {"summary", "description", "runbook_url"} <= set(annotations), name
         assert annotations["runbook_url"] == RUNBOOK_URL_BASE + name.lower()
-        assert name.lower() in anchors, f"RUNBOOK.md has no section for {name}"
+        assert name.lower() in anchors, f"the runbook has no section for {name}"
     # and the runbook documents no alert that does not exist
     runbook = RUNBOOK.read_text(encoding="utf-8")
     documented = set(re.findall(r"^## (PromoMonitor\w+)", runbook, re.M))
@@ -197,11 +196,14 @@ def test_job_alerts_name_the_promotion_without_depending_on_the_name() -> None:
     } <= set(per_promotion)
 
 
-def test_the_deploy_guide_lists_every_alert() -> None:
-    """deploy/README.md's "Alerts at a glance" table: one row per alert, with its severity."""
-    text = (DEPLOY / "README.md").read_text(encoding="utf-8")
+def test_the_runbook_lists_every_alert() -> None:
+    """The runbook's "Alerts at a glance" table: one row per alert, with its severity, each
+    linking to the alert's section."""
+    text = RUNBOOK.read_text(encoding="utf-8")
     table = text.split("## Alerts at a glance", 1)[1].split("\n\n", 2)[1]
-    rows = dict(re.findall(r"^\| (PromoMonitor\w+) \| (\w+) \|", table, re.MULTILINE))
+    found = re.findall(r"^\| \[(PromoMonitor\w+)\]\(#(\w+)\) \| (\w+) \|", table, re.MULTILINE)
+    assert all(anchor == name.lower() for name, anchor, _ in found), found
+    rows = {name: severity for name, _, severity in found}
     assert rows == {
         rule["alert"]: rule["labels"]["severity"] for rule in alert_rules(rule_groups())
     }

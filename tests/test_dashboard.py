@@ -1,4 +1,4 @@
-"""deploy/grafana and the README's PromQL: they query only metrics the monitor exports, and
+"""deploy/grafana and the docs' example PromQL: they query only metrics the monitor exports, and
 the codes panels evaluate as intended (promtool).
 """
 
@@ -121,11 +121,12 @@ def test_dashboard_codes_panels_name_promotions_and_count_replicas_once(
         _promtool_expr_test(promtool, tmp_path, expr, _codes_fixture(metric), expected)
 
 
-def readme_promql_examples() -> list[str]:
-    """The expressions of the README's "Example PromQL" block (indented lines continue one)."""
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    found = re.search(r"### Example PromQL\n+```promql\n(.*?)```", text, re.S)
-    assert found, "README.md has no Example PromQL block"
+def documented_promql_examples() -> list[str]:
+    """The expressions of the "Example PromQL" block of docs/pages/reporting.md (indented lines
+    continue one)."""
+    text = (ROOT / "docs" / "pages" / "reporting.md").read_text(encoding="utf-8")
+    found = re.search(r"## Example PromQL\n+```promql\n(.*?)```", text, re.S)
+    assert found, "docs/pages/reporting.md has no Example PromQL block"
     expressions: list[str] = []
     for line in found.group(1).splitlines():
         if not line.strip() or line.startswith("#"):
@@ -137,24 +138,24 @@ def readme_promql_examples() -> list[str]:
     return expressions
 
 
-def test_readme_promql_examples_parse_and_use_exported_metrics(
+def test_documented_promql_examples_parse_and_use_exported_metrics(
     promtool: str, tmp_path: Path
 ) -> None:
-    expressions = readme_promql_examples()
+    expressions = documented_promql_examples()
     assert len(expressions) >= 10
     for expr in expressions:
         assert metric_names_in(expr) <= MONITOR_METRIC_NAMES, expr
-    rules = [{"record": f"readme:example_{n}", "expr": e} for n, e in enumerate(expressions)]
-    path = tmp_path / "readme-examples.yaml"
+    rules = [{"record": f"docs:example_{n}", "expr": e} for n, e in enumerate(expressions)]
+    path = tmp_path / "docs-examples.yaml"
     path.write_text(
-        yaml.safe_dump({"groups": [{"name": "readme", "rules": rules}]}), encoding="utf-8"
+        yaml.safe_dump({"groups": [{"name": "docs", "rules": rules}]}), encoding="utf-8"
     )
     assert f"SUCCESS: {len(expressions)} rules found" in run(promtool, "check", "rules", path)
 
 
-def test_readme_codes_by_name_example(promtool: str, tmp_path: Path) -> None:
+def test_documented_codes_by_name_example(promtool: str, tmp_path: Path) -> None:
     """Codes per promotion by name: two replicas count once; an unnamed promotion is left out."""
-    (expr,) = [e for e in readme_promql_examples() if "group_left (name)" in e]
+    (expr,) = [e for e in documented_promql_examples() if "group_left (name)" in e]
     metric = "epcc_promotion_codes_generated_total"
     expected = {'{promotion_id="p-1",name="Summer sale"}': 1000}
     _promtool_expr_test(promtool, tmp_path, expr, _codes_fixture(metric), expected)

@@ -207,7 +207,7 @@ def test_statefulset_shards_follow_the_replica_count(statefulset: list[dict[str,
 
 
 def test_scaling_the_statefulset_is_one_number(kubectl: str, tmp_path: Path) -> None:
-    """Edit spec.replicas in statefulset.yaml, as the README says: the shard count follows."""
+    """Edit spec.replicas in statefulset.yaml, as the deployment guide says: the shards follow."""
     tree = tmp_path / "kubernetes"
     shutil.copytree(KUBERNETES, tree)
     manifest = tree / "statefulset" / "statefulset.yaml"

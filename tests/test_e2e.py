@@ -231,7 +231,7 @@ async def test_a_job_turning_failed_is_delivered_with_its_error(
         description = annotations["description"]
         assert f"Failed job(s): {store.running}: {ERROR}." in description
         assert store.old_failure not in description
-        assert annotations["runbook_url"].endswith("RUNBOOK.md#promomonitorjobfailed")
+        assert annotations["runbook_url"].endswith("runbook.md#promomonitorjobfailed")
 
         # One failure, one alert: a few more evaluations add nothing.
         await stack.wait_evaluations(3)

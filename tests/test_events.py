@@ -1,12 +1,11 @@
-"""The event contract: every event declared once in monitor/events.py, the README's table the
-same, and events captured in process as whole dicts (structlog's capture, as stamina's tests do).
+"""The event contract: every event declared once in monitor/events.py (the docs' reference is
+generated from it: tests/test_docs.py), and events captured in process as whole dicts (structlog's
+capture, as stamina's tests do).
 """
 
 from __future__ import annotations
 
 import ast
-import dataclasses
-import re
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,6 @@ from monitor.events import (
     JobFailed,
     JobSeenLate,
     Recorder,
-    all_events,
     job_events,
 )
 from monitor.models import Change, ChangeKind, Job
@@ -29,49 +27,7 @@ from monitor.sinks.logs import LogSink
 from tests.support import long_ago
 
 ROOT = Path(__file__).resolve().parent.parent
-README = ROOT / "README.md"
-JOB_FIELDS = {"promotion_id", "job_id", "job_type", "status"}
 NOW = 1_700_000_000.0
-
-
-# the README's table and events.py
-
-
-def readme_events() -> dict[str, tuple[str, set[str]]]:
-    """event name -> (level, fields) from the README's log event table."""
-    section = README.read_text(encoding="utf-8").split("### Log events", 1)[1]
-    section = section.split("\n### ", 1)[0]
-    found: dict[str, tuple[str, set[str]]] = {}
-    for line in section.splitlines():
-        match = re.match(r"\| `([a-z_]+)` \| (\w+) \| (.*?) \| .* \|$", line)
-        if match is None:
-            continue
-        name, level, cell = match.groups()
-        cell = re.sub(r"\([^)]*\)", "", cell)  # (explanations) name values, not fields
-        fields = {token.split(":")[0] for token in re.findall(r"`([^`]+)`", cell)}
-        if "job fields" in cell:
-            fields |= JOB_FIELDS
-        found[name] = (level, fields)
-    return found
-
-
-def declared_events() -> dict[str, tuple[set[str], set[str]]]:
-    """event name -> (levels, fields) from monitor/events.py."""
-    found: dict[str, tuple[set[str], set[str]]] = {}
-    for cls in all_events():
-        levels, fields = found.setdefault(cls.NAME, (set(), set()))
-        levels.add(cls.LEVEL)
-        fields.update(f.name for f in dataclasses.fields(cls))
-    return found
-
-
-def test_the_readme_lists_every_event_with_its_fields() -> None:
-    readme, declared = readme_events(), declared_events()
-    assert sorted(readme) == sorted(declared)
-    for name, (level, fields) in readme.items():
-        levels, declared_fields = declared[name]
-        assert level in levels, name
-        assert fields == declared_fields, name
 
 
 def test_an_event_renders_its_fields_without_the_empty_ones() -> None:

@@ -366,7 +366,7 @@ def test_the_demo_config_names_the_promotions_the_simulator_serves() -> None:
 def test_a_whole_store_needs_only_credentials_and_discovery(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The README's minimal config: `discovery: {enabled: true}` plus the EPCC_* variables."""
+    """The documented minimal config: `discovery: {enabled: true}` plus the EPCC_* variables."""
     monkeypatch.setenv("EPCC_CLIENT_ID", "client-1")
     monkeypatch.setenv("EPCC_CLIENT_SECRET", SECRET)
     settings = parse_settings({"discovery": {"enabled": True}})

@@ -528,9 +528,9 @@ def shape(value: object) -> object:
     return None
 
 
-def test_the_readme_example_has_the_shape_of_the_real_document() -> None:
-    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
-    section = readme.split("### `/status.json`", 1)[1]
+def test_the_documented_example_has_the_shape_of_the_real_document() -> None:
+    page = Path(__file__).parent.parent / "docs" / "pages" / "status-page.md"
+    section = page.read_text(encoding="utf-8").split("## `/status.json`", 1)[1]
     example = json.loads(section.split("```json\n", 1)[1].split("```", 1)[0])
     clock = FakeClock(NOW)
     activity = RecentActivity(clock, hints=HINTS.get)

@@ -5,7 +5,7 @@
     .venv/bin/python -m tests.benchmarks --strict   # exit 1 when a target is missed
 
 Results go to tests/benchmarks/results/: <name>.json (every number, targets, pass/fail),
-<name>.png (plots) and summary.md (a markdown table for the README). The exit code is 0 when
+<name>.png (plots) and summary.md (a markdown table for the docs). The exit code is 0 when
 every benchmark ran (missed targets are reported, not fatal, unless --strict), 1 otherwise.
 """
 
