@@ -33,7 +33,8 @@ _STATUS_ALIASES: Final = {"complete": COMPLETED}
 
 # Label values must stay one line and bounded however long the API's error text is.
 MAX_ERROR_CHARS: Final = 200
-_WHITESPACE = re.compile(r"\s+")
+# Controls (C0, DEL, C1: ESC, OSC, CSI) fold like whitespace: one line of text, never a command.
+_WHITESPACE = re.compile(r"[\s\x00-\x1f\x7f-\x9f]+")
 # Some Python builds reject more than 6 fractional digits; trimming the fraction to microseconds
 # (only when the fast path fails) keeps nanosecond timestamps parseable everywhere.
 _FRACTION = re.compile(r"(\.\d{6})\d+")

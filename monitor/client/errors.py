@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from email.utils import parsedate_to_datetime
-from typing import Final, Literal, get_args
+from typing import Any, Final, Literal, get_args
 
 from monitor.models import single_line
 
@@ -21,6 +22,7 @@ Reason = Literal[
 ]
 REASONS: Final[tuple[Reason, ...]] = get_args(Reason)
 MAX_RETRY_AFTER_SECONDS: Final = 300.0
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
 
 
 class ApiError(Exception):
@@ -71,10 +73,29 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
 
 
+def valid_json(body: bytes) -> Any:
+    """An answer's JSON with its text made valid where it enters: a byte that is not UTF-8, and
+    a lone UTF-16 surrogate (a legal JSON escape), become U+FFFD, so that no writer downstream
+    (metrics, page, logs, state) can fail on text that UTF-8 cannot encode."""
+    document = json.loads(body.decode(json.detect_encoding(body), "replace"))
+    # Only a \uD800-\uDFFF escape can make a lone surrogate: most answers have none to look for.
+    return _valid(document) if b"\\ud" in body or b"\\uD" in body else document
+
+
+def _valid(value: object) -> object:
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_valid(item) for item in value]
+    if isinstance(value, dict):
+        return {_valid(key): _valid(item) for key, item in value.items()}
+    return value
+
+
 def error_summary(body: bytes) -> str:
     """The title/detail of an Elastic Path error body, or a hint of what the body was."""
     try:
-        document = json.loads(body)
+        document = valid_json(body)
         errors = document["errors"]
         # An array of error objects, as declared; one Promotions Standard example writes one
         # object instead.
@@ -89,7 +110,7 @@ def error_summary(body: bytes) -> str:
 def decode_json(body: bytes, endpoint: str) -> object:
     """A 2xx answer's JSON; garbage is a transient bad_response (a truncated body retries)."""
     try:
-        document: object = json.loads(body)
+        document = valid_json(body)
     except (ValueError, RecursionError):
         raise ApiError(
             "bad_response", f"{endpoint}: answer is not JSON ({len(body)} bytes)", transient=True
