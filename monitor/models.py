@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
+from urllib.parse import urlsplit, urlunsplit
 
 PENDING: Final = "pending"
 PROCESSING: Final = "processing"
@@ -64,6 +65,15 @@ def single_line(text: str, limit: int = MAX_ERROR_CHARS) -> str:
     if len(flat) > limit:
         return flat[: limit - 1] + "…"
     return flat
+
+
+def without_password(url: str) -> str:
+    """A URL as it may be printed: the password in its user-info (a proxy's) replaced."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:[redacted]@{host}"))
 
 
 def parse_timestamp(value: object) -> float | None:

@@ -25,7 +25,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from monitor.models import PromotionKind
+from monitor.models import PromotionKind, without_password
 
 CONFIG_ENV = "PROMO_MONITOR_CONFIG"
 DEFAULT_PORT = 10464
@@ -370,7 +370,7 @@ class Settings(_Section):
             [
                 f"promotions: {len(self.promotions)} ({counts})",
                 discovery,
-                f"api.base_url: {self.api.base_url}",
+                f"api.base_url: {without_password(self.api.base_url)}",
                 f"auth: {self.api.auth_kind}",
                 f"poll: every {self.poll.interval_seconds:g}s "
                 f"({self.poll.active_interval:g}s while a job is active), "

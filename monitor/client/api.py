@@ -92,6 +92,7 @@ class ElasticPathClient:
         self._base = URL(settings.base_url)
         events = NoEvents() if events is None else events
         self.redactions = Redactions()
+        self.redactions.remember(self._base.password or "")  # a proxy's, in the URL's user-info
         self.transport = Transport(
             budget=budget,
             events=events,
@@ -171,7 +172,7 @@ class ElasticPathClient:
                 key = body_key(body)
                 if last is not None and key == last.key:
                     return _Answer(key, None)
-                return _Answer(key, decode_json(body, target.endpoint))
+                return _Answer(key, decode_json(body, target.endpoint, self.redactions.scrub))
 
             params = {**target.params, "page[offset]": str(offset)}
             answer = await self._get(target.url, target.endpoint, read, params)
@@ -242,7 +243,7 @@ class ElasticPathClient:
 
     async def _get_json(self, url: URL, endpoint: str, params: Mapping[str, str]) -> object:
         def read(body: bytes) -> object:
-            return decode_json(body, endpoint)
+            return decode_json(body, endpoint, self.redactions.scrub)
 
         return await self._get(url, endpoint, read, params)
 

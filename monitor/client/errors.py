@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from email.utils import parsedate_to_datetime
 from typing import Any, Final, Literal, get_args
 
@@ -73,11 +74,12 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
 
 
-def valid_json(body: bytes) -> Any:
+def valid_json(body: bytes, scrub: Callable[[str], str] = str) -> Any:
     """An answer's JSON with its text made valid where it enters: a byte that is not UTF-8, and
     a lone UTF-16 surrogate (a legal JSON escape), become U+FFFD, so that no writer downstream
-    (metrics, page, logs, state) can fail on text that UTF-8 cannot encode."""
-    document = json.loads(body.decode(json.detect_encoding(body), "replace"))
+    (metrics, page, logs, state) can fail on text that UTF-8 cannot encode. `scrub` takes the
+    secrets out of the whole text first, before any field of it is cut to length."""
+    document = json.loads(scrub(body.decode(json.detect_encoding(body), "replace")))
     # Only a \uD800-\uDFFF escape can make a lone surrogate: most answers have none to look for.
     return _valid(document) if b"\\ud" in body or b"\\uD" in body else document
 
@@ -92,10 +94,10 @@ def _valid(value: object) -> object:
     return value
 
 
-def error_summary(body: bytes) -> str:
+def error_summary(body: bytes, scrub: Callable[[str], str] = str) -> str:
     """The title/detail of an Elastic Path error body, or a hint of what the body was."""
     try:
-        document = valid_json(body)
+        document = valid_json(body, scrub)
         errors = document["errors"]
         # An array of error objects, as declared; one Promotions Standard example writes one
         # object instead.
@@ -107,10 +109,10 @@ def error_summary(body: bytes) -> str:
         return f"non-JSON error body ({kind})"
 
 
-def decode_json(body: bytes, endpoint: str) -> object:
+def decode_json(body: bytes, endpoint: str, scrub: Callable[[str], str] = str) -> object:
     """A 2xx answer's JSON; garbage is a transient bad_response (a truncated body retries)."""
     try:
-        document = valid_json(body)
+        document = valid_json(body, scrub)
     except (ValueError, RecursionError):
         raise ApiError(
             "bad_response", f"{endpoint}: answer is not JSON ({len(body)} bytes)", transient=True

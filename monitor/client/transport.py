@@ -167,7 +167,7 @@ class Transport:
         reason = classify_status(status)
         raise ApiError(
             reason,
-            self._redactions.scrub(f"{endpoint}: HTTP {status}: {error_summary(body)}"),
+            f"{endpoint}: HTTP {status}: {error_summary(body, self._redactions.scrub)}",
             http_status=status,
             retry_after=retry_after,
             transient=reason in ("http_5xx", "rate_limited"),
