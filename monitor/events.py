@@ -172,6 +172,10 @@ class JobsSkipped(Event, name="jobs_skipped", level="warning"):
     reason: str
 
 
+class StoreClockSkewed(Event, name="store_clock_skewed", level="warning"):
+    skew_seconds: float
+
+
 class RequestRetried(Event, name="request_retried", level="info"):
     endpoint: str
     reason: str

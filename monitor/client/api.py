@@ -11,6 +11,7 @@ from typing import TypeVar
 from yarl import URL
 
 from monitor.budget import RequestBudget
+from monitor.client.clock import StoreClock
 from monitor.client.endpoints import JOBS_ENDPOINT, LIST_ENDPOINT, ONE_ENDPOINT, JobsTarget
 from monitor.client.errors import ApiError, Redactions, decode_json
 from monitor.client.memory import BodyKey, PageMemory, SeenPage, body_key
@@ -127,6 +128,10 @@ class ElasticPathClient:
     @property
     def budget(self) -> RequestBudget:
         return self.transport.budget
+
+    @property
+    def store_clock(self) -> StoreClock:
+        return self.transport.store_clock
 
     async def __aenter__(self) -> ElasticPathClient:
         return self

@@ -6,9 +6,9 @@ import json
 import math
 import re
 from collections.abc import Callable
-from email.utils import parsedate_to_datetime
 from typing import Any, Final, Literal, get_args
 
+from monitor.client.clock import http_date
 from monitor.models import single_line
 
 Reason = Literal[
@@ -58,17 +58,18 @@ def classify_status(status: int) -> Reason:
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Retry-After as seconds from now: either delta-seconds or an HTTP date; capped."""
+    """Retry-After as seconds from now: either delta-seconds or an HTTP date; capped. `now` is
+    the answer's own Date where it has one (RFC 9110 10.2.3): the store's clock, not the pod's."""
     if not value:
         return None
     value = value.strip()
     try:
         seconds = float(value)
     except ValueError:
-        try:
-            seconds = parsedate_to_datetime(value).timestamp() - now
-        except (TypeError, ValueError, IndexError):
+        at = http_date(value)
+        if at is None:
             return None
+        seconds = at - now
     if math.isnan(seconds):
         return None
     return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
+from email.utils import formatdate
 from typing import Literal
 
 from aiohttp import web
@@ -86,6 +87,9 @@ class Routes:
             self.requests.append(entry)
             response, status = await self._respond(request, handler)
             self.requests[index] = replace(entry, status=status)
+            if not response.prepared:
+                # The store's Date is the store's clock (which may not be the client's).
+                response.headers["Date"] = formatdate(self._store.now(), usegmt=True)
             return response
 
         app = web.Application(middlewares=[record])
