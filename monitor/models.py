@@ -245,13 +245,13 @@ def parse_job(obj: object, known: Mapping[str, Job] | None = None) -> Job | str:
     return Job(
         id=job_id,
         # A handful of distinct values shared by every job: one copy each, not one per job.
-        job_type=sys.intern(single_line(job_type, 64)),
-        status=sys.intern(single_line(status, 64)),
-        error=single_line(error) if error else None,
+        job_type=sys.intern(single_line(job_type, 64) or UNKNOWN),
+        status=sys.intern(single_line(status, 64) or UNKNOWN),
+        error=(single_line(error) or None) if error else None,  # (controls alone are no text)
         created_at=parse_timestamp(timestamps.get("created_at")),
         updated_at=updated_at,
         # Most jobs share a handful of names ("job", "Export codes"): one copy each.
-        name=sys.intern(single_line(name, 100)) if name else None,
+        name=(sys.intern(single_line(name, 100)) or None) if name else None,
         codes_requested=_count(obj.get("parameters"), "number_of_codes"),
         codes_generated=_count(result, "generated"),
         codes_deleted=_count(result, "deleted"),
