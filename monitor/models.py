@@ -41,6 +41,9 @@ _WHITESPACE = re.compile(r"[\s\x00-\x1f\x7f-\x9f]+")
 _FRACTION = re.compile(r"(\.\d{6})\d+")
 # RFC 3339 allows a leap second (23:59:60), which datetime cannot hold: read it as :59.
 _LEAP_SECOND = re.compile(r"(T\d{2}:\d{2}:)60")
+# 2000-01-01: no promotion job is older. An earlier time is a placeholder that says nothing
+# (Go's zero time 0001-01-01, Unix's 1970-01-01): unknown, never "old".
+_EARLIEST: Final = 946_684_800.0
 
 
 class PromotionKind(enum.StrEnum):
@@ -92,7 +95,8 @@ def parse_timestamp(value: object) -> float | None:
             return None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return parsed.timestamp()
+    at = parsed.timestamp()
+    return at if at >= _EARLIEST else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,6 +244,9 @@ def parse_job(obj: object, known: Mapping[str, Job] | None = None) -> Job | str:
         timestamps = {}
     updated_raw = timestamps.get("updated_at")
     updated_at = parse_timestamp(updated_raw)
+    created_at = parse_timestamp(timestamps.get("created_at"))
+    if updated_at is not None and created_at is not None and updated_at < created_at:
+        updated_at = None  # (a job changes only after it exists: this time says nothing)
     name = _text(obj, "name")
     result = code_result(obj)
     return Job(
@@ -248,7 +255,7 @@ def parse_job(obj: object, known: Mapping[str, Job] | None = None) -> Job | str:
         job_type=sys.intern(single_line(job_type, 64) or UNKNOWN),
         status=sys.intern(single_line(status, 64) or UNKNOWN),
         error=(single_line(error) or None) if error else None,  # (controls alone are no text)
-        created_at=parse_timestamp(timestamps.get("created_at")),
+        created_at=created_at,
         updated_at=updated_at,
         # Most jobs share a handful of names ("job", "Export codes"): one copy each.
         name=(sys.intern(single_line(name, 100)) or None) if name else None,
@@ -283,6 +290,9 @@ class PromotionSnapshot:
     # When the promotion's baseline was taken (None in state written before it was kept): a job
     # first seen later but last changed before it (minus the lookback) is history seen late.
     baseline_at: float | None = None
+    # When the monitor first saw each active job of unknown age in its current status: its stuck
+    # clock (kept in memory only: after a restart it starts again).
+    seen: Mapping[str, float] = field(default_factory=dict, compare=False)
     # When the oldest finished job finished: lets retention skip the scan until one expires.
     oldest_finished: float | None = field(init=False, compare=False, repr=False)
     # Whether any job is pending/processing/cancelling (and so could become stuck).
