@@ -9,10 +9,14 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Final
 
 from monitor.app import Monitor
 from monitor.models import ACTIVE_STATUSES, COMPLETED, FAILED, PromotionSnapshot
 from monitor.poller import PollOutcome
+
+# (one line: a list literal is formatted one name a line)
+HEADER: Final = "PROMOTION KIND POLL JOBS ACTIVE COMPLETED FAILED OTHER CODES NAME".split()  # noqa: SIM905
 
 
 def shown(text: str) -> str:
@@ -31,19 +35,7 @@ def _when(epoch: float | None) -> str:
 def render_table(monitor: Monitor, outcomes: Sequence[PollOutcome]) -> str:
     """Jobs by promotion and status, then every failed job with its error."""
     by_id = {o.promotion_id: o for o in outcomes}
-    header = [
-        "PROMOTION",
-        "KIND",
-        "POLL",
-        "JOBS",
-        "ACTIVE",
-        "COMPLETED",
-        "FAILED",
-        "OTHER",
-        "CODES",
-        "NAME",
-    ]
-    rows: list[list[str]] = [header]
+    rows: list[list[str]] = [list(HEADER)]
     failures: list[str] = []
     shortfalls: list[str] = []
     for target in monitor.targets:
@@ -57,16 +49,8 @@ def render_table(monitor: Monitor, outcomes: Sequence[PollOutcome]) -> str:
         other = sum(statuses.values()) - active - statuses[COMPLETED] - statuses[FAILED]
         counts = [len(snapshot.jobs), active, statuses[COMPLETED], statuses[FAILED], other]
         name = monitor.names.get(target.promotion_id) or "-"
-        rows.append(
-            [
-                target.promotion_id,
-                target.kind.value,
-                poll,
-                *map(str, counts),
-                _codes(snapshot),
-                name,
-            ]
-        )
+        kind = target.kind.value
+        rows.append([target.promotion_id, kind, poll, *map(str, counts), _codes(snapshot), name])
         shortfalls.extend(
             f"  {target.promotion_id}  {job.id}  {job.codes_generated} of {job.codes_requested}"
             f"  {_when(job.status_since)}  {job.name or ''}"
@@ -84,7 +68,7 @@ def render_table(monitor: Monitor, outcomes: Sequence[PollOutcome]) -> str:
             for job in failed
         )
     rows = [[shown(cell) for cell in row] for row in rows]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(HEADER))]
     lines = [
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
         for row in rows
