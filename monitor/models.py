@@ -70,6 +70,13 @@ def single_line(text: str, limit: int = MAX_ERROR_CHARS) -> str:
     return flat
 
 
+def shown(text: str) -> str:
+    """Text a terminal prints as is: whatever is not printable as its \\xNN or \\uNNNN escape."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
 def without_password(url: str) -> str:
     """A URL as it may be printed: the password in its user-info (a proxy's) replaced."""
     parts = urlsplit(url)

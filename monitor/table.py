@@ -12,18 +12,11 @@ from datetime import UTC, datetime
 from typing import Final
 
 from monitor.app import Monitor
-from monitor.models import ACTIVE_STATUSES, COMPLETED, FAILED, PromotionSnapshot
+from monitor.models import ACTIVE_STATUSES, COMPLETED, FAILED, PromotionSnapshot, shown
 from monitor.poller import PollOutcome
 
 # (one line: a list literal is formatted one name a line)
 HEADER: Final = "PROMOTION KIND POLL JOBS ACTIVE COMPLETED FAILED OTHER CODES NAME".split()  # noqa: SIM905
-
-
-def shown(text: str) -> str:
-    """Text a terminal prints as is: whatever is not printable as its \\xNN or \\uNNNN escape."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 def _when(epoch: float | None) -> str:

@@ -9,12 +9,17 @@ Each test runs the real daemon (a subprocess) against the simulator.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import re
 import sys
 from pathlib import Path
 
+import structlog
+
+from monitor.events import JobFailed
 from monitor.simulator import Fault, Simulator
+from monitor.sinks.logs import LogSink, configure_logging
 from tests.fault_support import read_state
 from tests.support import Daemon, parse_metrics, series_where, started, until, write_config
 
@@ -139,3 +144,25 @@ async def test_the_table_shows_controls_as_escapes_and_writes_only_utf8(tmp_path
     (line,) = [line for line in table.splitlines() if job.split("-")[0] + "-\ufffd" in line]
     assert "\\x1b]0;owned\\x07 \\x1b[2J \\x1b]52;c;ZXZpbA==\\x07 \\x9b31m \\x00" in line
     assert "Spring \ufffd" in table
+
+
+def test_console_logs_show_controls_as_escapes() -> None:
+    # `log.format: console` writes to a terminal too: a job id from the store must not drive it.
+    stream = io.StringIO()
+    configure_logging("info", "console", stream=stream)
+    try:
+        LogSink().emit(
+            JobFailed(
+                promotion_id="p",
+                job_id="job-\x1b[2J\x1b]0;owned\x07\x9b31m",  # (no space: not quoted)
+                job_type="code_export",
+                status="failed",
+                error="export failed",
+            )
+        )
+    finally:
+        structlog.reset_defaults()
+    line = stream.getvalue()
+    assert "job_failed" in line
+    assert not _CONTROLS.search(line.rstrip("\n"))
+    assert "job-\\x1b[2J\\x1b]0;owned\\x07\\x9b31m" in line
