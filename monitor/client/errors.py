@@ -24,6 +24,7 @@ Reason = Literal[
 REASONS: Final[tuple[Reason, ...]] = get_args(Reason)
 MAX_RETRY_AFTER_SECONDS: Final = 300.0
 _SURROGATE: Final = re.compile("[\ud800-\udfff]")
+_SURROGATE_ESCAPE: Final = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 class ApiError(Exception):
@@ -81,8 +82,8 @@ def valid_json(body: bytes, scrub: Callable[[str], str] = str) -> Any:
     (metrics, page, logs, state) can fail on text that UTF-8 cannot encode. `scrub` takes the
     secrets out of the whole text first, before any field of it is cut to length."""
     document = json.loads(scrub(body.decode(json.detect_encoding(body), "replace")))
-    # Only a \uD800-\uDFFF escape can make a lone surrogate: most answers have none to look for.
-    return _valid(document) if b"\\ud" in body or b"\\uD" in body else document
+    # Only a \uD800-\uDFFF escape can make a lone surrogate; most answers hold no backslash.
+    return _valid(document) if b"\\" in body and _SURROGATE_ESCAPE.search(body) else document
 
 
 def _valid(value: object) -> object:
