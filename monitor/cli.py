@@ -12,16 +12,12 @@ import contextlib
 import os
 import sys
 import tempfile
-from collections import Counter
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 from monitor import __version__
 from monitor.app import Monitor, serve
-from monitor.models import ACTIVE_STATUSES, COMPLETED, FAILED, PromotionSnapshot
-from monitor.poller import PollOutcome
 from monitor.settings import (
     CONFIG_ENV,
     DEFAULT_PORT,
@@ -32,6 +28,7 @@ from monitor.settings import (
 )
 from monitor.settings import parse_settings as parse_settings_document
 from monitor.sinks.logs import configure_logging
+from monitor.table import render_table
 
 EXIT_OK, EXIT_POLL_FAILED, EXIT_CONFIG = 0, 1, 2
 
@@ -105,94 +102,6 @@ async def _once(settings: Settings, fmt: str) -> int:
     if fmt == "table":
         print(render_table(monitor, outcomes))
     return EXIT_OK if all(o.ok for o in outcomes) else EXIT_POLL_FAILED
-
-
-def _when(epoch: float | None) -> str:
-    if epoch is None:
-        return "-"
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def render_table(monitor: Monitor, outcomes: Sequence[PollOutcome]) -> str:
-    """Jobs by promotion and status, then every failed job with its error."""
-    by_id = {o.promotion_id: o for o in outcomes}
-    header = [
-        "PROMOTION",
-        "KIND",
-        "POLL",
-        "JOBS",
-        "ACTIVE",
-        "COMPLETED",
-        "FAILED",
-        "OTHER",
-        "CODES",
-        "NAME",
-    ]
-    rows: list[list[str]] = [header]
-    failures: list[str] = []
-    shortfalls: list[str] = []
-    for target in monitor.targets:
-        outcome = by_id.get(target.promotion_id)
-        poll = "ok" if outcome and outcome.ok else f"failed: {outcome.reason if outcome else '?'}"
-        snapshot = monitor.store.get(target.promotion_id) or PromotionSnapshot(
-            target.promotion_id, {}
-        )
-        statuses = Counter(job.status for job in snapshot.jobs.values())
-        active = sum(statuses[s] for s in ACTIVE_STATUSES)
-        other = sum(statuses.values()) - active - statuses[COMPLETED] - statuses[FAILED]
-        counts = [len(snapshot.jobs), active, statuses[COMPLETED], statuses[FAILED], other]
-        name = monitor.names.get(target.promotion_id) or "-"
-        rows.append(
-            [
-                target.promotion_id,
-                target.kind.value,
-                poll,
-                *map(str, counts),
-                _codes(snapshot),
-                name,
-            ]
-        )
-        shortfalls.extend(
-            f"  {target.promotion_id}  {job.id}  {job.codes_generated} of {job.codes_requested}"
-            f"  {_when(job.status_since)}  {job.name or ''}"
-            for job in snapshot.jobs.values()
-            if job.shortfall
-        )
-        failed = sorted(
-            (job for job in snapshot.jobs.values() if job.status == FAILED),
-            key=lambda job: job.status_since or 0.0,
-            reverse=True,
-        )
-        failures.extend(
-            f"  {target.promotion_id}  {job.id}  {job.job_type:<13}  "
-            f"{_when(job.status_since)}  {job.error or '(no error text)'}"
-            for job in failed
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = [
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
-        for row in rows
-    ]
-    if failures:
-        lines += ["", "FAILED JOBS (promotion, job, type, failed at, error):", *failures]
-    if shortfalls:
-        lines += ["", "INCOMPLETE JOBS (promotion, job, codes generated of requested, at, name):"]
-        lines += shortfalls
-    return "\n".join(line.rstrip() for line in lines)
-
-
-def _codes(snapshot: PromotionSnapshot) -> str:
-    """Codes generated of requested by the promotion's completed code_generate jobs."""
-    done = [
-        job
-        for job in snapshot.jobs.values()
-        if job.status == COMPLETED and job.codes_requested is not None
-    ]
-    if not done:
-        return "-"
-    generated = sum(job.codes_generated or 0 for job in done)
-    requested = sum(job.codes_requested or 0 for job in done)
-    return f"{generated}/{requested}"
 
 
 async def _demo(duration: float | None, port: int, promotions: int) -> int:

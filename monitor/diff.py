@@ -6,8 +6,8 @@ No I/O and no clock reads: `now` comes in as an argument, so every rule here is 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 
 from monitor.models import ACTIVE_STATUSES, FAILED, Change, ChangeKind, Job, PromotionSnapshot
 
@@ -32,7 +32,11 @@ def prune(snapshot: PromotionSnapshot, horizon: float) -> PromotionSnapshot:
         return snapshot  # the common case, answered without looking at any job
     kept = {k: j for k, j in snapshot.jobs.items() if not expired(j, horizon)}
     return PromotionSnapshot(
-        snapshot.promotion_id, kept, snapshot.stuck & kept.keys(), snapshot.baseline_at
+        snapshot.promotion_id,
+        kept,
+        snapshot.stuck & kept.keys(),
+        snapshot.baseline_at,
+        snapshot.seen,
     )
 
 
@@ -43,10 +47,26 @@ def recent(job: Job, since: float) -> bool:
     return at is None or at >= since
 
 
-def is_stuck(job: Job, now: float, stuck_after: float) -> bool:
-    """An active job that has sat in its status longer than `stuck_after` seconds."""
-    since = job.status_since
+def is_stuck(job: Job, now: float, stuck_after: float, seen: float | None = None) -> bool:
+    """An active job that has sat in its status longer than `stuck_after` seconds; of one whose
+    age is unknown, since `seen`, when the monitor first saw it in that status."""
+    since = job.status_since if job.status_since is not None else seen
     return job.is_active and since is not None and now - since > stuck_after
+
+
+def first_seen(
+    previous: PromotionSnapshot | None, jobs: Mapping[str, Job], now: float
+) -> dict[str, float]:
+    """When the monitor first saw each active job of unknown age in its current status."""
+    before = previous.jobs if previous is not None else {}
+    seen = previous.seen if previous is not None else {}
+    return {
+        job.id: seen.get(job.id, now)
+        if job.id in before and before[job.id].status == job.status
+        else now
+        for job in jobs.values()
+        if job.is_active and job.status_since is None
+    }
 
 
 def diff(
@@ -87,14 +107,19 @@ def diff(
         stuck = frozenset(j.id for j in jobs.values() if is_stuck(j, now, stuck_after))
         changes = [Change(ChangeKind.BASELINE, promotion_id, counts=dict(counts))]
         if lookback > 0:
+            # (an unknown age is history: a fresh baseline must not page old failures again)
             changes.extend(
                 Change(ChangeKind.DISCOVERED, promotion_id, job, during_baseline=True)
                 for job in jobs.values()
-                if job.status == FAILED and recent(job, now - lookback)
+                if job.status == FAILED
+                and job.status_since is not None
+                and recent(job, now - lookback)
             )
-        return Diff(changes, PromotionSnapshot(promotion_id, jobs, stuck, baseline_at=now))
+        seen = first_seen(None, jobs, now)
+        return Diff(changes, PromotionSnapshot(promotion_id, jobs, stuck, now, seen))
 
     changes = []
+    seen = first_seen(previous, jobs, now)
     before = previous.jobs
     # Before this, a job we had never seen is old news that the listing hid until now.
     news_since = None if previous.baseline_at is None else previous.baseline_at - lookback
@@ -118,11 +143,11 @@ def diff(
         for job in jobs.values()
         if job.status in ACTIVE_STATUSES
         and job.id not in previous.stuck
-        and is_stuck(job, now, stuck_after)
+        and is_stuck(job, now, stuck_after, seen.get(job.id))
     )
     if not changes:
-        return Diff(changes, previous)
-    return Diff(changes, apply(previous, changes))
+        return Diff(changes, previous if seen == previous.seen else replace(previous, seen=seen))
+    return Diff(changes, replace(apply(previous, changes), seen=seen))
 
 
 def apply(previous: PromotionSnapshot, changes: Iterable[Change]) -> PromotionSnapshot:

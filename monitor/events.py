@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Protocol, TypeVar, dataclass_transform
 
-from monitor.models import Change, ChangeKind, Job
+from monitor.models import Change, ChangeKind, Job, without_password
 from monitor.state import Saved
 
 Level = Literal["debug", "info", "warning", "error"]
@@ -76,6 +76,9 @@ class MonitorStarted(Event, name="monitor_started", level="info"):
     requests_per_second: float
     state_path: str
     coordination: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "base_url", without_password(self.base_url))
 
 
 class MonitorStopped(Event, name="monitor_stopped", level="info"):
@@ -167,6 +170,10 @@ class JobsSkipped(Event, name="jobs_skipped", level="warning"):
     promotion_id: str
     count: int
     reason: str
+
+
+class StoreClockSkewed(Event, name="store_clock_skewed", level="warning"):
+    skew_seconds: float
 
 
 class RequestRetried(Event, name="request_retried", level="info"):

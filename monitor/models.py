@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
+from urllib.parse import urlsplit, urlunsplit
 
 PENDING: Final = "pending"
 PROCESSING: Final = "processing"
@@ -33,12 +34,16 @@ _STATUS_ALIASES: Final = {"complete": COMPLETED}
 
 # Label values must stay one line and bounded however long the API's error text is.
 MAX_ERROR_CHARS: Final = 200
-_WHITESPACE = re.compile(r"\s+")
+# Controls (C0, DEL, C1: ESC, OSC, CSI) fold like whitespace: one line of text, never a command.
+_WHITESPACE = re.compile(r"[\s\x00-\x1f\x7f-\x9f]+")
 # Some Python builds reject more than 6 fractional digits; trimming the fraction to microseconds
 # (only when the fast path fails) keeps nanosecond timestamps parseable everywhere.
 _FRACTION = re.compile(r"(\.\d{6})\d+")
 # RFC 3339 allows a leap second (23:59:60), which datetime cannot hold: read it as :59.
 _LEAP_SECOND = re.compile(r"(T\d{2}:\d{2}:)60")
+# 2000-01-01: no promotion job is older. An earlier time is a placeholder that says nothing
+# (Go's zero time 0001-01-01, Unix's 1970-01-01): unknown, never "old".
+_EARLIEST: Final = 946_684_800.0
 
 
 class PromotionKind(enum.StrEnum):
@@ -65,6 +70,22 @@ def single_line(text: str, limit: int = MAX_ERROR_CHARS) -> str:
     return flat
 
 
+def shown(text: str) -> str:
+    """Text a terminal prints as is: whatever is not printable as its \\xNN or \\uNNNN escape."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
+def without_password(url: str) -> str:
+    """A URL as it may be printed: the password in its user-info (a proxy's) replaced."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:[redacted]@{host}"))
+
+
 def parse_timestamp(value: object) -> float | None:
     """ISO 8601 (with up to nanosecond precision) to epoch seconds; None when unusable."""
     if not isinstance(value, str) or not value:
@@ -81,7 +102,8 @@ def parse_timestamp(value: object) -> float | None:
             return None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return parsed.timestamp()
+    at = parsed.timestamp()
+    return at if at >= _EARLIEST else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,18 +251,21 @@ def parse_job(obj: object, known: Mapping[str, Job] | None = None) -> Job | str:
         timestamps = {}
     updated_raw = timestamps.get("updated_at")
     updated_at = parse_timestamp(updated_raw)
+    created_at = parse_timestamp(timestamps.get("created_at"))
+    if updated_at is not None and created_at is not None and updated_at < created_at:
+        updated_at = None  # (a job changes only after it exists: this time says nothing)
     name = _text(obj, "name")
     result = code_result(obj)
     return Job(
         id=job_id,
         # A handful of distinct values shared by every job: one copy each, not one per job.
-        job_type=sys.intern(single_line(job_type, 64)),
-        status=sys.intern(single_line(status, 64)),
-        error=single_line(error) if error else None,
-        created_at=parse_timestamp(timestamps.get("created_at")),
+        job_type=sys.intern(single_line(job_type, 64) or UNKNOWN),
+        status=sys.intern(single_line(status, 64) or UNKNOWN),
+        error=(single_line(error) or None) if error else None,  # (controls alone are no text)
+        created_at=created_at,
         updated_at=updated_at,
         # Most jobs share a handful of names ("job", "Export codes"): one copy each.
-        name=sys.intern(single_line(name, 100)) if name else None,
+        name=(sys.intern(single_line(name, 100)) or None) if name else None,
         codes_requested=_count(obj.get("parameters"), "number_of_codes"),
         codes_generated=_count(result, "generated"),
         codes_deleted=_count(result, "deleted"),
@@ -272,6 +297,9 @@ class PromotionSnapshot:
     # When the promotion's baseline was taken (None in state written before it was kept): a job
     # first seen later but last changed before it (minus the lookback) is history seen late.
     baseline_at: float | None = None
+    # When the monitor first saw each active job of unknown age in its current status: its stuck
+    # clock (kept in memory only: after a restart it starts again).
+    seen: Mapping[str, float] = field(default_factory=dict, compare=False)
     # When the oldest finished job finished: lets retention skip the scan until one expires.
     oldest_finished: float | None = field(init=False, compare=False, repr=False)
     # Whether any job is pending/processing/cancelling (and so could become stuck).

@@ -22,7 +22,7 @@ def promotion_name(promotion: Mapping[str, object]) -> str | None:
     name = promotion.get("name")
     if not isinstance(name, str) or not name.strip():
         return None
-    return single_line(name, MAX_NAME_CHARS)
+    return single_line(name, MAX_NAME_CHARS) or None
 
 
 class PromotionNames:

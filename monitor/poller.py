@@ -81,7 +81,7 @@ class Poller:
         a job we hold is always kept (its news must be reported), an unknown one only if recent."""
         if self._retention is None:
             return None
-        horizon = self._clock() - self._retention
+        horizon = self._client.store_clock.store_time(self._clock()) - self._retention
         held = previous.jobs if previous is not None else {}
 
         def keep(job: Job) -> bool:
@@ -143,6 +143,8 @@ class Poller:
                 duration=time.perf_counter() - started,
             )
         now = self._clock()
+        # The store's times (ages, lookback, stuck, retention) are judged by the store's clock.
+        store_now = self._client.store_clock.store_time(now)
         seen = PollOutcome(
             pid,
             ok=True,
@@ -153,7 +155,7 @@ class Poller:
             now=now,
             duration=time.perf_counter() - started,
         )
-        if result.unchanged and previous is not None and not self._needs_diff(previous, now):
+        if result.unchanged and previous is not None and not self._needs_diff(previous, store_now):
             # Same bytes as last time, nothing active that could turn stuck, nothing expiring:
             # the diff could only say "no change".
             return seen
@@ -161,7 +163,7 @@ class Poller:
             previous,
             self._seen_jobs(result, previous),
             promotion_id=pid,
-            now=now,
+            now=store_now,
             stuck_after=self._stuck_after,
             retention=self._retention,
             lookback=self._lookback,

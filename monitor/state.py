@@ -22,42 +22,21 @@ import contextlib
 import json
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
 
-from monitor.models import Change, ChangeKind, Job, PromotionSnapshot
-
-# Bumped when the tables change; a database of another version is set aside, not guessed at.
-SCHEMA_VERSION: Final = 1
-# "EPpm": marks the file as this monitor's, so a foreign SQLite file is never written into.
-APPLICATION_ID: Final = 0x4550706D
-
-_SCHEMA: Final = """
-CREATE TABLE promotions (
-    id TEXT PRIMARY KEY, baseline_at REAL, stuck TEXT NOT NULL DEFAULT '[]'
-) WITHOUT ROWID;
-CREATE TABLE jobs (
-    promotion_id TEXT NOT NULL, id TEXT NOT NULL, job_type TEXT NOT NULL, status TEXT NOT NULL,
-    error TEXT, created_at REAL, updated_at REAL, name TEXT,
-    codes_requested INTEGER, codes_generated INTEGER, codes_deleted INTEGER,
-    PRIMARY KEY (promotion_id, id)
-) WITHOUT ROWID;
-CREATE TABLE owed (
-    ticket INTEGER PRIMARY KEY, promotion_id TEXT NOT NULL, changes TEXT NOT NULL
-);
-CREATE TABLE reported (
-    promotion_id TEXT NOT NULL, job_id TEXT NOT NULL, reported_at REAL NOT NULL,
-    PRIMARY KEY (promotion_id, job_id)
-) WITHOUT ROWID;
-"""
-
-_SELECT_JOBS: Final = (
-    "SELECT promotion_id, id, job_type, status, error, created_at, updated_at, name,"
-    " codes_requested, codes_generated, codes_deleted FROM jobs"
+from monitor.models import Change, Job, PromotionSnapshot
+from monitor.records import (
+    PUT_JOB,
+    SELECT_JOBS,
+    decode_changes,
+    encode_changes,
+    job_of,
+    legacy_snapshot,
+    prepare,
+    row,
 )
-_PUT_JOB: Final = "INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,96 +72,6 @@ class Owed:
     ticket: int
     promotion_id: str
     changes: tuple[Change, ...]
-
-
-def _row(job: Job) -> tuple[Any, ...]:
-    return (
-        job.id,
-        job.job_type,
-        job.status,
-        job.error,
-        job.created_at,
-        job.updated_at,
-        job.name,
-        job.codes_requested,
-        job.codes_generated,
-        job.codes_deleted,
-    )
-
-
-def _job(row: Sequence[Any]) -> Job:
-    return Job(*row)
-
-
-def _encode_changes(changes: Iterable[Change]) -> str:
-    return json.dumps(
-        [
-            {
-                "kind": c.kind.value,
-                "job": _row(c.job) if c.job else None,
-                "previous": _row(c.previous) if c.previous else None,
-                "counts": dict(c.counts) if c.counts is not None else None,
-                "during_baseline": c.during_baseline,
-                "late": c.late,
-            }
-            for c in changes
-        ],
-        separators=(",", ":"),
-    )
-
-
-def _decode_changes(promotion_id: str, text: str) -> tuple[Change, ...]:
-    return tuple(
-        Change(
-            ChangeKind(c["kind"]),
-            promotion_id,
-            _job(c["job"]) if c["job"] else None,
-            _job(c["previous"]) if c["previous"] else None,
-            c["counts"],
-            c["during_baseline"],
-            c["late"],
-        )
-        for c in json.loads(text)
-    )
-
-
-def _prepare(db: sqlite3.Connection) -> None:
-    """Create the tables in a new file; refuse a file that is not this monitor's state."""
-    application_id = db.execute("PRAGMA application_id").fetchone()[0]
-    version = db.execute("PRAGMA user_version").fetchone()[0]
-    if application_id == 0 and version == 0:
-        if db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
-            raise ValueError("a SQLite database of something else")
-        db.executescript(
-            f"BEGIN; {_SCHEMA} PRAGMA application_id = {APPLICATION_ID};"
-            f" PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
-        )
-    elif application_id != APPLICATION_ID:
-        raise ValueError("a SQLite database of something else")
-    elif version != SCHEMA_VERSION:
-        raise ValueError(f"state schema version {version} is not {SCHEMA_VERSION}")
-    db.execute("PRAGMA journal_mode = WAL")
-    db.execute("PRAGMA synchronous = NORMAL")
-
-
-def legacy_snapshot(data: bytes) -> dict[str, PromotionSnapshot]:
-    """The promotions of a snapshot.json written before the SQLite state (formats 1 and 2).
-
-    Its journal is not read: a clean shutdown folded it into the file; after a crash the
-    snapshot alone is older, and an older state can only repeat an announcement, never lose one.
-    """
-    document = json.loads(data)
-    if not isinstance(document, dict) or document.get("version") not in (1, 2):
-        raise ValueError("not a promo-monitor snapshot (format 1 or 2)")
-    snapshots = {}
-    for pid, entry in document["promotions"].items():
-        jobs = {}
-        for row in entry["jobs"]:
-            job = _job(row if len(row) == 10 else [*row, None, None, None, None])
-            jobs[job.id] = job
-        stuck = frozenset(s for s in entry.get("stuck", []) if s in jobs)
-        snapshots[pid] = PromotionSnapshot(pid, jobs, stuck, entry.get("baseline_at"))
-    return snapshots
 
 
 class SnapshotStore:
@@ -232,7 +121,7 @@ class SnapshotStore:
         # One writer thread at a time (under _lock), never two: the check is ours, not sqlite3's.
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         try:
-            _prepare(db)
+            prepare(db)
         except BaseException:
             db.close()
             raise
@@ -240,8 +129,8 @@ class SnapshotStore:
 
     def _read(self, db: sqlite3.Connection) -> None:
         jobs: dict[str, dict[str, Job]] = {}
-        for pid, *row in db.execute(_SELECT_JOBS):
-            job = _job(row)
+        for pid, *columns in db.execute(SELECT_JOBS):
+            job = job_of(columns)
             jobs.setdefault(pid, {})[job.id] = job
         for pid, baseline_at, stuck in db.execute("SELECT id, baseline_at, stuck FROM promotions"):
             held = jobs.get(pid, {})
@@ -249,7 +138,7 @@ class SnapshotStore:
             self._snapshots[pid] = PromotionSnapshot(pid, held, marked, baseline_at)
         self._on_disk = dict(self._snapshots)
         for ticket, pid, changes in db.execute("SELECT ticket, promotion_id, changes FROM owed"):
-            self._owed[ticket] = Owed(ticket, pid, _decode_changes(pid, changes))
+            self._owed[ticket] = Owed(ticket, pid, decode_changes(pid, changes))
             self._next_ticket = max(self._next_ticket, ticket + 1)
         for pid, job_id, at in db.execute("SELECT promotion_id, job_id, reported_at FROM reported"):
             self._ledger[(pid, job_id)] = at
@@ -413,9 +302,9 @@ class SnapshotStore:
             gone = [(pid, job_id) for job_id in before.keys() - snap.jobs.keys()]
             db.executemany("DELETE FROM jobs WHERE promotion_id = ? AND id = ?", gone)
         db.executemany(
-            _PUT_JOB,
+            PUT_JOB,
             (
-                (pid, *_row(job))
+                (pid, *row(job))
                 for job_id, job in snap.jobs.items()
                 if (held := before.get(job_id)) is not job and held != job
             ),
@@ -430,7 +319,7 @@ class SnapshotStore:
         batch = _Batch(
             snapshots={pid: self._snapshots.get(pid) for pid in self._changed},
             owed=[
-                (t, o.promotion_id, _encode_changes(o.changes))
+                (t, o.promotion_id, encode_changes(o.changes))
                 for t in self._owed_added
                 if (o := self._owed.get(t)) is not None
             ],

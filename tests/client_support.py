@@ -33,6 +33,7 @@ class RecordedEvents:
     retries: list[tuple[str, str, int]] = field(default_factory=list)
     retry_errors: list[ApiError] = field(default_factory=list)
     waits: list[float] = field(default_factory=list)
+    skews: list[float] = field(default_factory=list)
 
     def request_done(self, endpoint: str, code: str) -> None:
         self.requests.append((endpoint, code))
@@ -46,6 +47,9 @@ class RecordedEvents:
 
     def budget_waited(self, seconds: float) -> None:
         self.waits.append(seconds)
+
+    def store_clock_skew(self, seconds: float) -> None:
+        self.skews.append(seconds)
 
 
 Connect = Callable[..., ElasticPathClient]

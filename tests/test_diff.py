@@ -282,7 +282,8 @@ def test_a_baseline_reports_exactly_the_failures_inside_the_lookback(
         for j in latest
         if lookback > 0
         and j.status == "failed"
-        and (j.status_since is None or j.status_since >= NOW - lookback)
+        # (an unknown age is history at a baseline: never a page)
+        and (j.status_since is not None and j.status_since >= NOW - lookback)
     }
     assert reported == expected
     assert result.snapshot.baseline_at == NOW
@@ -312,6 +313,36 @@ def test_lookback_table() -> None:
     # Turned off, a baseline is silent as before.
     silent = diff(None, current, promotion_id=PID, now=NOW, stuck_after=1e9, lookback=0)
     assert [c.kind for c in silent.changes] == [ChangeKind.BASELINE]
+
+
+def test_a_failure_of_unknown_age_at_a_baseline_is_history() -> None:
+    # No timestamps (or ones that say nothing): a fresh baseline must not page old failures.
+    current = [job("unknown", "failed", since=None), job("recent", "failed", since=NOW - 60)]
+    result = diff(None, current, promotion_id=PID, now=NOW, stuck_after=1e9, lookback=900)
+    assert [c.job.id for c in result.changes if c.is_failure and c.job] == ["recent"]
+
+
+def test_a_job_of_unknown_age_is_stuck_after_stuck_after_from_when_it_was_first_seen() -> None:
+    later = NOW + 600
+    moved = later + STUCK_AFTER - 100
+    polls = [
+        # (poll time, jobs: id and status, all of unknown age, the jobs reported stuck)
+        (NOW, [("old", "pending")], []),  # the baseline
+        # Not stuck at first sight (after the baseline too).
+        (later, [("old", "pending"), ("new", "pending"), ("moving", "pending")], []),
+        (NOW + STUCK_AFTER + 1, [("old", "pending"), ("new", "pending")], ["old"]),
+        # A new status starts the count again.
+        (moved, [("new", "pending"), ("moving", "processing")], []),
+        (later + STUCK_AFTER + 1, [("new", "pending"), ("moving", "processing")], ["new"]),
+        (moved + STUCK_AFTER + 1, [("new", "pending"), ("moving", "processing")], ["moving"]),
+    ]
+    snapshot = None
+    for at, jobs, expected in polls:
+        current = [job(job_id, status, since=None) for job_id, status in jobs]
+        result = diff(snapshot, current, promotion_id=PID, now=at, stuck_after=STUCK_AFTER)
+        stuck = [c.job.id for c in result.changes if c.kind is ChangeKind.STUCK and c.job]
+        assert stuck == expected, at - NOW
+        snapshot = result.snapshot
 
 
 def test_a_job_seen_late_is_history_unless_it_changed_after_the_baseline() -> None:

@@ -301,6 +301,9 @@ TIMESTAMPS: dict[str, tuple[object, float | None]] = {
         "2016-12-31T23:59:60.123456789Z",
         utc(2016, 12, 31, 23, 59, 59, 123_456),
     ),
+    # Valid date-times that say nothing: Go's zero time, Unix's; no promotion job is that old.
+    "Go's zero time": ("0001-01-01T00:00:00Z", None),
+    "Unix zero": ("1970-01-01T00:00:00Z", None),
     "garbage": ("yesterday", None),
     "impossible date": ("2023-13-45T00:00:00Z", None),
     "empty": ("", None),
@@ -316,6 +319,14 @@ TIMESTAMPS: dict[str, tuple[object, float | None]] = {
 @pytest.mark.parametrize(("value", "epoch"), TIMESTAMPS.values(), ids=TIMESTAMPS.keys())
 def test_parse_timestamp(value: object, epoch: float | None) -> None:
     assert parse_timestamp(value) == epoch
+
+
+def test_a_job_updated_before_it_was_created_has_an_unknown_update_time() -> None:
+    stamps = {"created_at": "2024-12-04T00:03:46Z", "updated_at": "2024-12-04T00:03:45Z"}
+    parsed = parse_job({"id": "j", "status": "failed", "meta": {"timestamps": stamps}})
+    assert isinstance(parsed, Job)
+    assert parsed.updated_at is None
+    assert parsed.status_since == parsed.created_at == utc(2024, 12, 4, 0, 3, 46)
 
 
 # never raises

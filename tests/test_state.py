@@ -16,7 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from monitor.models import FAILED, Change, ChangeKind, Job, PromotionSnapshot
-from monitor.state import APPLICATION_ID, Discarded, SnapshotStore
+from monitor.records import APPLICATION_ID
+from monitor.state import Discarded, SnapshotStore
 from tests.state_support import SNAPSHOTS, job, loaded, on_disk, snapshot
 
 _text = st.text(st.characters(exclude_categories=["Cs"]))  # (text is valid where it enters)

@@ -11,6 +11,7 @@ from typing import TypeVar
 from yarl import URL
 
 from monitor.client.budget import RequestBudget
+from monitor.client.clock import StoreClock
 from monitor.client.endpoints import JOBS_ENDPOINT, LIST_ENDPOINT, ONE_ENDPOINT, JobsTarget
 from monitor.client.errors import ApiError, Redactions, decode_json
 from monitor.client.memory import BodyKey, PageMemory, SeenPage, body_key
@@ -92,6 +93,7 @@ class ElasticPathClient:
         self._base = URL(settings.base_url)
         events = NoEvents() if events is None else events
         self.redactions = Redactions()
+        self.redactions.remember(self._base.password or "")  # a proxy's, in the URL's user-info
         self.transport = Transport(
             budget=budget,
             events=events,
@@ -126,6 +128,10 @@ class ElasticPathClient:
     @property
     def budget(self) -> RequestBudget:
         return self.transport.budget
+
+    @property
+    def store_clock(self) -> StoreClock:
+        return self.transport.store_clock
 
     async def __aenter__(self) -> ElasticPathClient:
         return self
@@ -171,7 +177,7 @@ class ElasticPathClient:
                 key = body_key(body)
                 if last is not None and key == last.key:
                     return _Answer(key, None)
-                return _Answer(key, decode_json(body, target.endpoint))
+                return _Answer(key, decode_json(body, target.endpoint, self.redactions.scrub))
 
             params = {**target.params, "page[offset]": str(offset)}
             answer = await self._get(target.url, target.endpoint, read, params)
@@ -242,7 +248,7 @@ class ElasticPathClient:
 
     async def _get_json(self, url: URL, endpoint: str, params: Mapping[str, str]) -> object:
         def read(body: bytes) -> object:
-            return decode_json(body, endpoint)
+            return decode_json(body, endpoint, self.redactions.scrub)
 
         return await self._get(url, endpoint, read, params)
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-from email.utils import parsedate_to_datetime
-from typing import Final, Literal, get_args
+import re
+from collections.abc import Callable
+from typing import Any, Final, Literal, get_args
 
+from monitor.client.clock import http_date
 from monitor.models import single_line
 
 Reason = Literal[
@@ -21,6 +23,8 @@ Reason = Literal[
 ]
 REASONS: Final[tuple[Reason, ...]] = get_args(Reason)
 MAX_RETRY_AFTER_SECONDS: Final = 300.0
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
+_SURROGATE_ESCAPE: Final = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 class ApiError(Exception):
@@ -55,26 +59,47 @@ def classify_status(status: int) -> Reason:
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Retry-After as seconds from now: either delta-seconds or an HTTP date; capped."""
+    """Retry-After as seconds from now: either delta-seconds or an HTTP date; capped. `now` is
+    the answer's own Date where it has one (RFC 9110 10.2.3): the store's clock, not the pod's."""
     if not value:
         return None
     value = value.strip()
     try:
         seconds = float(value)
     except ValueError:
-        try:
-            seconds = parsedate_to_datetime(value).timestamp() - now
-        except (TypeError, ValueError, IndexError):
+        at = http_date(value)
+        if at is None:
             return None
+        seconds = at - now
     if math.isnan(seconds):
         return None
     return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
 
 
-def error_summary(body: bytes) -> str:
+def valid_json(body: bytes, scrub: Callable[[str], str] = str) -> Any:
+    """An answer's JSON with its text made valid where it enters: a byte that is not UTF-8, and
+    a lone UTF-16 surrogate (a legal JSON escape), become U+FFFD, so that no writer downstream
+    (metrics, page, logs, state) can fail on text that UTF-8 cannot encode. `scrub` takes the
+    secrets out of the whole text first, before any field of it is cut to length."""
+    document = json.loads(scrub(body.decode(json.detect_encoding(body), "replace")))
+    # Only a \uD800-\uDFFF escape can make a lone surrogate; most answers hold no backslash.
+    return _valid(document) if b"\\" in body and _SURROGATE_ESCAPE.search(body) else document
+
+
+def _valid(value: object) -> object:
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_valid(item) for item in value]
+    if isinstance(value, dict):
+        return {_valid(key): _valid(item) for key, item in value.items()}
+    return value
+
+
+def error_summary(body: bytes, scrub: Callable[[str], str] = str) -> str:
     """The title/detail of an Elastic Path error body, or a hint of what the body was."""
     try:
-        document = json.loads(body)
+        document = valid_json(body, scrub)
         errors = document["errors"]
         # An array of error objects, as declared; one Promotions Standard example writes one
         # object instead.
@@ -86,10 +111,10 @@ def error_summary(body: bytes) -> str:
         return f"non-JSON error body ({kind})"
 
 
-def decode_json(body: bytes, endpoint: str) -> object:
+def decode_json(body: bytes, endpoint: str, scrub: Callable[[str], str] = str) -> object:
     """A 2xx answer's JSON; garbage is a transient bad_response (a truncated body retries)."""
     try:
-        document: object = json.loads(body)
+        document = valid_json(body, scrub)
     except (ValueError, RecursionError):
         raise ApiError(
             "bad_response", f"{endpoint}: answer is not JSON ({len(body)} bytes)", transient=True

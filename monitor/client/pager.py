@@ -97,6 +97,8 @@ async def read_pages(page_at: Callable[[int], Awaitable[Page]]) -> Listing:
 
 def list_page(document: object, endpoint: str) -> tuple[list[object], int | None]:
     """The data array and meta.results.total of a list page; anything else is bad_response.
+    An object with neither `meta` nor `links` is the whole list (the jobs list is described
+    with `data` only): its total is its length, so no further page is asked for.
 
     A bare array is a page too: Promotions Builder's SDK description declares the
     rule-promotion list that way. It carries no total, so paging goes on to an empty page.
@@ -109,6 +111,8 @@ def list_page(document: object, endpoint: str) -> tuple[list[object], int | None
     if not isinstance(data, list):
         raise ApiError("bad_response", f"{endpoint}: answer has no data array")
     assert isinstance(document, dict)
+    if "meta" not in document and "links" not in document:
+        return data, len(data)  # a store that does not page: this is the whole list
     meta = document.get("meta")
     results = meta.get("results") if isinstance(meta, dict) else None
     raw_total = results.get("total") if isinstance(results, dict) else None

@@ -13,6 +13,7 @@ import stamina
 from yarl import URL
 
 from monitor.client.budget import RequestBudget
+from monitor.client.clock import StoreClock
 from monitor.client.errors import (
     ApiError,
     Redactions,
@@ -34,6 +35,7 @@ class ClientEvents(Protocol):
     def token_refreshed(self, expires_in: float) -> None: ...
     def retry_scheduled(self, endpoint: str, error: ApiError, attempt: int) -> None: ...
     def budget_waited(self, seconds: float) -> None: ...
+    def store_clock_skew(self, seconds: float) -> None: ...
 
 
 class NoEvents:
@@ -49,6 +51,9 @@ class NoEvents:
         return None
 
     def budget_waited(self, seconds: float) -> None:
+        return None
+
+    def store_clock_skew(self, seconds: float) -> None:
         return None
 
 
@@ -89,6 +94,7 @@ class Transport:
         self._wait_initial = retry_wait_initial
         self._wait_max = retry_wait_max
         self._session: aiohttp.ClientSession | None = None
+        self.store_clock = StoreClock()
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -167,7 +173,7 @@ class Transport:
         reason = classify_status(status)
         raise ApiError(
             reason,
-            self._redactions.scrub(f"{endpoint}: HTTP {status}: {error_summary(body)}"),
+            f"{endpoint}: HTTP {status}: {error_summary(body, self._redactions.scrub)}",
             http_status=status,
             retry_after=retry_after,
             transient=reason in ("http_5xx", "rate_limited"),
@@ -188,7 +194,13 @@ class Transport:
             ) as response:
                 code = str(response.status)
                 body = await _read_capped(response, endpoint)
-                retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
+                date = self.store_clock.observe(response.headers.get("Date"))
+                if date is not None and self.store_clock.skew is not None:
+                    self._events.store_clock_skew(self.store_clock.skew)
+                # (an HTTP-date is read against this answer's Date: the store's clock)
+                retry_after = parse_retry_after(
+                    response.headers.get("Retry-After"), date or time.time()
+                )
                 return response.status, body, retry_after
         except TimeoutError:
             raise ApiError(

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from monitor.models import PromotionKind
+from monitor.models import PromotionKind, without_password
 
 DEFAULT_PORT = 10464
 # Lease names are DNS subdomains, namespaces DNS labels (what the API server would refuse anyway).
@@ -430,7 +430,7 @@ class Settings(_Section):
             [
                 f"promotions: {len(self.promotions)} ({counts})",
                 discovery,
-                f"api.base_url: {self.api.base_url}",
+                f"api.base_url: {without_password(self.api.base_url)}",
                 f"auth: {self.api.auth_kind}",
                 f"poll: every {self.poll.interval_seconds:g}s "
                 f"({self.poll.active_interval:g}s while a job is active), "

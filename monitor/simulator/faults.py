@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import socket
 import struct
 from collections.abc import Awaitable, Callable
@@ -17,7 +18,16 @@ from monitor.simulator.answers import error_body, json_response, raw_json
 from monitor.simulator.tokens import TOKEN_PATH
 
 FaultKind = Literal[
-    "status", "timeout", "reset", "truncated", "html", "wrong_shape", "huge", "slow", "empty"
+    "status",
+    "timeout",
+    "reset",
+    "truncated",
+    "html",
+    "wrong_shape",
+    "huge",
+    "slow",
+    "empty",
+    "raw_bytes",
 ]
 
 HUGE_BYTES = 64 * 1024 * 1024
@@ -108,6 +118,8 @@ class Faults:
                 _reset(request)
                 # never sent: the write fails on the closed transport and aiohttp drops it quietly
                 return web.Response(status=500), 0
+            case "raw_bytes":
+                return await _raw_bytes(normal), 200
             case "truncated":
                 full_answer = await normal()
                 full = full_answer.body if isinstance(full_answer, web.Response) else None
@@ -136,6 +148,19 @@ class Faults:
         # waiting on the stop event rather than sleeping lets stop() release held requests
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
+
+
+# A lone low surrogate U+DC80..U+DCFF is how Python's "surrogateescape" holds one raw byte.
+_ESCAPED_BYTE = re.compile(rb"\\u[dD][cC]([89a-fA-F][0-9a-fA-F])")
+
+
+async def _raw_bytes(normal: NormalAnswer) -> web.Response:
+    """The normal answer with each escaped U+DC80..U+DCFF in it written as the byte it stands
+    for: a store's text `"caf\\udce9"` goes out as the Latin-1 bytes b"caf\\xe9", not UTF-8."""
+    answer = await normal()
+    body = answer.body if isinstance(answer, web.Response) else None
+    data = body if isinstance(body, bytes) else b""
+    return raw_json(_ESCAPED_BYTE.sub(lambda m: bytes([int(m[1], 16)]), data), answer.status)
 
 
 def _reset(request: web.Request) -> None:

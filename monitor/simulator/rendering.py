@@ -9,6 +9,10 @@ from typing import Any, Literal
 Kind = Literal["promotion", "rule_promotion"]
 # Documented variants of a normal answer (docs/elastic-path-api.md), not faults.
 ResultKey = Literal["result", "generate_result"]
+# How a job's meta.timestamps are written. Not faults: nothing marks them required or says what
+# they must be. "missing": no meta.timestamps; "zero": Go's zero time (a valid date-time).
+Timestamps = Literal["kept", "missing", "zero"]
+ZERO_TIME = "0001-01-01T00:00:00Z"
 
 _CODE_PARAMETERS = {"max_uses_per_code": 1, "code_length": 8, "code_prefix": "promo-"}
 # Each API names its own consume units: PS per_cart/per_item, PB per_application/per_checkout.
@@ -52,7 +56,9 @@ class Promotion:
     jobs: dict[str, Job] = field(default_factory=dict)
 
 
-def render_job(promotion: Promotion, job: Job, result_key: ResultKey) -> dict[str, Any]:
+def render_job(
+    promotion: Promotion, job: Job, result_key: ResultKey, timestamps: Timestamps = "kept"
+) -> dict[str, Any]:
     rule = promotion.kind == "rule_promotion"
     stamp = iso_nanos if rule else iso_millis
     rendered: dict[str, Any] = {
@@ -74,9 +80,14 @@ def render_job(promotion: Promotion, job: Job, result_key: ResultKey) -> dict[st
     rendered["status"] = job.status
     if job.error is not None:
         rendered["error"] = job.error
-    rendered["meta"] = {
-        "timestamps": {"created_at": stamp(job.created_at), "updated_at": stamp(job.updated_at)}
-    }
+    if timestamps == "missing":
+        return rendered
+    created, updated = (
+        (ZERO_TIME, ZERO_TIME)
+        if timestamps == "zero"
+        else (stamp(job.created_at), stamp(job.updated_at))
+    )
+    rendered["meta"] = {"timestamps": {"created_at": created, "updated_at": updated}}
     return rendered
 
 

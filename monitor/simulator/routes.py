@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
+from email.utils import formatdate
 from typing import Literal
 
 from aiohttp import web
@@ -40,7 +41,7 @@ class RecordedRequest:
 class Routes:
     """Serves a store's promotions and jobs, checks tokens, applies faults, records requests.
 
-    page_cap, ignore_offset and unordered are store behaviours a client must cope with (not
+    page_cap, ignore_offset, unordered and unpaged are store behaviours a client must cope with (not
     faults: the real API may answer so), and may be changed while serving.
     """
 
@@ -54,6 +55,7 @@ class Routes:
         page_cap: int | None = None,
         ignore_offset: bool = False,
         unordered: bool = False,
+        unpaged: bool = False,
         rule_list_shape: RuleListShape = "envelope",
     ) -> None:
         if page_cap is not None and page_cap < 1:
@@ -65,6 +67,9 @@ class Routes:
         self.ignore_offset = ignore_offset
         # unordered: no ORDER BY behind the jobs listing, so each request sees a fresh order.
         self.unordered = unordered
+        # unpaged: the jobs list is answered whole, as `{"data": [...]}` alone (it is described
+        # with `data` only): page parameters ignored, no `meta`, no `links`.
+        self.unpaged = unpaged
         self.rule_list_shape: RuleListShape = rule_list_shape
         self._store = store
         self._tokens = tokens
@@ -82,6 +87,9 @@ class Routes:
             self.requests.append(entry)
             response, status = await self._respond(request, handler)
             self.requests[index] = replace(entry, status=status)
+            if not response.prepared:
+                # The store's Date is the store's clock (which may not be the client's).
+                response.headers["Date"] = formatdate(self._store.now(), usegmt=True)
             return response
 
         app = web.Application(middlewares=[record])
@@ -151,8 +159,10 @@ class Routes:
             ]
             if self.unordered:
                 self._order_rng.shuffle(jobs)
-            window = jobs[offset : offset + limit]
+            window = jobs if self.unpaged else jobs[offset : offset + limit]
             page = [self._store.render_job(promotion, job) for job in window]
+            if self.unpaged:
+                return json_response(200, {"data": page})
             return json_response(200, paged(request, page, len(jobs), limit, offset))
 
         return handle

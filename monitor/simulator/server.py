@@ -57,6 +57,7 @@ class Simulator(Store):
     page_cap = _PartAttribute[int | None]("routes")
     ignore_offset = _PartAttribute[bool]("routes")
     unordered = _PartAttribute[bool]("routes")
+    unpaged = _PartAttribute[bool]("routes")
     rule_list_shape = _PartAttribute[RuleListShape]("routes")
 
     def __init__(
@@ -70,6 +71,7 @@ class Simulator(Store):
         page_cap: int | None = None,
         ignore_offset: bool = False,
         unordered: bool = False,
+        unpaged: bool = False,
         result_key: ResultKey = "result",
         rule_list_shape: RuleListShape = "envelope",
         token_shape: TokenShape = "flat",  # noqa: S107 -- an answer shape, not a password
@@ -91,6 +93,7 @@ class Simulator(Store):
             page_cap=page_cap,
             ignore_offset=ignore_offset,
             unordered=unordered,
+            unpaged=unpaged,
             rule_list_shape=rule_list_shape,
         )
         self._runner: web.AppRunner | None = None

@@ -19,6 +19,7 @@ from monitor.simulator.rendering import (
     Kind,
     Promotion,
     ResultKey,
+    Timestamps,
     checked_time,
     iso_millis,
     render_job,
@@ -71,6 +72,8 @@ class Store:
         self.shortfall_rate = 0.05
         # PBcf names a job's result `generate_result`: a documented variant, not a fault.
         self.result_key: ResultKey = result_key
+        # How jobs' meta.timestamps are written ("missing", "zero"): answers the API allows.
+        self.timestamps: Timestamps = "kept"
         self._clock = clock
         self._rng = random.Random(seed)  # noqa: S311 -- reproducible lifecycles, not secrets
         self._promotions: dict[str, Promotion] = {}
@@ -247,7 +250,7 @@ class Store:
         return [p for p in self._promotions.values() if p.kind == kind]
 
     def render_job(self, promotion: Promotion, job: Job) -> dict[str, Any]:
-        return render_job(promotion, job, self.result_key)
+        return render_job(promotion, job, self.result_key, self.timestamps)
 
     # autonomous lifecycle
 

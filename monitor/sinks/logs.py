@@ -10,6 +10,7 @@ from typing import Any, Final, TextIO
 import structlog
 
 from monitor.events import Event
+from monitor.models import shown
 
 # Keys that must never carry a value into a log line, whoever passes them.
 _SECRET_KEYS: Final = ("secret", "token", "password", "authorization")
@@ -23,18 +24,29 @@ def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[
     return event
 
 
+def _printable(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """For a terminal: text from the store may hold controls (ESC, OSC) it would obey."""
+    for key, value in event.items():
+        if isinstance(value, str):
+            event[key] = shown(value)
+    return event
+
+
 def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | None = None) -> None:
     """Set structlog up for the whole process: JSON (or console) lines on stdout."""
     renderer: structlog.typing.Processor
+    escape: list[structlog.typing.Processor] = []
     if fmt == "console":
         renderer = structlog.dev.ConsoleRenderer(colors=stream is None and sys.stdout.isatty())
+        escape = [_printable]
     else:
-        renderer = structlog.processors.JSONRenderer()
+        renderer = structlog.processors.JSONRenderer()  # (JSON escapes controls itself)
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
             _redact,
+            *escape,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(

@@ -307,6 +307,11 @@ class MonitorMetrics:
             ["endpoint", "reason"],
             registry=process,
         )
+        self.store_clock_skew = Gauge(
+            "epcc_monitor_store_clock_skew_seconds",
+            "How far the store's clock is ahead of the pod's (negative: behind), from Date.",
+            registry=process,
+        )
         self.budget_wait = Counter(
             "epcc_monitor_budget_wait_seconds_total",
             "Seconds requests waited for the request budget.",

@@ -1,12 +1,15 @@
 """What the HTTP client reports, rendered: request and retry counters, the request rate the
-status page shows, and the events a person reads (tokens, retries)."""
+status page shows, the store's clock skew, and the events a person reads (tokens, retries)."""
 
 from __future__ import annotations
 
 from monitor.activity import RecentActivity
 from monitor.client import ApiError
-from monitor.events import EventSink, RequestRetried, TokenRefreshed
+from monitor.events import EventSink, RequestRetried, StoreClockSkewed, TokenRefreshed
 from monitor.sinks.metrics import MonitorMetrics
+
+# Past a minute, the skew changes what a person reads (ages, "stuck"): worth a warning.
+SKEW_WARNING_SECONDS = 60.0
 
 
 class RequestReports:
@@ -18,6 +21,7 @@ class RequestReports:
         self._metrics = metrics
         self._activity = activity
         self._events = events
+        self._skew_warned = False
 
     def request_done(self, endpoint: str, code: str) -> None:
         self._metrics.api_requests.labels(endpoint, code).inc()
@@ -40,3 +44,10 @@ class RequestReports:
 
     def budget_waited(self, seconds: float) -> None:
         self._metrics.budget_wait.inc(seconds)
+
+    def store_clock_skew(self, seconds: float) -> None:
+        self._metrics.store_clock_skew.set(seconds)
+        skewed = abs(seconds) > SKEW_WARNING_SECONDS
+        if skewed and not self._skew_warned:
+            self._events.emit(StoreClockSkewed(skew_seconds=round(seconds, 1)))
+        self._skew_warned = skewed  # (once a crossing: warned again only after a return)
