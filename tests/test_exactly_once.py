@@ -10,11 +10,17 @@ from __future__ import annotations
 import asyncio
 import random
 import signal
+import threading
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 
-from monitor.simulator import Fault
+from monitor.app import Monitor
+from monitor.events import JobFailed, Recorder
+from monitor.settings import parse_settings
+from monitor.simulator import Fault, Simulator
+from monitor.state import SnapshotStore
 from tests.fault_support import CODES_LIMIT, Store, polled, watching
 from tests.support import Daemon, started, value, write_config
 
@@ -26,6 +32,100 @@ def failures(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], pid: 
         )
         or 0.0
     )
+
+
+def in_process(sim: Simulator, state: Path, pid: str, events: Recorder) -> Monitor:
+    """The monitor built as `run` builds it, in this process, reporting to `events`."""
+    settings = parse_settings(
+        {
+            "api": {
+                "base_url": sim.base_url,
+                "client_id": sim.client_id,
+                "client_secret": sim.client_secret,
+            },
+            "promotions": [{"id": pid}],
+            "state": {"path": str(state)},
+        }
+    )
+    return Monitor.build(settings, registry=CollectorRegistry(), serve_http=False, events=events)
+
+
+def failed_ids(events: Recorder) -> list[str]:
+    return [e.job_id for e in events.events if isinstance(e, JobFailed)]
+
+
+async def test_a_poll_cancelled_inside_its_write_still_announces_and_no_restart_repeats(
+    sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The SIGTERM grace ends while the poll that saw a failure is writing it: the poll is
+    # cancelled in its save, and the shutdown's last write carries what it recorded.
+    pid = sim.add_promotion()
+    running = sim.add_job(pid, status="processing")
+    state, first = tmp_path / "monitor.db", Recorder()
+    monitor = in_process(sim, state, pid, first)
+    await monitor.upkeep.load_state()
+    target = monitor.targets[0]
+    reporter = monitor.scheduler.reporter
+    assert await reporter.report(await monitor.poller.poll(target))  # the baseline
+    sim.set_job_status(pid, running, "failed", error=CODES_LIMIT)
+    outcome = await monitor.poller.poll(target)
+
+    writing, go_on = threading.Event(), threading.Event()
+    real = SnapshotStore._write
+
+    def held(store: SnapshotStore, batch: object) -> None:
+        writing.set()
+        go_on.wait(10)
+        real(store, batch)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(SnapshotStore, "_write", held)
+    poll = asyncio.create_task(reporter.report(outcome))
+    assert await asyncio.to_thread(writing.wait, 10)
+    poll.cancel()
+    go_on.set()
+    with pytest.raises(asyncio.CancelledError):
+        await poll
+    monkeypatch.undo()
+    assert await reporter.save(compact=True)  # the shutdown's last write
+    await monitor.client.close()
+    monitor.store.close()
+
+    again = Recorder()
+    restarted = in_process(sim, state, pid, again)
+    await restarted.upkeep.load_state()  # (announces what is still owed)
+    assert await restarted.scheduler.reporter.report(await restarted.poller.poll(target))
+    await restarted.client.close()
+    assert (failed_ids(first), failed_ids(again)) == ([running], [])
+
+
+async def test_what_a_killed_process_owed_is_announced_at_the_next_start(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    pid = sim.add_promotion()
+    running = sim.add_job(pid, status="processing")
+    state, first = tmp_path / "monitor.db", Recorder()
+    monitor = in_process(sim, state, pid, first)
+    await monitor.upkeep.load_state()
+    target = monitor.targets[0]
+    assert await monitor.scheduler.reporter.report(await monitor.poller.poll(target))
+    sim.set_job_status(pid, running, "failed", error=CODES_LIMIT)
+    outcome = await monitor.poller.poll(target)
+    # Killed after the write and before the announcement: the poll's record and what it owes
+    # are on disk, nothing was emitted.
+    assert outcome.snapshot is not None
+    monitor.store.put(outcome.snapshot)
+    monitor.store.owe(pid, outcome.changes, 0.0)
+    assert await monitor.scheduler.reporter.save()
+    await monitor.client.close()
+    monitor.store.close()
+
+    again = Recorder()
+    restarted = in_process(sim, state, pid, again)
+    await restarted.upkeep.load_state()
+    assert await restarted.scheduler.reporter.report(await restarted.poller.poll(target))
+    await restarted.client.close()
+    assert (failed_ids(first), failed_ids(again)) == ([], [running])
+    assert restarted.store.owed() == []
 
 
 async def test_an_empty_answer_does_not_announce_a_failure_again(tmp_path: Path) -> None:
