@@ -100,7 +100,10 @@ def legacy_snapshot(data: bytes) -> dict[str, PromotionSnapshot]:
     Its journal is not read: a clean shutdown folded it into the file; after a crash the
     snapshot alone is older, and an older state can only repeat an announcement, never lose one.
     """
-    document = json.loads(data)
+    # (Text held before it was made valid at parse may hold a lone surrogate: UTF-8, and so
+    # SQLite, cannot take it. Round-tripped through UTF-8 it is replaced.)
+    text = json.dumps(json.loads(data), ensure_ascii=False)
+    document = json.loads(text.encode("utf-8", "replace"))
     if not isinstance(document, dict) or document.get("version") not in (1, 2):
         raise ValueError("not a promo-monitor snapshot (format 1 or 2)")
     snapshots = {}

@@ -159,8 +159,11 @@ def _row(
         for (_, status), count in summary.counts.items():
             by_status[status] += count
         jobs = dict(sorted(by_status.items()))
+        seen = snapshot.seen  # (a job of unknown age is stuck from when it was first seen)
         stuck = [
-            job.status_since or now for job in summary.active if is_stuck(job, now, stuck_after)
+            job.status_since or seen.get(job.id, now)
+            for job in summary.active
+            if is_stuck(job, now, stuck_after, seen.get(job.id))
         ]
         if summary.failed:
             last_failure = summary.failed[0].status_since

@@ -428,3 +428,19 @@ def test_an_unreadable_snapshot_json_is_set_aside_not_fatal(tmp_path: Path) -> N
     discarded = SnapshotStore(tmp_path / "monitor.db").load()
     assert discarded is not None
     assert discarded.path == tmp_path / "snapshot.json"
+
+
+def test_a_lone_surrogate_in_an_older_snapshot_json_is_replaced_not_fatal(tmp_path: Path) -> None:
+    # Written before text was made valid where it enters: "\ud83d" is legal JSON, not UTF-8.
+    row = ["j1", "code_generate", "failed", "boom \\ud83d", 1.0, 2.0]
+    (tmp_path / "snapshot.json").write_bytes(
+        _legacy({"p1": {"jobs": [row], "stuck": []}}).replace(b"\\\\ud83d", b"\\ud83d")
+    )
+    store = loaded(tmp_path / "monitor.db")
+    held = store.get("p1")
+    assert held is not None
+    error = held.jobs["j1"].error
+    assert error is not None
+    assert error.startswith("boom ")
+    error.encode("utf-8")  # (raises for a lone surrogate)
+    assert on_disk(store.path) == {"p1": held}

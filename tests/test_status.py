@@ -131,6 +131,16 @@ def test_rows_put_what_needs_attention_first() -> None:
     assert view.last_success == NOW - 30
 
 
+def test_a_job_of_unknown_age_is_stuck_from_when_the_monitor_first_saw_it() -> None:
+    unknown = Job("j", "code_generate", "pending")
+    first_seen = NOW - 2 * STUCK_AFTER
+    snapshot = PromotionSnapshot(P_STUCK, {"j": unknown}, seen={"j": first_seen})
+    activity = RecentActivity(FakeClock(NOW))
+    activity.polled(PollOutcome(P_STUCK, ok=True))
+    (row,) = view_of([snapshot], activity).promotions
+    assert (row.attention, row.stuck, row.stuck_since) == ("stuck", 1, first_seen)
+
+
 def test_within_a_rank_the_newest_trouble_comes_first() -> None:
     view = view_of(
         [

@@ -13,12 +13,27 @@ import time
 from email.utils import formatdate
 from pathlib import Path
 
+from prometheus_client import CollectorRegistry, generate_latest
+
+from monitor.activity import RecentActivity
+from monitor.events import Recorder, StoreClockSkewed
 from monitor.simulator import Fault, Simulator
+from monitor.sinks.metrics import MonitorMetrics
+from monitor.sinks.requests import RequestReports
 from tests.fault_support import jobs_requests
-from tests.support import Daemon, started, until, value, write_config
+from tests.support import (
+    Daemon,
+    FakeClock,
+    parse_metrics,
+    started,
+    until,
+    value,
+    write_config,
+)
 
 SKEW = 600.0  # ten minutes
 POLL = {"stuck_after_seconds": 300, "baseline_lookback_seconds": 900}
+GAUGE = "epcc_monitor_store_clock_skew_seconds"
 
 
 async def test_a_store_behind_the_pod_keeps_its_lookback_and_stuck_is_not_early(
@@ -48,7 +63,7 @@ async def test_a_store_behind_the_pod_keeps_its_lookback_and_stuck_is_not_early(
     assert running not in {e["job_id"] for e in daemon.named("job_stuck")}
     assert daemon.named("job_stuck") == []
     assert abs(skewed["skew_seconds"] + SKEW) < 5
-    skew = value(samples, "epcc_monitor_store_clock_skew_seconds")
+    skew = value(samples, GAUGE)
     assert skew is not None
     assert abs(skew + SKEW) < 5
     assert len(daemon.named("store_clock_skewed")) == 1
@@ -78,3 +93,18 @@ async def test_an_http_date_retry_after_is_read_against_the_answers_date(tmp_pat
 
     assert retried["reason"] == "rate_limited"
     assert 0 < retried["retry_after"] <= 3
+
+
+def test_the_skew_warning_comes_once_a_crossing_not_once_a_jitter() -> None:
+    registry = CollectorRegistry()
+    metrics = MonitorMetrics(
+        registry, version="t", snapshots=list, clock=FakeClock(), stuck_after=3600.0
+    )
+    events = Recorder()
+    reports = RequestReports(metrics, RecentActivity(FakeClock()), events)
+    # A skew hovering about the minute's line, then back to normal, then past it again.
+    for skew in (10.0, 60.4, 59.6, 60.2, 59.9, 61.0, 5.0, -75.0, -74.5):
+        reports.store_clock_skew(skew)
+    warned = [e.skew_seconds for e in events.events if isinstance(e, StoreClockSkewed)]
+    assert warned == [60.4, -75.0]
+    assert value(parse_metrics(generate_latest(registry).decode()), GAUGE) == -74.5

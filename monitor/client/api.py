@@ -93,7 +93,8 @@ class ElasticPathClient:
         self._base = URL(settings.base_url)
         events = NoEvents() if events is None else events
         self.redactions = Redactions()
-        self.redactions.remember(self._base.password or "")  # a proxy's, in the URL's user-info
+        for password in (self._base.password, self._base.raw_password):  # in its user-info
+            self.redactions.remember(password or "")
         self.transport = Transport(
             budget=budget,
             events=events,

@@ -47,7 +47,8 @@ class RequestReports:
 
     def store_clock_skew(self, seconds: float) -> None:
         self._metrics.store_clock_skew.set(seconds)
-        skewed = abs(seconds) > SKEW_WARNING_SECONDS
-        if skewed and not self._skew_warned:
+        if abs(seconds) > SKEW_WARNING_SECONDS and not self._skew_warned:
             self._events.emit(StoreClockSkewed(skew_seconds=round(seconds, 1)))
-        self._skew_warned = skewed  # (once a crossing: warned again only after a return)
+            self._skew_warned = True
+        elif abs(seconds) < SKEW_WARNING_SECONDS / 2:
+            self._skew_warned = False  # (re-armed well under the line: not once a jitter)
