@@ -78,6 +78,7 @@ def diff(
     stuck_after: float,
     retention: float | None = None,
     lookback: float = 0.0,
+    failures_known: bool = False,
 ) -> Diff:
     """Compare a successful poll's jobs with the previous snapshot of the same promotion.
 
@@ -87,7 +88,9 @@ def diff(
     seconds are left out of both sides, silently: they are history, and memory must not grow
     with it. `lookback`: at a baseline, jobs that failed less than that many seconds ago are
     reported as failures; a job first seen after the baseline but last changed before the
-    baseline minus the lookback is history seen late, not news.
+    baseline minus the lookback is history seen late, not news — unless the view before showed
+    every failed job (`previous.failures_known`): then a failure first seen now is news whatever
+    its timestamps say. `failures_known`: this poll's view showed every failed job.
     """
     # The API gives no order and pages can shift under us; a job seen twice counts once.
     jobs = {job.id: job for job in current}
@@ -116,7 +119,8 @@ def diff(
                 and recent(job, now - lookback)
             )
         seen = first_seen(None, jobs, now)
-        return Diff(changes, PromotionSnapshot(promotion_id, jobs, stuck, now, seen))
+        baseline = PromotionSnapshot(promotion_id, jobs, stuck, now, seen, failures_known)
+        return Diff(changes, baseline)
 
     changes = []
     seen = first_seen(previous, jobs, now)
@@ -127,6 +131,8 @@ def diff(
         old = before.get(job.id)
         if old is None:
             late = news_since is not None and not recent(job, news_since)
+            if job.status == FAILED and previous.failures_known:
+                late = False  # (not failed, or not there, when every failure was in view)
             changes.append(Change(ChangeKind.DISCOVERED, promotion_id, job, late=late))
         elif old.status != job.status:
             changes.append(Change(ChangeKind.STATUS_CHANGED, promotion_id, job, old))
@@ -146,8 +152,11 @@ def diff(
         and is_stuck(job, now, stuck_after, seen.get(job.id))
     )
     if not changes:
-        return Diff(changes, previous if seen == previous.seen else replace(previous, seen=seen))
-    return Diff(changes, replace(apply(previous, changes), seen=seen))
+        if seen == previous.seen and failures_known == previous.failures_known:
+            return Diff(changes, previous)
+        return Diff(changes, replace(previous, seen=seen, failures_known=failures_known))
+    after = apply(previous, changes)
+    return Diff(changes, replace(after, seen=seen, failures_known=failures_known))
 
 
 def apply(previous: PromotionSnapshot, changes: Iterable[Change]) -> PromotionSnapshot:

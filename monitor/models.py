@@ -300,6 +300,10 @@ class PromotionSnapshot:
     # When the monitor first saw each active job of unknown age in its current status: its stuck
     # clock (kept in memory only: after a restart it starts again).
     seen: Mapping[str, float] = field(default_factory=dict, compare=False)
+    # The view this came from showed every failed job (a complete listing, or a complete read of
+    # the failed jobs alone): a job not failed in it that is failed later is news, whatever its
+    # timestamps say.
+    failures_known: bool = False
     # When the oldest finished job finished: lets retention skip the scan until one expires.
     oldest_finished: float | None = field(init=False, compare=False, repr=False)
     # Whether any job is pending/processing/cancelling (and so could become stuck).

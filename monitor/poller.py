@@ -167,6 +167,7 @@ class Poller:
             stuck_after=self._stuck_after,
             retention=self._retention,
             lookback=self._lookback,
+            failures_known=result.complete or result.failures_complete,
         )
         # (Without changes, only expired history was pruned; the next write carries it.)
         changed = found.snapshot if found.snapshot is not previous else None

@@ -18,7 +18,8 @@ APPLICATION_ID: Final = 0x4550706D
 
 SCHEMA: Final = """
 CREATE TABLE promotions (
-    id TEXT PRIMARY KEY, baseline_at REAL, stuck TEXT NOT NULL DEFAULT '[]'
+    id TEXT PRIMARY KEY, baseline_at REAL, stuck TEXT NOT NULL DEFAULT '[]',
+    failures_known INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE TABLE jobs (
     promotion_id TEXT NOT NULL, id TEXT NOT NULL, job_type TEXT NOT NULL, status TEXT NOT NULL,

@@ -23,7 +23,7 @@ from monitor.events import (
     job_events,
     state_written,
 )
-from monitor.models import Change
+from monitor.models import FAILED, Change, ChangeKind
 from monitor.names import PromotionNames
 from monitor.planner import PollPlan
 from monitor.poller import PollOutcome
@@ -108,7 +108,7 @@ class Reporter:
         self._metrics.poll_succeeded(pid, outcome.now)
         changes = self._not_reported_before(outcome.changes)
         if changes:
-            owed = self._store.owe(pid, changes, self._clock())
+            owed = self._store.owe(pid, changes, self._clock(), history=_history(outcome, changes))
             written = False
             try:
                 written = await self.save()
@@ -175,3 +175,18 @@ class Reporter:
         if written is not None:
             self._events.emit(written)
         return saved.ok
+
+
+def _history(outcome: PollOutcome, changes: Sequence[Change]) -> list[str]:
+    """Failed jobs this poll took for history (a baseline's old failures, failures seen late):
+    onto the ledger with the reported ones, so that one vanishing and coming back (an empty
+    answer between) is history again, not a failure first seen in a view of every failure."""
+    ids = [c.job.id for c in changes if c.late and c.job is not None and c.job.status == FAILED]
+    if outcome.snapshot is not None and any(c.kind is ChangeKind.BASELINE for c in changes):
+        paged = {c.job.id for c in changes if c.is_failure and c.job is not None}
+        ids += [
+            job.id
+            for job in outcome.snapshot.jobs.values()
+            if job.status == FAILED and job.id not in paged
+        ]
+    return ids

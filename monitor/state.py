@@ -5,9 +5,9 @@ Three things are kept (open the file with `sqlite3` to see them):
 - `owed`: the announcements a poll's changes owe, written in the same transaction as the
   changes and deleted once emitted. Whatever is still owed at start is announced then, so a
   crash between a write and its announcement repeats at worst, never loses;
-- `reported`: the ledger of failures already announced (job, promotion, when). It is the one
-  authority on "already reported": a job that vanishes and comes back, a re-watch or a fresh
-  baseline never announces a failure on it again.
+- `reported`: the ledger of failures already announced, or taken for history when first seen
+  (job, promotion, when). It is the one authority on "already reported": a job that vanishes
+  and comes back, a re-watch or a fresh baseline never announces a failure on it again.
 
 A write is one transaction over what changed since the last (WAL; `synchronous=NORMAL`: a
 commit survives a killed process; a power cut may roll back the last commits, snapshot, owed
@@ -22,7 +22,7 @@ import contextlib
 import json
 import os
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,10 +132,11 @@ class SnapshotStore:
         for pid, *columns in db.execute(SELECT_JOBS):
             job = job_of(columns)
             jobs.setdefault(pid, {})[job.id] = job
-        for pid, baseline_at, stuck in db.execute("SELECT id, baseline_at, stuck FROM promotions"):
+        for pid, baseline_at, stuck, known in db.execute("SELECT * FROM promotions"):
             held = jobs.get(pid, {})
             marked = frozenset(s for s in json.loads(stuck) if s in held)
-            self._snapshots[pid] = PromotionSnapshot(pid, held, marked, baseline_at)
+            snapshot = PromotionSnapshot(pid, held, marked, baseline_at, failures_known=known == 1)
+            self._snapshots[pid] = snapshot
         self._on_disk = dict(self._snapshots)
         for ticket, pid, changes in db.execute("SELECT ticket, promotion_id, changes FROM owed"):
             self._owed[ticket] = Owed(ticket, pid, decode_changes(pid, changes))
@@ -201,18 +202,21 @@ class SnapshotStore:
 
     # the outbox and the ledger
 
-    def owe(self, promotion_id: str, changes: Sequence[Change], at: float) -> Owed:
-        """Record that `changes` are owed an announcement, and put their failures on the ledger:
-        both reach the disk in the same write as the snapshot they came with."""
+    def owe(
+        self, promotion_id: str, changes: Sequence[Change], at: float, history: Iterable[str] = ()
+    ) -> Owed:
+        """Record that `changes` are owed an announcement, and put their failures on the ledger,
+        with the failed jobs taken for `history`: all reach the disk in the same write as the
+        snapshot they came with."""
         owed = Owed(self._next_ticket, promotion_id, tuple(changes))
         self._next_ticket += 1
         self._owed[owed.ticket] = owed
         self._owed_added[owed.ticket] = None
-        for change in changes:
-            if change.is_failure and change.job is not None:
-                key = (promotion_id, change.job.id)
-                self._ledger[key] = at
-                self._ledger_added[key] = None
+        failed = [c.job.id for c in changes if c.is_failure and c.job is not None]
+        for job_id in (*failed, *history):
+            key = (promotion_id, job_id)
+            self._ledger[key] = at
+            self._ledger_added[key] = None
         return owed
 
     def announced(self, owed: Owed) -> None:
@@ -237,7 +241,7 @@ class SnapshotStore:
         return sorted(self._owed.values(), key=lambda owed: owed.ticket)
 
     def reported(self, promotion_id: str, job_id: str) -> bool:
-        """Whether this job's failure was announced (or is owed) already."""
+        """Whether this job's failure was announced (or is owed, or was taken for history)."""
         return (promotion_id, job_id) in self._ledger
 
     def prune_ledger(self, horizon: float) -> None:
@@ -310,8 +314,8 @@ class SnapshotStore:
             ),
         )
         db.execute(
-            "INSERT OR REPLACE INTO promotions VALUES (?, ?, ?)",
-            (pid, snap.baseline_at, json.dumps(sorted(snap.stuck))),
+            "INSERT OR REPLACE INTO promotions VALUES (?, ?, ?, ?)",
+            (pid, snap.baseline_at, json.dumps(sorted(snap.stuck)), int(snap.failures_known)),
         )
 
     def _take_batch(self) -> _Batch:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from pathlib import Path
 
 from monitor.models import Job, PromotionSnapshot
@@ -48,3 +50,9 @@ def on_disk(path: Path) -> dict[str, PromotionSnapshot]:
 
 def job(job_id: str, status: str = "pending", error: str | None = None) -> Job:
     return Job(job_id, "code_generate", status, error, 1.0, 2.0)
+
+
+def owed_rows(directory: Path) -> int:
+    """Announcements a daemon whose state is in `directory`/state has not marked done yet."""
+    with contextlib.closing(sqlite3.connect(directory / "state" / "monitor.db")) as db:
+        return int(db.execute("SELECT count(*) FROM owed").fetchone()[0])

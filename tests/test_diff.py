@@ -421,3 +421,19 @@ def test_a_baseline_leaves_out_expired_history() -> None:
     result = diff(None, current, promotion_id=PID, now=NOW, stuck_after=1e9, retention=7 * DAY)
     assert set(result.snapshot.jobs) == {"new"}
     assert result.changes[0].counts == {"failed": 1}
+
+
+@pytest.mark.parametrize(("known", "news"), [(True, True), (False, False)])
+def test_a_failure_first_seen_after_a_view_of_every_failure_is_news_whatever_its_age(
+    known: bool, news: bool
+) -> None:
+    # Its timestamps say it failed long before the baseline; only whether the view before showed
+    # every failed job tells whether it could have been there, failed, unseen.
+    before = PromotionSnapshot("p", {}, baseline_at=10_000.0, failures_known=known)
+    old_failure = Job("j", "code_generate", "failed", "codes limit exceeded", 100.0, 100.0)
+
+    found = diff(before, [old_failure], promotion_id="p", now=10_060.0, stuck_after=3600)
+
+    (change,) = found.changes
+    assert change.kind is ChangeKind.DISCOVERED
+    assert change.is_failure is news

@@ -8,6 +8,7 @@ Each test runs `promo-monitor run` as a subprocess against the simulator in one 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,27 @@ def offset_ignoring_store(sim: Simulator) -> str:
     pid = sim.add_promotion()
     history(sim, pid, 60, failed=2)
     return pid
+
+
+async def test_a_failure_past_the_one_page_is_news_whatever_its_timestamps_say(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    # An offset-ignoring store, and updated_at left at created_at after a status change (as in
+    # Promotions Builder's cancel example): a job past the page the store serves, processing
+    # for two hours, then failed. Its failure comes only through the failed-jobs read, and its
+    # timestamps say it changed long before the baseline; but that read showed every failed
+    # job at the baseline, and it was not among them: news.
+    pid = offset_ignoring_store(sim)
+    sim.timestamps = "frozen"
+    hidden = sim.add_job(pid, status="processing", created_at=time.time() - 7200)
+    async with running_daemon(write_config(tmp_path, sim, [{"id": pid}])) as daemon:
+        await daemon.wait_for("baseline_loaded")
+        sim.set_job_status(pid, hidden, "failed", error="codes limit exceeded")
+        failed = await daemon.wait_for("job_failed")
+        await daemon.polled(pid, 3)
+
+    assert failed["job_id"] == hidden
+    assert len(daemon.named("job_failed")) == 1
 
 
 async def test_an_unordered_store_causes_no_phantom_vanish_and_no_false_failure(

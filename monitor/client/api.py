@@ -49,6 +49,8 @@ class FetchResult:
     pages: dict[int, SeenPage] = field(default_factory=dict)
     # True when every page was byte-identical to the last poll's: nothing can have changed.
     unchanged: bool = True
+    # Every failed job was read: the listing was complete, or the failed jobs alone were.
+    failures_complete: bool = False
 
     @property
     def complete(self) -> bool:
@@ -64,6 +66,7 @@ class FetchResult:
         # A job the caller already holds comes back as the very same object when unchanged.
         held = known or {}
         self.unchanged = self.unchanged and all(held.get(job.id) is job for job in news)
+        self.failures_complete = other.complete
 
 
 @dataclass(frozen=True, slots=True)

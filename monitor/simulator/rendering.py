@@ -10,8 +10,10 @@ Kind = Literal["promotion", "rule_promotion"]
 # Documented variants of a normal answer (docs/elastic-path-api.md), not faults.
 ResultKey = Literal["result", "generate_result"]
 # How a job's meta.timestamps are written. Not faults: nothing marks them required or says what
-# they must be. "missing": no meta.timestamps; "zero": Go's zero time (a valid date-time).
-Timestamps = Literal["kept", "missing", "zero"]
+# they must be. "missing": no meta.timestamps; "zero": Go's zero time (a valid date-time);
+# "frozen": updated_at stays created_at after a status change, as in Promotions Builder's own
+# cancel example.
+Timestamps = Literal["kept", "missing", "zero", "frozen"]
 ZERO_TIME = "0001-01-01T00:00:00Z"
 
 _CODE_PARAMETERS = {"max_uses_per_code": 1, "code_length": 8, "code_prefix": "promo-"}
@@ -85,7 +87,10 @@ def render_job(
     created, updated = (
         (ZERO_TIME, ZERO_TIME)
         if timestamps == "zero"
-        else (stamp(job.created_at), stamp(job.updated_at))
+        else (
+            stamp(job.created_at),
+            stamp(job.created_at if timestamps == "frozen" else job.updated_at),
+        )
     )
     rendered["meta"] = {"timestamps": {"created_at": created, "updated_at": updated}}
     return rendered

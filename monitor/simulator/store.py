@@ -72,7 +72,8 @@ class Store:
         self.shortfall_rate = 0.05
         # PBcf names a job's result `generate_result`: a documented variant, not a fault.
         self.result_key: ResultKey = result_key
-        # How jobs' meta.timestamps are written ("missing", "zero"): answers the API allows.
+        # How jobs' meta.timestamps are written ("missing", "zero", "frozen"): answers the API
+        # allows.
         self.timestamps: Timestamps = "kept"
         self._clock = clock
         self._rng = random.Random(seed)  # noqa: S311 -- reproducible lifecycles, not secrets
