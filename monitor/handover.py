@@ -1,0 +1,205 @@
+"""The handover record a leader keeps on the coordination Lease, so whoever leads next, from
+whatever state, neither repeats nor misses a failure.
+
+One annotation of the Lease (compact JSON): the failures reported within the lookback, and the
+jobs last seen pending/processing/cancelling. The elector writes it with every renewal and, when
+a poll brings a new failure, at once, before the failure is announced (monitor.coordination);
+a write that fails holds nothing back: warned of and counted. A new leader puts the failures on
+its ledger before its first poll, and at a promotion's baseline reports a job the record says was
+active that is now failed, whatever its timestamps say. Past CAP bytes the oldest failures go
+first (at least once for them): the API server refuses annotations over 256 KiB, and a refused
+renewal would cost the lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Callable, Iterable, Mapping
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from monitor.events import EventSink, HandoverIgnored, HandoverNotWritten, HandoverTruncated
+from monitor.models import FAILED, Change, ChangeKind, PromotionSnapshot
+from monitor.sinks.metrics import MonitorMetrics
+from monitor.state import SnapshotStore
+
+ANNOTATION = "promo-monitor/handover"
+CAP = 128 * 1024
+# Failures are kept a minute past the lookback: the nodes' clocks may disagree a little.
+MARGIN = 60.0
+Key = tuple[str, str]  # (promotion, job)
+
+
+class Record(BaseModel):
+    """The annotation's content: {promotion: {job: when reported}}, {promotion: {job: status}}."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    v: Literal[1]
+    failed: dict[str, dict[str, float]] = {}
+    active: dict[str, dict[str, str]] = {}
+
+
+def encode(
+    failed: Mapping[Key, float], active: Mapping[Key, str], cap: int = CAP
+) -> tuple[str, int]:
+    """The record as text of at most `cap` bytes, and how many entries did not fit: failures go
+    oldest first, then active jobs."""
+    newest_first = sorted(failed.items(), key=lambda item: -item[1])
+    ordered: list[tuple[Key, str | int]] = [*active.items()]
+    ordered += [(key, int(at)) for key, at in newest_first]
+
+    def text(count: int) -> str:
+        record: dict[str, dict[str, dict[str, str | int]]] = {"failed": {}, "active": {}}
+        for (pid, job), value in ordered[:count]:
+            section = "active" if isinstance(value, str) else "failed"
+            record[section].setdefault(pid, {})[job] = value
+        return json.dumps({"v": 1, **record}, separators=(",", ":"))
+
+    low, high = 0, len(ordered)
+    if len(whole := text(high)) <= cap:
+        return whole, 0
+    while low < high:  # the longest prefix that fits
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if len(text(middle)) <= cap else (low, middle - 1)
+    return text(low), len(ordered) - low
+
+
+def gap_failures(
+    changes: Iterable[Change], snapshot: PromotionSnapshot | None, was_active: Mapping[str, str]
+) -> tuple[Change, ...]:
+    """At a baseline, the jobs a predecessor saw active that are failed now and not already
+    reported by the baseline itself: they failed in the gap, however old their timestamps say."""
+    failing = {c.job.id for c in changes if c.is_failure and c.job is not None}
+    if snapshot is None:
+        return ()
+    return tuple(
+        Change(ChangeKind.DISCOVERED, snapshot.promotion_id, job, during_baseline=True)
+        for job in snapshot.jobs.values()
+        if job.id in was_active and job.status == FAILED and job.id not in failing
+    )
+
+
+class Handover:
+    """This replica's side of the record: what it writes while leading, what it takes from the
+    one before, and the wait of a failure for the write that holds it."""
+
+    def __init__(
+        self,
+        store: SnapshotStore,
+        events: EventSink,
+        metrics: MonitorMetrics,
+        *,
+        lease: str,
+        clock: Callable[[], float],
+        lookback: float,
+        patience: float,
+        cap: int = CAP,
+    ) -> None:
+        self._store = store
+        self._events = events
+        self._metrics = metrics
+        self._lease = lease
+        self._clock = clock
+        self._lookback = lookback
+        self._patience = patience  # how long a failure waits for its write (the renew deadline)
+        self._cap = cap
+        # A predecessor's active jobs, by promotion, until that promotion's baseline here.
+        self._inherited: dict[str, dict[str, str]] = {}
+        self._truncated = False
+        # Failures asked to be carried, carried by the write under way, written, given up on.
+        self._asked = self._carrying = self._written = self._failed = 0
+        self._in_flight = False
+        self._wake = asyncio.Event()
+        self._settled = asyncio.Condition()
+
+    # what the elector writes
+
+    def text(self) -> str:
+        """The record as it is now, for a write of the Lease."""
+        horizon = self._clock() - self._lookback - MARGIN
+        active = {
+            (pid, job): status
+            for pid, jobs in self._inherited.items()
+            if self._store.get(pid) is None
+            for job, status in jobs.items()
+        }
+        for snap in self._store:
+            if snap.has_active:
+                active.update(
+                    ((snap.promotion_id, j.id), j.status) for j in snap.jobs.values() if j.is_active
+                )
+        text, dropped = encode(self._store.reported_since(horizon), active, self._cap)
+        if dropped and not self._truncated:
+            self._events.emit(HandoverTruncated(lease=self._lease, dropped=dropped, cap=self._cap))
+        self._truncated = bool(dropped)
+        self._carrying, self._in_flight = self._asked, True
+        self._wake.clear()
+        return text
+
+    async def settled(self, written: bool) -> None:
+        """A write attempt ended: whatever it carried is on the Lease, or every wait gives up."""
+        async with self._settled:
+            if written and self._in_flight:
+                self._written = self._carrying
+            else:
+                self._failed = self._asked
+                self._wake.clear()
+            self._in_flight = False
+            self._settled.notify_all()
+
+    async def asked(self) -> None:
+        """Until a failure asks for a write (the elector waits a retry period at most)."""
+        await self._wake.wait()
+
+    # what a new leader takes
+
+    def take(self, text: str | None) -> None:
+        """Before the first poll: the failures of a predecessor's record go on the ledger, its
+        active jobs are remembered for those promotions' baselines. A record that cannot be
+        read is ignored, with a warning (at least once, then)."""
+        if text is None:
+            return
+        try:
+            record = Record.model_validate_json(text)
+        except ValueError as exc:
+            detail = str(exc).splitlines()[0][:200]
+            self._events.emit(HandoverIgnored(lease=self._lease, reason=detail))
+            return
+        self._store.remember(
+            {(pid, job): at for pid, jobs in record.failed.items() for job, at in jobs.items()}
+        )
+        for pid, jobs in record.active.items():
+            if self._store.get(pid) is None:
+                self._inherited.setdefault(pid, {}).update(jobs)
+
+    # what the reporting step asks
+
+    def judge(
+        self, changes: tuple[Change, ...], snapshot: PromotionSnapshot | None
+    ) -> tuple[Change, ...]:
+        """A poll's changes, with the gap's failures at a promotion's baseline (gap_failures)."""
+        if snapshot is None or not any(c.kind is ChangeKind.BASELINE for c in changes):
+            return changes
+        was = self._inherited.pop(snapshot.promotion_id, {})
+        return changes + gap_failures(changes, snapshot, was)
+
+    async def carry(self, changes: Iterable[Change]) -> None:
+        """Before announcing: the Lease's record holds these failures (written at once, or by
+        the write under way). A write that fails or takes past the patience is warned of and
+        counted; the failures are announced all the same."""
+        failures = sum(1 for change in changes if change.is_failure)
+        if not failures:
+            return
+        self._asked += 1
+        mine = self._asked
+        self._wake.set()
+        async with self._settled:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._patience):
+                    await self._settled.wait_for(lambda: max(self._written, self._failed) >= mine)
+        if self._written < mine:
+            self._metrics.handover_failures.inc(failures)
+            self._events.emit(HandoverNotWritten(lease=self._lease, failures=failures))
