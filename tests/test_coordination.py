@@ -350,3 +350,22 @@ async def test_a_rollout_a_crash_and_a_flap_back_report_six_failures_six_times(
     assert sum(counted.values()) == 6, counted
     assert restarted.named("leader_elected")[0]["kept_state"] is False
     assert [e for d in workload.everyone for e in d.named("handover_not_written")] == []
+
+
+async def test_a_job_last_seen_active_that_failed_in_the_gap_is_reported_whatever_its_times(
+    workload: Workload,
+) -> None:
+    """A store whose jobs carry no timestamps: at a fresh baseline a failure of unknown age is
+    history; only the handover record tells the successor this one was processing."""
+    workload.sim.timestamps = "missing"
+    leader = await workload.polling("pod-a", "pod-b")
+    gap = workload.processing[0]
+    await asyncio.sleep(3 * RETRY_PERIOD)  # renewals carry the record
+    moment = time.time()
+    await leader.stop(signal.SIGKILL)
+    workload.sim.set_job_status(workload.promotion, gap, "failed", error="database timeout")
+    successor = await workload.elected_after(moment)
+    reported = await successor.wait_for("job_failed")
+    await successor.polled(workload.promotion, 3)
+    assert (reported["job_id"], reported["during_baseline"]) == (gap, True)
+    assert len(workload.job_failed(gap)) == 1
