@@ -19,7 +19,7 @@ import json
 from collections.abc import Callable, Iterable, Mapping
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from monitor.events import EventSink, HandoverIgnored, HandoverNotWritten, HandoverTruncated
 from monitor.models import FAILED, Change, ChangeKind, PromotionSnapshot
@@ -34,29 +34,31 @@ Key = tuple[str, str]  # (promotion, job)
 
 
 class Record(BaseModel):
-    """The annotation's content: {promotion: {job: when reported}}, {promotion: {job: status}}."""
+    """The annotation's content: when it was written (Unix seconds), {promotion: {job: seconds
+    between the failure's report and `at`}}, {promotion: {job: status}}."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     v: Literal[1]
+    at: int
     failed: dict[str, dict[str, float]] = {}
     active: dict[str, dict[str, str]] = {}
 
 
 def encode(
-    failed: Mapping[Key, float], active: Mapping[Key, str], cap: int = CAP
+    at: float, failed: Mapping[Key, float], active: Mapping[Key, str], cap: int = CAP
 ) -> tuple[str, int]:
     """The record as text of at most `cap` bytes, and how many entries did not fit: failures go
-    oldest first, then active jobs."""
+    oldest first, then active jobs. Ages, not times: three digits instead of ten."""
     newest_first = sorted(failed.items(), key=lambda item: -item[1])
     ordered: list[tuple[Key, str | int]] = [*active.items()]
-    ordered += [(key, int(at)) for key, at in newest_first]
+    ordered += [(key, max(0, int(at - when))) for key, when in newest_first]
 
     def text(count: int) -> str:
         record: dict[str, dict[str, dict[str, str | int]]] = {"failed": {}, "active": {}}
         for (pid, job), value in ordered[:count]:
             section = "active" if isinstance(value, str) else "failed"
             record[section].setdefault(pid, {})[job] = value
-        return json.dumps({"v": 1, **record}, separators=(",", ":"))
+        return json.dumps({"v": 1, "at": int(at), **record}, separators=(",", ":"))
 
     low, high = 0, len(ordered)
     if len(whole := text(high)) <= cap:
@@ -119,7 +121,8 @@ class Handover:
 
     def text(self) -> str:
         """The record as it is now, for a write of the Lease."""
-        horizon = self._clock() - self._lookback - MARGIN
+        now = self._clock()
+        horizon = now - self._lookback - MARGIN
         active = {
             (pid, job): status
             for pid, jobs in self._inherited.items()
@@ -131,7 +134,7 @@ class Handover:
                 active.update(
                     ((snap.promotion_id, j.id), j.status) for j in snap.jobs.values() if j.is_active
                 )
-        text, dropped = encode(self._store.reported_since(horizon), active, self._cap)
+        text, dropped = encode(now, self._store.reported_since(horizon), active, self._cap)
         if dropped and not self._truncated:
             self._events.emit(HandoverTruncated(lease=self._lease, dropped=dropped, cap=self._cap))
         self._truncated = bool(dropped)
@@ -164,12 +167,19 @@ class Handover:
             return
         try:
             record = Record.model_validate_json(text)
-        except ValueError as exc:
-            detail = str(exc).splitlines()[0][:200]
-            self._events.emit(HandoverIgnored(lease=self._lease, reason=detail))
+        except ValidationError as exc:
+            # Where and what, never the values (the record is anybody's to write).
+            where = (
+                f"{'.'.join(map(str, e['loc'])) or 'record'}: {e['msg']}" for e in exc.errors()
+            )
+            self._events.emit(HandoverIgnored(lease=self._lease, reason="; ".join(where)[:300]))
             return
         self._store.remember(
-            {(pid, job): at for pid, jobs in record.failed.items() for job, at in jobs.items()}
+            {
+                (pid, job): record.at - age
+                for pid, jobs in record.failed.items()
+                for job, age in jobs.items()
+            }
         )
         for pid, jobs in record.active.items():
             if self._store.get(pid) is None:

@@ -57,7 +57,8 @@ def test_the_record_holds_recent_failures_and_active_jobs_and_nothing_older(
     record = json.loads(handover(store, clock).text())
     assert record == {
         "v": 1,
-        "failed": {"p2": {"new": int(clock.now - 5)}},
+        "at": int(clock.now),
+        "failed": {"p2": {"new": 5}},  # reported 5 s before the record was written
         "active": {"p1": {"j1": "processing", "j3": "pending"}},
     }
 
@@ -69,7 +70,8 @@ def test_a_successor_takes_the_failures_onto_its_ledger_and_the_active_jobs_for_
     text = json.dumps(
         {
             "v": 1,
-            "failed": {"p1": {"j1": clock.now - 10}},
+            "at": clock.now,
+            "failed": {"p1": {"j1": 10}},
             "active": {"p1": {"j2": "processing"}, "p2": {"j3": "pending"}},
         }
     )
@@ -103,9 +105,10 @@ def test_a_successor_takes_the_failures_onto_its_ledger_and_the_active_jobs_for_
     ("text", "reason"),
     [
         ("not json", "Invalid JSON"),
-        ('{"v": 2, "failed": {}, "active": {}}', "v"),
-        ('{"v": 1, "failed": {"p1": ["j1"]}, "active": {}}', "failed.p1"),
-        ('{"v": 1, "failed": {}, "active": {}, "owner": "someone else"}', "owner"),
+        ('{"v": 2, "at": 1, "failed": {}, "active": {}}', "v"),
+        ('{"v": 1, "at": 1, "failed": {"p1": ["j1"]}, "active": {}}', "failed.p1"),
+        ('{"v": 1, "at": 1, "failed": {}, "active": {}, "owner": "someone else"}', "owner"),
+        ('{"v": 1, "failed": {}, "active": {}}', "at"),
     ],
 )
 def test_an_unreadable_or_foreign_record_is_ignored_with_a_warning(
@@ -142,17 +145,18 @@ def test_gap_failures_are_the_failed_jobs_once_active_not_reported_by_the_baseli
 def test_past_the_cap_the_oldest_failures_go_first_then_active_jobs() -> None:
     failed = {("p", f"f{n}"): float(n) for n in range(100)}
     active = {("p", f"a{n}"): "processing" for n in range(10)}
-    whole, dropped = encode(failed, active, cap=10**6)
+    whole, dropped = encode(100, failed, active, cap=10**6)
     assert dropped == 0
-    text, dropped = encode(failed, active, cap=len(whole) // 2)
+    text, dropped = encode(100, failed, active, cap=len(whole) // 2)
     kept = json.loads(text)
     assert len(text) <= len(whole) // 2
     assert len(kept["active"]["p"]) == 10
-    assert sorted(kept["failed"]["p"].values()) == list(range(100 - len(kept["failed"]["p"]), 100))
-    assert dropped == 100 - len(kept["failed"]["p"])
-    only_some, dropped = encode({}, active, cap=60)
+    ages = sorted(kept["failed"]["p"].values())
+    assert ages == list(range(1, len(ages) + 1))  # the newest (reported at 99, 98, ...)
+    assert dropped == 100 - len(ages)
+    only_some, dropped = encode(100, {}, active, cap=70)
     assert 0 < len(json.loads(only_some)["active"].get("p", {})) < 10
-    assert len(only_some) <= 60
+    assert len(only_some) <= 70
 
 
 # The property: a world of one promotion, three replicas and a Lease, driven step by step.
