@@ -210,8 +210,6 @@ class Monitor:
         if fence is not None:
             handover = Handover(
                 store,
-                events,
-                metrics,
                 lease=coordination.lease_name,
                 clock=clock,
                 lookback=settings.poll.baseline_lookback_seconds,

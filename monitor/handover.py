@@ -17,13 +17,13 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from monitor.events import EventSink, HandoverIgnored, HandoverNotWritten, HandoverTruncated
+from monitor.events import Event, HandoverIgnored, HandoverNotWritten, HandoverTruncated
 from monitor.models import FAILED, Change, ChangeKind, PromotionSnapshot
-from monitor.sinks.metrics import MonitorMetrics
 from monitor.state import SnapshotStore
 
 ANNOTATION = "promo-monitor/handover"
@@ -84,15 +84,22 @@ def gap_failures(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Carried:
+    """What became of a poll's failures handed over: for the reporting step to count and emit."""
+
+    unwritten: int = 0  # failures announced before the Lease held them
+    news: tuple[Event, ...] = ()
+
+
 class Handover:
     """This replica's side of the record: what it writes while leading, what it takes from the
-    one before, and the wait of a failure for the write that holds it."""
+    one before, and the wait of a failure for the write that holds it. It emits nothing: it
+    answers with the news (monitor.report and monitor.scheduler emit it)."""
 
     def __init__(
         self,
         store: SnapshotStore,
-        events: EventSink,
-        metrics: MonitorMetrics,
         *,
         lease: str,
         clock: Callable[[], float],
@@ -101,8 +108,6 @@ class Handover:
         cap: int = CAP,
     ) -> None:
         self._store = store
-        self._events = events
-        self._metrics = metrics
         self._lease = lease
         self._clock = clock
         self._lookback = lookback
@@ -110,7 +115,8 @@ class Handover:
         self._cap = cap
         # A predecessor's active jobs, by promotion, until that promotion's baseline here.
         self._inherited: dict[str, dict[str, str]] = {}
-        self._truncated = False
+        self._dropped = 0  # entries the last write left out
+        self._told = False  # that it leaves some out
         # Failures asked to be carried, carried by the write under way, written, given up on.
         self._asked = self._carrying = self._written = self._failed = 0
         self._in_flight = False
@@ -134,10 +140,8 @@ class Handover:
                 active.update(
                     ((snap.promotion_id, j.id), j.status) for j in snap.jobs.values() if j.is_active
                 )
-        text, dropped = encode(now, self._store.reported_since(horizon), active, self._cap)
-        if dropped and not self._truncated:
-            self._events.emit(HandoverTruncated(lease=self._lease, dropped=dropped, cap=self._cap))
-        self._truncated = bool(dropped)
+        text, self._dropped = encode(now, self._store.reported_since(horizon), active, self._cap)
+        self._told = self._told and self._dropped > 0
         self._carrying, self._in_flight = self._asked, True
         self._wake.clear()
         return text
@@ -159,12 +163,12 @@ class Handover:
 
     # what a new leader takes
 
-    def take(self, text: str | None) -> None:
+    def take(self, text: str | None) -> HandoverIgnored | None:
         """Before the first poll: the failures of a predecessor's record go on the ledger, its
         active jobs are remembered for those promotions' baselines. A record that cannot be
         read is ignored, with a warning (at least once, then)."""
         if text is None:
-            return
+            return None
         try:
             record = Record.model_validate_json(text)
         except ValidationError as exc:
@@ -172,8 +176,7 @@ class Handover:
             where = (
                 f"{'.'.join(map(str, e['loc'])) or 'record'}: {e['msg']}" for e in exc.errors()
             )
-            self._events.emit(HandoverIgnored(lease=self._lease, reason="; ".join(where)[:300]))
-            return
+            return HandoverIgnored(lease=self._lease, reason="; ".join(where)[:300])
         self._store.remember(
             {
                 (pid, job): record.at - age
@@ -184,6 +187,7 @@ class Handover:
         for pid, jobs in record.active.items():
             if self._store.get(pid) is None:
                 self._inherited.setdefault(pid, {}).update(jobs)
+        return None
 
     # what the reporting step asks
 
@@ -196,13 +200,13 @@ class Handover:
         was = self._inherited.pop(snapshot.promotion_id, {})
         return changes + gap_failures(changes, snapshot, was)
 
-    async def carry(self, changes: Iterable[Change]) -> None:
+    async def carry(self, changes: Iterable[Change]) -> Carried:
         """Before announcing: the Lease's record holds these failures (written at once, or by
-        the write under way). A write that fails or takes past the patience is warned of and
-        counted; the failures are announced all the same."""
+        the write under way). A write that fails or takes past the patience is news, and the
+        failures are announced all the same."""
         failures = sum(1 for change in changes if change.is_failure)
         if not failures:
-            return
+            return Carried()
         self._asked += 1
         mine = self._asked
         self._wake.set()
@@ -210,6 +214,11 @@ class Handover:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._patience):
                     await self._settled.wait_for(lambda: max(self._written, self._failed) >= mine)
-        if self._written < mine:
-            self._metrics.handover_failures.inc(failures)
-            self._events.emit(HandoverNotWritten(lease=self._lease, failures=failures))
+        news: list[Event] = []
+        if self._dropped and not self._told:
+            self._told = True
+            news.append(HandoverTruncated(lease=self._lease, dropped=self._dropped, cap=self._cap))
+        if self._written >= mine:
+            return Carried(0, tuple(news))
+        news.append(HandoverNotWritten(lease=self._lease, failures=failures))
+        return Carried(failures, tuple(news))

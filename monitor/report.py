@@ -119,7 +119,10 @@ class Reporter:
             try:
                 written = await self.save()
                 if self._handover is not None:  # (on the Lease before announced)
-                    await self._handover.carry(owed.changes)
+                    carried = await self._handover.carry(owed.changes)
+                    self._metrics.handover_failures.inc(carried.unwritten)
+                    for event in carried.news:
+                        self._events.emit(event)
             finally:
                 # Announced even when the write failed (at least once) or this poll was
                 # cancelled inside it (shutdown, a lost lease): never recorded-and-silent.

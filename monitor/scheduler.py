@@ -374,8 +374,8 @@ class Upkeep:
             # announce again what that replica already reported. A fresh baseline instead (its
             # lookback and the handover record catch what failed during the handover).
             self._watching.start_afresh()
-        if self._handover is not None:
-            self._handover.take(handover)
+        if self._handover is not None and (ignored := self._handover.take(handover)):
+            self._events.emit(ignored)
         plan = self._scheduler.plan
         for target in plan.targets:
             self._metrics.watch(target.promotion_id)

@@ -14,27 +14,19 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry
 
 from monitor.diff import diff
-from monitor.events import Recorder
 from monitor.handover import Handover, encode, gap_failures
 from monitor.models import Change, ChangeKind, Job, PromotionSnapshot
-from monitor.sinks.metrics import MonitorMetrics
 from monitor.state import SnapshotStore
 from tests.support import FakeClock
 
 LOOKBACK = 900.0
 
 
-def handover(store: SnapshotStore, clock: FakeClock, events: Recorder | None = None) -> Handover:
-    metrics = MonitorMetrics(
-        CollectorRegistry(), version="0", snapshots=lambda: iter(store), clock=clock, stuck_after=60
-    )
+def handover(store: SnapshotStore, clock: FakeClock) -> Handover:
     return Handover(
         store,
-        events if events is not None else Recorder(),
-        metrics,
         lease="promo-monitor",
         clock=clock,
         lookback=LOOKBACK,
@@ -78,7 +70,7 @@ def test_a_successor_takes_the_failures_onto_its_ledger_and_the_active_jobs_for_
     store = SnapshotStore(tmp_path / "state.db")
     store.put(PromotionSnapshot("p2", {"j3": job("j3", "pending")}))  # (kept state: its own)
     successor = handover(store, clock)
-    successor.take(text)
+    assert successor.take(text) is None
     assert store.reported("p1", "j1")
     assert json.loads(successor.text())["active"] == {
         "p1": {"j2": "processing"},  # carried on until p1's baseline here
@@ -114,10 +106,9 @@ def test_a_successor_takes_the_failures_onto_its_ledger_and_the_active_jobs_for_
 def test_an_unreadable_or_foreign_record_is_ignored_with_a_warning(
     tmp_path: Path, text: str, reason: str
 ) -> None:
-    events = Recorder()
     store = SnapshotStore(tmp_path / "state.db")
-    handover(store, FakeClock(), events).take(text)
-    (warned,) = events.events
+    warned = handover(store, FakeClock()).take(text)
+    assert warned is not None
     assert warned.NAME == "handover_ignored"
     assert warned.LEVEL == "warning"
     assert reason in str(warned.fields()["reason"])
