@@ -430,4 +430,4 @@ async def test_the_record_stays_under_the_api_servers_limit_dropping_its_oldest_
     assert set(kept) == newest
     (truncated,) = (await carried).news
     assert truncated.NAME == "handover_truncated"
-X
+    assert truncated.fields()["dropped"] == 7000 - len(kept)  # (p2's j1, the newest, is kept)
