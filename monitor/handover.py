@@ -1,14 +1,11 @@
-"""The handover record a leader keeps on the coordination Lease, so whoever leads next, from
-whatever state, neither repeats nor misses a failure.
+"""The handover record a leader keeps on the coordination Lease (an annotation, compact JSON), so
+whoever leads next, from whatever state, neither repeats nor misses a failure: the failures
+reported within the lookback, and the jobs last seen pending/processing/cancelling.
 
-One annotation of the Lease (compact JSON): the failures reported within the lookback, and the
-jobs last seen pending/processing/cancelling. The elector writes it with every renewal and, when
-a poll brings a new failure, at once, before the failure is announced (monitor.coordination);
-a write that fails holds nothing back: warned of and counted. A new leader puts the failures on
-its ledger before its first poll, and at a promotion's baseline reports a job the record says was
-active that is now failed, whatever its timestamps say. Past CAP bytes the oldest failures go
-first (at least once for them): the API server refuses annotations over 256 KiB, and a refused
-renewal would cost the lease.
+Written with every renewal and, for a new failure, at once and before it is announced (a write
+that fails holds nothing back). Read by a new leader before its first poll. Past CAP bytes the
+oldest failures go first (at least once for them): the API server refuses annotations over
+256 KiB, and a refused renewal would cost the lease.
 """
 
 from __future__ import annotations
@@ -74,9 +71,9 @@ def gap_failures(
 ) -> tuple[Change, ...]:
     """At a baseline, the jobs a predecessor saw active that are failed now and not already
     reported by the baseline itself: they failed in the gap, however old their timestamps say."""
-    failing = {c.job.id for c in changes if c.is_failure and c.job is not None}
     if snapshot is None:
         return ()
+    failing = {c.job.id for c in changes if c.is_failure and c.job is not None}
     return tuple(
         Change(ChangeKind.DISCOVERED, snapshot.promotion_id, job, during_baseline=True)
         for job in snapshot.jobs.values()
@@ -93,9 +90,8 @@ class Carried:
 
 
 class Handover:
-    """This replica's side of the record: what it writes while leading, what it takes from the
-    one before, and the wait of a failure for the write that holds it. It emits nothing: it
-    answers with the news (monitor.report and monitor.scheduler emit it)."""
+    """This replica's side of the record: what it writes, what it takes from the leader before,
+    and a failure's wait for the write that holds it. It answers with news, never emits it."""
 
     def __init__(
         self,

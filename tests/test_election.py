@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import trustme
 from aiohttp import web
@@ -34,7 +35,7 @@ from monitor.kube import KubernetesLeases
 from monitor.models import Change, ChangeKind, Job, PromotionSnapshot
 from monitor.settings import ConfigError
 from monitor.state import SnapshotStore
-from tests.kube_fake import FakeLeaseApi, write_kubeconfig
+from tests.kube_fake import LEASES, FakeLeaseApi, write_kubeconfig
 from tests.support import FakeClock, serving
 
 NAMESPACE = "shop"
@@ -431,3 +432,34 @@ async def test_the_record_stays_under_the_api_servers_limit_dropping_its_oldest_
     (truncated,) = (await carried).news
     assert truncated.NAME == "handover_truncated"
     assert truncated.fields()["dropped"] == 7000 - len(kept)  # (p2's j1, the newest, is kept)
+
+
+async def test_the_fake_api_server_merges_patches_and_refuses_annotations_over_256_kib(
+    cluster: Cluster,
+) -> None:
+    """What the record's tests rely on: the fake treats annotations as the API server does."""
+    a = await cluster.candidate("pod-a")
+    assert await a.elector.try_acquire_or_renew()
+    url = f"{cluster.url}{LEASES.format(namespace=NAMESPACE)}/{LEASE}"
+    headers = {
+        "Authorization": f"Bearer {cluster.fake.token_for('pod-a')}",
+        "Content-Type": "application/merge-patch+json",
+    }
+
+    async def patch(annotations: dict[str, str | None]) -> int:
+        body = {"metadata": {"annotations": annotations}}
+        async with (
+            aiohttp.ClientSession() as session,
+            session.patch(url, json=body, headers=headers) as response,
+        ):
+            return response.status
+
+    assert await patch({"x": "1", "y": "2"}) == 200
+    assert await patch({"x": None}) == 200  # null removes a key; the rest is kept
+    lease = cluster.fake.leases[(NAMESPACE, LEASE)]
+    assert lease["metadata"]["annotations"] == {"y": "2"}
+    assert lease["spec"]["holderIdentity"] == "pod-a"
+    version = lease["metadata"]["resourceVersion"]
+    assert await patch({"z": "z" * (256 * 1024 - 2)}) == 422  # keys count too: 1 byte over
+    assert cluster.fake.leases[(NAMESPACE, LEASE)]["metadata"]["resourceVersion"] == version
+    assert await patch({"z": "z" * (256 * 1024 - 3)}) == 200  # (y, 2, z: exactly 256 KiB)
