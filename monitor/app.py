@@ -25,6 +25,7 @@ from monitor.client.budget import RequestBudget
 from monitor.coordination import Fence, LeaderElector, Timing
 from monitor.discovery import Discovery
 from monitor.events import EventSink
+from monitor.handover import Handover
 from monitor.models import PromotionSnapshot, utc_now
 from monitor.names import NameLookups, PromotionNames
 from monitor.planner import PollPlan
@@ -205,6 +206,15 @@ class Monitor:
             retention=retention,
             lookback=settings.poll.baseline_lookback_seconds,
         )
+        handover = None
+        if fence is not None:
+            handover = Handover(
+                store,
+                lease=coordination.lease_name,
+                clock=clock,
+                lookback=settings.poll.baseline_lookback_seconds,
+                patience=coordination.renew_deadline_seconds,
+            )
         reporter = Reporter(
             store,
             metrics,
@@ -215,6 +225,7 @@ class Monitor:
             activity=activity,
             clock=clock,
             may_report=may_poll,
+            handover=handover,
         )
         scheduler = PollScheduler(
             poller,
@@ -237,6 +248,7 @@ class Monitor:
             store=store,
             metrics=metrics,
             events=events,
+            handover=handover,
         )
         # Liveness fails only when the loop has made no progress for several intervals.
         health = Health(
@@ -257,8 +269,8 @@ class Monitor:
             )
             web = _web(settings, registry, health, metrics, board)
         leases, elector = None, None
-        if fence is not None:
-            leases, elector = _election(upkeep, fence, coordination)
+        if fence is not None and handover is not None:
+            leases, elector = _election(upkeep, fence, handover, coordination)
         else:
             metrics.leader.set(1)
         return cls(
@@ -322,6 +334,7 @@ def _web(
 def _election(
     upkeep: Upkeep,
     fence: Fence,
+    handover: Handover,
     coordination: CoordinationSettings,
 ) -> tuple[KubernetesLeases, LeaderElector]:
     """The Lease and its elector, for coordination.mode: lease."""
@@ -345,5 +358,6 @@ def _election(
         ),
         fence,
         upkeep,
+        record=handover,
     )
     return leases, elector

@@ -31,6 +31,7 @@ class LeaseRecord:
     renew_time: str | None
     transitions: int
     resource_version: str | None = None  # None for a record not yet written
+    handover: str | None = None  # the annotation monitor.handover keeps on it
 
 
 class LeaseConflictError(Exception):
@@ -98,15 +99,26 @@ class ElectionReports(Protocol):
     """What the elector tells the replica it campaigns for, which acts on it and reports it
     (monitor.scheduler.Upkeep): the elector itself logs nothing."""
 
-    def elected(self, news: LeaderElected) -> None:
-        """Before the fence opens. `news.kept_state` is False when another replica held the
-        lease since this one last did (its snapshot may be stale: start from a fresh baseline)."""
+    def elected(self, news: LeaderElected, handover: str | None) -> None:
+        """Before the fence opens, with the Lease's handover record. `news.kept_state` is False
+        when another replica held the lease since this one last did (its snapshot may be stale:
+        start from a fresh baseline)."""
 
     def lost(self, news: LeaderLost) -> None:
         """Once the fence has closed."""
 
     def unavailable(self, news: LeaseUnavailable) -> None:
         """The Lease could not be read or written (a LeaseUnreachable while leading)."""
+
+
+class HandoverRecord(Protocol):
+    """What a leader writes on the Lease besides its lease (monitor.handover.Handover)."""
+
+    def text(self) -> str: ...
+
+    async def settled(self, written: bool) -> None: ...
+
+    async def asked(self) -> None: ...
 
 
 class LeaderElector:
@@ -120,6 +132,7 @@ class LeaderElector:
         fence: Fence,
         reports: ElectionReports,
         *,
+        record: HandoverRecord,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
@@ -128,6 +141,7 @@ class LeaderElector:
         self._timing = timing
         self.fence = fence
         self._reports = reports
+        self._record = record
         self._clock = clock
         self._wall = wall
         self.leading = False
@@ -137,7 +151,9 @@ class LeaderElector:
 
     async def try_acquire_or_renew(self) -> bool:
         """One attempt; True if this replica holds the lease (and may poll) afterwards."""
-        if await self._attempt():
+        held = await self._attempt()
+        await self._record.settled(held)
+        if held:
             return True
         self.notice_fence()
         return False
@@ -161,6 +177,7 @@ class LeaderElector:
         if held_by_other and started < self._observed_at + current.lease_duration:
             return False
         ours = current.holder == self.identity
+        # A successor keeps the record it found until it has read it (elected).
         mine = replace(
             current,
             holder=self.identity,
@@ -168,6 +185,7 @@ class LeaderElector:
             acquire_time=current.acquire_time if ours else now_text,
             renew_time=now_text,
             transitions=current.transitions if ours else current.transitions + 1,
+            handover=self._record.text() if ours else current.handover,
         )
         # Only a lease still in our name means nobody polled since we last did.
         return await self._write(self._api.replace, mine, started, kept_state=ours)
@@ -198,7 +216,8 @@ class LeaderElector:
                     lease=self._api.name,
                     transitions=written.transitions,
                     kept_state=kept_state,
-                )
+                ),
+                written.handover,
             )
         self.fence.renewed(started)
         self._arm_watchdog()
@@ -241,7 +260,10 @@ class LeaderElector:
                 # Whatever went wrong, the fence still closes on time; the next attempt may work.
                 self._lease_unavailable(repr(exc)[:300])
                 self.notice_fence()
-            await asyncio.sleep(self._timing.retry_period)
+            # (a new failure to hand over cuts the wait short: its write is the next renewal)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._timing.retry_period):
+                    await self._record.asked()
 
     async def release(self) -> None:
         """Give the lease up (on SIGTERM), so another replica takes over within a retry period."""
@@ -254,7 +276,12 @@ class LeaderElector:
         now_text = micro_time(self._wall())
         # As client-go does: no holder and a 1 s duration, so nobody waits for our lease to expire.
         released = replace(
-            observed, holder="", lease_duration=1, acquire_time=now_text, renew_time=now_text
+            observed,
+            holder="",
+            lease_duration=1,
+            acquire_time=now_text,
+            renew_time=now_text,
+            handover=self._record.text(),
         )
         with contextlib.suppress(LeaseConflictError, LeaseUnavailableError):
             self._observed = await self._api.replace(released)

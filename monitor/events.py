@@ -272,6 +272,28 @@ class LeaseUnreachable(LeaseUnavailable, level="warning"):
     """The leader could not renew the Lease: its fence is closing."""
 
 
+class HandoverIgnored(Event, name="handover_ignored", level="warning"):
+    """The Lease's handover record could not be read: failures may be reported again."""
+
+    lease: str
+    reason: str
+
+
+class HandoverNotWritten(Event, name="handover_not_written", level="warning"):
+    """Failures announced before the handover record holding them reached the Lease."""
+
+    lease: str
+    failures: int
+
+
+class HandoverTruncated(Event, name="handover_truncated", level="warning"):
+    """The record is at its cap: its oldest entries are left out (reported again, if ever)."""
+
+    lease: str
+    dropped: int
+    cap: int
+
+
 def all_events() -> list[type[Event]]:
     """Every concrete event class (those with a NAME), for the reference and its test."""
     found: list[type[Event]] = []

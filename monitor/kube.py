@@ -17,6 +17,7 @@ from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from monitor.coordination import LeaseConflictError, LeaseRecord, LeaseUnavailableError
+from monitor.handover import ANNOTATION
 from monitor.settings import ConfigError, kubernetes_api
 
 # Where the kubelet mounts a pod's service account token, CA bundle and namespace.
@@ -62,13 +63,15 @@ def _micro(value: datetime | None) -> str | None:
 
 def _record(lease: client.V1Lease) -> LeaseRecord:
     spec = lease.spec or client.V1LeaseSpec()
+    metadata = lease.metadata or client.V1ObjectMeta()
     return LeaseRecord(
         holder=spec.holder_identity or "",
         lease_duration=int(spec.lease_duration_seconds or 0),
         acquire_time=_micro(spec.acquire_time),
         renew_time=_micro(spec.renew_time),
         transitions=int(spec.lease_transitions or 0),
-        resource_version=lease.metadata.resource_version if lease.metadata else None,
+        resource_version=metadata.resource_version,
+        handover=(metadata.annotations or {}).get(ANNOTATION),
     )
 
 
@@ -112,6 +115,8 @@ class KubernetesLeases:
         metadata: dict[str, Any] = {"name": self.name, "namespace": self.namespace}
         if record.resource_version is not None:
             metadata["resourceVersion"] = record.resource_version
+        if record.handover is not None:
+            metadata["annotations"] = {ANNOTATION: record.handover}
         spec: dict[str, Any] = {
             "holderIdentity": record.holder,
             "leaseDurationSeconds": record.lease_duration,

@@ -23,6 +23,7 @@ from monitor.events import (
     job_events,
     state_written,
 )
+from monitor.handover import Handover
 from monitor.models import FAILED, Change, ChangeKind
 from monitor.names import PromotionNames
 from monitor.planner import PollPlan
@@ -64,6 +65,7 @@ class Reporter:
         activity: RecentActivity,
         clock: Callable[[], float],
         may_report: Callable[[], bool] = lambda: True,
+        handover: Handover | None = None,
     ) -> None:
         self._store = store
         self._metrics = metrics
@@ -75,6 +77,7 @@ class Reporter:
         self._clock = clock
         # False once this replica may no longer poll (coordination.Fence.allows).
         self._may_report = may_report
+        self._handover = handover  # with coordination.mode: lease
         # (promotion, reason) pairs already warned about: an unordered store makes every poll
         # incomplete, and one warning says it.
         self._incomplete_warned: set[tuple[str, str]] = set()
@@ -106,12 +109,20 @@ class Reporter:
         if outcome.snapshot is not None:
             self._store.put(outcome.snapshot)
         self._metrics.poll_succeeded(pid, outcome.now)
-        changes = self._not_reported_before(outcome.changes)
+        changes = outcome.changes
+        if self._handover is not None:
+            changes = self._handover.judge(changes, outcome.snapshot)
+        changes = self._not_reported_before(changes)
         if changes:
             owed = self._store.owe(pid, changes, self._clock(), history=_history(outcome, changes))
             written = False
             try:
                 written = await self.save()
+                if self._handover is not None:  # (on the Lease before announced)
+                    carried = await self._handover.carry(owed.changes)
+                    self._metrics.handover_failures.inc(carried.unwritten)
+                    for event in carried.news:
+                        self._events.emit(event)
             finally:
                 # Announced even when the write failed (at least once) or this poll was
                 # cancelled inside it (shutdown, a lost lease): never recorded-and-silent.

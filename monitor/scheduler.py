@@ -37,6 +37,7 @@ from monitor.events import (
     StateDiscarded,
     StatePruned,
 )
+from monitor.handover import Handover
 from monitor.names import NameLookups
 from monitor.planner import PollPlan
 from monitor.poller import Poller, PollOutcome
@@ -242,9 +243,11 @@ class Upkeep:
         store: SnapshotStore,
         metrics: MonitorMetrics,
         events: EventSink,
+        handover: Handover | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._scheduler = scheduler
+        self._handover = handover
         self._settings = settings
         self._watching = watching
         self._discovery = discovery
@@ -365,12 +368,14 @@ class Upkeep:
 
     # what the elector reports (coordination.mode: lease)
 
-    def elected(self, news: LeaderElected) -> None:
+    def elected(self, news: LeaderElected, handover: str | None) -> None:
         if not news.kept_state:
             # Another replica polled since this one last did: a snapshot from back then would
             # announce again what that replica already reported. A fresh baseline instead (its
-            # lookback catches what failed during the handover).
+            # lookback and the handover record catch what failed during the handover).
             self._watching.start_afresh()
+        if self._handover is not None and (ignored := self._handover.take(handover)):
+            self._events.emit(ignored)
         plan = self._scheduler.plan
         for target in plan.targets:
             self._metrics.watch(target.promotion_id)

@@ -22,7 +22,7 @@ import contextlib
 import json
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -243,6 +243,17 @@ class SnapshotStore:
     def reported(self, promotion_id: str, job_id: str) -> bool:
         """Whether this job's failure was announced (or is owed, or was taken for history)."""
         return (promotion_id, job_id) in self._ledger
+
+    def reported_since(self, horizon: float) -> dict[tuple[str, str], float]:
+        """The failures announced (or owed) at or after `horizon`, with when."""
+        return {key: at for key, at in self._ledger.items() if at >= horizon}
+
+    def remember(self, reported: Mapping[tuple[str, str], float]) -> None:
+        """Put failures another replica reported on the ledger (monitor.handover)."""
+        for key, at in reported.items():
+            if key not in self._ledger:
+                self._ledger[key] = at
+                self._ledger_added[key] = None
 
     def prune_ledger(self, horizon: float) -> None:
         """Forget reported failures from before `horizon` (the retention period)."""

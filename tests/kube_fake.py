@@ -2,8 +2,10 @@
 
 What a real API server does for one resource kind: bearer-token auth, GET/POST/PUT/PATCH/DELETE,
 resourceVersion bumped on every write, a write carrying a stale resourceVersion answered 409,
-and the discovery endpoints a client library may call first. Tests can cut one client off (its
-requests hang, as on a broken network path) and read every request it received.
+PATCH as a JSON merge patch (RFC 7386: null deletes a key) of metadata and spec, annotations
+over 256 KiB in all refused (422), and the discovery endpoints a client library may call first.
+Tests can cut one client off (its requests hang, as on a broken network path) and read every
+request it received.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import yaml
 from aiohttp import web
 
 GROUP = "coordination.k8s.io"
+# The API server's limit on all of an object's annotations together (keys and values).
+ANNOTATIONS_LIMIT = 256 * 1024
 LEASES = "/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
 
 
@@ -28,6 +32,23 @@ class Seen:
     identity: str | None  # whose token it carried (None: no or unknown token)
     status: int
     at: float = field(default_factory=time.monotonic)
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386: objects merge key by key, null removes a key, anything else replaces."""
+    if not isinstance(patch, dict):
+        return patch
+    merged = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = merge_patch(merged.get(key), value)
+    return merged
+
+
+def annotations_size(metadata: dict[str, Any]) -> int:
+    return sum(len(k) + len(v) for k, v in (metadata.get("annotations") or {}).items())
 
 
 def _status(code: int, reason: str, message: str) -> web.Response:
@@ -125,19 +146,29 @@ class FakeLeaseApi:
             return _status(404, "NotFound", f'leases.{GROUP} "{key[1]}" not found')
         return web.json_response(lease)
 
-    def _store(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+    def _store(
+        self, namespace: str, name: str, body: dict[str, Any], status: int = 200
+    ) -> web.Response:
+        metadata: dict[str, Any] = {"name": name, "namespace": namespace}
+        annotations = (body.get("metadata") or {}).get("annotations")
+        if annotations:
+            metadata["annotations"] = dict(annotations)
+        if annotations_size(metadata) > ANNOTATIONS_LIMIT:
+            return _status(
+                422,
+                "Invalid",
+                f'Lease.{GROUP} "{name}" is invalid: metadata.annotations: Too long: must have '
+                f"at most {ANNOTATIONS_LIMIT} bytes",
+            )
+        metadata["resourceVersion"] = self._next_version()
         lease = {
             "apiVersion": f"{GROUP}/v1",
             "kind": "Lease",
-            "metadata": {
-                "name": name,
-                "namespace": namespace,
-                "resourceVersion": self._next_version(),
-            },
+            "metadata": metadata,
             "spec": dict(body.get("spec") or {}),
         }
         self.leases[(namespace, name)] = lease
-        return lease
+        return web.json_response(lease, status=status)
 
     async def _create(self, request: web.Request) -> web.Response:
         namespace = request.match_info["namespace"]
@@ -147,7 +178,7 @@ class FakeLeaseApi:
             return _status(422, "Invalid", "metadata.name: Required value")
         if (namespace, name) in self.leases:
             return _status(409, "AlreadyExists", f'leases.{GROUP} "{name}" already exists')
-        return web.json_response(self._store(namespace, name, body), status=201)
+        return self._store(namespace, name, body, status=201)
 
     def _conflict(self, key: tuple[str, str], body: dict[str, Any]) -> web.Response | None:
         current = self.leases.get(key)
@@ -169,18 +200,18 @@ class FakeLeaseApi:
         return await self._update(request, merge=True)
 
     async def _update(self, request: web.Request, *, merge: bool) -> web.Response:
-        """PUT (the body replaces the lease) or PATCH (its spec is merged into the lease's)."""
+        """PUT (the body replaces the lease) or PATCH (a JSON merge patch of the lease)."""
         key = (request.match_info["namespace"], request.match_info["name"])
         body = await request.json()
         refused = self._conflict(key, body)
         if refused is not None:
             return refused
         if merge:
-            body = {"spec": {**self.leases[key]["spec"], **(body.get("spec") or {})}}
+            body = merge_patch(self.leases[key], body)
         elif body.get("metadata", {}).get("resourceVersion") is None:
             # A PUT must carry the version it replaces (what an optimistic client does).
             return _status(422, "Invalid", "metadata.resourceVersion: must be specified")
-        return web.json_response(self._store(*key, body))
+        return self._store(*key, body)
 
     async def _delete(self, request: web.Request) -> web.Response:
         key = (request.match_info["namespace"], request.match_info["name"])

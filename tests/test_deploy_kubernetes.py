@@ -36,6 +36,7 @@ from tests.deploy_support import (
     load_yaml,
     monitor_config,
     only,
+    render_with_namespace,
     run,
 )
 
@@ -141,26 +142,89 @@ def test_example_renders_complete_set(example: list[dict[str, Any]]) -> None:
     assert all(doc["kind"] != "Secret" for doc in example)
 
 
-def test_standalone_renders_one_recreated_replica(standalone: list[dict[str, Any]]) -> None:
+def test_standalone_renders_one_rolled_replica_that_holds_the_lease(
+    standalone: list[dict[str, Any]],
+) -> None:
     kinds = sorted(doc["kind"] for doc in standalone)
-    assert kinds == ["ConfigMap", "Deployment", "PodMonitor", "PrometheusRule"]
+    assert kinds == [
+        "ConfigMap",
+        "Deployment",
+        "PodMonitor",
+        "PrometheusRule",
+        "Role",
+        "RoleBinding",
+        "ServiceAccount",
+    ]
     deployment = only(standalone, "Deployment")
     assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    # A rollout runs the new pod beside the old one: the Lease keeps one polling, and hands over.
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
     pod = deployment["spec"]["template"]["spec"]
-    assert pod["automountServiceAccountToken"] is False
     assert pod["securityContext"]["runAsNonRoot"] is True
     container = by_name(pod["containers"], "promo-monitor")
-    # whole-process RSS at 1,000 x 100: 132 MB after scrapes
-    check_monitor_container(container, pod, only(standalone, "ConfigMap"), memory=("64Mi", "192Mi"))
+    # whole-process RSS at 1,000 x 100: 132 MB after scrapes, + the Lease's Kubernetes client
+    check_monitor_container(
+        container, pod, only(standalone, "ConfigMap"), memory=("128Mi", "256Mi")
+    )
     pod_monitor_selects(only(standalone, "PodMonitor"), deployment)
+
+    env = {item["name"]: item for item in container["env"]}
+    assert env["COORDINATION_MODE"]["value"] == "lease"
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    # Its own ServiceAccount, whose token only this pod mounts, bound to the Lease Role alone.
+    account = only(standalone, "ServiceAccount")
+    assert pod["serviceAccountName"] == account["metadata"]["name"]
+    assert account["automountServiceAccountToken"] is False
+    assert pod["automountServiceAccountToken"] is True
+    assert only(standalone, "Role")["rules"] == [
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "verbs": ["get", "create", "update", "patch"],
+        }
+    ]
+    binding = only(standalone, "RoleBinding")
+    assert binding["roleRef"]["name"] == only(standalone, "Role")["metadata"]["name"]
+    assert binding["subjects"] == [
+        {
+            "kind": "ServiceAccount",
+            "name": account["metadata"]["name"],
+            "namespace": account["metadata"]["namespace"],
+        }
+    ]
+
+
+def test_standalone_rbac_follows_the_overlay_namespace(kubectl: str, tmp_path: Path) -> None:
+    docs = render_with_namespace(kubectl, tmp_path, "standalone", "shop")
+    (subject,) = only(docs, "RoleBinding")["subjects"]
+    assert subject["namespace"] == only(docs, "ServiceAccount")["metadata"]["namespace"] == "shop"
+    assert only(docs, "Role")["metadata"]["namespace"] == "shop"
+
+
+def test_daemon_accepts_the_standalone_config_in_its_pod(
+    standalone: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    out = check_config_in_pod(
+        standalone,
+        tmp_path,
+        COORDINATION_MODE="lease",
+        POD_NAME="promo-monitor-7c9f6-xkq2z",
+        POD_NAMESPACE="shop",
+        KUBERNETES_SERVICE_HOST="127.0.0.1",  # (check-config sends no request)
+        KUBERNETES_SERVICE_PORT="443",
+    )
+    assert "coordination: lease shop/promo-monitor as promo-monitor-7c9f6-xkq2z" in out
 
 
 @pytest.mark.parametrize(
     ("variant", "kinds"),
     [
         ("example", {"ConfigMap", "Deployment", "Role", "RoleBinding"}),
-        ("standalone", {"ConfigMap", "Deployment"}),
+        ("standalone", {"ConfigMap", "Deployment", "Role", "RoleBinding", "ServiceAccount"}),
         ("statefulset", {"ConfigMap", "Service", "StatefulSet"}),
     ],
 )

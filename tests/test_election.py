@@ -6,13 +6,17 @@ configured from a kubeconfig or an in-cluster service account); only time is sim
 
 from __future__ import annotations
 
+import asyncio
+import json
 import ssl
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 import trustme
 from aiohttp import web
@@ -26,9 +30,12 @@ from monitor.coordination import (
     Timing,
 )
 from monitor.events import LeaderElected, LeaderLost, LeaseUnavailable, Recorder
+from monitor.handover import ANNOTATION, CAP, Carried, Handover
 from monitor.kube import KubernetesLeases
+from monitor.models import Change, ChangeKind, Job, PromotionSnapshot
 from monitor.settings import ConfigError
-from tests.kube_fake import FakeLeaseApi, write_kubeconfig
+from monitor.state import SnapshotStore
+from tests.kube_fake import LEASES, FakeLeaseApi, write_kubeconfig
 from tests.support import FakeClock, serving
 
 NAMESPACE = "shop"
@@ -42,10 +49,12 @@ class Reports:
 
     events: Recorder
     kept_states: list[bool] = field(default_factory=list)  # kept_state of each election
+    found: list[str | None] = field(default_factory=list)  # the handover record each found
     losses: int = 0
 
-    def elected(self, news: LeaderElected) -> None:
+    def elected(self, news: LeaderElected, handover: str | None) -> None:
         self.kept_states.append(news.kept_state)
+        self.found.append(handover)
         self.events.emit(news)
 
     def lost(self, news: LeaderLost) -> None:
@@ -61,6 +70,8 @@ class Candidate:
     elector: LeaderElector
     leases: KubernetesLeases
     reports: Reports
+    store: SnapshotStore
+    handover: Handover
 
     @property
     def elected(self) -> list[bool]:
@@ -80,7 +91,7 @@ class Cluster:
     candidates: list[Candidate] = field(default_factory=list)
     events: Recorder = field(default_factory=Recorder)
 
-    async def candidate(self, identity: str) -> Candidate:
+    async def candidate(self, identity: str, cap: int = CAP) -> Candidate:
         kubeconfig = write_kubeconfig(
             self.directory / f"{identity}.kubeconfig", self.url, self.fake.token_for(identity)
         )
@@ -89,15 +100,25 @@ class Cluster:
         )
         await leases.open()
         reports = Reports(self.events)
+        store = SnapshotStore(self.directory / f"{identity}.db")
+        handover = Handover(
+            store,
+            lease=LEASE,
+            clock=self.clock,
+            lookback=900.0,
+            patience=TIMING.renew_deadline,
+            cap=cap,
+        )
         elector = LeaderElector(
             leases,
             identity,
             TIMING,
             Fence(TIMING.renew_deadline, self.clock),
             reports,
+            record=handover,
             clock=self.clock,
         )
-        result = Candidate(elector, leases, reports)
+        result = Candidate(elector, leases, reports, store, handover)
         self.candidates.append(result)
         return result
 
@@ -304,3 +325,141 @@ async def test_a_leader_failing_to_renew_says_so_and_a_follower_only_at_debug(
     seen = [(e.NAME, e.LEVEL) for e in cluster.events.events if e.NAME == "lease_unavailable"]
     # the follower's attempt, then the leader's failed renewal: its fence is closing
     assert seen == [("lease_unavailable", "debug"), ("lease_unavailable", "warning")]
+
+
+# the handover record (monitor.handover) on the Lease
+
+
+def failed(pid: str, job_id: str) -> Change:
+    before = Job(job_id, "code_generate", "processing", None, 1.0, 1.0)
+    return Change(ChangeKind.STATUS_CHANGED, pid, replace(before, status="failed"), before)
+
+
+def annotation(cluster: Cluster) -> dict[str, Any]:
+    lease = cluster.fake.leases[(NAMESPACE, LEASE)]
+    found: dict[str, Any] = json.loads(lease["metadata"]["annotations"][ANNOTATION])
+    return found
+
+
+async def test_the_leader_keeps_its_record_on_the_lease_and_its_successor_reads_it(
+    cluster: Cluster,
+) -> None:
+    a = await cluster.candidate("pod-a")
+    b = await cluster.candidate("pod-b")
+    assert await a.elector.try_acquire_or_renew()
+    a.store.owe("p1", [failed("p1", "j1")], cluster.clock.now)
+    a.store.put(PromotionSnapshot("p1", {"j2": Job("j2", "code_export", "pending", None, 1, 1)}))
+    cluster.clock.now += 5
+    assert await a.elector.try_acquire_or_renew()  # a renewal carries it
+    record = {
+        "v": 1,
+        "at": 1005,
+        "failed": {"p1": {"j1": 5}},  # reported 5 s before the record was written
+        "active": {"p1": {"j2": "pending"}},
+    }
+    assert annotation(cluster) == record
+    await a.elector.release()
+    assert annotation(cluster) == record  # (released in the same second)
+    assert await b.elector.try_acquire_or_renew()
+    assert annotation(cluster) == record  # kept until b has read it and writes its own
+    assert b.reports.found == [json.dumps(record, separators=(",", ":"))]
+
+
+async def test_a_new_failure_wakes_a_write_and_waits_for_it(cluster: Cluster) -> None:
+    a = await cluster.candidate("pod-a")
+    assert await a.elector.try_acquire_or_renew()
+    owed = a.store.owe("p1", [failed("p1", "j1")], cluster.clock.now)
+    carried = asyncio.create_task(a.handover.carry(owed.changes))
+    await asyncio.sleep(0.01)
+    assert not carried.done()  # not announced before the Lease holds it
+    async with asyncio.timeout(1):
+        await a.handover.asked()  # the elector's wait between renewals ends at once
+    assert await a.elector.try_acquire_or_renew()
+    assert await carried == Carried()  # nothing to count or warn of
+    assert annotation(cluster)["failed"] == {"p1": {"j1": 0}}
+
+
+async def test_a_deposed_leader_cannot_overwrite_its_successor_and_announces_anyway(
+    cluster: Cluster,
+) -> None:
+    a = await cluster.candidate("pod-a")
+    b = await cluster.candidate("pod-b")
+    assert await a.elector.try_acquire_or_renew()
+    assert await a.elector.try_acquire_or_renew()  # (with its record)
+    assert not await b.elector.try_acquire_or_renew()
+    cluster.clock.now += TIMING.lease_duration + 0.1  # a is cut off; its lease expires
+    assert await b.elector.try_acquire_or_renew()
+    before = annotation(cluster)
+    owed = a.store.owe("p1", [failed("p1", "j1")], cluster.clock.now)
+    carried = asyncio.create_task(a.handover.carry(owed.changes))
+    await asyncio.sleep(0.01)
+    assert not await a.elector.try_acquire_or_renew()  # b holds it: nothing written
+    async with asyncio.timeout(1):
+        result = await carried  # given up on at once, not after the patience
+    assert annotation(cluster) == before
+    assert result.unwritten == 1  # counted, and warned of:
+    assert [(e.NAME, e.LEVEL, e.fields()) for e in result.news] == [
+        ("handover_not_written", "warning", {"lease": LEASE, "failures": 1})
+    ]
+
+
+async def test_the_record_stays_under_the_api_servers_limit_dropping_its_oldest_failures(
+    cluster: Cluster,
+) -> None:
+    now = cluster.clock.now
+    burst = {("p1", f"job-{n:05}-0000-4000-8000-000000000000"): now - n / 10 for n in range(7000)}
+    unbounded = await cluster.candidate("pod-a", cap=300 * 1024)
+    unbounded.store.remember(burst)
+    assert await unbounded.elector.try_acquire_or_renew()  # created, without a record
+    # Refused by the API server (422): without the cap, the renewal and so the lease would go.
+    assert not await unbounded.elector.try_acquire_or_renew()
+    refused = [e for e in cluster.events.events if e.NAME == "lease_unavailable"]
+    assert refused[-1].fields()["detail"] == "HTTP 422 Unprocessable Entity"
+    capped = await cluster.candidate("pod-b")
+    capped.store.remember(burst)
+    assert not await capped.elector.try_acquire_or_renew()
+    cluster.clock.now += TIMING.lease_duration + 0.1
+    assert await capped.elector.try_acquire_or_renew()
+    owed = capped.store.owe("p2", [failed("p2", "j1")], now)
+    carried = asyncio.create_task(capped.handover.carry(owed.changes))
+    await asyncio.sleep(0.01)
+    assert await capped.elector.try_acquire_or_renew()
+    kept = annotation(cluster)["failed"]["p1"]
+    size = len(cluster.fake.leases[(NAMESPACE, LEASE)]["metadata"]["annotations"][ANNOTATION])
+    assert CAP - 100 < size <= CAP
+    newest = {f"job-{n:05}-0000-4000-8000-000000000000" for n in range(len(kept))}
+    assert set(kept) == newest
+    (truncated,) = (await carried).news
+    assert truncated.NAME == "handover_truncated"
+    assert truncated.fields()["dropped"] == 7000 - len(kept)  # (p2's j1, the newest, is kept)
+
+
+async def test_the_fake_api_server_merges_patches_and_refuses_annotations_over_256_kib(
+    cluster: Cluster,
+) -> None:
+    """What the record's tests rely on: the fake treats annotations as the API server does."""
+    a = await cluster.candidate("pod-a")
+    assert await a.elector.try_acquire_or_renew()
+    url = f"{cluster.url}{LEASES.format(namespace=NAMESPACE)}/{LEASE}"
+    headers = {
+        "Authorization": f"Bearer {cluster.fake.token_for('pod-a')}",
+        "Content-Type": "application/merge-patch+json",
+    }
+
+    async def patch(annotations: dict[str, str | None]) -> int:
+        body = {"metadata": {"annotations": annotations}}
+        async with (
+            aiohttp.ClientSession() as session,
+            session.patch(url, json=body, headers=headers) as response,
+        ):
+            return response.status
+
+    assert await patch({"x": "1", "y": "2"}) == 200
+    assert await patch({"x": None}) == 200  # null removes a key; the rest is kept
+    lease = cluster.fake.leases[(NAMESPACE, LEASE)]
+    assert lease["metadata"]["annotations"] == {"y": "2"}
+    assert lease["spec"]["holderIdentity"] == "pod-a"
+    version = lease["metadata"]["resourceVersion"]
+    assert await patch({"z": "z" * (256 * 1024 - 2)}) == 422  # keys count too: 1 byte over
+    assert cluster.fake.leases[(NAMESPACE, LEASE)]["metadata"]["resourceVersion"] == version
+    assert await patch({"z": "z" * (256 * 1024 - 3)}) == 200  # (y, 2, z: exactly 256 KiB)

@@ -360,6 +360,12 @@ class MonitorMetrics:
             "0 while it stands by.",
             registry=process,
         )
+        self.handover_failures = Counter(
+            "epcc_monitor_handover_failures_total",
+            "Failures announced before the Lease's handover record held them (its write failed "
+            "or was late): a new leader may report them again.",
+            registry=process,
+        )
         # (in the order declared above, on either side of the duration histogram)
         reported: tuple[PromotionSeries, ...] = (
             self.failures,

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from tests.benchmarks import budget, client_cost, detection, scale, whole
+from tests.benchmarks import budget, client_cost, detection, handover, scale, whole
 from tests.benchmarks.common import RESULTS, Result, code_version, fmt, machine
 
 BENCHMARKS: dict[str, tuple[str, Callable[[], Awaitable[Result]]]] = {
@@ -30,6 +30,7 @@ BENCHMARKS: dict[str, tuple[str, Callable[[], Awaitable[Result]]]] = {
     scale.NAME: (scale.TITLE, scale.run),
     detection.NAME: (detection.TITLE, detection.run),
     whole.NAME: (whole.TITLE, whole.run),
+    handover.NAME: (handover.TITLE, handover.run),
 }
 
 
