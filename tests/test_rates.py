@@ -1,0 +1,107 @@
+"""The job-rate estimate: from created_at histories, decayed, with a prior; time passed in."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from monitor.rates import DAY, PRIOR, TIME_CONSTANT, WARM, JobRates
+
+WEEK = 7 * DAY
+
+
+def test_a_promotion_without_history_gets_the_prior() -> None:
+    rates = JobRates(window=WEEK)
+    assert rates.rate("never-seen", 1e9) == PRIOR
+    rates.observe("empty", [], 1e9)
+    assert rates.rate("empty", 1e9) == PRIOR
+
+
+def test_a_steady_history_gives_its_rate() -> None:
+    # A job every 10 minutes for the week the state keeps: 144 a day.
+    now = 1e9
+    created = [now - k * 600.0 for k in range(int(WEEK / 600))]
+    rates = JobRates(window=WEEK)
+    rates.observe("steady", created, now)
+    assert rates.rate("steady", now) * DAY == pytest.approx(144 + PRIOR * DAY, rel=0.01)
+
+
+def test_a_short_retention_still_gives_the_rate() -> None:
+    # Only two hours of jobs held (state.retention_days 1/12): the count covers two hours.
+    now = 1e9
+    window = 2 * 3600.0
+    created = [now - k * 60.0 for k in range(120)]
+    rates = JobRates(window=window)
+    rates.observe("recent", created, now)
+    assert rates.rate("recent", now) * DAY == pytest.approx(1440, rel=0.02)
+
+
+def test_a_poisson_history_is_estimated_within_its_noise() -> None:
+    rng = random.Random(7)
+    now = 1e9
+    rate = 50 / DAY
+    created, at = [], now - WEEK
+    while (at := at + rng.expovariate(rate)) < now:
+        created.append(at)
+    rates = JobRates(window=WEEK)
+    rates.observe("p", created, now)
+    # About 50 jobs a day weigh in: the estimate is within a few standard errors of the truth.
+    assert rates.rate("p", now) == pytest.approx(rate, rel=0.5)
+
+
+def test_a_promotion_that_goes_quiet_cools_within_days() -> None:
+    now = 1e9
+    rates = JobRates(window=WEEK)
+    rates.observe("quiet", [now - k * 60.0 for k in range(1440)], now)  # a busy day, then none
+    busy = rates.rate("quiet", now) - PRIOR
+    assert rates.rate("quiet", now + TIME_CONSTANT) - PRIOR == pytest.approx(busy / math.e)
+    assert rates.rate("quiet", now + 5 * DAY) - PRIOR < busy / 100
+
+
+def test_jobs_past_the_window_and_unknown_times_count_nothing() -> None:
+    now = 1e9
+    rates = JobRates(window=WEEK)
+    rates.observe("old", [now - 8 * DAY, None, None], now)
+    assert rates.rate("old", now) == PRIOR
+
+
+def test_a_job_created_in_the_future_counts_as_new_not_more() -> None:
+    # The store's clock can run ahead of ours: a job "created" in a minute is a job now.
+    rates, twin = JobRates(window=WEEK), JobRates(window=WEEK)
+    rates.observe("ahead", [1e9 + 60], 1e9)
+    twin.observe("now", [1e9], 1e9)
+    assert rates.rate("ahead", 1e9) == twin.rate("now", 1e9)
+
+
+def test_a_newly_created_promotion_starts_warm_and_cools() -> None:
+    now = 1e9
+    rates = JobRates(window=WEEK)
+    rates.warm("fresh", updated_at=now - 60, now=now)
+    assert rates.rate("fresh", now) - PRIOR == pytest.approx(WARM * math.exp(-60 / DAY))
+    # Listed again by the next discovery: the same update counts once.
+    rates.warm("fresh", updated_at=now - 60, now=now + 300)
+    assert rates.rate("fresh", now + 300) - PRIOR == pytest.approx(WARM * math.exp(-360 / DAY))
+    # Its first poll's jobs keep the warmth: the update is evidence besides them.
+    rates.observe("fresh", [now + 400], now + 400)
+    expected = WARM * math.exp(-460 / DAY) + 1 / (DAY * -math.expm1(-WEEK / DAY))
+    assert rates.rate("fresh", now + 400) - PRIOR == pytest.approx(expected)
+    # An update long past is no reason to poll it more.
+    rates.warm("stale", updated_at=now - 30 * DAY, now=now)
+    assert rates.rate("stale", now) - PRIOR < WARM * 1e-12
+
+
+def test_a_newer_update_replaces_the_warmth_of_the_older() -> None:
+    now = 1e9
+    rates = JobRates(window=WEEK)
+    rates.warm("p", updated_at=now - DAY, now=now)
+    rates.warm("p", updated_at=now, now=now)
+    assert rates.rate("p", now) - PRIOR == pytest.approx(WARM)
+
+
+def test_forget_drops_the_estimate() -> None:
+    rates = JobRates(window=WEEK)
+    rates.observe("p", [1e9], 1e9)
+    rates.forget("p")
+    assert rates.rate("p", 1e9) == PRIOR
