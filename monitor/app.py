@@ -29,6 +29,7 @@ from monitor.models import PromotionSnapshot, utc_now
 from monitor.names import NameLookups, PromotionNames
 from monitor.planner import PollPlan
 from monitor.poller import HINTS, Poller, PollOutcome
+from monitor.rates import JobRates
 from monitor.scheduler import PollScheduler, Upkeep
 from monitor.settings import CoordinationSettings, Settings
 from monitor.sinks.logs import LogSink
@@ -85,6 +86,7 @@ class Monitor:
     health: Health
     activity: RecentActivity
     clock: Callable[[], float]
+    rates: JobRates
     web: WebServer | None = None
     # Only with coordination.mode: lease (monitor.coordination).
     leases: KubernetesLeases | None = None
@@ -97,6 +99,9 @@ class Monitor:
         if self.leases is not None:
             await self.leases.open()
         self.upkeep.load_state()
+        now = self.clock()
+        for snapshot in self.store:  # the rates rest on the jobs the state holds
+            self.rates.observe(snapshot.promotion_id, created(snapshot), now)
         port = self.settings.server.port
         if self.web is not None:
             port = await self.web.start(self.settings.server.host, self.settings.server.port)
@@ -180,10 +185,15 @@ class Monitor:
             events=RequestReports(metrics, activity, events),
             user_agent=f"promo-monitor/{__version__}",
         )
+        rates = JobRates(window=settings.state.retention_days * 86_400)
         plan = PollPlan(
             interval=settings.poll.interval_seconds,
             active_interval=settings.poll.active_interval,
             anchor=time.monotonic(),
+            min_interval=settings.poll.min_interval,
+            max_interval=settings.poll.max_interval,
+            budget=settings.request_rate / RequestBudget.SAFETY,
+            rate=lambda pid: rates.rate(pid, clock()),
         )
         pages = PageMemory()
         watching = Watching(
@@ -215,7 +225,7 @@ class Monitor:
             events,
             concurrency=settings.poll.max_concurrent_polls,
             clock=clock,
-            observe=activity.polled,
+            observe=_observer(activity, rates, store, clock),
             may_poll=may_poll,
             # A promotion removed while its poll was in flight is forgotten once it lands.
             on_unwatched=watching.forget,
@@ -269,10 +279,30 @@ class Monitor:
             health,
             activity,
             clock,
+            rates,
             web,
             leases,
             elector,
         )
+
+
+def created(snapshot: PromotionSnapshot) -> Iterator[float | None]:
+    return (job.created_at for job in snapshot.jobs.values())
+
+
+def _observer(
+    activity: RecentActivity, rates: JobRates, store: SnapshotStore, clock: Callable[[], float]
+) -> Callable[[PollOutcome], None]:
+    """What sees every finished poll: the status page's activity, and the job rates (from the
+    jobs the state now holds, when the poll changed them)."""
+
+    def observe(outcome: PollOutcome) -> None:
+        activity.polled(outcome)
+        snapshot = store.get(outcome.promotion_id)
+        if outcome.changes and snapshot is not None:
+            rates.observe(outcome.promotion_id, created(snapshot), clock())
+
+    return observe
 
 
 def _facts(

@@ -1,5 +1,9 @@
-"""When each promotion is polled next: adaptive intervals, spread phases, active first.
+"""When each promotion is polled next: √-law intervals, spread phases, active first.
 
+For jobs arriving at rate λ at a promotion whose poll reads c pages, the mean delay to see a job
+for a given number of requests is least when it is polled at a rate ∝ √(λ/c) (Cho and
+Garcia-Molina, TODS 2003). The plan spends what a uniform schedule at `interval` would (never
+more than the budget) that way, each promotion between `min_interval` and `max_interval`.
 Pure bookkeeping with times passed in, so the schedule is a table test, not a sleep.
 """
 
@@ -8,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -31,6 +35,53 @@ def next_due(after: float, anchor: float, interval: float, phase: float) -> floa
     return due if due > after else due + interval
 
 
+# Longest any idle promotion waits by default (poll.max_interval_seconds).
+MAX_INTERVAL = 900.0
+# Rates decay and costs change slowly: the intervals are planned again this often (and when the
+# watched set changes), O(P log P) each time, so a poll costs O(log P).
+REPLAN_SECONDS = 60.0
+# A promotion whose interval shrinks by more than this is moved to its new grid at once, not
+# after its (long) current wait.
+MOVE_BELOW = 0.8
+
+
+def water_fill(
+    weights: Sequence[float], costs: Sequence[float], spend: float, lo: float, hi: float
+) -> list[float]:
+    """Intervals T_i = clamp(1 / (k * w_i), lo, hi) spending Σ c_i / T_i = `spend` requests/s.
+
+    w_i = √(λ_i / c_i) gives the √-law. When `spend` cannot poll everyone every `hi`, everyone
+    gets `hi`: the request budget then makes them take turns (the lag shows it), as before.
+    """
+    total = math.fsum(costs)
+    if spend <= total / hi:
+        return [hi] * len(weights)
+    if spend >= total / lo:
+        return [lo] * len(weights)
+    # Σ c_i f_i(k) is piecewise linear in k: f_i = 1/hi until k*w_i reaches it, then k*w_i
+    # until 1/lo. Sweep k through those breakpoints to the segment that spends `spend`.
+    events = sorted(
+        [(1 / (hi * w), 0, i) for i, w in enumerate(weights)]
+        + [(1 / (lo * w), 1, i) for i, w in enumerate(weights)]
+    )
+    at_floor, proportional, at_ceiling = total, 0.0, 0.0
+    level = 0.0
+    for k, leaves, i in events:
+        reached = at_floor / hi + k * proportional + at_ceiling / lo
+        if reached >= spend and proportional > 0:
+            level = (spend - at_floor / hi - at_ceiling / lo) / proportional
+            break
+        if leaves:
+            proportional -= costs[i] * weights[i]
+            at_ceiling += costs[i]
+        else:
+            at_floor -= costs[i]
+            proportional += costs[i] * weights[i]
+    else:  # (spend within rounding of everyone at `lo`)
+        return [lo] * len(weights)
+    return [min(hi, max(lo, 1 / (level * w))) for w in weights]
+
+
 @dataclass(slots=True, eq=False)
 class _Entry:
     target: JobsTarget
@@ -40,6 +91,9 @@ class _Entry:
     active: bool = False
     in_flight: bool = False
     polled: bool = False  # never polled: we are blind there until its baseline
+    interval: float = 0.0  # while idle, as last planned (0: not planned yet)
+    cost: float = 1.0  # requests its last poll made (pages read)
+    finished_at: float = -math.inf
     # The token of its one live queue item; 0 when it is in no queue (in flight, or removed).
     # A removed or rescheduled entry's old item stays in the heap and is skipped when it surfaces.
     token: int = 0
@@ -57,14 +111,34 @@ class PollPlan:
     the top of a cycle. Promotions with an active job use the shorter interval and, when the
     budget cannot keep up with everything, are served first.
 
+    Idle promotions get √-law intervals (`water_fill`) from `rate` (new jobs per second, the
+    prior included) and the pages their last poll read; with equal rates and costs that is
+    `interval` for every one, or what the budget allows.
+
     Two heaps (active or never polled; idle) make a poll O(log P): the dispatcher asks after
     every finished poll, so a scan of every promotion there costs O(P) per poll and O(P²) overall.
     """
 
-    def __init__(self, *, interval: float, active_interval: float, anchor: float) -> None:
+    def __init__(
+        self,
+        *,
+        interval: float,
+        active_interval: float,
+        anchor: float,
+        min_interval: float | None = None,
+        max_interval: float | None = None,
+        budget: float = math.inf,
+        rate: Callable[[str], float] = lambda _: 1.0,
+    ) -> None:
         self.interval = interval
         self.active_interval = active_interval
         self.anchor = anchor
+        self.min_interval = active_interval if min_interval is None else min_interval
+        self.max_interval = max(MAX_INTERVAL, interval) if max_interval is None else max_interval
+        self.budget = budget  # requests/s the plan may spend (the replica's share)
+        self._rate = rate
+        self._planned_at = -math.inf
+        self._replan = True  # the watched set changed since the intervals were planned
         self._entries: dict[str, _Entry] = {}
         self._urgent: list[_Item] = []  # active or never polled: these go first
         self._idle: list[_Item] = []
@@ -92,6 +166,7 @@ class PollPlan:
         entry = _Entry(target, phase_of(pid), due=now, order=self._added, active=active)
         self._entries[pid] = entry
         self._active += active
+        self._replan = True
         self._queue(entry)
 
     def remove(self, promotion_id: str) -> None:
@@ -100,6 +175,7 @@ class PollPlan:
             return
         entry.token = 0  # its queue item, if any, is now stale
         self._active -= entry.active
+        self._replan = True
         self._compact()
 
     def reconcile(
@@ -125,6 +201,8 @@ class PollPlan:
 
     def take_due(self, now: float, limit: int) -> list[JobsTarget]:
         """Up to `limit` due promotions: active or never polled first, then the longest overdue."""
+        if self._replan or now >= self._planned_at + REPLAN_SECONDS:
+            self.plan(now)
         chosen: list[JobsTarget] = []
         # Active promotions and never-polled ones (no baseline yet) before the idle rest; a
         # busy store must not starve the baselines.
@@ -139,16 +217,18 @@ class PollPlan:
                 chosen.append(entry.target)
         return chosen
 
-    def finished(self, promotion_id: str, now: float, *, active: bool) -> None:
-        """Record a finished poll and schedule the next one on the promotion's grid."""
+    def finished(self, promotion_id: str, now: float, *, active: bool, requests: int = 1) -> None:
+        """Record a finished poll (that made `requests`) and schedule the next on its grid."""
         entry = self._entries.get(promotion_id)
         if entry is None:  # removed while its poll was in flight
             return
         entry.in_flight = False
         entry.polled = True
+        entry.cost = max(1.0, float(requests))
+        entry.finished_at = now
         self._active += active - entry.active
         entry.active = active
-        interval = self.active_interval if active else self.interval
+        interval = self.interval_of(entry)
         # At least half an interval from now: right after a promotion's first poll its grid slot
         # may be seconds away, and polling it twice in a row would only spend budget. In the
         # steady state (polls on the grid) this is exactly the next slot.
@@ -156,6 +236,41 @@ class PollPlan:
         # Usually it was in flight and in no queue; a late finish for a promotion removed and
         # added again meanwhile finds it queued, and moves it (the old item goes stale).
         self._queue(entry)
+        self._compact()
+
+    def interval_of(self, entry: _Entry) -> float:
+        if entry.active:
+            return self.active_interval
+        return entry.interval or self.interval
+
+    def poll_interval(self, promotion_id: str) -> float:
+        """A watched promotion's interval as planned now."""
+        return self.interval_of(self._entries[promotion_id])
+
+    def plan(self, now: float) -> None:
+        """Plan every idle promotion's interval again from its rate and cost, and move the
+        ones whose next poll is now much too far (a change of rate, without a burst: each
+        goes to its own phase of its new interval)."""
+        self._planned_at, self._replan = now, False
+        idle = [entry for entry in self._entries.values() if not entry.active]
+        if not idle:
+            return
+        costs = [entry.cost for entry in idle]
+        busy = math.fsum(entry.cost for entry in self._entries.values() if entry.active)
+        spend = min(math.fsum(costs) / self.interval, self.budget - busy / self.active_interval)
+        weights = [math.sqrt(max(self._rate(e.target.promotion_id), 1e-300) / e.cost) for e in idle]
+        intervals = water_fill(weights, costs, spend, self.min_interval, self.max_interval)
+        for entry, planned in zip(idle, intervals, strict=True):
+            # (rounding must not move an equal-rate grid off today's slots)
+            interval = self.interval if math.isclose(planned, self.interval) else planned
+            shorter = 0 < interval < MOVE_BELOW * entry.interval
+            entry.interval = interval
+            if shorter and entry.polled and not entry.in_flight:
+                after = max(now, entry.finished_at + interval / 2)
+                due = next_due(after, self.anchor, interval, entry.phase)
+                if due < entry.due:
+                    entry.due = due
+                    self._queue(entry)
         self._compact()
 
     def abandoned(self, promotion_id: str) -> None:

@@ -65,6 +65,7 @@ class PollOutcome:
     active: bool = False
     # Why the listing could not be read whole (monitor.client.Incomplete), for a poll that worked.
     incomplete: str | None = None
+    requests: int = 1  # pages read: what a poll of this promotion costs the budget
 
     @property
     def abandoned(self) -> bool:
@@ -227,7 +228,11 @@ class Poller:
             # the diff could only say "no change".
             self._metrics.poll_succeeded(pid, now)
             return PollOutcome(
-                pid, ok=True, active=was_active, incomplete=result.listing.incomplete
+                pid,
+                ok=True,
+                active=was_active,
+                incomplete=result.listing.incomplete,
+                requests=result.listing.pages,
             )
         outcome: Diff = diff(
             previous,
@@ -255,4 +260,5 @@ class Poller:
             changes=tuple(outcome.changes),
             active=outcome.snapshot.has_active,
             incomplete=result.listing.incomplete,
+            requests=result.listing.pages,
         )

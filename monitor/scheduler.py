@@ -194,7 +194,9 @@ class PollScheduler:
             self.plan.abandoned(target.promotion_id)
             return outcome
         self._observe(outcome)
-        self.plan.finished(target.promotion_id, self._monotonic(), active=outcome.active)
+        self.plan.finished(
+            target.promotion_id, self._monotonic(), active=outcome.active, requests=outcome.requests
+        )
         # Fill the freed slot now rather than at the next tick.
         asyncio.get_running_loop().call_soon(self.dispatch)
         return outcome

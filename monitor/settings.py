@@ -121,12 +121,25 @@ class PollSettings(_Section):
     # the 30 min window of the PromoMonitorJobFailed rule.
     baseline_lookback_seconds: Annotated[float, Field(ge=0, le=86_400)] = 900.0
     max_concurrent_polls: Annotated[int, Field(ge=1, le=256)] = 8
+    # Idle promotions are polled between these, more often where jobs happen, for the requests
+    # interval_seconds spends (monitor.planner). Unset: the active interval; 900 s, or
+    # interval_seconds if that is longer.
+    min_interval_seconds: Annotated[float, Field(gt=0)] | None = None
+    max_interval_seconds: Annotated[float, Field(gt=0)] | None = None
 
     @property
     def active_interval(self) -> float:
         if self.active_interval_seconds is not None:
             return self.active_interval_seconds
         return min(10.0, self.interval_seconds)
+
+    @property
+    def min_interval(self) -> float:
+        return self.min_interval_seconds or self.active_interval
+
+    @property
+    def max_interval(self) -> float:
+        return self.max_interval_seconds or max(900.0, self.interval_seconds)
 
     @model_validator(mode="after")
     def _active_not_slower(self) -> PollSettings:
@@ -135,6 +148,10 @@ class PollSettings(_Section):
                 "active_interval_seconds: must be <= interval_seconds (active promotions are "
                 "polled more often, not less)"
             )
+        if self.min_interval > self.interval_seconds:
+            raise ValueError("min_interval_seconds: must be <= interval_seconds")
+        if self.max_interval < self.interval_seconds:
+            raise ValueError("max_interval_seconds: must be >= interval_seconds")
         return self
 
 

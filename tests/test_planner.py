@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from itertools import pairwise
 
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 
 from monitor.client import JobsTarget
 from monitor.models import PromotionKind
-from monitor.planner import PollPlan, next_due, phase_of
+from monitor.planner import PollPlan, next_due, phase_of, water_fill
 
 BASE = "https://useast.api.elasticpath.com"
 
@@ -428,3 +429,104 @@ def test_due_all_makes_every_waiting_promotion_due_now() -> None:
     assert plan.take_due(2.0, 5) == []  # next slots are half an interval away or more
     plan.due_all(2.0)
     assert len(plan.take_due(2.0, 5)) == 3
+
+
+# √-law intervals: poll where jobs happen, for the requests a uniform schedule spends
+
+
+@pytest.mark.parametrize(
+    ("weights", "costs", "spend", "expected"),
+    [
+        ([1, 1, 1], [1, 1, 1], 3 / 60, [60, 60, 60]),  # equal: uniform
+        ([4, 1], [1, 1], 2 / 60, [37.5, 150]),  # twice the weight: half the interval
+        ([100, 1, 1, 1], [1, 1, 1, 1], 4 / 60, [900 / 57, 900, 900, 900]),  # the rest at max
+        ([1000, 1], [1, 1], 0.15, [10, 20]),  # the hot one at the minimum, the rest to the cold
+        ([0.5, 1], [4, 1], 5 / 60, [72, 36]),  # four pages a poll: half the weight, same rate
+        ([1, 1], [1, 1], 1 / 10_000, [900, 900]),  # not enough for the maximum: it, and turns
+        ([1, 1], [1, 1], 1, [10, 10]),  # more than enough: the minimum
+    ],
+)
+def test_water_fill_gives_the_square_root_law_within_the_bounds(
+    weights: list[float], costs: list[float], spend: float, expected: list[float]
+) -> None:
+    assert water_fill(weights, costs, spend, 10, 900) == pytest.approx(expected)
+
+
+def run_plan(plan: PollPlan, start: float, end: float, polls: dict[str, list[float]]) -> None:
+    """Every second from `start` to `end`, poll whatever is due (no request budget)."""
+    for tick in range(int(start), int(end)):
+        for t in plan.take_due(float(tick), limit=1000):
+            polls.setdefault(t.promotion_id, []).append(float(tick))
+            plan.finished(t.promotion_id, float(tick), active=False)
+
+
+def test_a_hot_promotion_is_polled_more_often_for_the_requests_of_the_uniform_schedule() -> None:
+    targets = [target(n) for n in range(10)]
+    hot = targets[0].promotion_id
+    rates = {t.promotion_id: 1.0 for t in targets} | {hot: 100.0}
+    plan = PollPlan(interval=60, active_interval=10, anchor=0, rate=rates.__getitem__)
+    for t in targets:
+        plan.add(t, now=0)
+    polls: dict[str, list[float]] = {}
+    run_plan(plan, 0, 3600, polls)
+    # √100 = 10 times the poll rate of each other: 19 k = 10/60 gives 11.4 s and 114 s.
+    assert plan.poll_interval(hot) == pytest.approx(60 * 19 / 100)
+    assert plan.poll_interval(targets[1].promotion_id) == pytest.approx(60 * 19 / 10)
+    assert len(polls[hot]) > 5 * len(polls[targets[1].promotion_id])
+    # The same requests as every 60 s, give or take the baselines and the grid's edges.
+    assert sum(map(len, polls.values())) <= 10 * 3600 / 60 + 2 * 10
+
+
+def test_the_plan_spends_no_more_than_the_budget_after_the_active_promotions() -> None:
+    plan = PollPlan(interval=10, active_interval=10, anchor=0, budget=2.0, max_interval=3600)
+    for n in range(100):
+        plan.add(target(n), now=0, active=n < 10)
+    plan.take_due(0, limit=0)  # (plans)
+    # 10 active promotions every 10 s spend 1 request/s; the other request/s goes to 90 idle
+    # ones, which the uniform schedule would poll every 10 s (9 requests/s).
+    assert plan.poll_interval(target(50).promotion_id) == pytest.approx(90)
+    assert plan.poll_interval(target(5).promotion_id) == 10
+
+
+def test_a_cost_of_several_pages_lowers_a_promotions_poll_rate() -> None:
+    plan = PollPlan(interval=60, active_interval=10, anchor=0)
+    big, small = target(1), target(2)
+    for t in (big, small):
+        plan.add(t, now=0)
+    plan.take_due(0, limit=2)
+    plan.finished(big.promotion_id, 0, active=False, requests=4)
+    plan.finished(small.promotion_id, 0, active=False, requests=1)
+    plan.plan(1)
+    # Equal rates: f ∝ √(1/c), so 4 pages poll half as often; 5 requests a minute in all.
+    assert plan.poll_interval(big.promotion_id) == pytest.approx(
+        2 * plan.poll_interval(small.promotion_id)
+    )
+    spend = 4 / plan.poll_interval(big.promotion_id) + 1 / plan.poll_interval(small.promotion_id)
+    assert spend == pytest.approx(5 / 60)
+
+
+def test_a_rate_change_moves_next_polls_at_once_without_a_burst() -> None:
+    targets = [target(n) for n in range(100)]
+    rates = {t.promotion_id: (100.0 if n < 10 else 1.0) for n, t in enumerate(targets)}
+    plan = PollPlan(
+        interval=600, active_interval=10, anchor=0, max_interval=3600, rate=rates.__getitem__
+    )
+    for t in targets:
+        plan.add(t, now=0)
+    polls: dict[str, list[float]] = {}
+    run_plan(plan, 0, 2000, polls)
+    woken = [t.promotion_id for t in targets[10:55]]
+    before = plan.poll_interval(woken[0])
+    assert before == pytest.approx(1140)
+    for pid in woken:
+        rates[pid] = 100.0
+    after: dict[str, list[float]] = {}
+    run_plan(plan, 2000, 2600, after)
+    new = plan.poll_interval(woken[0])
+    assert new < before / 3
+    # Each is polled within the re-plan delay and one new interval, not after its old wait...
+    first = [after[pid][0] for pid in woken]
+    assert max(first) <= 2000 + 60 + new
+    # ...and spread by its phase, not all at the moment of the change.
+    per_second = Counter(first)
+    assert max(per_second.values()) <= 3
