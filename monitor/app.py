@@ -257,6 +257,10 @@ class Monitor:
                 clock=clock,
                 stuck_after=settings.poll.stuck_after_seconds,
                 names=names.get,
+                planned=lambda pid: (
+                    plan.poll_interval(pid) if pid in plan else None,
+                    rates.rate(pid, clock()) * 86_400,
+                ),
             )
             web = _web(settings, registry, health, metrics, board)
         leases, elector = None, None
@@ -324,6 +328,7 @@ def _facts(
             requests_per_second=activity.requests_per_second(clock()),
             shard_index=discovery.shard_index,
             shard_count=discovery.shard_count,
+            detection_delay=activity.detection_delay(clock()),
         )
 
     return facts

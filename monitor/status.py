@@ -30,11 +30,17 @@ MAX_REFRESH: Final = 3600
 ATTENTION: Final = ("poll_failing", "stuck", "failed", "no_baseline", "active", "ok")
 
 Names = Callable[[str], str | None]
+# A promotion's poll interval as planned and its estimated jobs per day (None: not planned).
+Planned = Callable[[str], tuple[float | None, float | None]]
 
 
 def no_names(_: str) -> str | None:
     """No promotion names (a view built without them): rows show the id alone."""
     return None
+
+
+def not_planned(_: str) -> tuple[float | None, float | None]:
+    return None, None
 
 
 class QueryError(ValueError):
@@ -81,6 +87,7 @@ class MonitorFacts:
     requests_per_second: float  # used, over the last minute
     shard_index: int = 0
     shard_count: int = 1
+    detection_delay: tuple[float, float] | None = None  # p50, p99 over the last hour
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +106,8 @@ class PromotionRow:
     failing_since: float | None = None
     last_success: float | None = None
     incomplete: str | None = None  # the last poll read part of the listing, and why
+    poll_interval: float | None = None  # as planned now (monitor.planner)
+    jobs_per_day: float | None = None  # the rate the plan works with (monitor.rates)
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +163,7 @@ def _row(
     names: Names,
     now: float,
     stuck_after: float,
+    planned: Planned = not_planned,
 ) -> PromotionRow:
     jobs: dict[str, int] = {}
     stuck: list[float] = []
@@ -197,6 +207,7 @@ def _row(
         record.failing_since if record else None,
         record.last_success if record else None,
         record.incomplete if record else None,
+        *planned(pid),
     )
 
 
@@ -244,6 +255,7 @@ def build_status(
     query: StatusQuery = StatusQuery(),  # frozen: a shared default is safe
     names: Names = no_names,
     summaries: Summaries | None = None,
+    planned: Planned = not_planned,
 ) -> StatusView | None:
     """The status as of `now`; None when `query.promotion` is neither watched nor known.
 
@@ -267,6 +279,7 @@ def build_status(
                 names=names,
                 now=now,
                 stuck_after=stuck_after,
+                planned=planned,
             )
             for pid in ids
         ),
@@ -346,6 +359,15 @@ def iso(moment: float | None) -> str | None:
     )
 
 
+def _rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def _delay(p50_p99: tuple[float, float] | None) -> dict[str, Any]:
+    p50, p99 = p50_p99 or (None, None)
+    return {"p50": _rounded(p50, 2), "p99": _rounded(p99, 2), "window_seconds": 3600}
+
+
 def to_json(view: StatusView) -> dict[str, Any]:
     """The view as the /status.json document (documented in the README)."""
     facts = view.monitor
@@ -364,6 +386,7 @@ def to_json(view: StatusView) -> dict[str, Any]:
             "shard": {"index": facts.shard_index, "count": facts.shard_count},
             "promotions": view.watched,
             "attention": {name: view.attention.get(name, 0) for name in ATTENTION},
+            "detection_delay_seconds": _delay(facts.detection_delay),
         },
         "page": {
             "number": view.page,
@@ -389,6 +412,8 @@ def to_json(view: StatusView) -> dict[str, Any]:
                 "stuck": row.stuck,
                 "stuck_since": iso(row.stuck_since),
                 "last_failure_at": iso(row.last_failure_at),
+                "poll_interval_seconds": _rounded(row.poll_interval, 1),
+                "jobs_per_day": _rounded(row.jobs_per_day, 3),
             }
             for row in view.promotions
         ],
@@ -452,7 +477,9 @@ class StatusBoard:
         clock: Callable[[], float],
         stuck_after: float,
         names: Names = no_names,
+        planned: Planned = not_planned,
     ) -> None:
+        self._planned = planned
         self._snapshots = snapshots
         self._watched = watched
         self._activity = activity
@@ -473,4 +500,5 @@ class StatusBoard:
             query=query,
             names=self._names,
             summaries=self._summaries,
+            planned=self._planned,
         )
