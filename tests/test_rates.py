@@ -57,7 +57,7 @@ def test_a_promotion_that_goes_quiet_cools_within_days() -> None:
     rates.observe("quiet", [now - k * 60.0 for k in range(1440)], now)  # a busy day, then none
     busy = rates.rate("quiet", now) - PRIOR
     assert rates.rate("quiet", now + TIME_CONSTANT) - PRIOR == pytest.approx(busy / math.e)
-    assert rates.rate("quiet", now + 5 * DAY) - PRIOR < busy / 100
+    assert rates.rate("quiet", now + WEEK) - PRIOR < busy / 10
 
 
 def test_jobs_past_the_window_and_unknown_times_count_nothing() -> None:
@@ -79,17 +79,20 @@ def test_a_newly_created_promotion_starts_warm_and_cools() -> None:
     now = 1e9
     rates = JobRates(window=WEEK)
     rates.warm("fresh", updated_at=now - 60, now=now)
-    assert rates.rate("fresh", now) - PRIOR == pytest.approx(WARM * math.exp(-60 / DAY))
+    assert rates.rate("fresh", now) - PRIOR == pytest.approx(WARM * math.exp(-60 / TIME_CONSTANT))
     # Listed again by the next discovery: the same update counts once.
     rates.warm("fresh", updated_at=now - 60, now=now + 300)
-    assert rates.rate("fresh", now + 300) - PRIOR == pytest.approx(WARM * math.exp(-360 / DAY))
+    assert rates.rate("fresh", now + 300) - PRIOR == pytest.approx(
+        WARM * math.exp(-360 / TIME_CONSTANT)
+    )
     # Its first poll's jobs keep the warmth: the update is evidence besides them.
     rates.observe("fresh", [now + 400], now + 400)
-    expected = WARM * math.exp(-460 / DAY) + 1 / (DAY * -math.expm1(-WEEK / DAY))
+    exposure = TIME_CONSTANT * -math.expm1(-WEEK / TIME_CONSTANT)
+    expected = WARM * math.exp(-460 / TIME_CONSTANT) + 1 / exposure
     assert rates.rate("fresh", now + 400) - PRIOR == pytest.approx(expected)
     # An update long past is no reason to poll it more.
-    rates.warm("stale", updated_at=now - 30 * DAY, now=now)
-    assert rates.rate("stale", now) - PRIOR < WARM * 1e-12
+    rates.warm("stale", updated_at=now - 60 * DAY, now=now)
+    assert rates.rate("stale", now) - PRIOR < WARM * 1e-8
 
 
 def test_a_newer_update_replaces_the_warmth_of_the_older() -> None:
