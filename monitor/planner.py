@@ -37,27 +37,29 @@ def next_due(after: float, anchor: float, interval: float, phase: float) -> floa
 
 # Longest any idle promotion waits by default (poll.max_interval_seconds).
 MAX_INTERVAL = 900.0
-# Rates decay and costs change slowly: the intervals are planned again this often (and when the
-# watched set changes), O(P log P) each time, so a poll costs O(log P).
-REPLAN_SECONDS = 60.0
+# The water level is solved again this often (and when the watched set changes): O(P log P)
+# each time. In between a finished poll takes its promotion's interval from its own rate and
+# cost at the last level, so a poll costs O(log P).
+REPLAN_SECONDS = 300.0
 # A promotion whose interval shrinks by more than this is moved to its new grid at once, not
 # after its (long) current wait.
 MOVE_BELOW = 0.8
 
 
-def water_fill(
+def water_level(
     weights: Sequence[float], costs: Sequence[float], spend: float, lo: float, hi: float
-) -> list[float]:
-    """Intervals T_i = clamp(1 / (k * w_i), lo, hi) spending Σ c_i / T_i = `spend` requests/s.
+) -> float:
+    """The level k at which intervals `interval_at(k, w_i, lo, hi)` spend Σ c_i / T_i = `spend`
+    requests/s; with w_i = √(λ_i / c_i) that is the √-law within the bounds.
 
-    w_i = √(λ_i / c_i) gives the √-law. When `spend` cannot poll everyone every `hi`, everyone
-    gets `hi`: the request budget then makes them take turns (the lag shows it), as before.
+    0 when `spend` cannot poll everyone every `hi`: everyone gets `hi`, and the request budget
+    makes them take turns (the lag shows it), as before; inf when it can every `lo`.
     """
     total = math.fsum(costs)
     if spend <= total / hi:
-        return [hi] * len(weights)
+        return 0.0
     if spend >= total / lo:
-        return [lo] * len(weights)
+        return math.inf
     # Σ c_i f_i(k) is piecewise linear in k: f_i = 1/hi until k*w_i reaches it, then k*w_i
     # until 1/lo. Sweep k through those breakpoints to the segment that spends `spend`.
     events = sorted(
@@ -65,21 +67,22 @@ def water_fill(
         + [(1 / (lo * w), 1, i) for i, w in enumerate(weights)]
     )
     at_floor, proportional, at_ceiling = total, 0.0, 0.0
-    level = 0.0
     for k, leaves, i in events:
-        reached = at_floor / hi + k * proportional + at_ceiling / lo
-        if reached >= spend and proportional > 0:
-            level = (spend - at_floor / hi - at_ceiling / lo) / proportional
-            break
+        if proportional > 0 and at_floor / hi + k * proportional + at_ceiling / lo >= spend:
+            return (spend - at_floor / hi - at_ceiling / lo) / proportional
         if leaves:
             proportional -= costs[i] * weights[i]
             at_ceiling += costs[i]
         else:
             at_floor -= costs[i]
             proportional += costs[i] * weights[i]
-    else:  # (spend within rounding of everyone at `lo`)
-        return [lo] * len(weights)
-    return [min(hi, max(lo, 1 / (level * w))) for w in weights]
+    return math.inf  # (spend within rounding of everyone at `lo`)
+
+
+def interval_at(level: float, weight: float, lo: float, hi: float) -> float:
+    """A promotion's interval at water level `level`: 1 / (level * weight), within [lo, hi]."""
+    product = level * weight
+    return hi if product <= 0 else min(hi, max(lo, 1 / product))
 
 
 @dataclass(slots=True, eq=False)
@@ -94,6 +97,11 @@ class _Entry:
     interval: float = 0.0  # while idle, as last planned (0: not planned yet)
     cost: float = 1.0  # requests its last poll made (pages read)
     finished_at: float = -math.inf
+    # Its grid: anchor + (phase + k) * spacing. A new interval continues from the slot it was
+    # last due at; jumping to the new interval's grid from the plan's anchor would make that
+    # gap anything from half an interval to one and a half.
+    anchor: float = 0.0
+    spacing: float = 0.0
     # The token of its one live queue item; 0 when it is in no queue (in flight, or removed).
     # A removed or rescheduled entry's old item stays in the heap and is skipped when it surfaces.
     token: int = 0
@@ -139,6 +147,7 @@ class PollPlan:
         self._rate = rate
         self._planned_at = -math.inf
         self._replan = True  # the watched set changed since the intervals were planned
+        self._level = 0.0  # (no level yet: `interval` for every one until the first plan)
         self._entries: dict[str, _Entry] = {}
         self._urgent: list[_Item] = []  # active or never polled: these go first
         self._idle: list[_Item] = []
@@ -163,7 +172,9 @@ class PollPlan:
             existing.target = target  # e.g. a changed filter; keep its place in the schedule
             return
         self._added += 1
-        entry = _Entry(target, phase_of(pid), due=now, order=self._added, active=active)
+        entry = _Entry(
+            target, phase_of(pid), due=now, order=self._added, active=active, anchor=self.anchor
+        )
         self._entries[pid] = entry
         self._active += active
         self._replan = True
@@ -228,11 +239,19 @@ class PollPlan:
         entry.finished_at = now
         self._active += active - entry.active
         entry.active = active
+        if not active and self._planned_at > -math.inf:  # its rate and cost now, at the level
+            entry.interval = self._interval_at(self._level, self._weight(entry))
         interval = self.interval_of(entry)
+        if interval != entry.spacing:
+            if entry.spacing:  # (the slot it was due at: entry.due, until now)
+                entry.anchor = entry.due - entry.phase * interval
+            entry.spacing = interval
         # At least half an interval from now: right after a promotion's first poll its grid slot
         # may be seconds away, and polling it twice in a row would only spend budget. In the
-        # steady state (polls on the grid) this is exactly the next slot.
-        entry.due = next_due(now + interval / 2, self.anchor, interval, entry.phase)
+        # steady state (polls on the grid) this is exactly the next slot. Never past the
+        # maximum, though: after a change of interval the first slot can be 1.5 intervals away.
+        due = next_due(now + interval / 2, entry.anchor, interval, entry.phase)
+        entry.due = min(due, now + self.max_interval)
         # Usually it was in flight and in no queue; a late finish for a promotion removed and
         # added again meanwhile finds it queued, and moves it (the old item goes stale).
         self._queue(entry)
@@ -242,6 +261,14 @@ class PollPlan:
         if entry.active:
             return self.active_interval
         return entry.interval or self.interval
+
+    def _weight(self, entry: _Entry) -> float:
+        return math.sqrt(max(self._rate(entry.target.promotion_id), 1e-300) / entry.cost)
+
+    def _interval_at(self, level: float, weight: float) -> float:
+        interval = interval_at(level, weight, self.min_interval, self.max_interval)
+        # (rounding must not move an equal-rate grid off today's slots)
+        return self.interval if math.isclose(interval, self.interval) else interval
 
     def poll_interval(self, promotion_id: str) -> float:
         """A watched promotion's interval as planned now."""
@@ -258,18 +285,17 @@ class PollPlan:
         costs = [entry.cost for entry in idle]
         busy = math.fsum(entry.cost for entry in self._entries.values() if entry.active)
         spend = min(math.fsum(costs) / self.interval, self.budget - busy / self.active_interval)
-        weights = [math.sqrt(max(self._rate(e.target.promotion_id), 1e-300) / e.cost) for e in idle]
-        intervals = water_fill(weights, costs, spend, self.min_interval, self.max_interval)
-        for entry, planned in zip(idle, intervals, strict=True):
-            # (rounding must not move an equal-rate grid off today's slots)
-            interval = self.interval if math.isclose(planned, self.interval) else planned
+        weights = [self._weight(entry) for entry in idle]
+        self._level = water_level(weights, costs, spend, self.min_interval, self.max_interval)
+        for entry, weight in zip(idle, weights, strict=True):
+            interval = self._interval_at(self._level, weight)
             shorter = 0 < interval < MOVE_BELOW * entry.interval
             entry.interval = interval
             if shorter and entry.polled and not entry.in_flight:
                 after = max(now, entry.finished_at + interval / 2)
                 due = next_due(after, self.anchor, interval, entry.phase)
                 if due < entry.due:
-                    entry.due = due
+                    entry.due, entry.anchor, entry.spacing = due, self.anchor, interval
                     self._queue(entry)
         self._compact()
 

@@ -13,7 +13,14 @@ from hypothesis import strategies as st
 
 from monitor.client import JobsTarget
 from monitor.models import PromotionKind
-from monitor.planner import PollPlan, next_due, phase_of, water_fill
+from monitor.planner import (
+    REPLAN_SECONDS,
+    PollPlan,
+    interval_at,
+    next_due,
+    phase_of,
+    water_level,
+)
 
 BASE = "https://useast.api.elasticpath.com"
 
@@ -446,10 +453,11 @@ def test_due_all_makes_every_waiting_promotion_due_now() -> None:
         ([1, 1], [1, 1], 1, [10, 10]),  # more than enough: the minimum
     ],
 )
-def test_water_fill_gives_the_square_root_law_within_the_bounds(
+def test_the_water_level_gives_the_square_root_law_within_the_bounds(
     weights: list[float], costs: list[float], spend: float, expected: list[float]
 ) -> None:
-    assert water_fill(weights, costs, spend, 10, 900) == pytest.approx(expected)
+    level = water_level(weights, costs, spend, 10, 900)
+    assert [interval_at(level, w, 10, 900) for w in weights] == pytest.approx(expected)
 
 
 def run_plan(plan: PollPlan, start: float, end: float, polls: dict[str, list[float]]) -> None:
@@ -526,7 +534,7 @@ def test_a_rate_change_moves_next_polls_at_once_without_a_burst() -> None:
     assert new < before / 3
     # Each is polled within the re-plan delay and one new interval, not after its old wait...
     first = [after[pid][0] for pid in woken]
-    assert max(first) <= 2000 + 60 + new
+    assert max(first) <= 2000 + REPLAN_SECONDS + new
     # ...and spread by its phase, not all at the moment of the change.
     per_second = Counter(first)
     assert max(per_second.values()) <= 3
