@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from tests.benchmarks import budget, client_cost, detection, scale, whole
+from tests.benchmarks import budget, client_cost, detection, polling, scale, whole
 from tests.benchmarks.common import RESULTS, Result, code_version, fmt, machine
 
 BENCHMARKS: dict[str, tuple[str, Callable[[], Awaitable[Result]]]] = {
@@ -29,6 +29,7 @@ BENCHMARKS: dict[str, tuple[str, Callable[[], Awaitable[Result]]]] = {
     client_cost.NAME: (client_cost.TITLE, client_cost.run),
     scale.NAME: (scale.TITLE, scale.run),
     detection.NAME: (detection.TITLE, detection.run),
+    polling.NAME: (polling.TITLE, polling.run),
     whole.NAME: (whole.TITLE, whole.run),
 }
 
