@@ -147,7 +147,8 @@ class PollPlan:
         self._rate = rate
         self._planned_at = -math.inf
         self._replan = True  # the watched set changed since the intervals were planned
-        self._level = 0.0  # (no level yet: `interval` for every one until the first plan)
+        # None until a plan with idle promotions: `interval` for every one until then.
+        self._level: float | None = None
         self._entries: dict[str, _Entry] = {}
         self._urgent: list[_Item] = []  # active or never polled: these go first
         self._idle: list[_Item] = []
@@ -239,7 +240,7 @@ class PollPlan:
         entry.finished_at = now
         self._active += active - entry.active
         entry.active = active
-        if not active and self._planned_at > -math.inf:  # its rate and cost now, at the level
+        if not active and self._level is not None:  # its rate and cost now, at the level
             entry.interval = self._interval_at(self._level, self._weight(entry))
         interval = self.interval_of(entry)
         if interval != entry.spacing:
@@ -281,6 +282,7 @@ class PollPlan:
         self._planned_at, self._replan = now, False
         idle = [entry for entry in self._entries.values() if not entry.active]
         if not idle:
+            self._level = None
             return
         costs = [entry.cost for entry in idle]
         busy = math.fsum(entry.cost for entry in self._entries.values() if entry.active)

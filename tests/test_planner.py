@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import uuid
 from collections import Counter
 from dataclasses import dataclass
@@ -323,6 +324,8 @@ class _Row:
     active: bool
     in_flight: bool = False
     polled: bool = False
+    anchor: float = 0.0  # its grid: a new interval continues from the slot it was due at
+    spacing: float = 0.0
 
 
 class _Model:
@@ -345,8 +348,12 @@ class _Model:
         row = self.rows.get(pid)
         if row is not None:
             interval = 10 if active else 60
+            if interval != row.spacing:
+                if row.spacing:
+                    row.anchor = row.due - phase_of(pid) * interval
+                row.spacing = interval
             row.in_flight, row.polled, row.active = False, True, active
-            row.due = next_due(now + interval / 2, 0, interval, phase_of(pid))
+            row.due = next_due(now + interval / 2, row.anchor, interval, phase_of(pid))
 
     def lag(self, now: float) -> float:
         return max([0.0, *(now - r.due for r in self.rows.values() if not r.in_flight)])
@@ -538,3 +545,127 @@ def test_a_rate_change_moves_next_polls_at_once_without_a_burst() -> None:
     # ...and spread by its phase, not all at the moment of the change.
     per_second = Counter(first)
     assert max(per_second.values()) <= 3
+
+
+# properties of the √-law plan
+
+_weights = st.lists(st.floats(1e-6, 1e3), min_size=1, max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    _weights,
+    st.data(),
+    st.floats(0.001, 100),
+    st.floats(1, 60),
+    st.floats(1, 100),
+)
+def test_the_water_level_spends_what_it_is_given_within_the_bounds(
+    weights: list[float], data: st.DataObject, spend: float, lo: float, span: float
+) -> None:
+    costs = data.draw(st.lists(st.integers(1, 20), min_size=len(weights), max_size=len(weights)))
+    hi = lo * span
+    level = water_level(weights, costs, spend, lo, hi)
+    intervals = [interval_at(level, w, lo, hi) for w in weights]
+    assert all(lo <= t <= hi for t in intervals)
+    spent = sum(c / t for c, t in zip(costs, intervals, strict=True))
+    floor, ceiling = sum(costs) / hi, sum(costs) / lo
+    if spend <= floor:  # not enough for everyone's maximum: the maximum, and turns
+        assert intervals == [hi] * len(weights)
+    elif spend >= ceiling:
+        assert intervals == [lo] * len(weights)
+    else:
+        assert spent == pytest.approx(spend, rel=1e-6)
+    # The heavier a promotion's weight, the shorter its interval.
+    for (wa, ta), (wb, tb) in pairwise(sorted(zip(weights, intervals, strict=True))):
+        assert wa > wb or ta >= tb
+
+
+_rates = st.lists(st.floats(1e-9, 1.0), min_size=2, max_size=30)
+
+
+def planned(rates: list[float], costs: list[int], **bounds: float) -> PollPlan:
+    """A plan whose promotions were polled once at 0, each with its rate and pages."""
+    targets = [target(n) for n in range(len(rates))]
+    by_id = {t.promotion_id: r for t, r in zip(targets, rates, strict=True)}
+    plan = PollPlan(active_interval=10, anchor=0, rate=by_id.__getitem__, **bounds)
+    for t in targets:
+        plan.add(t, now=0)
+    for t, cost in zip(plan.take_due(0, limit=len(targets)), costs, strict=True):
+        plan.finished(t.promotion_id, 1, active=False, requests=cost)
+    plan.plan(2)
+    return plan
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    _rates,
+    st.data(),
+    st.floats(10, 600),
+    st.floats(0.01, 50),
+    st.floats(1, 10),
+)
+def test_the_plan_never_spends_above_its_cap_nor_waits_past_its_maximum(
+    rates: list[float], data: st.DataObject, interval: float, budget: float, span: float
+) -> None:
+    costs = data.draw(st.lists(st.integers(1, 8), min_size=len(rates), max_size=len(rates)))
+    maximum = interval * span
+    plan = planned(rates, costs, interval=interval, budget=budget, max_interval=maximum)
+    intervals = [plan.poll_interval(target(n).promotion_id) for n in range(len(rates))]
+    assert all(10 <= t <= maximum for t in intervals)
+    spent = sum(c / t for c, t in zip(costs, intervals, strict=True))
+    cap = min(sum(costs) / interval, budget)
+    if cap >= sum(costs) / maximum:  # (otherwise every one at its maximum, taking turns)
+        assert spent <= cap * (1 + 1e-9)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.floats(1e-9, 1.0), st.integers(2, 30), st.integers(1, 5), st.floats(10, 600))
+def test_equal_rates_give_the_uniform_schedule(
+    rate: float, promotions: int, cost: int, interval: float
+) -> None:
+    plan = planned([rate] * promotions, [cost] * promotions, interval=interval)
+    assert {plan.poll_interval(target(n).promotion_id) for n in range(promotions)} == {interval}
+    # With a budget short of it: every one as often as the budget allows, as before.
+    budget = promotions * cost / interval / 2
+    short = planned([rate] * promotions, [cost] * promotions, interval=interval, budget=budget)
+    intervals = [short.poll_interval(target(n).promotion_id) for n in range(promotions)]
+    longest = max(900, interval)  # (the default maximum: the budget wins over it, in turns)
+    assert intervals == pytest.approx([min(2 * interval, longest)] * promotions)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_rates, st.floats(10, 600))
+def test_a_hot_promotion_gets_a_shorter_interval_than_a_cold_one(
+    rates: list[float], interval: float
+) -> None:
+    plan = planned(rates, [1] * len(rates), interval=interval, max_interval=100 * interval)
+    intervals = [plan.poll_interval(target(n).promotion_id) for n in range(len(rates))]
+    hottest, coldest = rates.index(max(rates)), rates.index(min(rates))
+    assert intervals[hottest] <= intervals[coldest]
+    if max(rates) > 4 * min(rates) and intervals[coldest] < 100 * interval:
+        # (√4 = twice the poll rate, unless the hot one is held at the minimum)
+        assert intervals[hottest] < intervals[coldest] or intervals[hottest] == pytest.approx(10)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(1e-8, 1e-2), min_size=2, max_size=12), st.randoms())
+def test_no_promotion_waits_past_its_maximum_however_its_rate_moves(
+    rates: list[float], rng: random.Random
+) -> None:
+    by_id = {target(n).promotion_id: r for n, r in enumerate(rates)}
+    plan = PollPlan(
+        interval=60, active_interval=10, anchor=0, max_interval=600, rate=by_id.__getitem__
+    )
+    for n in range(len(rates)):
+        plan.add(target(n), now=0)
+    polls: dict[str, list[float]] = {}
+    for tick in range(3600):
+        if tick % 97 == 0:  # rates move: jobs come and go
+            for pid, rate in by_id.items():
+                by_id[pid] = rate * rng.choice([0.01, 1, 100])
+        for t in plan.take_due(float(tick), limit=100):
+            polls.setdefault(t.promotion_id, []).append(float(tick))
+            plan.finished(t.promotion_id, float(tick), active=False, requests=rng.randint(1, 3))
+    for times in polls.values():
+        assert max(b - a for a, b in pairwise([*times, 3599.0])) <= 600 + 1

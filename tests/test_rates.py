@@ -6,6 +6,8 @@ import math
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from monitor.rates import DAY, PRIOR, TIME_CONSTANT, WARM, JobRates
 
@@ -108,3 +110,66 @@ def test_forget_drops_the_estimate() -> None:
     rates.observe("p", [1e9], 1e9)
     rates.forget("p")
     assert rates.rate("p", 1e9) == PRIOR
+
+
+# properties, with time passed in
+
+NOW = 1e9
+_ages = st.lists(st.floats(0, WEEK), max_size=60)
+
+
+@settings(max_examples=200)
+@given(_ages, st.floats(0, 30 * DAY))
+def test_without_new_jobs_the_estimate_decays_to_the_prior(ages: list[float], later: float) -> None:
+    rates = JobRates(window=WEEK)
+    rates.observe("p", [NOW - age for age in ages], NOW)
+    now = rates.rate("p", NOW) - PRIOR
+    assert rates.rate("p", NOW + later) - PRIOR == pytest.approx(
+        now * math.exp(-later / TIME_CONSTANT), rel=1e-6, abs=1e-15
+    )
+    assert rates.rate("p", NOW + later) >= PRIOR
+
+
+@settings(max_examples=200)
+@given(_ages, _ages)
+def test_jobs_add_up_and_more_jobs_never_mean_a_lower_rate(
+    first: list[float], second: list[float]
+) -> None:
+    one, other, both = JobRates(window=WEEK), JobRates(window=WEEK), JobRates(window=WEEK)
+    one.observe("p", [NOW - age for age in first], NOW)
+    other.observe("p", [NOW - age for age in second], NOW)
+    both.observe("p", [NOW - age for age in first + second], NOW)
+    assert both.rate("p", NOW) - PRIOR == pytest.approx(
+        one.rate("p", NOW) + other.rate("p", NOW) - 2 * PRIOR, rel=1e-6, abs=1e-15
+    )
+    assert both.rate("p", NOW) >= max(one.rate("p", NOW), other.rate("p", NOW))
+
+
+@settings(max_examples=200)
+@given(_ages, st.floats(0, DAY))
+def test_observing_the_same_jobs_later_agrees_with_the_decayed_estimate(
+    ages: list[float], later: float
+) -> None:
+    # (jobs within the window at both times: the window's edge drops the older ones)
+    kept = [NOW - age for age in ages if age + later <= WEEK]
+    early, late = JobRates(window=WEEK), JobRates(window=WEEK)
+    early.observe("p", kept, NOW)
+    late.observe("p", kept, NOW + later)
+    assert late.rate("p", NOW + later) == pytest.approx(early.rate("p", NOW + later), rel=1e-9)
+
+
+@settings(max_examples=100)
+@given(st.floats(1 / DAY, 100 / 3600), st.integers(0, 2**32))
+def test_a_steady_promotion_is_estimated_near_its_rate(rate: float, seed: int) -> None:
+    rng = random.Random(seed)
+    created, at = [], NOW - WEEK
+    while (at := at + rng.expovariate(rate)) < NOW:
+        created.append(at)
+    rates = JobRates(window=WEEK)
+    rates.observe("p", created, NOW)
+    # The count over the window's weighted three days is Poisson: within 5 standard deviations.
+    expected = rate * TIME_CONSTANT * -math.expm1(-WEEK / TIME_CONSTANT)
+    sd = math.sqrt(rate * TIME_CONSTANT / 2)
+    exposure = TIME_CONSTANT * -math.expm1(-WEEK / TIME_CONSTANT)
+    count = (rates.rate("p", NOW) - PRIOR) * exposure
+    assert abs(count - expected) <= 5 * sd + 1
