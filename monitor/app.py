@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -240,6 +240,7 @@ class Monitor:
             store=store,
             metrics=metrics,
             events=events,
+            touched=lambda found: _warm(rates, found, clock()),
         )
         # Liveness fails only when the loop has made no progress for several intervals.
         health = Health(
@@ -288,6 +289,11 @@ class Monitor:
             leases,
             elector,
         )
+
+
+def _warm(rates: JobRates, touched: Mapping[str, float], now: float) -> None:
+    for promotion_id, updated_at in touched.items():
+        rates.warm(promotion_id, updated_at, now)
 
 
 def created(snapshot: PromotionSnapshot) -> Iterator[float | None]:

@@ -251,7 +251,9 @@ class Upkeep:
         metrics: MonitorMetrics,
         events: EventSink,
         monotonic: Callable[[], float] = time.monotonic,
+        touched: Callable[[Mapping[str, float]], None] = lambda _: None,
     ) -> None:
+        self._touched = touched  # when discovery saw promotions last created or updated
         self._scheduler = scheduler
         self._settings = settings
         self._watching = watching
@@ -331,6 +333,7 @@ class Upkeep:
                 )
             )
         applied = self._apply(targets, authoritative=found.complete, discovered=found.discovered)
+        self._touched(found.touched)
         self._lookups.listed(found.names, found.listed)
         self._events.emit(
             DiscoveryCompleted(
