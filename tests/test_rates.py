@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import math
 import random
+import time
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 
+from monitor.app import Monitor
 from monitor.rates import DAY, PRIOR, TIME_CONSTANT, WARM, JobRates
+from monitor.settings import parse_settings
+from monitor.simulator import Simulator
+from tests.support import until
 
 WEEK = 7 * DAY
 
@@ -173,3 +180,41 @@ def test_a_steady_promotion_is_estimated_near_its_rate(rate: float, seed: int) -
     exposure = TIME_CONSTANT * -math.expm1(-WEEK / TIME_CONSTANT)
     count = (rates.rate("p", NOW) - PRIOR) * exposure
     assert abs(count - expected) <= 5 * sd + 1
+
+
+# the daemon derives them from its state: at load, and after each poll that changes it
+
+
+async def test_the_monitor_derives_rates_from_the_state_at_load_and_after_polls(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    pid = sim.add_promotion(name="busy")
+    for n in range(48):  # two an hour for the last day
+        sim.add_job(pid, status="completed", created_at=time.time() - 1800 * (n + 1))
+    settings = parse_settings(
+        {
+            "api": {
+                "base_url": sim.base_url,
+                "client_id": sim.client_id,
+                "client_secret": sim.client_secret,
+            },
+            "promotions": [{"id": pid}],
+            "poll": {"interval_seconds": 0.5},
+            "state": {"path": str(tmp_path / "state.json")},
+        }
+    )
+    first = Monitor.build(settings, registry=CollectorRegistry(), serve_http=False)
+    await first.run_once()  # (writes the state; `once` plans nothing)
+    assert first.rates.rate(pid, time.time()) == PRIOR
+
+    monitor = Monitor.build(settings, registry=CollectorRegistry(), serve_http=False)
+    await monitor.startup()
+    try:
+        # Before any poll: 48 jobs over the last day, seen through a three-day memory.
+        loaded = monitor.rates.rate(pid, time.time()) * DAY
+        assert 12 < loaded < 17
+        new = sim.add_job(pid, status="pending")
+        await until(lambda: new in getattr(monitor.store.get(pid), "jobs", {}), "the new job")
+        await until(lambda: monitor.rates.rate(pid, time.time()) * DAY > loaded + 0.3, "a rise")
+    finally:
+        await monitor.shutdown()
