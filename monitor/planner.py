@@ -147,6 +147,9 @@ class PollPlan:
         self._rate = rate
         self._planned_at = -math.inf
         self._replan = True  # the watched set changed since the intervals were planned
+        # Promotions never polled: once none is left, every rate and cost is known (a start
+        # with no state knows none), and the intervals are planned again.
+        self._unpolled = 0
         # None until a plan with idle promotions: `interval` for every one until then.
         self._level: float | None = None
         self._entries: dict[str, _Entry] = {}
@@ -178,6 +181,7 @@ class PollPlan:
         )
         self._entries[pid] = entry
         self._active += active
+        self._unpolled += 1
         self._replan = True
         self._queue(entry)
 
@@ -187,6 +191,7 @@ class PollPlan:
             return
         entry.token = 0  # its queue item, if any, is now stale
         self._active -= entry.active
+        self._unpolled -= not entry.polled
         self._replan = True
         self._compact()
 
@@ -235,7 +240,10 @@ class PollPlan:
         if entry is None:  # removed while its poll was in flight
             return
         entry.in_flight = False
-        entry.polled = True
+        if not entry.polled:
+            entry.polled = True
+            self._unpolled -= 1
+            self._replan = self._replan or not self._unpolled
         entry.cost = max(1.0, float(requests))
         entry.finished_at = now
         self._active += active - entry.active

@@ -669,3 +669,20 @@ def test_no_promotion_waits_past_its_maximum_however_its_rate_moves(
             plan.finished(t.promotion_id, float(tick), active=False, requests=rng.randint(1, 3))
     for times in polls.values():
         assert max(b - a for a, b in pairwise([*times, 3599.0])) <= 600 + 1
+
+
+def test_once_every_baseline_is_in_the_intervals_are_planned_from_what_they_found() -> None:
+    # A start without state knows no rate until each promotion's first poll has read its jobs.
+    targets = [target(n) for n in range(10)]
+    rates = {t.promotion_id: 1.0 for t in targets}
+    plan = PollPlan(interval=60, active_interval=10, anchor=0, rate=rates.__getitem__)
+    for t in targets:
+        plan.add(t, now=0)
+    polled = plan.take_due(0, limit=10)
+    hot = targets[0].promotion_id
+    rates[hot] = 100.0  # what its first poll found
+    for t in polled:
+        plan.finished(t.promotion_id, now=1, active=False)
+    plan.take_due(2, limit=10)  # long before the next periodic plan
+    assert plan.poll_interval(hot) == pytest.approx(60 * 19 / 100)
+    assert plan.poll_interval(targets[1].promotion_id) == pytest.approx(60 * 19 / 10)
