@@ -203,6 +203,7 @@ class Monitor:
             names=names,
             activity=activity,
             pages=pages,
+            rates=rates,
         )
         poller = Poller(
             client,
