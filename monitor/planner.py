@@ -41,9 +41,9 @@ MAX_INTERVAL = 900.0
 # each time. In between a finished poll takes its promotion's interval from its own rate and
 # cost at the last level, so a poll costs O(log P).
 REPLAN_SECONDS = 300.0
-# A promotion whose interval shrinks by more than this is moved to its new grid at once, not
-# after its (long) current wait.
-MOVE_BELOW = 0.8
+# A promotion whose interval changes by more than this factor is moved to its new grid at once:
+# sooner, not after its (long) current wait; later, not spending what the plan gave others.
+MOVE_BEYOND = 1.25
 
 
 def water_level(
@@ -255,11 +255,12 @@ class PollPlan:
             if entry.spacing:  # (the slot it was due at: entry.due, until now)
                 entry.anchor = entry.due - entry.phase * interval
             entry.spacing = interval
-        # At least half an interval from now: right after a promotion's first poll its grid slot
-        # may be seconds away, and polling it twice in a row would only spend budget. In the
-        # steady state (polls on the grid) this is exactly the next slot. Never past the
-        # maximum, though: after a change of interval the first slot can be 1.5 intervals away.
-        due = next_due(now + interval / 2, entry.anchor, interval, entry.phase)
+        # At least a quarter of an interval from now: right after a promotion's first poll its
+        # grid slot may be moments away, and polling it twice in a row would only spend budget.
+        # On the grid this is the next slot, even for a poll that ran late (by up to three
+        # quarters of an interval: half skipped a short interval's slots under a busy budget).
+        # Never past the maximum: after a change of interval the first slot can be further.
+        due = next_due(now + interval / 4, entry.anchor, interval, entry.phase)
         entry.due = min(due, now + self.max_interval)
         # Usually it was in flight and in no queue; a late finish for a promotion removed and
         # added again meanwhile finds it queued, and moves it (the old item goes stale).
@@ -299,14 +300,16 @@ class PollPlan:
         self._level = water_level(weights, costs, spend, self.min_interval, self.max_interval)
         for entry, weight in zip(idle, weights, strict=True):
             interval = self._interval_at(self._level, weight)
-            shorter = 0 < interval < MOVE_BELOW * entry.interval
+            moved = entry.interval > 0 and not (
+                1 / MOVE_BEYOND < interval / entry.interval < MOVE_BEYOND
+            )
             entry.interval = interval
-            if shorter and entry.polled and not entry.in_flight:
-                after = max(now, entry.finished_at + interval / 2)
+            if moved and entry.polled and not entry.in_flight:
+                after = max(now, entry.finished_at + interval / 4)
                 due = next_due(after, self.anchor, interval, entry.phase)
-                if due < entry.due:
-                    entry.due, entry.anchor, entry.spacing = due, self.anchor, interval
-                    self._queue(entry)
+                entry.due = min(due, entry.finished_at + self.max_interval)
+                entry.anchor, entry.spacing = self.anchor, interval
+                self._queue(entry)
         self._compact()
 
     def abandoned(self, promotion_id: str) -> None:

@@ -98,10 +98,10 @@ def test_new_promotions_are_due_at_once_then_on_their_grid() -> None:
             seen.setdefault(t.promotion_id, float(tick))
             plan.finished(t.promotion_id, now=float(tick), active=False)
     for t in targets:
-        # Never sooner than half an interval after the previous poll, then on its grid.
-        expected = next_due(1 + 30, 0, 60, phase_of(t.promotion_id))
+        # Never sooner than a quarter of an interval after the previous poll, then on its grid.
+        expected = next_due(1 + 15, 0, 60, phase_of(t.promotion_id))
         assert seen[t.promotion_id] == pytest.approx(expected, abs=1.0)
-        assert seen[t.promotion_id] >= 31
+        assert seen[t.promotion_id] >= 16
 
 
 def test_idle_polls_are_spread_over_the_interval_not_bunched() -> None:
@@ -353,7 +353,7 @@ class _Model:
                     row.anchor = row.due - phase_of(pid) * interval
                 row.spacing = interval
             row.in_flight, row.polled, row.active = False, True, active
-            row.due = next_due(now + interval / 2, row.anchor, interval, phase_of(pid))
+            row.due = next_due(now + interval / 4, row.anchor, interval, phase_of(pid))
 
     def lag(self, now: float) -> float:
         return max([0.0, *(now - r.due for r in self.rows.values() if not r.in_flight)])
@@ -686,3 +686,41 @@ def test_once_every_baseline_is_in_the_intervals_are_planned_from_what_they_foun
     plan.take_due(2, limit=10)  # long before the next periodic plan
     assert plan.poll_interval(hot) == pytest.approx(60 * 19 / 100)
     assert plan.poll_interval(targets[1].promotion_id) == pytest.approx(60 * 19 / 10)
+
+
+def test_a_promotion_that_cools_gives_its_slot_back_at_once() -> None:
+    quiet, busy = target(1), target(2)
+    rates = {quiet.promotion_id: 1.0, busy.promotion_id: 1.0}
+    plan = PollPlan(
+        interval=60, active_interval=10, anchor=0, max_interval=3600, rate=rates.__getitem__
+    )
+    polls: dict[str, list[float]] = {}
+    for t in (quiet, busy):
+        plan.add(t, now=0)
+    run_plan(plan, 0, 1000, polls)
+    assert plan.poll_interval(quiet.promotion_id) == 60
+    rates[busy.promotion_id] = 10_000.0  # all the jobs go there now
+    plan.plan(1000)  # (the next periodic plan)
+    later: dict[str, list[float]] = {}
+    run_plan(plan, 1000, 1800, later)
+    # √10,000 = 100 times the other's poll rate: 101 k = 2/60 gives 30.3 s and 3,030 s. The
+    # quiet one's next poll moves out (a quarter of its new interval at least), rather than
+    # spending the slot it had at 1,019 s.
+    assert plan.poll_interval(quiet.promotion_id) == pytest.approx(3030)
+    assert later.get(quiet.promotion_id) is None
+    assert len(later[busy.promotion_id]) >= 800 / 30.3 - 2
+
+
+def test_a_poll_that_ran_late_keeps_its_next_slot() -> None:
+    # Under a busy budget polls start late; one that ends 6 s after its slot, every 10 s, must
+    # not lose the next slot (half an interval of margin made it skip to the one after).
+    plan = PollPlan(interval=10, active_interval=10, anchor=0)
+    t = target(1)
+    plan.add(t, now=0)
+    plan.take_due(0, limit=1)
+    plan.finished(t.promotion_id, now=0, active=False)
+    slot = next_due(2.5, 0, 10, phase_of(t.promotion_id))
+    assert plan.take_due(slot, limit=1) == [t]
+    plan.finished(t.promotion_id, now=slot + 6, active=False)
+    assert plan.take_due(slot + 9.99, limit=1) == []
+    assert plan.take_due(slot + 10, limit=1) == [t]
