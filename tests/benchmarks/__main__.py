@@ -21,7 +21,15 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from tests.benchmarks import budget, client_cost, detection, polling, scale, whole
+from tests.benchmarks import (
+    budget,
+    client_cost,
+    detection,
+    polling,
+    polling_whole,
+    scale,
+    whole,
+)
 from tests.benchmarks.common import RESULTS, Result, code_version, fmt, machine
 
 BENCHMARKS: dict[str, tuple[str, Callable[[], Awaitable[Result]]]] = {
@@ -30,6 +38,7 @@ BENCHMARKS: dict[str, tuple[str, Callable[[], Awaitable[Result]]]] = {
     scale.NAME: (scale.TITLE, scale.run),
     detection.NAME: (detection.TITLE, detection.run),
     polling.NAME: (polling.TITLE, polling.run),
+    polling_whole.NAME: (polling_whole.TITLE, polling_whole.run),
     whole.NAME: (whole.TITLE, whole.run),
 }
 
