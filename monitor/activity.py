@@ -8,6 +8,7 @@ snapshot are shown from there.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
 RECENT_FAILURES: Final = 200
 RECENT_POLL_ERRORS: Final = 50
 RATE_WINDOW_SECONDS: Final = 60
+DELAY_WINDOW_SECONDS: Final = 3600
+MAX_DELAYS: Final = 10_000  # the last hour's, or the most recent ones of a busy hour
 MAX_DETAIL_CHARS: Final = 300
 
 FailureKind = Literal["failed", "shortfall"]
@@ -118,6 +121,7 @@ class RecentActivity:
         self._max_errors = poll_errors
         # (whole second, requests started in it), oldest first, at most one window long
         self._requests: deque[list[int]] = deque()
+        self._delays: deque[tuple[float, float]] = deque(maxlen=MAX_DELAYS)  # (seen, delay)
 
     def polled(self, outcome: PollOutcome) -> None:
         """Record one finished poll: its result, and the failures it reported."""
@@ -136,6 +140,9 @@ class RecentActivity:
             )
             self._poll_error(pid, outcome.reason or "unknown", outcome.detail, now)
         for change in outcome.changes:
+            delay = change.detection_delay(now)
+            if delay is not None:
+                self._delays.append((now, delay))
             if change.job is None:
                 continue
             if change.is_failure:
@@ -181,6 +188,16 @@ class RecentActivity:
         self._expire_requests(second)
         window = min(float(RATE_WINDOW_SECONDS), max(1.0, now - self.started_at))
         return sum(count for _, count in self._requests) / window
+
+    def detection_delay(self, now: float) -> tuple[float, float] | None:
+        """p50 and p99 (nearest rank) of the delays seen over the last hour; None if none."""
+        while self._delays and self._delays[0][0] < now - DELAY_WINDOW_SECONDS:
+            self._delays.popleft()
+        delays = sorted(delay for _, delay in self._delays)
+        if not delays:
+            return None
+        rank = [max(0, math.ceil(q * len(delays)) - 1) for q in (0.5, 0.99)]
+        return delays[rank[0]], delays[rank[1]]
 
     def forget(self, promotion_id: str) -> None:
         """Drop what was recorded of a promotion that is no longer watched."""

@@ -30,6 +30,7 @@ from monitor.models import PromotionSnapshot, utc_now
 from monitor.names import NameLookups, PromotionNames
 from monitor.planner import PollPlan
 from monitor.poller import Poller, PollOutcome
+from monitor.rates import JobRates
 from monitor.report import HINTS, Reporter
 from monitor.scheduler import PollScheduler, Upkeep
 from monitor.settings import CoordinationSettings, Settings
@@ -87,6 +88,7 @@ class Monitor:
     health: Health
     activity: RecentActivity
     clock: Callable[[], float]
+    rates: JobRates
     web: WebServer | None = None
     # Only with coordination.mode: lease (monitor.coordination).
     leases: KubernetesLeases | None = None
@@ -182,10 +184,15 @@ class Monitor:
             events=RequestReports(metrics, activity, events),
             user_agent=f"promo-monitor/{__version__}",
         )
+        rates = JobRates(window=settings.state.retention_days * 86_400)
         plan = PollPlan(
             interval=settings.poll.interval_seconds,
             active_interval=settings.poll.active_interval,
             anchor=time.monotonic(),
+            min_interval=settings.poll.min_interval,
+            max_interval=settings.poll.max_interval,
+            budget=settings.request_rate / RequestBudget.SAFETY,
+            rate=lambda pid: rates.rate(pid, clock()),
         )
         pages = PageMemory()
         watching = Watching(
@@ -195,6 +202,7 @@ class Monitor:
             names=names,
             activity=activity,
             pages=pages,
+            rates=rates,
         )
         retention = settings.state.retention_days * 86_400
         poller = Poller(
@@ -226,6 +234,7 @@ class Monitor:
             clock=clock,
             may_report=may_poll,
             handover=handover,
+            rates=rates,
         )
         scheduler = PollScheduler(
             poller,
@@ -249,6 +258,7 @@ class Monitor:
             metrics=metrics,
             events=events,
             handover=handover,
+            rates=rates,
         )
         # Liveness fails only when the loop has made no progress for several intervals.
         health = Health(
@@ -266,6 +276,10 @@ class Monitor:
                 clock=clock,
                 stuck_after=settings.poll.stuck_after_seconds,
                 names=names.get,
+                planned=lambda pid: (
+                    plan.poll_interval(pid) if pid in plan else None,
+                    rates.rate(pid, clock()) * 86_400,
+                ),
             )
             web = _web(settings, registry, health, metrics, board)
         leases, elector = None, None
@@ -288,6 +302,7 @@ class Monitor:
             health,
             activity,
             clock,
+            rates,
             web,
             leases,
             elector,
@@ -313,6 +328,7 @@ def _facts(
             requests_per_second=activity.requests_per_second(clock()),
             shard_index=discovery.shard_index,
             shard_count=discovery.shard_count,
+            detection_delay=activity.detection_delay(clock()),
         )
 
     return facts

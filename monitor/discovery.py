@@ -66,6 +66,9 @@ class Watchlist:
     # False when a list could not be read whole: a promotion missing from it may still exist,
     # so it must not be dropped (and its state lost) on this evidence.
     complete: bool = True
+    # When each listed promotion was last created or updated (meta.timestamps, where the list
+    # gives them): a campaign being set up is where jobs are about to happen.
+    touched: Mapping[str, float] = field(default_factory=dict)
 
 
 class Discovery:
@@ -100,6 +103,7 @@ class Discovery:
         discovered: set[str] = set()
         names: dict[str, tuple[PromotionKind, str]] = {}
         listed: set[str] = set()
+        touched: dict[str, float] = {}
         complete = True
         rules = self._settings.discovery
         for kind in rules.kinds:
@@ -114,6 +118,9 @@ class Discovery:
                 if not explicit and not wanted(promotion, rules, now) and not active(pid):
                     continue
                 listed.add(pid)
+                updated = last_touched(promotion)
+                if updated is not None:
+                    touched[pid] = updated
                 name = promotion_name(promotion)
                 if name is not None:
                     names[pid] = (kind, name)
@@ -121,7 +128,19 @@ class Discovery:
                     continue
                 targets[pid] = self._client.target(pid, kind)
                 discovered.add(pid)
-        return Watchlist(targets, frozenset(discovered), names, frozenset(listed), complete)
+        return Watchlist(
+            targets, frozenset(discovered), names, frozenset(listed), complete, touched
+        )
+
+
+def last_touched(promotion: Mapping[str, object]) -> float | None:
+    """The later of a listed promotion's meta.timestamps.created_at and updated_at, if any."""
+    meta = promotion.get("meta")
+    stamps = meta.get("timestamps") if isinstance(meta, Mapping) else None
+    if not isinstance(stamps, Mapping):
+        return None
+    times = [parse_timestamp(stamps.get(key)) for key in ("created_at", "updated_at")]
+    return max((t for t in times if t is not None), default=None)
 
 
 def _canonical(raw: str) -> str | None:

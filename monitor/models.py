@@ -364,6 +364,14 @@ class Change:
             and self.previous.status != FAILED
         )
 
+    def detection_delay(self, seen_at: float) -> float | None:
+        """How long after its creation a job first seen after its promotion's baseline was seen
+        (clamped at 0: the store's clock may run ahead); None for any other change."""
+        if self.kind is not ChangeKind.DISCOVERED or self.during_baseline or self.late:
+            return None
+        created = self.job.created_at if self.job is not None else None
+        return None if created is None else max(0.0, seen_at - created)
+
     @property
     def is_shortfall(self) -> bool:
         """A code_generate job seen completing with fewer codes than it was asked for."""

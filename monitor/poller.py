@@ -45,6 +45,7 @@ class PollOutcome:
     skipped: tuple[str, ...] = ()
     now: float = 0.0  # when the poll's answer was judged
     duration: float = 0.0
+    requests: int = 1  # pages read: what a poll of this promotion costs the budget
 
 
 class Poller:
@@ -152,6 +153,7 @@ class Poller:
             incomplete=result.listing.incomplete,
             pages=result.pages,
             skipped=tuple(result.skipped),
+            requests=result.listing.pages,
             now=now,
             duration=time.perf_counter() - started,
         )

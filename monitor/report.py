@@ -28,6 +28,7 @@ from monitor.models import FAILED, Change, ChangeKind
 from monitor.names import PromotionNames
 from monitor.planner import PollPlan
 from monitor.poller import PollOutcome
+from monitor.rates import JobRates
 from monitor.sinks.metrics import MonitorMetrics
 from monitor.state import Owed, SnapshotStore
 
@@ -66,6 +67,7 @@ class Reporter:
         clock: Callable[[], float],
         may_report: Callable[[], bool] = lambda: True,
         handover: Handover | None = None,
+        rates: JobRates,
     ) -> None:
         self._store = store
         self._metrics = metrics
@@ -78,6 +80,7 @@ class Reporter:
         # False once this replica may no longer poll (coordination.Fence.allows).
         self._may_report = may_report
         self._handover = handover  # with coordination.mode: lease
+        self._rates = rates  # the job rates the plan works with, from the jobs the state holds
         # (promotion, reason) pairs already warned about: an unordered store makes every poll
         # incomplete, and one warning says it.
         self._incomplete_warned: set[tuple[str, str]] = set()
@@ -108,6 +111,8 @@ class Reporter:
         self._listing_read(outcome)
         if outcome.snapshot is not None:
             self._store.put(outcome.snapshot)
+            if outcome.changes:
+                self._rates.held(outcome.snapshot, self._clock())
         self._metrics.poll_succeeded(pid, outcome.now)
         changes = outcome.changes
         if self._handover is not None:

@@ -41,6 +41,7 @@ from monitor.handover import Handover
 from monitor.names import NameLookups
 from monitor.planner import PollPlan
 from monitor.poller import Poller, PollOutcome
+from monitor.rates import JobRates
 from monitor.report import Reporter
 from monitor.settings import Settings
 from monitor.sinks.metrics import MonitorMetrics
@@ -189,7 +190,9 @@ class PollScheduler:
             # No longer the poller (or no longer watched): due again once it leads.
             self.plan.abandoned(target.promotion_id)
             return outcome
-        self.plan.finished(target.promotion_id, self._monotonic(), active=outcome.active)
+        self.plan.finished(
+            target.promotion_id, self._monotonic(), active=outcome.active, requests=outcome.requests
+        )
         # Fill the freed slot now rather than at the next tick.
         asyncio.get_running_loop().call_soon(self.dispatch)
         return outcome
@@ -245,7 +248,9 @@ class Upkeep:
         events: EventSink,
         handover: Handover | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        rates: JobRates,
     ) -> None:
+        self._rates = rates  # warmed by what discovery saw created or updated lately
         self._scheduler = scheduler
         self._handover = handover
         self._settings = settings
@@ -275,6 +280,9 @@ class Upkeep:
         # discovery says whether they are still watched; dropping it now would re-baseline
         # them and swallow whatever changed while the monitor was down.
         self._apply(self._discovery.explicit(), authoritative=not self._settings.discovery.enabled)
+        now = self._clock()
+        for snapshot in self._store:  # the job rates rest on the jobs the state holds
+            self._rates.held(snapshot, now)
         await self._scheduler.reporter.announce_owed()
 
     def start(self, port: int) -> None:
@@ -325,6 +333,8 @@ class Upkeep:
                 )
             )
         applied = self._apply(targets, authoritative=found.complete, discovered=found.discovered)
+        for pid, updated_at in found.touched.items():
+            self._rates.warm(pid, updated_at, self._clock())
         self._lookups.listed(found.names, found.listed)
         self._events.emit(
             DiscoveryCompleted(

@@ -30,11 +30,25 @@ MAX_REFRESH: Final = 3600
 ATTENTION: Final = ("poll_failing", "stuck", "failed", "no_baseline", "active", "ok")
 
 Names = Callable[[str], str | None]
+# A promotion's poll interval as planned and its estimated jobs per day (None: not planned).
+Planned = Callable[[str], tuple[float | None, float | None]]
 
 
 def no_names(_: str) -> str | None:
     """No promotion names (a view built without them): rows show the id alone."""
     return None
+
+
+def _rounded(planned: tuple[float | None, float | None]) -> tuple[float | None, float | None]:
+    interval, per_day = planned
+    return (
+        None if interval is None else round(interval, 1),
+        None if per_day is None else round(per_day, 3),
+    )
+
+
+def not_planned(_: str) -> tuple[float | None, float | None]:
+    return None, None
 
 
 class QueryError(ValueError):
@@ -81,6 +95,7 @@ class MonitorFacts:
     requests_per_second: float  # used, over the last minute
     shard_index: int = 0
     shard_count: int = 1
+    detection_delay: tuple[float, float] | None = None  # p50, p99 over the last hour
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +109,8 @@ class PromotionRow:
     stuck_since: float | None = None  # the oldest stuck job entered its status
     last_failure_at: float | None = None
     last_poll: PollRecord | None = None  # None: not polled since the monitor started
+    poll_interval_seconds: float | None = None  # as planned now (monitor.planner)
+    jobs_per_day: float | None = None  # the rate the plan works with (monitor.rates)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +166,7 @@ def _row(
     names: Names,
     now: float,
     stuck_after: float,
+    planned: Planned = not_planned,
 ) -> PromotionRow:
     jobs: dict[str, int] = {}
     stuck: list[float] = []
@@ -190,6 +208,7 @@ def _row(
         min(stuck) if stuck else None,
         last_failure,
         record,
+        *_rounded(planned(pid)),
     )
 
 
@@ -237,6 +256,7 @@ def build_status(
     query: StatusQuery = StatusQuery(),  # frozen: a shared default is safe
     names: Names = no_names,
     summaries: Summaries | None = None,
+    planned: Planned = not_planned,
 ) -> StatusView | None:
     """The status as of `now`; None when `query.promotion` is neither watched nor known.
 
@@ -260,6 +280,7 @@ def build_status(
                 names=names,
                 now=now,
                 stuck_after=stuck_after,
+                planned=planned,
             )
             for pid in ids
         ),
@@ -336,7 +357,9 @@ class StatusBoard:
         clock: Callable[[], float],
         stuck_after: float,
         names: Names = no_names,
+        planned: Planned = not_planned,
     ) -> None:
+        self._planned = planned
         self._snapshots = snapshots
         self._watched = watched
         self._activity = activity
@@ -357,4 +380,5 @@ class StatusBoard:
             query=query,
             names=self._names,
             summaries=self._summaries,
+            planned=self._planned,
         )

@@ -42,6 +42,15 @@ def plain(row: Any) -> dict[str, Any]:
     return document
 
 
+def _delay(p50_p99: tuple[float, float] | None) -> dict[str, Any]:
+    p50, p99 = p50_p99 or (None, None)
+    return {"p50": _rounded(p50, 2), "p99": _rounded(p99, 2), "window_seconds": 3600}
+
+
+def _rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
 def to_json(view: StatusView) -> dict[str, Any]:
     """The view as the /status.json document."""
     facts = view.monitor
@@ -60,6 +69,7 @@ def to_json(view: StatusView) -> dict[str, Any]:
             "shard": {"index": facts.shard_index, "count": facts.shard_count},
             "promotions": view.watched,
             "attention": {name: view.attention.get(name, 0) for name in ATTENTION},
+            "detection_delay_seconds": _delay(facts.detection_delay),
         },
         "page": {
             "number": view.page,

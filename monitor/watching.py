@@ -13,6 +13,7 @@ from monitor.client import JobsTarget, PageMemory
 from monitor.models import PromotionKind
 from monitor.names import PromotionNames
 from monitor.planner import PollPlan
+from monitor.rates import JobRates
 from monitor.sinks.metrics import MonitorMetrics
 from monitor.state import SnapshotStore
 
@@ -38,8 +39,10 @@ class Watching:
         names: PromotionNames,
         activity: RecentActivity,
         pages: PageMemory,
+        rates: JobRates,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._rates = rates
         self._plan = plan
         self._store = store
         self._metrics = metrics
@@ -82,7 +85,8 @@ class Watching:
 
     def forget(self, promotion_id: str) -> None:
         """Everything the monitor holds of a promotion no longer watched: its series, its
-        snapshot, its page memory, its recent activity, its name."""
+        snapshot, its page memory, its recent activity, its name, its job rate."""
+        self._rates.forget(promotion_id)
         self._metrics.forget(promotion_id)
         self._store.drop(promotion_id)
         self._pages.forget(promotion_id)

@@ -486,3 +486,21 @@ async def test_once_polls_whoever_holds_the_lease(store: Store, tmp_path: Path) 
     )
     assert result.code == 0, result.stderr
     assert [e["event"] for e in result.changes()] == ["baseline_loaded"] * 2
+
+
+@pytest.mark.parametrize("command", ["check-config", "run"])
+def test_every_command_refuses_poll_bounds_around_the_interval_the_wrong_way(
+    tmp_path: Path, command: str
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "api: {client_id: id, client_secret: s}\n"
+        "promotions: [{id: ad386702-e780-42c6-b190-0527ad768917}]\n"
+        "poll: {interval_seconds: 600, max_interval_seconds: 300}\n",
+        encoding="utf-8",
+    )
+    result = run_cli(command, "--config", str(config), env={"EPCC_CLIENT_SECRET": ""})
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.splitlines() == [
+        "promo-monitor: poll.max_interval_seconds: must be >= interval_seconds"
+    ]

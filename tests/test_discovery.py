@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 import time
 import uuid
 from collections import Counter
@@ -361,3 +363,24 @@ def test_a_bare_end_date_expires_only_when_the_day_has_ended_everywhere(
     assert (
         wanted({"end": end}, DiscoverySettings(expired_grace_seconds=0), now=at(now)) is not expired
     )
+
+
+async def test_a_promotion_just_created_starts_warm_and_is_polled_more_often(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    # Promotions Builder lists meta.timestamps: one created now is a campaign being set up.
+    fresh = sim.add_promotion("rule_promotion", name="Launch")
+    old = sim.add_promotion("rule_promotion", name="Evergreen", created_at=time.time() - 90 * 86400)
+    poll = {"interval_seconds": 5, "min_interval_seconds": 0.5}
+    config = write_config(tmp_path, sim, [], discovery=discovery(), poll=poll)
+    async with running_daemon(config) as daemon:
+        await daemon.wait_for("baseline_loaded", count=2)
+        status, text = await daemon.get("/status.json")
+        assert status == 200
+        rows = {row["id"]: row for row in json.loads(text)["promotions"]}
+        # As if it got a job an hour; the other, with neither jobs nor news, a job a quarter.
+        assert rows[fresh]["jobs_per_day"] == pytest.approx(24 + 1 / 90, rel=0.01)
+        assert rows[old]["jobs_per_day"] == pytest.approx(1 / 90, abs=0.001)
+        # The 0.4 requests/s of two promotions every 5 s, shared by √rate: 2.5 s and 119 s.
+        ratio = rows[old]["poll_interval_seconds"] / rows[fresh]["poll_interval_seconds"]
+        assert ratio == pytest.approx(math.sqrt((24 + 1 / 90) * 90), rel=0.05)

@@ -649,3 +649,48 @@ def test_promtool_accepts_the_exposition_with_every_metric_populated() -> None:
 
     # promtool prints one line per problem; nothing at all is the pass.
     assert promtool_check_metrics(promtool, text) == (0, "")
+
+
+def test_detection_delay_is_first_seen_minus_created_for_jobs_new_since_the_baseline() -> None:
+    clock = FakeClock(NOW)
+    metrics = build(clock=clock)
+    changes, base = poll(None, job("old", "completed", created=NOW - 7200))
+    metrics.record(changes)
+    assert value(scrape(metrics), "epcc_monitor_detection_delay_seconds_count") == 0
+    new = job("new", "pending", created=NOW - 42, updated=None)
+    ahead = job("ahead", "pending", created=NOW + 5, updated=None)  # the store's clock runs ahead
+    changes, after = poll(base, job("old", "completed", created=NOW - 7200), new, ahead)
+    metrics.record(changes)
+    # ...and its status change later is no second sighting.
+    changes, _ = poll(after, job("old", "completed"), replace(new, status="failed"), ahead)
+    metrics.record(changes)
+    samples = scrape(metrics)
+    assert value(samples, "epcc_monitor_detection_delay_seconds_count") == 2
+    assert value(samples, "epcc_monitor_detection_delay_seconds_sum") == pytest.approx(42)
+    assert value(samples, "epcc_monitor_detection_delay_seconds_bucket", le="0.5") == 1
+    assert value(samples, "epcc_monitor_detection_delay_seconds_bucket", le="30.0") == 1
+    assert value(samples, "epcc_monitor_detection_delay_seconds_bucket", le="60.0") == 2
+    assert value(samples, "epcc_monitor_detection_delay_seconds_bucket", le="3600.0") == 2
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (Change(ChangeKind.DISCOVERED, PID, job("a", "failed", created=NOW - 10)), 10.0),
+        (Change(ChangeKind.DISCOVERED, PID, job("a", "pending", created=NOW + 3)), 0.0),
+        (Change(ChangeKind.DISCOVERED, PID, replace(job("a", "failed"), created_at=None)), None),
+        (Change(ChangeKind.DISCOVERED, PID, job("a", "failed"), during_baseline=True), None),
+        (Change(ChangeKind.DISCOVERED, PID, job("a", "failed"), late=True), None),
+        (
+            Change(
+                ChangeKind.STATUS_CHANGED, PID, job("a", "failed"), previous=job("a", "pending")
+            ),
+            None,
+        ),
+        (Change(ChangeKind.BASELINE, PID, counts={"completed": 1}), None),
+    ],
+)
+def test_only_a_job_first_seen_after_the_baseline_has_a_detection_delay(
+    change: Change, expected: float | None
+) -> None:
+    assert change.detection_delay(NOW) == expected

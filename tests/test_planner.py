@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import random
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from itertools import pairwise
 
@@ -12,7 +14,14 @@ from hypothesis import strategies as st
 
 from monitor.client import JobsTarget
 from monitor.models import PromotionKind
-from monitor.planner import PollPlan, next_due, phase_of
+from monitor.planner import (
+    REPLAN_SECONDS,
+    PollPlan,
+    interval_at,
+    next_due,
+    phase_of,
+    water_level,
+)
 
 BASE = "https://useast.api.elasticpath.com"
 
@@ -89,10 +98,10 @@ def test_new_promotions_are_due_at_once_then_on_their_grid() -> None:
             seen.setdefault(t.promotion_id, float(tick))
             plan.finished(t.promotion_id, now=float(tick), active=False)
     for t in targets:
-        # Never sooner than half an interval after the previous poll, then on its grid.
-        expected = next_due(1 + 30, 0, 60, phase_of(t.promotion_id))
+        # Never sooner than a quarter of an interval after the previous poll, then on its grid.
+        expected = next_due(1 + 15, 0, 60, phase_of(t.promotion_id))
         assert seen[t.promotion_id] == pytest.approx(expected, abs=1.0)
-        assert seen[t.promotion_id] >= 31
+        assert seen[t.promotion_id] >= 16
 
 
 def test_idle_polls_are_spread_over_the_interval_not_bunched() -> None:
@@ -315,6 +324,8 @@ class _Row:
     active: bool
     in_flight: bool = False
     polled: bool = False
+    anchor: float = 0.0  # its grid: a new interval continues from the slot it was due at
+    spacing: float = 0.0
 
 
 class _Model:
@@ -337,8 +348,12 @@ class _Model:
         row = self.rows.get(pid)
         if row is not None:
             interval = 10 if active else 60
+            if interval != row.spacing:
+                if row.spacing:
+                    row.anchor = row.due - phase_of(pid) * interval
+                row.spacing = interval
             row.in_flight, row.polled, row.active = False, True, active
-            row.due = next_due(now + interval / 2, 0, interval, phase_of(pid))
+            row.due = next_due(now + interval / 4, row.anchor, interval, phase_of(pid))
 
     def lag(self, now: float) -> float:
         return max([0.0, *(now - r.due for r in self.rows.values() if not r.in_flight)])
@@ -428,3 +443,284 @@ def test_due_all_makes_every_waiting_promotion_due_now() -> None:
     assert plan.take_due(2.0, 5) == []  # next slots are half an interval away or more
     plan.due_all(2.0)
     assert len(plan.take_due(2.0, 5)) == 3
+
+
+# √-law intervals: poll where jobs happen, for the requests a uniform schedule spends
+
+
+@pytest.mark.parametrize(
+    ("weights", "costs", "spend", "expected"),
+    [
+        ([1, 1, 1], [1, 1, 1], 3 / 60, [60, 60, 60]),  # equal: uniform
+        ([4, 1], [1, 1], 2 / 60, [37.5, 150]),  # twice the weight: half the interval
+        ([100, 1, 1, 1], [1, 1, 1, 1], 4 / 60, [900 / 57, 900, 900, 900]),  # the rest at max
+        ([1000, 1], [1, 1], 0.15, [10, 20]),  # the hot one at the minimum, the rest to the cold
+        ([0.5, 1], [4, 1], 5 / 60, [72, 36]),  # four pages a poll: half the weight, same rate
+        ([1, 1], [1, 1], 1 / 10_000, [900, 900]),  # not enough for the maximum: it, and turns
+        ([1, 1], [1, 1], 1, [10, 10]),  # more than enough: the minimum
+    ],
+)
+def test_the_water_level_gives_the_square_root_law_within_the_bounds(
+    weights: list[float], costs: list[float], spend: float, expected: list[float]
+) -> None:
+    level = water_level(weights, costs, spend, 10, 900)
+    assert [interval_at(level, w, 10, 900) for w in weights] == pytest.approx(expected)
+
+
+def run_plan(plan: PollPlan, start: float, end: float, polls: dict[str, list[float]]) -> None:
+    """Every second from `start` to `end`, poll whatever is due (no request budget)."""
+    for tick in range(int(start), int(end)):
+        for t in plan.take_due(float(tick), limit=1000):
+            polls.setdefault(t.promotion_id, []).append(float(tick))
+            plan.finished(t.promotion_id, float(tick), active=False)
+
+
+def test_a_hot_promotion_is_polled_more_often_for_the_requests_of_the_uniform_schedule() -> None:
+    targets = [target(n) for n in range(10)]
+    hot = targets[0].promotion_id
+    rates = {t.promotion_id: 1.0 for t in targets} | {hot: 100.0}
+    plan = PollPlan(interval=60, active_interval=10, anchor=0, rate=rates.__getitem__)
+    for t in targets:
+        plan.add(t, now=0)
+    polls: dict[str, list[float]] = {}
+    run_plan(plan, 0, 3600, polls)
+    # √100 = 10 times the poll rate of each other: 19 k = 10/60 gives 11.4 s and 114 s.
+    assert plan.poll_interval(hot) == pytest.approx(60 * 19 / 100)
+    assert plan.poll_interval(targets[1].promotion_id) == pytest.approx(60 * 19 / 10)
+    assert len(polls[hot]) > 5 * len(polls[targets[1].promotion_id])
+    # The same requests as every 60 s, give or take the baselines and the grid's edges.
+    assert sum(map(len, polls.values())) <= 10 * 3600 / 60 + 2 * 10
+
+
+def test_the_plan_spends_no_more_than_the_budget_after_the_active_promotions() -> None:
+    plan = PollPlan(interval=10, active_interval=10, anchor=0, budget=2.0, max_interval=3600)
+    for n in range(100):
+        plan.add(target(n), now=0, active=n < 10)
+    plan.take_due(0, limit=0)  # (plans)
+    # 10 active promotions every 10 s spend 1 request/s; the other request/s goes to 90 idle
+    # ones, which the uniform schedule would poll every 10 s (9 requests/s).
+    assert plan.poll_interval(target(50).promotion_id) == pytest.approx(90)
+    assert plan.poll_interval(target(5).promotion_id) == 10
+
+
+def test_a_cost_of_several_pages_lowers_a_promotions_poll_rate() -> None:
+    plan = PollPlan(interval=60, active_interval=10, anchor=0)
+    big, small = target(1), target(2)
+    for t in (big, small):
+        plan.add(t, now=0)
+    plan.take_due(0, limit=2)
+    plan.finished(big.promotion_id, 0, active=False, requests=4)
+    plan.finished(small.promotion_id, 0, active=False, requests=1)
+    plan.plan(1)
+    # Equal rates: f ∝ √(1/c), so 4 pages poll half as often; 5 requests a minute in all.
+    assert plan.poll_interval(big.promotion_id) == pytest.approx(
+        2 * plan.poll_interval(small.promotion_id)
+    )
+    spend = 4 / plan.poll_interval(big.promotion_id) + 1 / plan.poll_interval(small.promotion_id)
+    assert spend == pytest.approx(5 / 60)
+
+
+def test_a_rate_change_moves_next_polls_at_once_without_a_burst() -> None:
+    targets = [target(n) for n in range(100)]
+    rates = {t.promotion_id: (100.0 if n < 10 else 1.0) for n, t in enumerate(targets)}
+    plan = PollPlan(
+        interval=600, active_interval=10, anchor=0, max_interval=3600, rate=rates.__getitem__
+    )
+    for t in targets:
+        plan.add(t, now=0)
+    polls: dict[str, list[float]] = {}
+    run_plan(plan, 0, 2000, polls)
+    woken = [t.promotion_id for t in targets[10:55]]
+    before = plan.poll_interval(woken[0])
+    assert before == pytest.approx(1140)
+    for pid in woken:
+        rates[pid] = 100.0
+    after: dict[str, list[float]] = {}
+    run_plan(plan, 2000, 2600, after)
+    new = plan.poll_interval(woken[0])
+    assert new < before / 3
+    # Each is polled within the re-plan delay and one new interval, not after its old wait...
+    first = [after[pid][0] for pid in woken]
+    assert max(first) <= 2000 + REPLAN_SECONDS + new
+    # ...and spread by its phase, not all at the moment of the change.
+    per_second = Counter(first)
+    assert max(per_second.values()) <= 3
+
+
+# properties of the √-law plan
+
+_weights = st.lists(st.floats(1e-6, 1e3), min_size=1, max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    _weights,
+    st.data(),
+    st.floats(0.001, 100),
+    st.floats(1, 60),
+    st.floats(1, 100),
+)
+def test_the_water_level_spends_what_it_is_given_within_the_bounds(
+    weights: list[float], data: st.DataObject, spend: float, lo: float, span: float
+) -> None:
+    costs = data.draw(st.lists(st.integers(1, 20), min_size=len(weights), max_size=len(weights)))
+    hi = lo * span
+    level = water_level(weights, costs, spend, lo, hi)
+    intervals = [interval_at(level, w, lo, hi) for w in weights]
+    assert all(lo <= t <= hi for t in intervals)
+    spent = sum(c / t for c, t in zip(costs, intervals, strict=True))
+    floor, ceiling = sum(costs) / hi, sum(costs) / lo
+    if spend <= floor:  # not enough for everyone's maximum: the maximum, and turns
+        assert intervals == [hi] * len(weights)
+    elif spend >= ceiling:
+        assert intervals == [lo] * len(weights)
+    else:
+        assert spent == pytest.approx(spend, rel=1e-6)
+    # The heavier a promotion's weight, the shorter its interval.
+    for (wa, ta), (wb, tb) in pairwise(sorted(zip(weights, intervals, strict=True))):
+        assert wa > wb or ta >= tb
+
+
+_rates = st.lists(st.floats(1e-9, 1.0), min_size=2, max_size=30)
+
+
+def planned(rates: list[float], costs: list[int], **bounds: float) -> PollPlan:
+    """A plan whose promotions were polled once at 0, each with its rate and pages."""
+    targets = [target(n) for n in range(len(rates))]
+    by_id = {t.promotion_id: r for t, r in zip(targets, rates, strict=True)}
+    plan = PollPlan(active_interval=10, anchor=0, rate=by_id.__getitem__, **bounds)
+    for t in targets:
+        plan.add(t, now=0)
+    for t, cost in zip(plan.take_due(0, limit=len(targets)), costs, strict=True):
+        plan.finished(t.promotion_id, 1, active=False, requests=cost)
+    plan.plan(2)
+    return plan
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    _rates,
+    st.data(),
+    st.floats(10, 600),
+    st.floats(0.01, 50),
+    st.floats(1, 10),
+)
+def test_the_plan_never_spends_above_its_cap_nor_waits_past_its_maximum(
+    rates: list[float], data: st.DataObject, interval: float, budget: float, span: float
+) -> None:
+    costs = data.draw(st.lists(st.integers(1, 8), min_size=len(rates), max_size=len(rates)))
+    maximum = interval * span
+    plan = planned(rates, costs, interval=interval, budget=budget, max_interval=maximum)
+    intervals = [plan.poll_interval(target(n).promotion_id) for n in range(len(rates))]
+    assert all(10 <= t <= maximum for t in intervals)
+    spent = sum(c / t for c, t in zip(costs, intervals, strict=True))
+    cap = min(sum(costs) / interval, budget)
+    if cap >= sum(costs) / maximum:  # (otherwise every one at its maximum, taking turns)
+        assert spent <= cap * (1 + 1e-9)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.floats(1e-9, 1.0), st.integers(2, 30), st.integers(1, 5), st.floats(10, 600))
+def test_equal_rates_give_the_uniform_schedule(
+    rate: float, promotions: int, cost: int, interval: float
+) -> None:
+    plan = planned([rate] * promotions, [cost] * promotions, interval=interval)
+    assert {plan.poll_interval(target(n).promotion_id) for n in range(promotions)} == {interval}
+    # With a budget short of it: every one as often as the budget allows, as before.
+    budget = promotions * cost / interval / 2
+    short = planned([rate] * promotions, [cost] * promotions, interval=interval, budget=budget)
+    intervals = [short.poll_interval(target(n).promotion_id) for n in range(promotions)]
+    longest = max(900, interval)  # (the default maximum: the budget wins over it, in turns)
+    assert intervals == pytest.approx([min(2 * interval, longest)] * promotions)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_rates, st.floats(10, 600))
+def test_a_hot_promotion_gets_a_shorter_interval_than_a_cold_one(
+    rates: list[float], interval: float
+) -> None:
+    plan = planned(rates, [1] * len(rates), interval=interval, max_interval=100 * interval)
+    intervals = [plan.poll_interval(target(n).promotion_id) for n in range(len(rates))]
+    hottest, coldest = rates.index(max(rates)), rates.index(min(rates))
+    assert intervals[hottest] <= intervals[coldest]
+    if max(rates) > 4 * min(rates) and intervals[coldest] < 100 * interval:
+        # (√4 = twice the poll rate, unless the hot one is held at the minimum)
+        assert intervals[hottest] < intervals[coldest] or intervals[hottest] == pytest.approx(10)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(1e-8, 1e-2), min_size=2, max_size=12), st.randoms())
+def test_no_promotion_waits_past_its_maximum_however_its_rate_moves(
+    rates: list[float], rng: random.Random
+) -> None:
+    by_id = {target(n).promotion_id: r for n, r in enumerate(rates)}
+    plan = PollPlan(
+        interval=60, active_interval=10, anchor=0, max_interval=600, rate=by_id.__getitem__
+    )
+    for n in range(len(rates)):
+        plan.add(target(n), now=0)
+    polls: dict[str, list[float]] = {}
+    for tick in range(3600):
+        if tick % 97 == 0:  # rates move: jobs come and go
+            for pid, rate in by_id.items():
+                by_id[pid] = rate * rng.choice([0.01, 1, 100])
+        for t in plan.take_due(float(tick), limit=100):
+            polls.setdefault(t.promotion_id, []).append(float(tick))
+            plan.finished(t.promotion_id, float(tick), active=False, requests=rng.randint(1, 3))
+    for times in polls.values():
+        assert max(b - a for a, b in pairwise([*times, 3599.0])) <= 600 + 1
+
+
+def test_once_every_baseline_is_in_the_intervals_are_planned_from_what_they_found() -> None:
+    # A start without state knows no rate until each promotion's first poll has read its jobs.
+    targets = [target(n) for n in range(10)]
+    rates = {t.promotion_id: 1.0 for t in targets}
+    plan = PollPlan(interval=60, active_interval=10, anchor=0, rate=rates.__getitem__)
+    for t in targets:
+        plan.add(t, now=0)
+    polled = plan.take_due(0, limit=10)
+    hot = targets[0].promotion_id
+    rates[hot] = 100.0  # what its first poll found
+    for t in polled:
+        plan.finished(t.promotion_id, now=1, active=False)
+    plan.take_due(2, limit=10)  # long before the next periodic plan
+    assert plan.poll_interval(hot) == pytest.approx(60 * 19 / 100)
+    assert plan.poll_interval(targets[1].promotion_id) == pytest.approx(60 * 19 / 10)
+
+
+def test_a_promotion_that_cools_gives_its_slot_back_at_once() -> None:
+    quiet, busy = target(1), target(2)
+    rates = {quiet.promotion_id: 1.0, busy.promotion_id: 1.0}
+    plan = PollPlan(
+        interval=60, active_interval=10, anchor=0, max_interval=3600, rate=rates.__getitem__
+    )
+    polls: dict[str, list[float]] = {}
+    for t in (quiet, busy):
+        plan.add(t, now=0)
+    run_plan(plan, 0, 1000, polls)
+    assert plan.poll_interval(quiet.promotion_id) == 60
+    rates[busy.promotion_id] = 10_000.0  # all the jobs go there now
+    plan.plan(1000)  # (the next periodic plan)
+    later: dict[str, list[float]] = {}
+    run_plan(plan, 1000, 1800, later)
+    # √10,000 = 100 times the other's poll rate: 101 k = 2/60 gives 30.3 s and 3,030 s. The
+    # quiet one's next poll moves out (a quarter of its new interval at least), rather than
+    # spending the slot it had at 1,019 s.
+    assert plan.poll_interval(quiet.promotion_id) == pytest.approx(3030)
+    assert later.get(quiet.promotion_id) is None
+    assert len(later[busy.promotion_id]) >= 800 / 30.3 - 2
+
+
+def test_a_poll_that_ran_late_keeps_its_next_slot() -> None:
+    # Under a busy budget polls start late; one that ends 6 s after its slot, every 10 s, must
+    # not lose the next slot (half an interval of margin made it skip to the one after).
+    plan = PollPlan(interval=10, active_interval=10, anchor=0)
+    t = target(1)
+    plan.add(t, now=0)
+    plan.take_due(0, limit=1)
+    plan.finished(t.promotion_id, now=0, active=False)
+    slot = next_due(2.5, 0, 10, phase_of(t.promotion_id))
+    assert plan.take_due(slot, limit=1) == [t]
+    plan.finished(t.promotion_id, now=slot + 6, active=False)
+    assert plan.take_due(slot + 9.99, limit=1) == []
+    assert plan.take_due(slot + 10, limit=1) == [t]

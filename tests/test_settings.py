@@ -114,6 +114,9 @@ INVALID = [
         120,
         "poll.active_interval_seconds: must be <= interval_seconds",
     ),
+    ("poll.min_interval_seconds", 61, "poll.min_interval_seconds: must be <= interval_seconds"),
+    ("poll.max_interval_seconds", 59, "poll.max_interval_seconds: must be >= interval_seconds"),
+    ("poll.max_interval_seconds", 0, "poll.max_interval_seconds: must be > 0"),
     ("discovery.name_pattern", "([", "discovery.name_pattern: not a valid regular expression"),
     ("discovery.kinds", [], "discovery.kinds: must not be empty"),
     ("sharding.shard_count", 0, "sharding.shard_count: must be >= 1"),
@@ -415,3 +418,14 @@ def test_identity_defaults_to_the_hostname_outside_a_pod() -> None:
     document = valid()
     document["coordination"] = {"mode": "lease", "namespace": "shop"}
     assert parse_settings(document).coordination.identity == socket.gethostname()
+
+
+def test_poll_bounds_default_to_the_active_interval_and_900_s_or_the_interval() -> None:
+    settings = parse_settings(valid())
+    assert (settings.poll.min_interval, settings.poll.max_interval) == (10.0, 900.0)
+    slow = parse_settings(edit("poll.interval_seconds", 3600))
+    assert (slow.poll.min_interval, slow.poll.max_interval) == (10.0, 3600.0)
+    bounded = edit("poll.min_interval_seconds", 20)
+    bounded["poll"]["max_interval_seconds"] = 1800
+    assert parse_settings(bounded).poll.min_interval == 20.0
+    assert parse_settings(bounded).poll.max_interval == 1800.0

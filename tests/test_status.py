@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -321,6 +322,7 @@ def test_json_document_has_the_monitor_health_and_a_page_of_promotions() -> None
             "active": 0,
             "ok": 0,
         },
+        "detection_delay_seconds": {"p50": None, "p99": None, "window_seconds": 3600},
     }
     assert document["page"] == {"number": 1, "per_page": 100, "pages": 1, "promotions": 1}
     assert document["promotions"] == [
@@ -341,6 +343,8 @@ def test_json_document_has_the_monitor_health_and_a_page_of_promotions() -> None
             "stuck": 0,
             "stuck_since": None,
             "last_failure_at": "2026-01-02T03:03:05.000Z",
+            "poll_interval_seconds": None,
+            "jobs_per_day": None,
         }
     ]
     assert [f["error"] for f in document["failures"]] == ["codes limit exceeded"]
@@ -550,3 +554,37 @@ def test_the_documented_example_has_the_shape_of_the_real_document() -> None:
     document = to_json(view_of(snapshots, activity, {P_POLL: "promotion", P_FAILED: "promotion"}))
 
     assert shape(example) == shape(document)
+
+
+def test_each_promotion_says_its_poll_interval_and_job_rate_and_the_monitor_its_delay() -> None:
+    clock = FakeClock(NOW - 4000)
+    activity = RecentActivity(clock)
+    new = Job("n1", "code_generate", "pending", created_at=NOW - 4010)
+    activity.polled(PollOutcome(P_OK, ok=True, changes=(Change(ChangeKind.DISCOVERED, P_OK, new),)))
+    clock.now = NOW  # more than an hour later: that sighting has left the window
+    for n, delay in enumerate([1.0, 2.0, 3.0, 40.0]):
+        seen = Job(f"j{n}", "code_generate", "pending", created_at=NOW - delay)
+        change = Change(ChangeKind.DISCOVERED, P_OK, seen)
+        activity.polled(PollOutcome(P_OK, ok=True, changes=(change,)))
+    facts = replace(FACTS, detection_delay=activity.detection_delay(NOW))
+    view = build_status(
+        snapshots={P_OK: snap(P_OK)},
+        watched={P_OK: "promotion"},
+        activity=activity,
+        monitor=facts,
+        now=NOW,
+        stuck_after=STUCK_AFTER,
+        planned={P_OK: (37.25, 12.3456)}.__getitem__,
+    )
+    assert view is not None
+    document = to_json(view)
+    assert document["monitor"]["detection_delay_seconds"] == {
+        "p50": 2.0,
+        "p99": 40.0,
+        "window_seconds": 3600,
+    }
+    row = document["promotions"][0]
+    assert (row["poll_interval_seconds"], row["jobs_per_day"]) == (37.2, 12.346)
+    page = render_page(view, StatusQuery())
+    assert "every 37 s · 12 jobs/day" in page
+    assert "p99 40.0 s" in page

@@ -135,12 +135,33 @@ class PollSettings(_Section):
     max_concurrent_polls: int = Field(
         8, ge=1, le=256, description="Promotions polled at once (the budget still paces requests)."
     )
+    min_interval_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="An idle promotion where jobs happen is polled at most this often, in "
+        "seconds (idle ones are polled more often where jobs happen, for the requests "
+        "interval_seconds spends); unset: the active interval.",
+    )
+    max_interval_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="Every promotion is polled at least this often, in seconds, however quiet; "
+        "unset: 900, or interval_seconds if longer.",
+    )
 
     @property
     def active_interval(self) -> float:
         if self.active_interval_seconds is not None:
             return self.active_interval_seconds
         return min(10.0, self.interval_seconds)
+
+    @property
+    def min_interval(self) -> float:
+        return self.min_interval_seconds or self.active_interval
+
+    @property
+    def max_interval(self) -> float:
+        return self.max_interval_seconds or max(900.0, self.interval_seconds)
 
     @model_validator(mode="after")
     def _active_not_slower(self) -> PollSettings:
@@ -149,6 +170,10 @@ class PollSettings(_Section):
                 "active_interval_seconds: must be <= interval_seconds (active promotions are "
                 "polled more often, not less)"
             )
+        if self.min_interval > self.interval_seconds:
+            raise ValueError("min_interval_seconds: must be <= interval_seconds")
+        if self.max_interval < self.interval_seconds:
+            raise ValueError("max_interval_seconds: must be >= interval_seconds")
         return self
 
 

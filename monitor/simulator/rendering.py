@@ -54,6 +54,8 @@ class Promotion:
     end: str
     promotion_type: str
     automatic: bool
+    created_at: float = 0.0
+    updated_at: float = 0.0
     # dict keeps insertion order, which is the order the API answers in
     jobs: dict[str, Job] = field(default_factory=dict)
 
@@ -114,6 +116,13 @@ def render_promotion(promotion: Promotion) -> dict[str, Any]:
         rendered["schema"] = _FIXED_DISCOUNT_SCHEMA
     else:
         rendered["rule_set"] = _RULE_SET
+        # PB's RulePromotionBaseAttributes require these; Promotions Standard's list shows none.
+        rendered["meta"] = {
+            "timestamps": {
+                "created_at": iso_millis(promotion.created_at),
+                "updated_at": iso_millis(promotion.updated_at),
+            }
+        }
     return rendered
 
 

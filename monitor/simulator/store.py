@@ -105,8 +105,9 @@ class Store:
         name: str | None = None,
         enabled: bool = True,
         end: str | None = None,
+        created_at: float | None = None,
     ) -> str:
-        """Create a promotion and return its id."""
+        """Create a promotion and return its id (created now, unless `created_at` says)."""
         if kind not in get_args(Kind):
             raise ValueError(f"unknown promotion kind {kind!r}")
         promotion_id = promotion_id or self._new_id()
@@ -123,6 +124,8 @@ class Store:
             end=end,
             promotion_type="rule_promotion" if kind == "rule_promotion" else "fixed_discount",
             automatic=False,
+            created_at=now if created_at is None else created_at,
+            updated_at=now if created_at is None else created_at,
         )
         return promotion_id
 
@@ -139,6 +142,7 @@ class Store:
         name: str | None = None,
     ) -> None:
         promotion = self._promotions[promotion_id]
+        promotion.updated_at = self._clock()
         if enabled is not None:
             promotion.enabled = enabled
         if end is not None:

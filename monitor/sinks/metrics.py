@@ -48,6 +48,7 @@ _WHITESPACE = re.compile(r"\s+")
 # Job durations run from seconds (small exports) to hours (queued behind other jobs).
 DURATION_BUCKETS: Final = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400)
 POLL_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+DETECTION_BUCKETS: Final = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 
 
 def normalize_error(text: str) -> str:
@@ -284,6 +285,13 @@ class MonitorMetrics:
             buckets=POLL_BUCKETS,
             registry=process,
         )
+        self.detection_delay = Histogram(
+            "epcc_monitor_detection_delay_seconds",
+            "For each job first seen after its promotion's baseline: when it was first seen "
+            "minus its created_at.",
+            buckets=DETECTION_BUCKETS,
+            registry=process,
+        )
         self.poll_errors = PromotionCounter(
             "epcc_monitor_poll_errors_total",
             "Failed polls by promotion and reason.",
@@ -418,6 +426,9 @@ class MonitorMetrics:
             if change.late:
                 continue  # history the listing showed late: counted nowhere
             pid = change.promotion_id
+            delay = change.detection_delay(self._clock())
+            if delay is not None:
+                self.detection_delay.observe(delay)
             previous = change.previous.status if change.previous else "new"
             self.transitions.labels(pid, job.job_type, previous, job.status).inc()
             if change.is_failure:

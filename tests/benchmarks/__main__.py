@@ -21,7 +21,16 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from tests.benchmarks import budget, client_cost, detection, handover, scale, whole
+from tests.benchmarks import (
+    budget,
+    client_cost,
+    detection,
+    handover,
+    polling,
+    polling_whole,
+    scale,
+    whole,
+)
 from tests.benchmarks.common import RESULTS, Result, code_version, fmt, machine
 
 BENCHMARKS: dict[str, tuple[str, Callable[[], Awaitable[Result]]]] = {
@@ -29,6 +38,8 @@ BENCHMARKS: dict[str, tuple[str, Callable[[], Awaitable[Result]]]] = {
     client_cost.NAME: (client_cost.TITLE, client_cost.run),
     scale.NAME: (scale.TITLE, scale.run),
     detection.NAME: (detection.TITLE, detection.run),
+    polling.NAME: (polling.TITLE, polling.run),
+    polling_whole.NAME: (polling_whole.TITLE, polling_whole.run),
     whole.NAME: (whole.TITLE, whole.run),
     handover.NAME: (handover.TITLE, handover.run),
 }
