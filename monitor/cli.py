@@ -25,6 +25,7 @@ from monitor.settings import (
     Settings,
     check_kubernetes,
     load_settings,
+    summary,
 )
 from monitor.settings import parse_settings as parse_settings_document
 from monitor.sinks.logs import configure_logging
@@ -159,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_kubernetes(settings, os.environ)  # run elects; check-config judges what run runs
         if args.command == "check-config":
             print(f"config OK: {args.config or os.environ.get(CONFIG_ENV)}")
-            print(settings.summary())
+            print(summary(settings))
             return EXIT_OK
         configure_logging(settings.log.level, settings.log.format)
         return asyncio.run(_run(settings))

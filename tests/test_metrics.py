@@ -12,7 +12,8 @@ from prometheus_client import CollectorRegistry
 
 from monitor.diff import diff
 from monitor.models import MAX_ERROR_CHARS, Change, ChangeKind, Job, PromotionSnapshot
-from monitor.sinks.metrics import ErrorKinds, MonitorMetrics, normalize_error
+from monitor.sinks.error_kinds import ErrorKinds, normalize_error
+from monitor.sinks.metrics import MonitorMetrics
 from tests.support import (
     FakeClock,
     Sample,

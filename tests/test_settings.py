@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from monitor.models import PromotionKind
-from monitor.settings import ConfigError, Settings, load_settings, parse_settings
+from monitor.settings import ConfigError, Settings, load_settings, parse_settings, summary
 from monitor.simulator import Simulator, populate_demo
 from tests.support import run_cli
 
@@ -411,7 +411,7 @@ def test_the_pod_supplies_mode_namespace_and_identity(monkeypatch: pytest.Monkey
         "shop",
         "shop-7d9c-x2x4q",
     )
-    assert "coordination: lease shop/promo-monitor as shop-7d9c-x2x4q" in settings.summary()
+    assert "coordination: lease shop/promo-monitor as shop-7d9c-x2x4q" in summary(settings)
 
 
 def test_identity_defaults_to_the_hostname_outside_a_pod() -> None:

@@ -14,3 +14,4 @@ from monitor.settings.verdict import check_kubernetes as check_kubernetes
 from monitor.settings.verdict import kubernetes_api as kubernetes_api
 from monitor.settings.verdict import load_settings as load_settings
 from monitor.settings.verdict import parse_settings as parse_settings
+from monitor.settings.verdict import summary as summary

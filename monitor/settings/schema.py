@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from monitor.models import PromotionKind, without_password
+from monitor.models import PromotionKind
 
 DEFAULT_PORT = 10464
 # Lease names are DNS subdomains, namespaces DNS labels (what the API server would refuse anyway).
@@ -430,38 +430,3 @@ class Settings(_Section):
                 raise ValueError(f"promotion {promotion.id} is listed twice")
             seen.add(promotion.id)
         return value
-
-    def summary(self) -> str:
-        """A short description for check-config; names where secrets come from, never them."""
-        kinds = dict.fromkeys(PromotionKind, 0)
-        for promotion in self.promotions:
-            kinds[promotion.kind] += 1
-        counts = ", ".join(f"{n} {kind.value}" for kind, n in kinds.items())
-        discovery = (
-            f"discovery: every {self.discovery.interval_seconds:g}s of "
-            + ", ".join(k.value for k in self.discovery.kinds)
-            if self.discovery.enabled
-            else "discovery: off"
-        )
-        c = self.coordination
-        coordination = (
-            f"coordination: lease {c.namespace}/{c.lease_name} as {c.identity} "
-            f"(duration {c.lease_duration_seconds}s, renew deadline "
-            f"{c.renew_deadline_seconds:g}s, retry {c.retry_period_seconds:g}s)"
-            if c.mode == "lease"
-            else "coordination: none (this process polls)"
-        )
-        return "\n".join(
-            [
-                f"promotions: {len(self.promotions)} ({counts})",
-                discovery,
-                f"api.base_url: {without_password(self.api.base_url)}",
-                f"auth: {self.api.auth_kind}",
-                f"poll: every {self.poll.interval_seconds:g}s "
-                f"({self.poll.active_interval:g}s while a job is active), "
-                f"budget {self.request_rate:g} requests/s",
-                f"metrics: http://{self.server.host}:{self.server.port}/metrics",
-                f"state: {self.state.path}",
-                coordination,
-            ]
-        )

@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from monitor.models import PromotionKind, without_password
 from monitor.settings.environment import EnvironmentSettings
 from monitor.settings.schema import ServerSettings, Settings
 
@@ -179,3 +180,39 @@ def check_kubernetes(settings: Settings, env: Mapping[str, str]) -> None:
     found = kubernetes_api(env)
     if found != "in-cluster" and not os.access(found, os.R_OK):
         raise ConfigError([f"coordination: cannot read the kubeconfig {found}"])
+
+
+def summary(settings: Settings) -> str:
+    """A short description for check-config; names where secrets come from, never them."""
+    kinds = dict.fromkeys(PromotionKind, 0)
+    for promotion in settings.promotions:
+        kinds[promotion.kind] += 1
+    counts = ", ".join(f"{n} {kind.value}" for kind, n in kinds.items())
+    discovery = (
+        f"discovery: every {settings.discovery.interval_seconds:g}s of "
+        + ", ".join(k.value for k in settings.discovery.kinds)
+        if settings.discovery.enabled
+        else "discovery: off"
+    )
+    c = settings.coordination
+    coordination = (
+        f"coordination: lease {c.namespace}/{c.lease_name} as {c.identity} "
+        f"(duration {c.lease_duration_seconds}s, renew deadline "
+        f"{c.renew_deadline_seconds:g}s, retry {c.retry_period_seconds:g}s)"
+        if c.mode == "lease"
+        else "coordination: none (this process polls)"
+    )
+    return "\n".join(
+        [
+            f"promotions: {len(settings.promotions)} ({counts})",
+            discovery,
+            f"api.base_url: {without_password(settings.api.base_url)}",
+            f"auth: {settings.api.auth_kind}",
+            f"poll: every {settings.poll.interval_seconds:g}s "
+            f"({settings.poll.active_interval:g}s while a job is active), "
+            f"budget {settings.request_rate:g} requests/s",
+            f"metrics: http://{settings.server.host}:{settings.server.port}/metrics",
+            f"state: {settings.state.path}",
+            coordination,
+        ]
+    )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable
 from typing import Final
@@ -20,6 +19,7 @@ from monitor.models import (
     PromotionKind,
     PromotionSnapshot,
 )
+from monitor.sinks.error_kinds import ErrorKinds
 from monitor.sinks.exposition import (
     Entry,
     Exposition,
@@ -35,46 +35,10 @@ from monitor.summary import JobSummary, Summaries
 # (promotion id, kind, name) of every promotion whose name is known (monitor.names.PromotionNames).
 Names = Iterable[tuple[str, PromotionKind, str]]
 
-MAX_ERROR_KINDS: Final = 50
-OTHER: Final = "other"
-
-_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
-# Hex runs with a digit and a letter: request ids, hashes. Plain numbers are left to _NUMBER, so
-# 5000 and 250000 normalize alike; words without digits ("deadline") are never masked.
-_HEX = re.compile(r"\b(?=[0-9a-f]*\d)(?=[0-9a-f]*[a-f])[0-9a-f]{6,}\b", re.IGNORECASE)
-_NUMBER = re.compile(r"\d+(?:\.\d+)?")
-_WHITESPACE = re.compile(r"\s+")
-
 # Job durations run from seconds (small exports) to hours (queued behind other jobs).
 DURATION_BUCKETS: Final = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400)
 POLL_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 DETECTION_BUCKETS: Final = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
-
-
-def normalize_error(text: str) -> str:
-    """Mask ids and numbers so one kind of error is one label value, whatever it mentions."""
-    masked = _UUID.sub("<id>", text)
-    masked = _HEX.sub("<id>", masked)
-    masked = _NUMBER.sub("<n>", masked)
-    masked = _WHITESPACE.sub(" ", masked).strip()
-    return masked[:120] or "unknown"
-
-
-class ErrorKinds:
-    """Bounded set of normalized error label values; past the cap, new kinds become `other`."""
-
-    def __init__(self, cap: int = MAX_ERROR_KINDS) -> None:
-        self._cap = cap
-        self._seen: set[str] = set()
-
-    def label(self, error: str | None) -> str:
-        kind = normalize_error(error or "")
-        if kind in self._seen:
-            return kind
-        if len(self._seen) >= self._cap:
-            return OTHER
-        self._seen.add(kind)
-        return kind
 
 
 INFO: Final = (
