@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from monitor import __version__
 from monitor.activity import RecentActivity
-from monitor.client import ElasticPathClient, JobsTarget, PageMemory
+from monitor.client import ElasticPathClient, JobsTarget
 from monitor.client.budget import RequestBudget
 from monitor.coordination import Fence, LeaderElector, Timing
 from monitor.discovery import Discovery
@@ -186,20 +186,11 @@ class Monitor:
             active_interval=settings.poll.active_interval,
             anchor=time.monotonic(),
         )
-        pages = PageMemory()
-        watching = Watching(
-            plan,
-            store,
-            metrics,
-            names=names,
-            activity=activity,
-            pages=pages,
-        )
+        watching = Watching(plan, store, metrics, names=names, activity=activity)
         retention = settings.state.retention_days * 86_400
         poller = Poller(
             client,
             store.get,
-            pages=pages,
             clock=clock,
             stuck_after=settings.poll.stuck_after_seconds,
             retention=retention,
@@ -210,7 +201,6 @@ class Monitor:
             metrics,
             events,
             plan=plan,
-            pages=pages,
             names=names,
             activity=activity,
             clock=clock,
