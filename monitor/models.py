@@ -297,22 +297,11 @@ class PromotionSnapshot:
     # When the monitor first saw each active job of unknown age in its current status: its stuck
     # clock (kept in memory only: after a restart it starts again).
     seen: Mapping[str, float] = field(default_factory=dict, compare=False)
-    # When the oldest finished job finished: lets retention skip the scan until one expires.
-    oldest_finished: float | None = field(init=False, compare=False, repr=False)
     # Whether any job is pending/processing/cancelling (and so could become stuck).
     has_active: bool = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        oldest: float | None = None
-        active = False
-        for job in self.jobs.values():
-            if job.status in ACTIVE_STATUSES:
-                active = True
-            elif job.status in TERMINAL_STATUSES:
-                since = job.status_since
-                if since is not None and (oldest is None or since < oldest):
-                    oldest = since
-        object.__setattr__(self, "oldest_finished", oldest)
+        active = any(job.status in ACTIVE_STATUSES for job in self.jobs.values())
         object.__setattr__(self, "has_active", active)
 
 
