@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from monitor import __version__
 from monitor.activity import RecentActivity
-from monitor.client import ElasticPathClient, JobsTarget, PageMemory
+from monitor.client import ElasticPathClient, JobsTarget
 from monitor.client.budget import RequestBudget
 from monitor.coordination import Fence, LeaderElector, Timing
 from monitor.discovery import Discovery
@@ -194,21 +194,11 @@ class Monitor:
             budget=settings.request_rate / RequestBudget.SAFETY,
             rate=lambda pid: rates.rate(pid, clock()),
         )
-        pages = PageMemory()
-        watching = Watching(
-            plan,
-            store,
-            metrics,
-            names=names,
-            activity=activity,
-            pages=pages,
-            rates=rates,
-        )
+        watching = Watching(plan, store, metrics, names=names, activity=activity, rates=rates)
         retention = settings.state.retention_days * 86_400
         poller = Poller(
             client,
             store.get,
-            pages=pages,
             clock=clock,
             stuck_after=settings.poll.stuck_after_seconds,
             retention=retention,
@@ -228,7 +218,6 @@ class Monitor:
             metrics,
             events,
             plan=plan,
-            pages=pages,
             names=names,
             activity=activity,
             clock=clock,

@@ -28,9 +28,9 @@ def expired(job: Job, horizon: float) -> bool:
 
 def prune(snapshot: PromotionSnapshot, horizon: float) -> PromotionSnapshot:
     """The snapshot without finished jobs that entered their status before `horizon`."""
-    if snapshot.oldest_finished is None or snapshot.oldest_finished >= horizon:
-        return snapshot  # the common case, answered without looking at any job
     kept = {k: j for k, j in snapshot.jobs.items() if not expired(j, horizon)}
+    if len(kept) == len(snapshot.jobs):
+        return snapshot  # (the same object: nothing changed, nothing to write)
     return PromotionSnapshot(
         snapshot.promotion_id,
         kept,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from monitor.client import (
     UNREACHABLE,
@@ -13,9 +13,7 @@ from monitor.client import (
     ElasticPathClient,
     FetchResult,
     JobsTarget,
-    PageMemory,
 )
-from monitor.client.memory import SeenPage
 from monitor.diff import diff, expired
 from monitor.models import Change, Job, PromotionSnapshot
 
@@ -40,8 +38,7 @@ class PollOutcome:
     incomplete: str | None = None
     # The snapshot to record (None: the one held is still right).
     snapshot: PromotionSnapshot | None = None
-    # The pages as read, remembered once the outcome is accepted; reasons objects were skipped.
-    pages: dict[int, SeenPage] = field(default_factory=dict)
+    # Why objects were skipped.
     skipped: tuple[str, ...] = ()
     now: float = 0.0  # when the poll's answer was judged
     duration: float = 0.0
@@ -56,7 +53,6 @@ class Poller:
         client: ElasticPathClient,
         snapshots: Callable[[str], PromotionSnapshot | None],
         *,
-        pages: PageMemory,
         clock: Callable[[], float],
         stuck_after: float,
         retention: float | None = None,
@@ -64,18 +60,10 @@ class Poller:
     ) -> None:
         self._client = client
         self._snapshots = snapshots
-        # What each promotion's pages looked like last time (bytes unchanged: not decoded).
-        self._pages = pages
         self._clock = clock
         self._stuck_after = stuck_after
         self._retention = retention
         self._lookback = lookback
-
-    def _needs_diff(self, snapshot: PromotionSnapshot, now: float) -> bool:
-        if snapshot.has_active:
-            return True
-        oldest = snapshot.oldest_finished
-        return self._retention is not None and oldest is not None and oldest < now - self._retention
 
     def _keeper(self, previous: PromotionSnapshot | None) -> Callable[[Job], bool] | None:
         """The diff's retention rule, applied while parsing so expired history is never held:
@@ -102,17 +90,17 @@ class Poller:
     async def _fetch(self, target: JobsTarget, previous: PromotionSnapshot | None) -> FetchResult:
         known = previous.jobs if previous else None
         keep = self._keeper(previous)
-        result = await self._client.fetch_jobs(target, self._pages, known, keep)
+        result = await self._client.fetch_jobs(target, known, keep)
         if result.listing.incomplete in UNREACHABLE:
             # The store cannot be paged past some point: its failed jobs alone (the documented
             # status filter) are few, and a failure past the pages read must still page.
             narrowed = target.narrowed(FAILED_ONLY)
             try:
-                failed = await self._client.fetch_jobs(narrowed, None, known, keep)
+                failed = await self._client.fetch_jobs(narrowed, known, keep)
             except ApiError:
                 # (a store that refuses the filter still gave the listing: keep what it gave)
                 return result
-            result.add(failed, known)
+            result.add(failed)
         return result
 
     async def poll(self, target: JobsTarget) -> PollOutcome:
@@ -151,16 +139,11 @@ class Poller:
             ok=True,
             active=was_active,
             incomplete=result.listing.incomplete,
-            pages=result.pages,
             skipped=tuple(result.skipped),
             requests=result.listing.pages,
             now=now,
             duration=time.perf_counter() - started,
         )
-        if result.unchanged and previous is not None and not self._needs_diff(previous, store_now):
-            # Same bytes as last time, nothing active that could turn stuck, nothing expiring:
-            # the diff could only say "no change".
-            return seen
         found = diff(
             previous,
             self._seen_jobs(result, previous),

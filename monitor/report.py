@@ -14,7 +14,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from monitor.activity import RecentActivity
-from monitor.client import PageMemory
 from monitor.events import (
     EventSink,
     JobsSkipped,
@@ -61,7 +60,6 @@ class Reporter:
         events: EventSink,
         *,
         plan: PollPlan,
-        pages: PageMemory,
         names: PromotionNames,
         activity: RecentActivity,
         clock: Callable[[], float],
@@ -73,7 +71,6 @@ class Reporter:
         self._metrics = metrics
         self._events = events
         self._plan = plan
-        self._pages = pages
         self._names = names
         self._activity = activity
         self._clock = clock
@@ -107,7 +104,6 @@ class Reporter:
             )
             self._activity.polled(outcome)
             return True
-        self._pages.remember(pid, outcome.pages)
         self._listing_read(outcome)
         if outcome.snapshot is not None:
             self._store.put(outcome.snapshot)

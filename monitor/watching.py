@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from monitor.activity import RecentActivity
-from monitor.client import JobsTarget, PageMemory
+from monitor.client import JobsTarget
 from monitor.models import PromotionKind
 from monitor.names import PromotionNames
 from monitor.planner import PollPlan
@@ -38,7 +38,6 @@ class Watching:
         *,
         names: PromotionNames,
         activity: RecentActivity,
-        pages: PageMemory,
         rates: JobRates,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -48,7 +47,6 @@ class Watching:
         self._metrics = metrics
         self._names = names
         self._activity = activity
-        self._pages = pages
         self._monotonic = monotonic
 
     def apply(
@@ -74,21 +72,19 @@ class Watching:
         return Applied(tuple(targets[pid] for pid in added), tuple(removed), len(dropped))
 
     def start_afresh(self) -> None:
-        """Drop what was seen of every promotion (snapshot, series, page memory, activity), still
-        watching them: the next polls are baselines. Names stay: they are the store's, not ours."""
+        """Drop what was seen of every promotion (snapshot, series, activity), still watching
+        them: the next polls are baselines. Names stay: they are the store's, not ours."""
         seen = {s.promotion_id for s in self._store} | {t.promotion_id for t in self._plan.targets}
         for pid in seen:
             self._metrics.forget(pid)
             self._store.drop(pid)
-            self._pages.forget(pid)
             self._activity.forget(pid)
 
     def forget(self, promotion_id: str) -> None:
         """Everything the monitor holds of a promotion no longer watched: its series, its
-        snapshot, its page memory, its recent activity, its name, its job rate."""
+        snapshot, its recent activity, its name, its job rate."""
         self._rates.forget(promotion_id)
         self._metrics.forget(promotion_id)
         self._store.drop(promotion_id)
-        self._pages.forget(promotion_id)
         self._activity.forget(promotion_id)
         self._names.forget(promotion_id)

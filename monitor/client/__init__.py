@@ -2,13 +2,12 @@
 
 `transport` (`budget` → request → classify → retry) ◄─ `tokens` (client_credentials or a token
 file) and `pager` (offsets by records received) ◄─ `api` (jobs, promotion lists, one promotion).
-The page memory (`memory`) belongs to the poller; the client holds no domain state.
+The client holds no domain state.
 """
 
 from monitor.client.api import ElasticPathClient, FetchResult
 from monitor.client.endpoints import JOBS_ENDPOINT, JobsTarget
 from monitor.client.errors import REASONS, ApiError, Reason, parse_retry_after
-from monitor.client.memory import PageMemory
 from monitor.client.pager import MAX_OFFSET, UNREACHABLE, Incomplete, Listing
 from monitor.client.tokens import ClientCredentials, StaticTokenFile, TokenSource
 from monitor.client.transport import MAX_BODY_BYTES, ClientEvents, NoEvents
@@ -28,7 +27,6 @@ __all__ = [
     "JobsTarget",
     "Listing",
     "NoEvents",
-    "PageMemory",
     "Reason",
     "StaticTokenFile",
     "TokenSource",

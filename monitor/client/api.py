@@ -14,7 +14,6 @@ from monitor.client.budget import RequestBudget
 from monitor.client.clock import StoreClock
 from monitor.client.endpoints import JOBS_ENDPOINT, LIST_ENDPOINT, ONE_ENDPOINT, JobsTarget
 from monitor.client.errors import ApiError, Redactions, decode_json
-from monitor.client.memory import BodyKey, PageMemory, SeenPage, body_key
 from monitor.client.pager import (
     Listing,
     Page,
@@ -31,7 +30,7 @@ from monitor.client.tokens import (
     read_secret_file,
 )
 from monitor.client.transport import ClientEvents, NoEvents, Transport
-from monitor.models import Job, PromotionKind, parse_jobs
+from monitor.models import Job, ParseResult, PromotionKind, parse_jobs
 from monitor.settings import ApiSettings
 
 T = TypeVar("T")
@@ -44,11 +43,6 @@ class FetchResult:
     jobs: list[Job] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     listing: Listing = field(default_factory=Listing)
-    # The pages as read, for the caller's PageMemory once it has accepted the result (a poll
-    # abandoned after reading must not leave the memory claiming pages nobody diffed).
-    pages: dict[int, SeenPage] = field(default_factory=dict)
-    # True when every page was byte-identical to the last poll's: nothing can have changed.
-    unchanged: bool = True
     # Every failed job was read: the listing was complete, or the failed jobs alone were.
     failures_complete: bool = False
 
@@ -57,24 +51,13 @@ class FetchResult:
         """Every job the API holds was seen, so a job missing from `jobs` is really gone."""
         return self.listing.incomplete is None
 
-    def add(self, other: FetchResult, known: Mapping[str, Job] | None) -> None:
+    def add(self, other: FetchResult) -> None:
         """Take in the jobs of another listing of the same promotion (e.g. its failed jobs alone)
         that this one did not show; the listing stays as incomplete as it was."""
         listed = {job.id for job in self.jobs}
-        news = [job for job in other.jobs if job.id not in listed]
-        self.jobs.extend(news)  # (its skipped objects are this listing's too: not counted twice)
-        # A job the caller already holds comes back as the very same object when unchanged.
-        held = known or {}
-        self.unchanged = self.unchanged and all(held.get(job.id) is job for job in news)
+        # (its skipped objects are this listing's too: not counted twice)
+        self.jobs.extend(job for job in other.jobs if job.id not in listed)
         self.failures_complete = other.complete
-
-
-@dataclass(frozen=True, slots=True)
-class _Answer:
-    """A jobs page's body key, and its document unless the bytes were those remembered."""
-
-    key: BodyKey
-    document: object | None
 
 
 class ElasticPathClient:
@@ -156,57 +139,30 @@ class ElasticPathClient:
     async def fetch_jobs(
         self,
         target: JobsTarget,
-        memory: PageMemory | None = None,
         known: Mapping[str, Job] | None = None,
         keep: Callable[[Job], bool] | None = None,
     ) -> FetchResult:
         """Every job of one promotion, as far as the API pages.
 
-        `memory`: the pages of the last successful poll; a page whose bytes are the same is not
-        decoded and its jobs are reused. The pages read come back in `pages`; the caller
-        remembers them once it has used the result.
         `known`: the jobs the monitor already holds, reused where the API shows them unchanged.
-        `keep`: which parsed jobs matter (the rest, e.g. history past retention, are dropped and
-        never held in the memory, so it costs the retention window, not the API history).
+        `keep`: which parsed jobs matter (the rest, e.g. history past retention, are dropped, so
+        what is held costs the retention window, not the API history).
         """
-        result = FetchResult()
-        # (without jobs to reuse, a remembered page would be of no use)
-        before = memory.of(target.promotion_id) if memory is not None and known is not None else {}
-        seen: dict[int, SeenPage] = {}
+        pages: list[ParseResult] = []
 
         async def page_at(offset: int) -> Page:
-            last = before.get(offset)
-
-            def read(body: bytes) -> _Answer:
-                key = body_key(body)
-                if last is not None and key == last.key:
-                    return _Answer(key, None)
-                return _Answer(key, decode_json(body, target.endpoint, self.redactions.scrub))
-
             params = {**target.params, "page[offset]": str(offset)}
-            answer = await self._get(target.url, target.endpoint, read, params)
-            if last is not None and answer.key == last.key:
-                page = last
-            else:
-                data, total = list_page(answer.document, target.endpoint)
-                parsed = parse_jobs(data, known)
-                kept = parsed.jobs if keep is None else filter(keep, parsed.jobs)
-                page = SeenPage(
-                    answer.key, total, id_hashes(data), tuple(kept), tuple(parsed.skipped)
-                )
-                result.unchanged = False
-            seen[offset] = page
-            return Page(page.ids, page.total)
+            document = await self._get_json(target.url, target.endpoint, params)
+            data, total = list_page(document, target.endpoint)
+            pages.append(parse_jobs(data, known))
+            return Page(id_hashes(data), total)
 
-        result.listing = await read_pages(page_at)
-        pages = list(seen.values())
+        result = FetchResult(listing=await read_pages(page_at))
         if result.listing.incomplete == "offset_ignored":
             pages.pop()  # the repeat of the page before it
         for page in pages:
-            result.jobs.extend(page.jobs)
+            result.jobs.extend(page.jobs if keep is None else filter(keep, page.jobs))
             result.skipped.extend(page.skipped)
-        result.unchanged = result.unchanged and len(seen) == len(before)
-        result.pages = seen
         return result
 
     async def list_promotions(

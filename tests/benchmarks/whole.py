@@ -115,17 +115,18 @@ async def _window(
         "seconds": round(elapsed, 2),
         "pages_per_s": round(pages / elapsed, 1),
         "us_per_page": round(cpu / pages * 1e6, 1) if pages else float("nan"),
+        "cpu_percent": round(cpu / elapsed * 100, 2),  # of one core
     }
 
 
 @contextlib.asynccontextmanager
-async def _bare_loop(store: Store, directory: Path) -> AsyncIterator[int]:
+async def _bare_loop(store: Store, directory: Path, rate: float) -> AsyncIterator[int]:
     """`tests.benchmarks.bareloop` against the store, as a subprocess; yields its pid."""
     config = directory / "bare.json"
     document = {
         **credentials(store),
         "promotions": store.promotions,
-        "rate": RATE,
+        "rate": rate,
         "concurrency": CONCURRENCY,
     }
     config.write_text(json.dumps(document), encoding="utf-8")
@@ -143,9 +144,14 @@ async def _bare_loop(store: Store, directory: Path) -> AsyncIterator[int]:
 
 
 async def _measure_bare(
-    session: aiohttp.ClientSession, store: Store, size: Size, directory: Path, window: float
+    session: aiohttp.ClientSession,
+    store: Store,
+    size: Size,
+    directory: Path,
+    window: float,
+    rate: float,
 ) -> dict[str, Any]:
-    async with _bare_loop(store, directory) as pid:
+    async with _bare_loop(store, directory, rate) as pid:
         await asyncio.sleep(WARMUP)
         row: dict[str, Any] = {"idle": await _window(session, store, pid, window)}
         if size.news:
@@ -170,13 +176,18 @@ async def _scrapes(session: aiohttp.ClientSession, daemon: DaemonProcess) -> dic
 
 
 async def _measure_daemon(
-    session: aiohttp.ClientSession, store: Store, size: Size, directory: Path, window: float
+    session: aiohttp.ClientSession,
+    store: Store,
+    size: Size,
+    directory: Path,
+    window: float,
+    rate: float,
 ) -> dict[str, Any]:
     document = daemon_config(
         directory,
         **credentials(store),
         promotions=store.promotions,
-        rate=RATE,
+        rate=rate,
         interval=INTERVAL,
         active_interval=INTERVAL,
         concurrency=CONCURRENCY,
@@ -185,7 +196,9 @@ async def _measure_daemon(
     config = write_yaml(directory / "config.yaml", document)
     async with running_daemon(config) as daemon:
         clock = Stopwatch()
-        await daemon.wait_count("baseline_loaded", size.promotions, timeout=600)
+        # (a baseline is one request per page: at a low budget it takes P x pages / rate)
+        timeout = max(600.0, 2 * size.promotions * -(-size.jobs // 100) / rate)
+        await daemon.wait_count("baseline_loaded", size.promotions, timeout=timeout)
         baseline_s = clock.elapsed
         await settled(directory / "state" / "monitor.db")
         await asyncio.sleep(WARMUP)
@@ -203,7 +216,7 @@ async def _measure_daemon(
     return row
 
 
-async def _one(size: Size, window: float) -> dict[str, Any]:
+async def _one(size: Size, window: float, rate: float) -> dict[str, Any]:
     """One store: the bare loop's windows, then the daemon's, then the ratios."""
     print(f"   {size.label}", flush=True)
     module = "tests.benchmarks.pagestore"
@@ -212,8 +225,8 @@ async def _one(size: Size, window: float) -> dict[str, Any]:
         aiohttp.ClientSession() as session,
     ):
         with tempfile.TemporaryDirectory(prefix="bench-whole-") as tmp:
-            bare = await _measure_bare(session, store, size, Path(tmp), window)
-            daemon = await _measure_daemon(session, store, size, Path(tmp), window)
+            bare = await _measure_bare(session, store, size, Path(tmp), window, rate)
+            daemon = await _measure_daemon(session, store, size, Path(tmp), window, rate)
     row: dict[str, Any] = {"promotions": size.promotions, "jobs": size.jobs}
     row |= {"bare": bare, "daemon": daemon}
     for mode in ("idle", "news") if size.news else ("idle",):
@@ -222,7 +235,8 @@ async def _one(size: Size, window: float) -> dict[str, Any]:
         print(
             f"     {mode}: daemon {daemon[mode]['us_per_page']:.0f} µs/page "
             f"({daemon[mode]['pages_per_s']:.0f}/s), bare {bare[mode]['us_per_page']:.0f} µs/page "
-            f"({bare[mode]['pages_per_s']:.0f}/s): {ratio:.2f} x",
+            f"({bare[mode]['pages_per_s']:.0f}/s): {ratio:.2f} x; "
+            f"daemon {daemon[mode]['cpu_percent']:.2f}% of a core",
             flush=True,
         )
     row["bytes_per_job"] = round(daemon["rss_mb"] * 2**20 / (size.promotions * size.jobs))
@@ -274,7 +288,7 @@ def _memory_checks(result: Result, rows: dict[tuple[int, int], dict[str, Any]]) 
         result.check("RSS per tracked job (1,000 x 100 less 1,000 x 10)", per_job, "bytes")
 
 
-def _plot(rows: dict[tuple[int, int], dict[str, Any]], path: Path) -> None:
+def _plot(rows: dict[tuple[int, int], dict[str, Any]], path: Path, rate: float) -> None:
     fig, (cpu, render) = plt.subplots(1, 2, figsize=(12, 4.4))
     line = sorted((p, row) for (p, j), row in rows.items() if j == 10)
     xs = [p for p, _ in line]
@@ -296,7 +310,7 @@ def _plot(rows: dict[tuple[int, int], dict[str, Any]], path: Path) -> None:
     for (p, _), limit in SCRAPE_TARGETS.items():
         render.plot([p], [limit], "_", color="red", markersize=20)
     cpu.set_ylabel("CPU µs per jobs page")
-    cpu.set_title(f"CPU per page against P ({RATE:g} req/s; flat is the goal)")
+    cpu.set_title(f"CPU per page against P ({rate:g} req/s; flat is the goal)")
     cpu.set_ylim(bottom=0)
     render.set_ylabel("seconds")
     render.set_yscale("log")
@@ -311,17 +325,17 @@ def _plot(rows: dict[tuple[int, int], dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-async def run(sizes: Sequence[Size] = SIZES, window: float = WINDOW) -> Result:
+async def run(sizes: Sequence[Size] = SIZES, window: float = WINDOW, rate: float = RATE) -> Result:
     result = Result(NAME, TITLE)
     clock = Stopwatch()
     rows: dict[tuple[int, int], dict[str, Any]] = {}
     for size in sizes:
-        rows[(size.promotions, size.jobs)] = await _one(size, window)
+        rows[(size.promotions, size.jobs)] = await _one(size, window, rate)
     _ratio_checks(result, rows)
     _memory_checks(result, rows)
     result.data = {
         "setup": {
-            "max_requests_per_second": RATE,
+            "max_requests_per_second": rate,
             "max_concurrent_polls": CONCURRENCY,
             "interval_s": INTERVAL,
             "window_s": window,
@@ -332,7 +346,7 @@ async def run(sizes: Sequence[Size] = SIZES, window: float = WINDOW) -> Result:
         "rows": [rows[key] for key in sorted(rows)],
     }
     plot = RESULTS / f"{NAME}.png"
-    _plot(rows, plot)
+    _plot(rows, plot, rate)
     result.plot = plot.name
     result.seconds = clock.elapsed
     return result
@@ -343,13 +357,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     known = {size.key: size for size in SIZES}
     parser.add_argument("sizes", nargs="*", metavar="PxJ", help=", ".join(known))
     parser.add_argument("--window", type=float, default=WINDOW, help="seconds per window")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=RATE,
+        help=f"the daemon's and the bare loop's requests/s (default {RATE:g}; the daemon's "
+        "own default budget is 10: its baselines then take P x pages / rate seconds)",
+    )
     args = parser.parse_args(argv)
     unknown = [key for key in args.sizes if key not in known]
     if unknown:
         parser.error(f"unknown size {', '.join(unknown)}; known: {', '.join(known)}")
     sizes = [known[key] for key in args.sizes] or list(SIZES)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    result = asyncio.run(run(sizes, args.window))
+    result = asyncio.run(run(sizes, args.window, args.rate))
     for check in result.checks:
         print(f"{check.metric}: {check.value:g} {check.unit}  {check.target}  {check.verdict}")
     (RESULTS / f"{NAME}.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")

@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from monitor.client import PageMemory
 from monitor.models import PromotionKind
 from monitor.simulator import Simulator
 from tests.client_support import (
@@ -301,31 +300,3 @@ async def test_fixture_error_bodies_are_classified_and_summarised(
         assert word in str(error)
     # a 401 earns exactly one fresh token before it counts as a credentials problem
     assert tokens_issued == (2 if status == 401 else 1)
-
-
-async def test_a_byte_identical_page_is_not_decoded_again(sim: Simulator, connect: Connect) -> None:
-    pid = sim.add_promotion()
-    sim.add_jobs(pid, 130, status="completed")
-    client = connect()
-    target = client.target(pid, PromotionKind.PROMOTION)
-    memory = PageMemory()  # (the poller's, in the daemon)
-    first = await client.fetch_jobs(target, memory, {})
-    assert not first.unchanged
-    # Until the caller remembers what it used, nothing counts as seen before.
-    known = {job.id: job for job in first.jobs}
-    assert not (await client.fetch_jobs(target, memory, known)).unchanged
-    memory.remember(pid, first.pages)
-    second = await client.fetch_jobs(target, memory, known)
-    # Same bytes on both pages: the very same Job objects, nothing re-parsed.
-    assert second.unchanged
-    assert [id(job) for job in second.jobs] == [id(job) for job in first.jobs]
-    changed = first.jobs[-1].id
-    sim.set_job_status(pid, changed, "failed", error="codes limit exceeded")
-    memory.remember(pid, second.pages)
-    third = await client.fetch_jobs(target, memory, known)
-    assert not third.unchanged
-    by_id = {job.id: job for job in third.jobs}
-    assert by_id[changed].status == "failed"
-    assert len(third.jobs) == 130
-    # The unchanged first page was still reused as is.
-    assert third.jobs[0] is first.jobs[0]
