@@ -22,6 +22,7 @@ from monitor import __version__
 from monitor.activity import RecentActivity
 from monitor.client import ElasticPathClient, JobsTarget
 from monitor.client.budget import RequestBudget
+from monitor.client.clock import StoreClock
 from monitor.coordination import Fence, LeaderElector, Timing
 from monitor.discovery import Discovery
 from monitor.events import EventSink
@@ -167,6 +168,8 @@ class Monitor:
             return iter(store)
 
         names = PromotionNames()
+        # The store's clock, from the Date of its answers: its job timestamps are judged by it.
+        store_clock = StoreClock(clock)
         metrics = MonitorMetrics(
             registry,
             version=__version__,
@@ -175,6 +178,7 @@ class Monitor:
             stuck_after=settings.poll.stuck_after_seconds,
             names=names,
             visible=may_poll,
+            store_now=store_clock.now,
         )
         metrics.shard_count.set(settings.sharding.shard_count)
         activity = RecentActivity(clock, hints=HINTS.get)
@@ -183,6 +187,7 @@ class Monitor:
             budget=RequestBudget(settings.request_rate),
             events=RequestReports(metrics, activity, events),
             user_agent=f"promo-monitor/{__version__}",
+            store_clock=store_clock,
         )
         rates = JobRates(window=settings.state.retention_days * 86_400)
         plan = PollPlan(
@@ -269,6 +274,7 @@ class Monitor:
                     plan.poll_interval(pid) if pid in plan else None,
                     rates.rate(pid, clock()) * 86_400,
                 ),
+                store_now=store_clock.now,
             )
             web = _web(settings, registry, health, metrics, board)
         leases, elector = None, None

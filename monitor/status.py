@@ -167,6 +167,7 @@ def _row(
     now: float,
     stuck_after: float,
     planned: Planned = not_planned,
+    store_now: float | None = None,
 ) -> PromotionRow:
     jobs: dict[str, int] = {}
     stuck: list[float] = []
@@ -178,10 +179,11 @@ def _row(
             by_status[status] += count
         jobs = dict(sorted(by_status.items()))
         seen = snapshot.seen  # (a job of unknown age is stuck from when it was first seen)
+        judged = now if store_now is None else store_now  # (the store's times, its clock)
         stuck = [
-            job.status_since or seen.get(job.id, now)
+            job.status_since or seen.get(job.id, judged)
             for job in summary.active
-            if is_stuck(job, now, stuck_after, seen.get(job.id))
+            if is_stuck(job, judged, stuck_after, seen.get(job.id))
         ]
         if summary.failed:
             last_failure = summary.failed[0].status_since
@@ -257,6 +259,7 @@ def build_status(
     names: Names = no_names,
     summaries: Summaries | None = None,
     planned: Planned = not_planned,
+    store_now: float | None = None,
 ) -> StatusView | None:
     """The status as of `now`; None when `query.promotion` is neither watched nor known.
 
@@ -281,6 +284,7 @@ def build_status(
                 now=now,
                 stuck_after=stuck_after,
                 planned=planned,
+                store_now=store_now,
             )
             for pid in ids
         ),
@@ -315,7 +319,7 @@ def build_status(
                         j.status,
                         j.status_since,
                         j.error,
-                        is_stuck(j, now, stuck_after),
+                        is_stuck(j, now if store_now is None else store_now, stuck_after),
                     )
                     for j in held
                 ),
@@ -358,8 +362,10 @@ class StatusBoard:
         stuck_after: float,
         names: Names = no_names,
         planned: Planned = not_planned,
+        store_now: Callable[[], float] | None = None,
     ) -> None:
         self._planned = planned
+        self._store_now = store_now  # the store's clock (monitor.client.clock), for its times
         self._snapshots = snapshots
         self._watched = watched
         self._activity = activity
@@ -381,4 +387,5 @@ class StatusBoard:
             names=self._names,
             summaries=self._summaries,
             planned=self._planned,
+            store_now=self._store_now() if self._store_now is not None else None,
         )

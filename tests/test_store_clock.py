@@ -9,6 +9,7 @@ Each test runs the real daemon (a subprocess) against the simulator.
 
 from __future__ import annotations
 
+import json
 import time
 from email.utils import formatdate
 from pathlib import Path
@@ -25,6 +26,7 @@ from tests.support import (
     Daemon,
     FakeClock,
     parse_metrics,
+    series,
     started,
     until,
     value,
@@ -55,6 +57,9 @@ async def test_a_store_behind_the_pod_keeps_its_lookback_and_stuck_is_not_early(
             reported = await daemon.wait_for("job_failed")
             skewed = await daemon.wait_for("store_clock_skewed")
             samples = await daemon.polled(pid, 3)
+            code, body = await daemon.get("/status.json")
+            assert code == 200
+            status = json.loads(body)
         finally:
             await daemon.stop()
 
@@ -62,6 +67,9 @@ async def test_a_store_behind_the_pod_keeps_its_lookback_and_stuck_is_not_early(
     assert reported["during_baseline"] is True
     assert running not in {e["job_id"] for e in daemon.named("job_stuck")}
     assert daemon.named("job_stuck") == []
+    # ...nor on /metrics or the status page, which judge the store's times by its clock too.
+    assert not any(v for _, v in series(samples, "epcc_promotion_jobs_stuck").items())
+    assert status["promotions"][0]["stuck"] == 0
     assert abs(skewed["skew_seconds"] + SKEW) < 5
     skew = value(samples, GAUGE)
     assert skew is not None

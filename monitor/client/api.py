@@ -74,6 +74,7 @@ class ElasticPathClient:
         retry_wait_max: float = 10.0,
         user_agent: str = "promo-monitor",
         token_clock: Callable[[], float] = time.monotonic,
+        store_clock: StoreClock | None = None,
     ) -> None:
         self.settings = settings
         self._base = URL(settings.base_url)
@@ -90,6 +91,7 @@ class ElasticPathClient:
             max_retries=max_retries,
             retry_wait_initial=retry_wait_initial,
             retry_wait_max=retry_wait_max,
+            store_clock=store_clock,
         )
         self.tokens = self._token_source(events, token_clock)
 

@@ -42,3 +42,7 @@ class StoreClock:
     def store_time(self, pod_time: float) -> float:
         """A moment of the pod's clock, read on the store's."""
         return pod_time + (self.skew or 0.0)
+
+    def now(self) -> float:
+        """The store's time now, as estimated."""
+        return self.store_time(self._clock())

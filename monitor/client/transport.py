@@ -83,6 +83,7 @@ class Transport:
         max_retries: int = 3,
         retry_wait_initial: float = 0.5,
         retry_wait_max: float = 10.0,
+        store_clock: StoreClock | None = None,
     ) -> None:
         self.budget = budget
         self._events = events
@@ -94,7 +95,7 @@ class Transport:
         self._wait_initial = retry_wait_initial
         self._wait_max = retry_wait_max
         self._session: aiohttp.ClientSession | None = None
-        self.store_clock = StoreClock()
+        self.store_clock = store_clock or StoreClock()
 
     @property
     def session(self) -> aiohttp.ClientSession:

@@ -173,9 +173,12 @@ class MonitorMetrics:
         stuck_after: float,
         names: Names = (),
         visible: Callable[[], bool] = lambda: True,
+        store_now: Callable[[], float] | None = None,
     ) -> None:
         self.error_kinds = ErrorKinds()
         self._clock = clock
+        # The store's time (monitor.client.clock): its job timestamps are judged by it.
+        self._store_now = store_now or clock
         # The process's own series, without `_created` (on this registry only: the flag
         # prometheus_client offers is global). The promotion series are not on a registry: the
         # exposition renders them, and only while `visible` (a replica standing by must not show
@@ -364,7 +367,7 @@ class MonitorMetrics:
                 *reported,
                 self.duration,
                 *polled,
-                SnapshotFamilies(snapshots, clock, stuck_after),
+                SnapshotFamilies(snapshots, self._store_now, stuck_after),
                 NameFamily(names),
             ],
         )
@@ -390,7 +393,7 @@ class MonitorMetrics:
             if change.late:
                 continue  # history the listing showed late: counted nowhere
             pid = change.promotion_id
-            delay = change.detection_delay(self._clock())
+            delay = change.detection_delay(self._store_now())
             if delay is not None:
                 self.detection_delay.observe(delay)
             previous = change.previous.status if change.previous else "new"
