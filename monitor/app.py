@@ -19,7 +19,6 @@ import stamina
 from prometheus_client import CollectorRegistry
 
 from monitor import __version__
-from monitor.activity import RecentActivity
 from monitor.client import ElasticPathClient, JobsTarget
 from monitor.client.budget import RequestBudget
 from monitor.client.clock import StoreClock
@@ -32,15 +31,16 @@ from monitor.names import NameLookups, PromotionNames
 from monitor.planner import PollPlan
 from monitor.poller import Poller, PollOutcome
 from monitor.rates import JobRates
+from monitor.recent_activity import RecentActivity
 from monitor.report import HINTS, Reporter
-from monitor.scheduler import PollScheduler, Upkeep
+from monitor.scheduler import Lifecycle, PollScheduler
 from monitor.settings import CoordinationSettings, Settings
+from monitor.sinks.client_reports import RequestReports
 from monitor.sinks.logs import LogSink
 from monitor.sinks.metrics import MonitorMetrics
-from monitor.sinks.requests import RequestReports
 from monitor.state import SnapshotStore
 from monitor.status import MonitorFacts, StatusBoard
-from monitor.watching import Watching
+from monitor.watched_set import WatchedSet
 from monitor.web import Health, WebServer, build_app, load_web_security
 
 if TYPE_CHECKING:
@@ -85,7 +85,7 @@ class Monitor:
     poller: Poller
     discovery: Discovery
     scheduler: PollScheduler
-    upkeep: Upkeep
+    lifecycle: Lifecycle
     health: Health
     activity: RecentActivity
     clock: Callable[[], float]
@@ -96,16 +96,16 @@ class Monitor:
     elector: LeaderElector | None = None
     _campaign: asyncio.Task[None] | None = None  # the elector running (startup to shutdown)
 
-    # lifecycle
+    # start and stop
 
     async def startup(self) -> None:
         if self.leases is not None:
             await self.leases.open()
-        await self.upkeep.load_state()
+        await self.lifecycle.load_state()
         port = self.settings.server.port
         if self.web is not None:
             port = await self.web.start(self.settings.server.host, self.settings.server.port)
-        self.upkeep.start(port)
+        self.lifecycle.start(port)
         if self.elector is not None:
             self._campaign = asyncio.create_task(self.elector.run(), name="leader election")
         self.health.started = True
@@ -123,7 +123,7 @@ class Monitor:
                 await asyncio.wait_for(self.elector.release(), RELEASE_SECONDS)
             await self.leases.close()
             grace = 0.0
-        await self.upkeep.stop(grace)
+        await self.lifecycle.stop(grace)
         await self.client.close()
         if self.web is not None:
             await self.web.stop()
@@ -131,7 +131,7 @@ class Monitor:
     async def run_once(self) -> list[PollOutcome]:
         """One poll of every promotion, for `promo-monitor once`."""
         try:
-            return await self.upkeep.run_once()
+            return await self.lifecycle.run_once()
         finally:
             await self.client.close()
 
@@ -199,7 +199,7 @@ class Monitor:
             budget=settings.request_rate / RequestBudget.SAFETY,
             rate=lambda pid: rates.rate(pid, clock()),
         )
-        watching = Watching(plan, store, metrics, names=names, activity=activity, rates=rates)
+        watching = WatchedSet(plan, store, metrics, names=names, activity=activity, rates=rates)
         retention = settings.state.retention_days * 86_400
         poller = Poller(
             client,
@@ -242,7 +242,7 @@ class Monitor:
             may_poll=may_poll,
         )
         discovery = Discovery(client, settings)
-        upkeep = Upkeep(
+        lifecycle = Lifecycle(
             scheduler,
             settings,
             watching=watching,
@@ -279,7 +279,7 @@ class Monitor:
             web = _web(settings, registry, health, metrics, board)
         leases, elector = None, None
         if fence is not None and handover is not None:
-            leases, elector = _election(upkeep, fence, handover, coordination)
+            leases, elector = _election(lifecycle, fence, handover, coordination)
         else:
             metrics.leader.set(1)
         return cls(
@@ -293,7 +293,7 @@ class Monitor:
             poller,
             discovery,
             scheduler,
-            upkeep,
+            lifecycle,
             health,
             activity,
             clock,
@@ -343,7 +343,7 @@ def _web(
 
 
 def _election(
-    upkeep: Upkeep,
+    lifecycle: Lifecycle,
     fence: Fence,
     handover: Handover,
     coordination: CoordinationSettings,
@@ -368,7 +368,7 @@ def _election(
             coordination.retry_period_seconds,
         ),
         fence,
-        upkeep,
+        lifecycle,
         record=handover,
     )
     return leases, elector

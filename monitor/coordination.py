@@ -97,7 +97,7 @@ class Fence:
 
 class ElectionReports(Protocol):
     """What the elector tells the replica it campaigns for, which acts on it and reports it
-    (monitor.scheduler.Upkeep): the elector itself logs nothing."""
+    (monitor.scheduler.Lifecycle): the elector itself logs nothing."""
 
     def elected(self, news: LeaderElected, handover: str | None) -> None:
         """Before the fence opens, with the Lease's handover record. `news.kept_state` is False

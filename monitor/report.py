@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from monitor.activity import RecentActivity
 from monitor.events import (
     EventSink,
     JobsSkipped,
@@ -28,6 +27,7 @@ from monitor.names import PromotionNames
 from monitor.planner import PollPlan
 from monitor.poller import PollOutcome
 from monitor.rates import JobRates
+from monitor.recent_activity import RecentActivity
 from monitor.sinks.metrics import MonitorMetrics
 from monitor.state import Owed, SnapshotStore
 

@@ -46,7 +46,7 @@ from monitor.report import Reporter
 from monitor.settings import Settings
 from monitor.sinks.metrics import MonitorMetrics
 from monitor.state import SnapshotStore
-from monitor.watching import Applied, Watching
+from monitor.watched_set import Applied, WatchedSet
 
 FLUSH_SECONDS = 30.0
 
@@ -231,7 +231,7 @@ class PollScheduler:
                 await asyncio.gather(*late, return_exceptions=True)
 
 
-class Upkeep:
+class Lifecycle:
     """What the loop runs besides polls, and the events they make: the saved state at start,
     start and stop, discovery and name lookups, and what the elector reports (ElectionReports)."""
 
@@ -240,7 +240,7 @@ class Upkeep:
         scheduler: PollScheduler,
         settings: Settings,
         *,
-        watching: Watching,
+        watching: WatchedSet,
         discovery: Discovery,
         lookups: NameLookups,
         store: SnapshotStore,

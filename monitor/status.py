@@ -15,10 +15,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from monitor.activity import FailureReport, PollError, PollRecord, RecentActivity
 from monitor.diff import is_stuck
+from monitor.job_summary import Summaries
 from monitor.models import FAILED, PromotionSnapshot
-from monitor.summary import Summaries
+from monitor.recent_activity import FailureReport, PollError, PollRecord, RecentActivity
 
 PER_PAGE: Final = 100
 MAX_PER_PAGE: Final = 1000

@@ -9,7 +9,7 @@ from dataclasses import fields, is_dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from monitor.activity import PollRecord
+from monitor.recent_activity import PollRecord
 from monitor.status import ATTENTION, StatusView
 
 # The fields of the view's rows that hold epoch seconds.

@@ -45,7 +45,7 @@ TIMING = Timing(lease_duration=3, renew_deadline=2.0, retry_period=0.5)
 
 @dataclass
 class Reports:
-    """What one candidate's elector reported (the ElectionReports a replica's Upkeep takes)."""
+    """What one candidate's elector reported (the ElectionReports a replica's Lifecycle takes)."""
 
     events: Recorder
     kept_states: list[bool] = field(default_factory=list)  # kept_state of each election

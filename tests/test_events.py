@@ -185,7 +185,7 @@ def test_only_the_loop_emits_events() -> None:
     assert emitters() == {
         "monitor/report.py",
         "monitor/scheduler.py",
-        "monitor/sinks/requests.py",
+        "monitor/sinks/client_reports.py",
     }
 
 

@@ -22,7 +22,7 @@ from monitor.settings import parse_settings
 from monitor.simulator import Fault, Simulator
 from monitor.state import SnapshotStore
 from tests.fault_support import CODES_LIMIT, Store, polled, watching
-from tests.support import Daemon, started, value, write_config
+from tests.support import Daemon, running_daemon, started, value, write_config
 
 
 def failures(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], pid: str) -> float:
@@ -63,7 +63,7 @@ async def test_a_poll_cancelled_inside_its_write_still_announces_and_no_restart_
     running = sim.add_job(pid, status="processing")
     state, first = tmp_path / "monitor.db", Recorder()
     monitor = in_process(sim, state, pid, first)
-    await monitor.upkeep.load_state()
+    await monitor.lifecycle.load_state()
     target = monitor.targets[0]
     reporter = monitor.scheduler.reporter
     assert await reporter.report(await monitor.poller.poll(target))  # the baseline
@@ -92,7 +92,7 @@ async def test_a_poll_cancelled_inside_its_write_still_announces_and_no_restart_
 
     again = Recorder()
     restarted = in_process(sim, state, pid, again)
-    await restarted.upkeep.load_state()  # (announces what is still owed)
+    await restarted.lifecycle.load_state()  # (announces what is still owed)
     assert await restarted.scheduler.reporter.report(await restarted.poller.poll(target))
     await restarted.client.close()
     assert (failed_ids(first), failed_ids(again)) == ([running], [])
@@ -105,7 +105,7 @@ async def test_what_a_killed_process_owed_is_announced_at_the_next_start(
     running = sim.add_job(pid, status="processing")
     state, first = tmp_path / "monitor.db", Recorder()
     monitor = in_process(sim, state, pid, first)
-    await monitor.upkeep.load_state()
+    await monitor.lifecycle.load_state()
     target = monitor.targets[0]
     assert await monitor.scheduler.reporter.report(await monitor.poller.poll(target))
     sim.set_job_status(pid, running, "failed", error=CODES_LIMIT)
@@ -121,7 +121,7 @@ async def test_what_a_killed_process_owed_is_announced_at_the_next_start(
 
     again = Recorder()
     restarted = in_process(sim, state, pid, again)
-    await restarted.upkeep.load_state()
+    await restarted.lifecycle.load_state()
     assert await restarted.scheduler.reporter.report(await restarted.poller.poll(target))
     await restarted.client.close()
     assert (failed_ids(first), failed_ids(again)) == ([], [running])
@@ -215,3 +215,31 @@ async def test_killed_again_and_again_while_jobs_fail_every_failure_is_announced
             await last.stop()
     announced = [e["job_id"] for d in daemons for e in d.named("job_failed")]
     assert sorted(announced) == sorted(failed)
+
+
+async def test_a_promotion_disabled_and_enabled_again_does_not_announce_its_failure_again(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    # Discovery without disabled promotions drops it (its snapshot goes with it) and adds it
+    # back with a fresh baseline, whose lookback would report its recent failure again.
+    pid = sim.add_promotion("promotion", name="Toggled")
+    running = sim.add_job(pid, status="processing")
+    config = write_config(
+        tmp_path,
+        sim,
+        [],
+        discovery={"enabled": True, "interval_seconds": 0.5, "include_disabled": False},
+    )
+    async with running_daemon(config) as daemon:
+        await daemon.wait_for("baseline_loaded")
+        sim.set_job_status(pid, running, "failed", error=CODES_LIMIT)
+        await daemon.wait_for("job_failed")
+        sim.set_promotion(pid, enabled=False)
+        await daemon.wait_for("promotion_removed")
+        sim.set_promotion(pid, enabled=True)
+        await daemon.wait_for("promotion_added", lambda e: e["promotion_id"] == pid, count=2)
+        await daemon.wait_for("baseline_loaded", count=2)
+        samples = await daemon.polled(pid, 2)
+
+    assert [e["job_id"] for e in daemon.named("job_failed")] == [running]
+    assert failures(samples, pid) == 0  # (the re-watched promotion's counter starts again)

@@ -232,7 +232,7 @@ class World:
         me = self.replicas[index]
         kept_state = self.holder == index and me.led_last == self.term
         if not kept_state:
-            for snap in list(me.store):  # as Watching.start_afresh
+            for snap in list(me.store):  # as WatchedSet.start_afresh
                 me.store.drop(snap.promotion_id)
             self.term += 1
         me.handover.take(self.record)

@@ -109,7 +109,7 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
     monitor = Monitor.build(
         parse_settings(document), registry=CollectorRegistry(), serve_http=False
     )
-    loop.run_until_complete(monitor.upkeep.load_state())
+    loop.run_until_complete(monitor.lifecycle.load_state())
     harness = Harness(loop, monitor, monitor.client.target(PID, PromotionKind.PROMOTION))
     holder.append(harness)
     try:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from monitor.activity import FailureReport, RecentActivity
 from monitor.models import Change, ChangeKind, Job, PromotionSnapshot
 from monitor.poller import PollOutcome
+from monitor.recent_activity import FailureReport, RecentActivity
 from monitor.report import HINTS
 from monitor.status import (
     MonitorFacts,

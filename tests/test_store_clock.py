@@ -16,11 +16,11 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from monitor.activity import RecentActivity
 from monitor.events import Recorder, StoreClockSkewed
+from monitor.recent_activity import RecentActivity
 from monitor.simulator import Fault, Simulator
+from monitor.sinks.client_reports import RequestReports
 from monitor.sinks.metrics import MonitorMetrics
-from monitor.sinks.requests import RequestReports
 from tests.fault_support import jobs_requests
 from tests.support import (
     Daemon,

@@ -15,8 +15,8 @@ from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as openmetrics_families,
 )
 
-from monitor.activity import RecentActivity
 from monitor.models import Job, PromotionSnapshot
+from monitor.recent_activity import RecentActivity
 from monitor.status import MonitorFacts, StatusBoard
 from monitor.web import Health, WebSecurity, WebServer, build_app
 from tests.support import parse_metrics, value

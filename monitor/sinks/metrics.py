@@ -10,6 +10,7 @@ from typing import Final
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from monitor.diff import is_stuck
+from monitor.job_summary import JobSummary, Summaries
 from monitor.models import (
     CANCELLED,
     COMPLETED,
@@ -30,7 +31,6 @@ from monitor.sinks.exposition import (
     Samples,
     sample_line,
 )
-from monitor.summary import JobSummary, Summaries
 
 # (promotion id, kind, name) of every promotion whose name is known (monitor.names.PromotionNames).
 Names = Iterable[tuple[str, PromotionKind, str]]

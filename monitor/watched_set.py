@@ -8,12 +8,12 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from monitor.activity import RecentActivity
 from monitor.client import JobsTarget
 from monitor.models import PromotionKind
 from monitor.names import PromotionNames
 from monitor.planner import PollPlan
 from monitor.rates import JobRates
+from monitor.recent_activity import RecentActivity
 from monitor.sinks.metrics import MonitorMetrics
 from monitor.state import SnapshotStore
 
@@ -27,7 +27,7 @@ class Applied:
     pruned: int  # promotions whose saved state went with them
 
 
-class Watching:
+class WatchedSet:
     """Keeps every per-promotion piece of the monitor in step with the watched set."""
 
     def __init__(

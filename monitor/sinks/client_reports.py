@@ -3,9 +3,9 @@ status page shows, the store's clock skew, and the events a person reads (tokens
 
 from __future__ import annotations
 
-from monitor.activity import RecentActivity
 from monitor.client import ApiError
 from monitor.events import EventSink, RequestRetried, StoreClockSkewed, TokenRefreshed
+from monitor.recent_activity import RecentActivity
 from monitor.sinks.metrics import MonitorMetrics
 
 # Past a minute, the skew changes what a person reads (ages, "stuck"): worth a warning.
