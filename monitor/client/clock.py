@@ -10,6 +10,8 @@ from typing import Final
 
 # A Date further off than this is a broken header (or a cache's), not a clock.
 ABSURD_SKEW: Final = 86_400.0
+# A Date is cut to the second: a skew estimated below this is noise, not a clock.
+RESOLUTION: Final = 1.0
 # Each answer's Date moves the estimate this far toward it: one answer cannot jerk it about.
 SMOOTHING: Final = 0.2
 
@@ -40,8 +42,10 @@ class StoreClock:
         return stamp
 
     def store_time(self, pod_time: float) -> float:
-        """A moment of the pod's clock, read on the store's."""
-        return pod_time + (self.skew or 0.0)
+        """A moment of the pod's clock, read on the store's. A skew within the Date's resolution
+        (a second) cannot be told from none: taken as none, so clocks that agree add no error."""
+        skew = self.skew or 0.0
+        return pod_time + (skew if abs(skew) >= RESOLUTION else 0.0)
 
     def now(self) -> float:
         """The store's time now, as estimated."""

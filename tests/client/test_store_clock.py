@@ -37,3 +37,14 @@ def test_the_skew_starts_at_the_first_date_and_then_moves_smoothly() -> None:
     # An absurd one moves nothing.
     store.observe(date(START + 3 * 86_400))
     assert store.skew == pytest.approx(600.5 + SMOOTHING * 60)
+
+
+def test_a_skew_within_the_dates_resolution_is_taken_as_none() -> None:
+    # Same clocks: each Date is the store's time cut to the second, so the estimate wanders within
+    # half a second of 0; adding it would only add error to ages and delays.
+    clock = FakeClock(START + 0.8)
+    store = StoreClock(clock)
+    store.observe(date(START))  # (START + 0.8 on the store's clock, dated START)
+    assert store.skew == pytest.approx(-0.3)
+    assert store.store_time(START + 10) == START + 10
+    assert store.now() == START + 0.8
