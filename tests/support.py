@@ -22,8 +22,12 @@ import aiohttp
 import pytest
 import yaml
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from monitor.app import Monitor
+from monitor.events import EventSink
+from monitor.settings import parse_settings
 from monitor.simulator import Simulator
 
 Sample = tuple[str, frozenset[tuple[str, str]]]
@@ -71,6 +75,33 @@ def write_config(
     Each section given is merged key by key over the defaults; a store without a secret
     leaves `api.client_secret` out (for the tests of the other ways to give one).
     """
+    path = directory / "config.yaml"
+    document = config_document(directory, store, promotions, **sections)
+    path.write_text(yaml.safe_dump(document), encoding="utf-8")
+    return path
+
+
+def in_process_monitor(
+    directory: Path,
+    store: ApiEndpoint,
+    promotions: Iterable[Mapping[str, Any]],
+    *,
+    events: EventSink | None = None,
+    **sections: Mapping[str, Any],
+) -> Monitor:
+    """The monitor `run` would build from write_config's document, in this process (no HTTP
+    server), with its own registry and, given `events`, that sink."""
+    settings = parse_settings(config_document(directory, store, promotions, **sections))
+    return Monitor.build(settings, registry=CollectorRegistry(), serve_http=False, events=events)
+
+
+def config_document(
+    directory: Path,
+    store: ApiEndpoint,
+    promotions: Iterable[Mapping[str, Any]],
+    **sections: Mapping[str, Any],
+) -> dict[str, Any]:
+    """write_config's document."""
     api: dict[str, Any] = {
         "base_url": store.base_url,
         "client_id": store.client_id,
@@ -89,9 +120,7 @@ def write_config(
     }
     for name, values in sections.items():
         document.setdefault(name, {}).update(values)
-    path = directory / "config.yaml"
-    path.write_text(yaml.safe_dump(document), encoding="utf-8")
-    return path
+    return document
 
 
 def token_answer(token: str, expires_in: int = 3600) -> dict[str, Any]:

@@ -16,16 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import AliasChoices, BaseModel, Field
 
 import monitor.events
-from monitor.app import Monitor
-from monitor.settings import Settings, parse_settings
+from monitor.settings import Settings
 from monitor.simulator import Simulator
 from tests.deploy_support import alert_rules, rule_groups
-from tests.support import long_ago
+from tests.support import in_process_monitor, long_ago
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -141,20 +139,7 @@ async def polled_exposition(sim: Simulator, tmp_path: Path) -> str:
     pid = sim.add_promotion(name="Spring sale")
     running = sim.add_job(pid, status="processing", created_at=long_ago())
     sim.add_job(pid, status="failed", error="old", created_at=long_ago())
-    registry = CollectorRegistry()
-    settings = parse_settings(
-        {
-            "api": {
-                "base_url": sim.base_url,
-                "client_id": sim.client_id,
-                "client_secret": sim.client_secret,
-            },
-            "promotions": [{"id": pid}],
-            "poll": {"stuck_after_seconds": 60},
-            "state": {"path": str(tmp_path / "state")},
-        }
-    )
-    polling = Monitor.build(settings, registry=registry, serve_http=False)
+    polling = in_process_monitor(tmp_path, sim, [{"id": pid}], poll={"stuck_after_seconds": 60})
     await polling.run_once()
     sim.set_job_status(pid, running, "failed", error="codes limit exceeded")
     await polling.run_once()

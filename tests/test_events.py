@@ -10,21 +10,20 @@ from pathlib import Path
 
 import pytest
 import structlog
-from prometheus_client import CollectorRegistry
 
 from monitor.app import Monitor
 from monitor.events import (
     Event,
+    EventSink,
     JobFailed,
     JobSeenLate,
     Recorder,
     job_events,
 )
 from monitor.models import Change, ChangeKind, Job
-from monitor.settings import parse_settings
 from monitor.simulator import Simulator
 from monitor.sinks.logs import LogSink
-from tests.support import long_ago
+from tests.support import in_process_monitor, long_ago
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = 1_700_000_000.0
@@ -90,24 +89,10 @@ def seed() -> int:
     return 41
 
 
-def monitor_of(sim: Simulator, tmp_path: Path, pid: str, events: object = None) -> Monitor:
-    settings = parse_settings(
-        {
-            "api": {
-                "base_url": sim.base_url,
-                "client_id": sim.client_id,
-                "client_secret": sim.client_secret,
-            },
-            "promotions": [{"id": pid}],
-            "state": {"path": str(tmp_path / "state.json")},
-        }
-    )
-    return Monitor.build(
-        settings,
-        registry=CollectorRegistry(),
-        serve_http=False,
-        events=events,  # type: ignore[arg-type]
-    )
+def monitor_of(
+    sim: Simulator, tmp_path: Path, pid: str, events: EventSink | None = None
+) -> Monitor:
+    return in_process_monitor(tmp_path, sim, [{"id": pid}], events=events)
 
 
 async def test_a_failure_is_one_whole_event_captured_in_process(

@@ -14,15 +14,21 @@ import threading
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry
 
 from monitor.app import Monitor
 from monitor.events import JobFailed, Recorder
-from monitor.settings import parse_settings
+from monitor.poller import PollOutcome
 from monitor.simulator import Fault, Simulator
 from monitor.state import SnapshotStore
 from tests.fault_support import CODES_LIMIT, Store, polled, watching
-from tests.support import Daemon, running_daemon, started, value, write_config
+from tests.support import (
+    Daemon,
+    in_process_monitor,
+    running_daemon,
+    started,
+    value,
+    write_config,
+)
 
 
 def failures(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], pid: str) -> float:
@@ -34,20 +40,31 @@ def failures(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], pid: 
     )
 
 
-def in_process(sim: Simulator, state: Path, pid: str, events: Recorder) -> Monitor:
-    """The monitor built as `run` builds it, in this process, reporting to `events`."""
-    settings = parse_settings(
-        {
-            "api": {
-                "base_url": sim.base_url,
-                "client_id": sim.client_id,
-                "client_secret": sim.client_secret,
-            },
-            "promotions": [{"id": pid}],
-            "state": {"path": str(state)},
-        }
-    )
-    return Monitor.build(settings, registry=CollectorRegistry(), serve_http=False, events=events)
+async def failed_after_baseline(
+    sim: Simulator, directory: Path, events: Recorder
+) -> tuple[Monitor, PollOutcome, str]:
+    """A monitor in process whose promotion's job failed after its baseline, polled (the
+    outcome not reported yet); returns the monitor, that outcome and the failed job."""
+    pid = sim.add_promotion()
+    running = sim.add_job(pid, status="processing")
+    monitor = in_process_monitor(directory, sim, [{"id": pid}], events=events)
+    await monitor.lifecycle.load_state()
+    target = monitor.targets[0]
+    assert await monitor.scheduler.reporter.report(await monitor.poller.poll(target))
+    sim.set_job_status(pid, running, "failed", error=CODES_LIMIT)
+    return monitor, await monitor.poller.poll(target), running
+
+
+async def restarted_failures(sim: Simulator, directory: Path, pid: str) -> list[str]:
+    """The failures a new process on the same state announces at start and at its first poll."""
+    again = Recorder()
+    restarted = in_process_monitor(directory, sim, [{"id": pid}], events=again)
+    await restarted.lifecycle.load_state()  # (announces what is still owed)
+    poll = await restarted.poller.poll(restarted.targets[0])
+    assert await restarted.scheduler.reporter.report(poll)
+    await restarted.client.close()
+    restarted.store.close()
+    return failed_ids(again)
 
 
 def failed_ids(events: Recorder) -> list[str]:
@@ -59,16 +76,9 @@ async def test_a_poll_cancelled_inside_its_write_still_announces_and_no_restart_
 ) -> None:
     # The SIGTERM grace ends while the poll that saw a failure is writing it: the poll is
     # cancelled in its save, and the shutdown's last write carries what it recorded.
-    pid = sim.add_promotion()
-    running = sim.add_job(pid, status="processing")
-    state, first = tmp_path / "monitor.db", Recorder()
-    monitor = in_process(sim, state, pid, first)
-    await monitor.lifecycle.load_state()
-    target = monitor.targets[0]
+    first = Recorder()
+    monitor, outcome, running = await failed_after_baseline(sim, tmp_path, first)
     reporter = monitor.scheduler.reporter
-    assert await reporter.report(await monitor.poller.poll(target))  # the baseline
-    sim.set_job_status(pid, running, "failed", error=CODES_LIMIT)
-    outcome = await monitor.poller.poll(target)
 
     writing, go_on = threading.Event(), threading.Event()
     real = SnapshotStore._write
@@ -90,42 +100,26 @@ async def test_a_poll_cancelled_inside_its_write_still_announces_and_no_restart_
     await monitor.client.close()
     monitor.store.close()
 
-    again = Recorder()
-    restarted = in_process(sim, state, pid, again)
-    await restarted.lifecycle.load_state()  # (announces what is still owed)
-    assert await restarted.scheduler.reporter.report(await restarted.poller.poll(target))
-    await restarted.client.close()
-    assert (failed_ids(first), failed_ids(again)) == ([running], [])
+    again = await restarted_failures(sim, tmp_path, outcome.promotion_id)
+    assert (failed_ids(first), again) == ([running], [])
 
 
 async def test_what_a_killed_process_owed_is_announced_at_the_next_start(
     sim: Simulator, tmp_path: Path
 ) -> None:
-    pid = sim.add_promotion()
-    running = sim.add_job(pid, status="processing")
-    state, first = tmp_path / "monitor.db", Recorder()
-    monitor = in_process(sim, state, pid, first)
-    await monitor.lifecycle.load_state()
-    target = monitor.targets[0]
-    assert await monitor.scheduler.reporter.report(await monitor.poller.poll(target))
-    sim.set_job_status(pid, running, "failed", error=CODES_LIMIT)
-    outcome = await monitor.poller.poll(target)
+    first = Recorder()
+    monitor, outcome, running = await failed_after_baseline(sim, tmp_path, first)
     # Killed after the write and before the announcement: the poll's record and what it owes
     # are on disk, nothing was emitted.
     assert outcome.snapshot is not None
     monitor.store.put(outcome.snapshot)
-    monitor.store.owe(pid, outcome.changes, 0.0)
+    monitor.store.owe(outcome.promotion_id, outcome.changes, 0.0)
     assert await monitor.scheduler.reporter.save()
     await monitor.client.close()
     monitor.store.close()
 
-    again = Recorder()
-    restarted = in_process(sim, state, pid, again)
-    await restarted.lifecycle.load_state()
-    assert await restarted.scheduler.reporter.report(await restarted.poller.poll(target))
-    await restarted.client.close()
-    assert (failed_ids(first), failed_ids(again)) == ([], [running])
-    assert restarted.store.owed() == []
+    again = await restarted_failures(sim, tmp_path, outcome.promotion_id)
+    assert (failed_ids(first), again) == ([], [running])
 
 
 async def test_an_empty_answer_does_not_announce_a_failure_again(tmp_path: Path) -> None:

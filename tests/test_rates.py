@@ -10,13 +10,10 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry
 
-from monitor.app import Monitor
 from monitor.rates import DAY, PRIOR, TIME_CONSTANT, WARM, JobRates
-from monitor.settings import parse_settings
 from monitor.simulator import Simulator
-from tests.support import until
+from tests.support import in_process_monitor, until
 
 WEEK = 7 * DAY
 
@@ -191,24 +188,12 @@ async def test_the_monitor_derives_rates_from_the_state_at_load_and_after_polls(
     pid = sim.add_promotion(name="busy")
     for n in range(48):  # two an hour for the last day
         sim.add_job(pid, status="completed", created_at=time.time() - 1800 * (n + 1))
-    settings = parse_settings(
-        {
-            "api": {
-                "base_url": sim.base_url,
-                "client_id": sim.client_id,
-                "client_secret": sim.client_secret,
-            },
-            "promotions": [{"id": pid}],
-            "poll": {"interval_seconds": 0.5},
-            "state": {"path": str(tmp_path / "state.json")},
-        }
-    )
-    first = Monitor.build(settings, registry=CollectorRegistry(), serve_http=False)
+    first = in_process_monitor(tmp_path, sim, [{"id": pid}])
     assert first.rates.rate(pid, time.time()) == PRIOR  # (nothing held yet)
     await first.run_once()  # (writes the state; its report derives the rates as any poll's)
     assert 12 < first.rates.rate(pid, time.time()) * DAY < 17
 
-    monitor = Monitor.build(settings, registry=CollectorRegistry(), serve_http=False)
+    monitor = in_process_monitor(tmp_path, sim, [{"id": pid}])
     await monitor.startup()
     try:
         # Before any poll: 48 jobs over the last day, seen through a three-day memory.
