@@ -1,9 +1,8 @@
-"""What the monitor saw lately, kept in memory for the status page: each promotion's last poll,
-recent failures and shortfalls, poll errors, and the request rate.
+"""What the monitor saw lately, in memory, for the status page: each promotion's last poll,
+recent failures and shortfalls, poll errors, the request rate and the detection delay.
 
-Everything here is bounded (rings and one record per watched promotion), so a store that fails
-all day costs the same memory as a quiet one. A restart forgets it; failed jobs still in the
-snapshot are shown from there.
+Bounded (rings, one record per watched promotion): a store that fails all day costs the memory
+of a quiet one. A restart forgets it; failed jobs still in the snapshot are shown from there.
 """
 
 from __future__ import annotations
@@ -61,30 +60,21 @@ class FailureReport:
         return self.at if self.at is not None else (self.seen_at or 0.0)
 
     @staticmethod
-    def of_job(promotion_id: str, job: Job, seen_at: float | None = None) -> FailureReport:
+    def of_job(
+        promotion_id: str, job: Job, seen_at: float | None = None, kind: FailureKind = "failed"
+    ) -> FailureReport:
+        short = kind == "shortfall"
         return FailureReport(
             promotion_id,
             job.id,
             job.job_type,
-            job.error,
+            None if short else job.error,
             job.status_since,
             seen_at,
-            job_name=job.name,
-        )
-
-    @staticmethod
-    def shortfall(promotion_id: str, job: Job, seen_at: float) -> FailureReport:
-        return FailureReport(
-            promotion_id,
-            job.id,
-            job.job_type,
-            None,
-            job.status_since,
-            seen_at,
-            kind="shortfall",
-            job_name=job.name,
-            requested=job.codes_requested,
-            generated=job.codes_generated,
+            kind,
+            job.name,
+            job.codes_requested if short else None,
+            job.codes_generated if short else None,
         )
 
 
@@ -110,7 +100,6 @@ class RecentActivity:
         *,
         hints: Callable[[str], str | None] = lambda _: None,
         failures: int = RECENT_FAILURES,
-        poll_errors: int = RECENT_POLL_ERRORS,
     ) -> None:
         self._clock = clock
         self._hints = hints
@@ -118,7 +107,6 @@ class RecentActivity:
         self._polls: dict[str, PollRecord] = {}
         self._failures: deque[FailureReport] = deque(maxlen=failures)
         self._errors: OrderedDict[tuple[str, str], PollError] = OrderedDict()
-        self._max_errors = poll_errors
         # (whole second, requests started in it), oldest first, at most one window long
         self._requests: deque[list[int]] = deque()
         self._delays: deque[tuple[float, float]] = deque(maxlen=MAX_DELAYS)  # (seen, delay)
@@ -148,7 +136,7 @@ class RecentActivity:
             if change.is_failure:
                 self.report(FailureReport.of_job(pid, change.job, seen_at=now))
             elif change.is_shortfall:
-                self.report(FailureReport.shortfall(pid, change.job, now))
+                self.report(FailureReport.of_job(pid, change.job, now, "shortfall"))
 
     def _poll_error(self, pid: str, reason: str, detail: str | None, now: float) -> None:
         key = (pid, reason)
@@ -162,7 +150,7 @@ class RecentActivity:
             now,
             (previous.count if previous is not None else 0) + 1,
         )
-        while len(self._errors) > self._max_errors:
+        while len(self._errors) > RECENT_POLL_ERRORS:
             self._errors.popitem(last=False)
 
     def report(self, failure: FailureReport) -> None:
