@@ -25,8 +25,6 @@ DELAY_WINDOW_SECONDS: Final = 3600
 MAX_DELAYS: Final = 10_000  # the last hour's, or the most recent ones of a busy hour
 MAX_DETAIL_CHARS: Final = 300
 
-FailureKind = Literal["failed", "shortfall"]
-
 
 @dataclass(frozen=True, slots=True)
 class PollRecord:
@@ -50,7 +48,7 @@ class FailureReport:
     error: str | None
     at: float | None  # when the job reached its status, as the API tells
     seen_at: float | None = None  # when the monitor saw it; None when known only from the snapshot
-    kind: FailureKind = "failed"
+    kind: Literal["failed", "shortfall"] = "failed"
     job_name: str | None = None
     requested: int | None = None  # codes asked for, for shortfalls
     generated: int | None = None  # codes made, for shortfalls
@@ -60,10 +58,9 @@ class FailureReport:
         return self.at if self.at is not None else (self.seen_at or 0.0)
 
     @staticmethod
-    def of_job(
-        promotion_id: str, job: Job, seen_at: float | None = None, kind: FailureKind = "failed"
-    ) -> FailureReport:
-        short = kind == "shortfall"
+    def of_job(promotion_id: str, job: Job, seen_at: float | None = None) -> FailureReport:
+        """A failed job's report, or a shortfall's (with the codes asked for and made)."""
+        short = job.shortfall
         return FailureReport(
             promotion_id,
             job.id,
@@ -71,7 +68,7 @@ class FailureReport:
             None if short else job.error,
             job.status_since,
             seen_at,
-            kind,
+            "shortfall" if short else "failed",
             job.name,
             job.codes_requested if short else None,
             job.codes_generated if short else None,
@@ -118,25 +115,18 @@ class RecentActivity:
         last = self._polls.get(pid)
         last_success = last.last_success if last is not None else None
         if outcome.ok:
-            self._polls[pid] = PollRecord(
-                now, ok=True, last_success=now, incomplete=outcome.incomplete
-            )
+            record = PollRecord(now, ok=True, last_success=now, incomplete=outcome.incomplete)
         else:
             failing_since = last.failing_since if last is not None and not last.ok else None
-            self._polls[pid] = PollRecord(
-                now, False, outcome.reason, last_success, failing_since or now
-            )
+            record = PollRecord(now, False, outcome.reason, last_success, failing_since or now)
             self._poll_error(pid, outcome.reason or "unknown", outcome.detail, now)
+        self._polls[pid] = record
         for change in outcome.changes:
             delay = change.detection_delay(now)
             if delay is not None:
                 self._delays.append((now, delay))
-            if change.job is None:
-                continue
-            if change.is_failure:
+            if change.job is not None and (change.is_failure or change.is_shortfall):
                 self.report(FailureReport.of_job(pid, change.job, seen_at=now))
-            elif change.is_shortfall:
-                self.report(FailureReport.of_job(pid, change.job, now, "shortfall"))
 
     def _poll_error(self, pid: str, reason: str, detail: str | None, now: float) -> None:
         key = (pid, reason)
@@ -172,8 +162,7 @@ class RecentActivity:
 
     def requests_per_second(self, now: float) -> float:
         """Requests per second over the last minute (or since start, if that is shorter)."""
-        second = int(now)
-        self._expire_requests(second)
+        self._expire_requests(int(now))
         window = min(float(RATE_WINDOW_SECONDS), max(1.0, now - self.started_at))
         return sum(count for _, count in self._requests) / window
 
@@ -190,9 +179,8 @@ class RecentActivity:
     def forget(self, promotion_id: str) -> None:
         """Drop what was recorded of a promotion that is no longer watched."""
         self._polls.pop(promotion_id, None)
-        kept = [f for f in self._failures if f.promotion_id != promotion_id]
-        if len(kept) != len(self._failures):
-            self._failures = deque(kept, maxlen=self._failures.maxlen)
+        kept = (f for f in self._failures if f.promotion_id != promotion_id)
+        self._failures = deque(kept, maxlen=self._failures.maxlen)
         for key in [k for k in self._errors if k[0] == promotion_id]:
             del self._errors[key]
 

@@ -19,10 +19,7 @@ from monitor.models import FAILED, PromotionSnapshot
 from monitor.recent_activity import FailureReport, PollError, PollRecord, RecentActivity
 
 PER_PAGE: Final = 100
-MAX_PER_PAGE: Final = 1000
 FAILURES_SHOWN: Final = 100
-MIN_REFRESH: Final = 5
-MAX_REFRESH: Final = 3600
 
 # What needs a person's attention, most urgent first; the rank sorts the promotion rows.
 ATTENTION: Final = ("poll_failing", "stuck", "failed", "no_baseline", "active", "ok")
@@ -47,8 +44,7 @@ class StatusQuery:
 
 
 def _int_param(query: Mapping[str, str], name: str, low: int, high: int) -> int | None:
-    raw = query.get(name)
-    if raw is None or raw == "":
+    if not (raw := query.get(name)):
         return None
     if not raw.isdigit() or not low <= int(raw) <= high:
         raise QueryError(f"{name}: must be a whole number from {low} to {high}")
@@ -59,8 +55,8 @@ def parse_query(query: Mapping[str, str]) -> StatusQuery:
     """Read ?promotion=, ?page=, ?per_page=, ?refresh=; raises QueryError naming a bad one."""
     promotion = (query.get("promotion") or "").strip().lower() or None
     page = _int_param(query, "page", 1, 1_000_000) or 1
-    per_page = _int_param(query, "per_page", 1, MAX_PER_PAGE) or PER_PAGE
-    refresh = _int_param(query, "refresh", MIN_REFRESH, MAX_REFRESH)
+    per_page = _int_param(query, "per_page", 1, 1000) or PER_PAGE
+    refresh = _int_param(query, "refresh", 5, 3600)
     return StatusQuery(promotion, page, per_page, refresh)
 
 
@@ -182,9 +178,8 @@ def build_status(
 ) -> StatusView | None:
     """The status as of `now`; None when `query.promotion` is neither watched nor known.
 
-    `watched` maps each watched promotion id to its kind; promotions only in the snapshot
-    (state kept until discovery confirms them) are shown too, with no kind.
-    """
+    `watched` maps promotion ids to kinds; those only in the snapshot (kept until discovery
+    confirms them) are shown too, with no kind."""
     summaries = summaries or Summaries()
     ids = list(watched) + [pid for pid in snapshots if pid not in watched]
     one = query.promotion

@@ -47,7 +47,7 @@ _PAGE_HEADERS: Final = {
 
 @dataclass(frozen=True)
 class WebSecurity:
-    """Optional TLS and basic auth for /metrics, for clusters that require them."""
+    """Optional TLS, and basic auth for /metrics and the status page, where clusters want them."""
 
     ssl_context: ssl.SSLContext | None = None
     username: str | None = None
@@ -79,7 +79,7 @@ def authorized(header: str | None, username: str, password: str) -> bool:
         return False
     try:
         decoded = base64.b64decode(credentials.strip(), validate=True).decode()
-    except (ValueError, UnicodeDecodeError):
+    except ValueError:  # (bad base64, or not UTF-8)
         return False
     user, _, given = decoded.partition(":")
     # Both comparisons always run, so timing says nothing about which part was wrong.
@@ -178,8 +178,7 @@ class WebServer:
     async def start(self, host: str, port: int) -> int:
         await self._runner.setup()
         await web.TCPSite(self._runner, host, port, ssl_context=self._ssl_context).start()
-        addresses = self._runner.addresses
-        self.port = int(addresses[0][1]) if addresses else port
+        self.port = int(self._runner.addresses[0][1])
         return self.port
 
     async def stop(self) -> None:
