@@ -26,21 +26,6 @@ class JobSummary:
     failed: tuple[Job, ...]  # most recent first, at most FAILED_PER_PROMOTION
 
 
-def summarize(snapshot: PromotionSnapshot) -> JobSummary:
-    jobs = snapshot.jobs.values()
-    counts = Counter((job.job_type, job.status) for job in jobs)
-    failed = sorted(
-        (job for job in jobs if job.status == FAILED),
-        key=lambda job: job.status_since or 0.0,
-        reverse=True,
-    )
-    return JobSummary(
-        dict(counts),
-        tuple(job for job in jobs if job.is_active),
-        tuple(failed[:FAILED_PER_PROMOTION]),
-    )
-
-
 class Summaries:
     """Summaries by promotion, reused while the promotion's snapshot object is the same."""
 
@@ -51,7 +36,17 @@ class Summaries:
         cached = self._cache.get(snapshot.promotion_id)
         if cached is not None and cached[0] is snapshot:
             return cached[1]
-        summary = summarize(snapshot)
+        jobs = snapshot.jobs.values()
+        failed = sorted(
+            (job for job in jobs if job.status == FAILED),
+            key=lambda job: job.status_since or 0.0,
+            reverse=True,
+        )
+        summary = JobSummary(
+            dict(Counter((job.job_type, job.status) for job in jobs)),
+            tuple(job for job in jobs if job.is_active),
+            tuple(failed[:FAILED_PER_PROMOTION]),
+        )
         self._cache[snapshot.promotion_id] = (snapshot, summary)
         return summary
 

@@ -1,9 +1,8 @@
-"""What the monitor saw lately, kept in memory for the status page: each promotion's last poll,
-recent failures and shortfalls, poll errors, and the request rate.
+"""What the monitor saw lately, in memory, for the status page: each promotion's last poll,
+recent failures and shortfalls, poll errors, the request rate and the detection delay.
 
-Everything here is bounded (rings and one record per watched promotion), so a store that fails
-all day costs the same memory as a quiet one. A restart forgets it; failed jobs still in the
-snapshot are shown from there.
+Bounded (rings, one record per watched promotion): a store that fails all day costs the memory
+of a quiet one. A restart forgets it; failed jobs still in the snapshot are shown from there.
 """
 
 from __future__ import annotations
@@ -25,8 +24,6 @@ RATE_WINDOW_SECONDS: Final = 60
 DELAY_WINDOW_SECONDS: Final = 3600
 MAX_DELAYS: Final = 10_000  # the last hour's, or the most recent ones of a busy hour
 MAX_DETAIL_CHARS: Final = 300
-
-FailureKind = Literal["failed", "shortfall"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +48,7 @@ class FailureReport:
     error: str | None
     at: float | None  # when the job reached its status, as the API tells
     seen_at: float | None = None  # when the monitor saw it; None when known only from the snapshot
-    kind: FailureKind = "failed"
+    kind: Literal["failed", "shortfall"] = "failed"
     job_name: str | None = None
     requested: int | None = None  # codes asked for, for shortfalls
     generated: int | None = None  # codes made, for shortfalls
@@ -62,29 +59,19 @@ class FailureReport:
 
     @staticmethod
     def of_job(promotion_id: str, job: Job, seen_at: float | None = None) -> FailureReport:
+        """A failed job's report, or a shortfall's (with the codes asked for and made)."""
+        short = job.shortfall
         return FailureReport(
             promotion_id,
             job.id,
             job.job_type,
-            job.error,
+            None if short else job.error,
             job.status_since,
             seen_at,
-            job_name=job.name,
-        )
-
-    @staticmethod
-    def shortfall(promotion_id: str, job: Job, seen_at: float) -> FailureReport:
-        return FailureReport(
-            promotion_id,
-            job.id,
-            job.job_type,
-            None,
-            job.status_since,
-            seen_at,
-            kind="shortfall",
-            job_name=job.name,
-            requested=job.codes_requested,
-            generated=job.codes_generated,
+            "shortfall" if short else "failed",
+            job.name,
+            job.codes_requested if short else None,
+            job.codes_generated if short else None,
         )
 
 
@@ -110,7 +97,6 @@ class RecentActivity:
         *,
         hints: Callable[[str], str | None] = lambda _: None,
         failures: int = RECENT_FAILURES,
-        poll_errors: int = RECENT_POLL_ERRORS,
     ) -> None:
         self._clock = clock
         self._hints = hints
@@ -118,7 +104,6 @@ class RecentActivity:
         self._polls: dict[str, PollRecord] = {}
         self._failures: deque[FailureReport] = deque(maxlen=failures)
         self._errors: OrderedDict[tuple[str, str], PollError] = OrderedDict()
-        self._max_errors = poll_errors
         # (whole second, requests started in it), oldest first, at most one window long
         self._requests: deque[list[int]] = deque()
         self._delays: deque[tuple[float, float]] = deque(maxlen=MAX_DELAYS)  # (seen, delay)
@@ -130,25 +115,18 @@ class RecentActivity:
         last = self._polls.get(pid)
         last_success = last.last_success if last is not None else None
         if outcome.ok:
-            self._polls[pid] = PollRecord(
-                now, ok=True, last_success=now, incomplete=outcome.incomplete
-            )
+            record = PollRecord(now, ok=True, last_success=now, incomplete=outcome.incomplete)
         else:
             failing_since = last.failing_since if last is not None and not last.ok else None
-            self._polls[pid] = PollRecord(
-                now, False, outcome.reason, last_success, failing_since or now
-            )
+            record = PollRecord(now, False, outcome.reason, last_success, failing_since or now)
             self._poll_error(pid, outcome.reason or "unknown", outcome.detail, now)
+        self._polls[pid] = record
         for change in outcome.changes:
             delay = change.detection_delay(now)
             if delay is not None:
                 self._delays.append((now, delay))
-            if change.job is None:
-                continue
-            if change.is_failure:
+            if change.job is not None and (change.is_failure or change.is_shortfall):
                 self.report(FailureReport.of_job(pid, change.job, seen_at=now))
-            elif change.is_shortfall:
-                self.report(FailureReport.shortfall(pid, change.job, now))
 
     def _poll_error(self, pid: str, reason: str, detail: str | None, now: float) -> None:
         key = (pid, reason)
@@ -162,7 +140,7 @@ class RecentActivity:
             now,
             (previous.count if previous is not None else 0) + 1,
         )
-        while len(self._errors) > self._max_errors:
+        while len(self._errors) > RECENT_POLL_ERRORS:
             self._errors.popitem(last=False)
 
     def report(self, failure: FailureReport) -> None:
@@ -184,8 +162,7 @@ class RecentActivity:
 
     def requests_per_second(self, now: float) -> float:
         """Requests per second over the last minute (or since start, if that is shorter)."""
-        second = int(now)
-        self._expire_requests(second)
+        self._expire_requests(int(now))
         window = min(float(RATE_WINDOW_SECONDS), max(1.0, now - self.started_at))
         return sum(count for _, count in self._requests) / window
 
@@ -202,9 +179,8 @@ class RecentActivity:
     def forget(self, promotion_id: str) -> None:
         """Drop what was recorded of a promotion that is no longer watched."""
         self._polls.pop(promotion_id, None)
-        kept = [f for f in self._failures if f.promotion_id != promotion_id]
-        if len(kept) != len(self._failures):
-            self._failures = deque(kept, maxlen=self._failures.maxlen)
+        kept = (f for f in self._failures if f.promotion_id != promotion_id)
+        self._failures = deque(kept, maxlen=self._failures.maxlen)
         for key in [k for k in self._errors if k[0] == promotion_id]:
             del self._errors[key]
 

@@ -1,9 +1,7 @@
-"""The status view: what the monitor sees now, for a person at `/` (status_page) and a script at
-`/status.json` (status_json).
+"""The status view: what the monitor sees now, for a person at `/` and a script at `/status.json`.
 
-`build_status` is a pure function of the snapshot, the recent activity and the monitor's own
-facts, with `now` passed in; it never calls Elastic Path. Rows are sorted so that what needs
-attention comes first, and the page is bounded (paged promotions, capped lists) at any scale.
+`build_status` is a pure function of the snapshot, the recent activity and the monitor's own facts;
+it never calls Elastic Path. What needs attention sorts first, and the page is bounded at any scale.
 """
 
 from __future__ import annotations
@@ -12,7 +10,7 @@ import heapq
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from monitor.diff import is_stuck
@@ -21,10 +19,7 @@ from monitor.models import FAILED, PromotionSnapshot
 from monitor.recent_activity import FailureReport, PollError, PollRecord, RecentActivity
 
 PER_PAGE: Final = 100
-MAX_PER_PAGE: Final = 1000
 FAILURES_SHOWN: Final = 100
-MIN_REFRESH: Final = 5
-MAX_REFRESH: Final = 3600
 
 # What needs a person's attention, most urgent first; the rank sorts the promotion rows.
 ATTENTION: Final = ("poll_failing", "stuck", "failed", "no_baseline", "active", "ok")
@@ -32,23 +27,6 @@ ATTENTION: Final = ("poll_failing", "stuck", "failed", "no_baseline", "active", 
 Names = Callable[[str], str | None]
 # A promotion's poll interval as planned and its estimated jobs per day (None: not planned).
 Planned = Callable[[str], tuple[float | None, float | None]]
-
-
-def no_names(_: str) -> str | None:
-    """No promotion names (a view built without them): rows show the id alone."""
-    return None
-
-
-def _rounded(planned: tuple[float | None, float | None]) -> tuple[float | None, float | None]:
-    interval, per_day = planned
-    return (
-        None if interval is None else round(interval, 1),
-        None if per_day is None else round(per_day, 3),
-    )
-
-
-def not_planned(_: str) -> tuple[float | None, float | None]:
-    return None, None
 
 
 class QueryError(ValueError):
@@ -66,8 +44,7 @@ class StatusQuery:
 
 
 def _int_param(query: Mapping[str, str], name: str, low: int, high: int) -> int | None:
-    raw = query.get(name)
-    if raw is None or raw == "":
+    if not (raw := query.get(name)):
         return None
     if not raw.isdigit() or not low <= int(raw) <= high:
         raise QueryError(f"{name}: must be a whole number from {low} to {high}")
@@ -78,8 +55,8 @@ def parse_query(query: Mapping[str, str]) -> StatusQuery:
     """Read ?promotion=, ?page=, ?per_page=, ?refresh=; raises QueryError naming a bad one."""
     promotion = (query.get("promotion") or "").strip().lower() or None
     page = _int_param(query, "page", 1, 1_000_000) or 1
-    per_page = _int_param(query, "per_page", 1, MAX_PER_PAGE) or PER_PAGE
-    refresh = _int_param(query, "refresh", MIN_REFRESH, MAX_REFRESH)
+    per_page = _int_param(query, "per_page", 1, 1000) or PER_PAGE
+    refresh = _int_param(query, "refresh", 5, 3600)
     return StatusQuery(promotion, page, per_page, refresh)
 
 
@@ -156,64 +133,6 @@ class StatusView:
     refresh: int | None = None
 
 
-def _row(
-    pid: str,
-    kind: str | None,
-    snapshot: PromotionSnapshot | None,
-    *,
-    activity: RecentActivity,
-    summaries: Summaries,
-    names: Names,
-    now: float,
-    stuck_after: float,
-    planned: Planned = not_planned,
-    store_now: float | None = None,
-) -> PromotionRow:
-    jobs: dict[str, int] = {}
-    stuck: list[float] = []
-    last_failure = None
-    if snapshot is not None:
-        summary = summaries.of(snapshot)
-        by_status: Counter[str] = Counter()
-        for (_, status), count in summary.counts.items():
-            by_status[status] += count
-        jobs = dict(sorted(by_status.items()))
-        seen = snapshot.seen  # (a job of unknown age is stuck from when it was first seen)
-        judged = now if store_now is None else store_now  # (the store's times, its clock)
-        stuck = [
-            job.status_since or seen.get(job.id, judged)
-            for job in summary.active
-            if is_stuck(job, judged, stuck_after, seen.get(job.id))
-        ]
-        if summary.failed:
-            last_failure = summary.failed[0].status_since
-    record = activity.poll(pid)
-    if record is not None and not record.ok:
-        attention = "poll_failing"
-    elif stuck:
-        attention = "stuck"
-    elif jobs.get(FAILED):
-        attention = "failed"
-    elif snapshot is None:
-        attention = "no_baseline"
-    elif snapshot.has_active:
-        attention = "active"
-    else:
-        attention = "ok"
-    return PromotionRow(
-        pid,
-        names(pid),
-        kind,
-        attention,
-        jobs,
-        len(stuck),
-        min(stuck) if stuck else None,
-        last_failure,
-        record,
-        *_rounded(planned(pid)),
-    )
-
-
 def _urgency(row: PromotionRow) -> tuple[int, float, str]:
     # Within a rank, the newest trouble first: failing longest is not more urgent than news.
     moment = {
@@ -229,21 +148,17 @@ def _failures(
     snapshots: Iterable[PromotionSnapshot],
     summaries: Summaries,
     names: Names,
-    limit: int,
 ) -> tuple[FailureRow, ...]:
     """Failures the monitor saw, and failed jobs still in the snapshot (they survive restarts)."""
     held = heapq.nlargest(
-        limit,
+        FAILURES_SHOWN,
         ((job, s.promotion_id) for s in snapshots for job in summaries.of(s).failed),
         key=lambda pair: pair[0].status_since or 0.0,
     )
-    merged: dict[tuple[str, str, str], FailureReport] = {}
-    for job, pid in held:
-        report = FailureReport.of_job(pid, job)
-        merged[(pid, job.id, report.kind)] = report
-    for report in recent:  # seen live: it knows when the monitor saw it
-        merged[(report.promotion_id, report.job_id, report.kind)] = report
-    newest = heapq.nlargest(limit, merged.values(), key=lambda r: r.when)
+    # One report per job, the one seen live if any: it knows when the monitor saw it.
+    reports = [FailureReport.of_job(pid, job) for job, pid in held] + list(recent)
+    merged = {(r.promotion_id, r.job_id, r.kind): r for r in reports}
+    newest = heapq.nlargest(FAILURES_SHOWN, merged.values(), key=lambda r: r.when)
     return tuple(FailureRow(r, names(r.promotion_id)) for r in newest)
 
 
@@ -256,40 +171,71 @@ def build_status(
     now: float,
     stuck_after: float,
     query: StatusQuery = StatusQuery(),  # frozen: a shared default is safe
-    names: Names = no_names,
+    names: Names = lambda _: None,
     summaries: Summaries | None = None,
-    planned: Planned = not_planned,
+    planned: Planned = lambda _: (None, None),
     store_now: float | None = None,
 ) -> StatusView | None:
     """The status as of `now`; None when `query.promotion` is neither watched nor known.
 
-    `watched` maps each watched promotion id to its kind; promotions only in the snapshot
-    (state kept until discovery confirms them) are shown too, with no kind.
-    """
+    `watched` maps promotion ids to kinds; those only in the snapshot (kept until discovery
+    confirms them) are shown too, with no kind."""
     summaries = summaries or Summaries()
     ids = list(watched) + [pid for pid in snapshots if pid not in watched]
     one = query.promotion
     if one is not None and one not in watched and one not in snapshots:
         return None
+    judged = now if store_now is None else store_now  # (the store's times, by its clock)
+
+    def row_of(pid: str) -> PromotionRow:
+        snapshot = snapshots.get(pid)
+        jobs: dict[str, int] = {}
+        stuck: list[float] = []
+        last_failure = None
+        if snapshot is not None:
+            summary = summaries.of(snapshot)
+            by_status: Counter[str] = Counter()
+            for (_, status), count in summary.counts.items():
+                by_status[status] += count
+            jobs = dict(sorted(by_status.items()))
+            seen = snapshot.seen  # (a job of unknown age is stuck from when it was first seen)
+            stuck = [
+                job.status_since or seen.get(job.id, judged)
+                for job in summary.active
+                if is_stuck(job, judged, stuck_after, seen.get(job.id))
+            ]
+            if summary.failed:
+                last_failure = summary.failed[0].status_since
+        record = activity.poll(pid)
+        if record is not None and not record.ok:
+            attention = "poll_failing"
+        elif stuck:
+            attention = "stuck"
+        elif jobs.get(FAILED):
+            attention = "failed"
+        elif snapshot is None:
+            attention = "no_baseline"
+        elif snapshot.has_active:
+            attention = "active"
+        else:
+            attention = "ok"
+        interval, per_day = planned(pid)
+        return PromotionRow(
+            pid,
+            names(pid),
+            watched.get(pid),
+            attention,
+            jobs,
+            len(stuck),
+            min(stuck) if stuck else None,
+            last_failure,
+            record,
+            None if interval is None else round(interval, 1),
+            None if per_day is None else round(per_day, 3),
+        )
+
     # Every row is built even for one promotion: the header counts what needs attention overall.
-    rows = sorted(
-        (
-            _row(
-                pid,
-                watched.get(pid),
-                snapshots.get(pid),
-                activity=activity,
-                summaries=summaries,
-                names=names,
-                now=now,
-                stuck_after=stuck_after,
-                planned=planned,
-                store_now=store_now,
-            )
-            for pid in ids
-        ),
-        key=_urgency,
-    )
+    rows = sorted(map(row_of, ids), key=_urgency)
     summaries.keep_only(snapshots)
     listed = rows if one is None else [row for row in rows if row.id == one]
     pages = max(1, math.ceil(len(listed) / query.per_page))
@@ -298,7 +244,6 @@ def build_status(
 
     scope = [snapshots[pid] for pid in ids if pid in snapshots and (one is None or pid == one)]
     recent = [f for f in activity.failures if one is None or f.promotion_id == one]
-    failures = _failures(recent, scope, summaries, names, FAILURES_SHOWN)
     failing = {row.id for row in rows if row.attention == "poll_failing"}
     poll_errors = tuple(
         PollErrorRow(e, names(e.promotion_id), e.promotion_id in failing)
@@ -307,32 +252,24 @@ def build_status(
     )
     jobs = None
     if one is not None:
-        snapshot = snapshots.get(one)
-        held = snapshot.jobs.values() if snapshot is not None else ()
+        held = snapshots[one].jobs.values() if one in snapshots else ()
         jobs = tuple(
-            sorted(
-                (
-                    JobRow(
-                        j.id,
-                        j.name,
-                        j.job_type,
-                        j.status,
-                        j.status_since,
-                        j.error,
-                        is_stuck(j, now if store_now is None else store_now, stuck_after),
-                    )
-                    for j in held
-                ),
-                key=lambda j: j.since or 0.0,
-                reverse=True,
+            JobRow(
+                j.id,
+                j.name,
+                j.job_type,
+                j.status,
+                j.status_since,
+                j.error,
+                is_stuck(j, judged, stuck_after),
             )
+            for j in sorted(held, key=lambda j: j.status_since or 0.0, reverse=True)
         )
     polls = [row.last_poll.last_success for row in rows if row.last_poll is not None]
-    last_success = max((at for at in polls if at is not None), default=None)
     return StatusView(
         now=now,
         monitor=monitor,
-        last_success=last_success,
+        last_success=max((at for at in polls if at is not None), default=None),
         watched=len(watched),
         attention=dict(Counter(row.attention for row in rows)),
         promotions=tuple(shown),
@@ -340,7 +277,7 @@ def build_status(
         page=page,
         pages=pages,
         per_page=query.per_page,
-        failures=failures,
+        failures=_failures(recent, scope, summaries, names),
         poll_errors=poll_errors,
         promotion=one,
         jobs=jobs,
@@ -348,44 +285,32 @@ def build_status(
     )
 
 
+@dataclass(frozen=True, kw_only=True)
 class StatusBoard:
     """Gathers the live inputs of `build_status` at each request; the web handler calls it."""
 
-    def __init__(
-        self,
-        *,
-        snapshots: Callable[[], Iterable[PromotionSnapshot]],
-        watched: Callable[[], Mapping[str, str]],
-        activity: RecentActivity,
-        facts: Callable[[], MonitorFacts],
-        clock: Callable[[], float],
-        stuck_after: float,
-        names: Names = no_names,
-        planned: Planned = not_planned,
-        store_now: Callable[[], float] | None = None,
-    ) -> None:
-        self._planned = planned
-        self._store_now = store_now  # the store's clock (monitor.client.clock), for its times
-        self._snapshots = snapshots
-        self._watched = watched
-        self._activity = activity
-        self._facts = facts
-        self._clock = clock
-        self._stuck_after = stuck_after
-        self._names = names
-        self._summaries = Summaries()
+    snapshots: Callable[[], Iterable[PromotionSnapshot]]
+    watched: Callable[[], Mapping[str, str]]
+    activity: RecentActivity
+    facts: Callable[[], MonitorFacts]
+    clock: Callable[[], float]
+    stuck_after: float
+    names: Names = lambda _: None
+    planned: Planned = lambda _: (None, None)
+    store_now: Callable[[], float] | None = None  # the store's clock (monitor.client.clock)
+    summaries: Summaries = field(default_factory=Summaries)
 
     def view(self, query: StatusQuery) -> StatusView | None:
         return build_status(
-            snapshots={s.promotion_id: s for s in self._snapshots()},
-            watched=self._watched(),
-            activity=self._activity,
-            monitor=self._facts(),
-            now=self._clock(),
-            stuck_after=self._stuck_after,
+            snapshots={s.promotion_id: s for s in self.snapshots()},
+            watched=self.watched(),
+            activity=self.activity,
+            monitor=self.facts(),
+            now=self.clock(),
+            stuck_after=self.stuck_after,
             query=query,
-            names=self._names,
-            summaries=self._summaries,
-            planned=self._planned,
-            store_now=self._store_now() if self._store_now is not None else None,
+            names=self.names,
+            summaries=self.summaries,
+            planned=self.planned,
+            store_now=self.store_now() if self.store_now is not None else None,
         )

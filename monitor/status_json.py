@@ -9,7 +9,7 @@ from dataclasses import fields, is_dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from monitor.recent_activity import PollRecord
+from monitor.recent_activity import DELAY_WINDOW_SECONDS, PollRecord
 from monitor.status import ATTENTION, StatusView
 
 # The fields of the view's rows that hold epoch seconds.
@@ -24,11 +24,8 @@ def iso(moment: float | None) -> str | None:
     """Epoch seconds as ISO 8601 UTC with milliseconds (the API's own style)."""
     if moment is None:
         return None
-    return (
-        datetime.fromtimestamp(moment, UTC)
-        .isoformat(timespec="milliseconds")
-        .replace("+00:00", "Z")
-    )
+    stamp = datetime.fromtimestamp(moment, UTC).isoformat(timespec="milliseconds")
+    return stamp.replace("+00:00", "Z")
 
 
 def plain(row: Any) -> dict[str, Any]:
@@ -42,18 +39,10 @@ def plain(row: Any) -> dict[str, Any]:
     return document
 
 
-def _delay(p50_p99: tuple[float, float] | None) -> dict[str, Any]:
-    p50, p99 = p50_p99 or (None, None)
-    return {"p50": _rounded(p50, 2), "p99": _rounded(p99, 2), "window_seconds": 3600}
-
-
-def _rounded(value: float | None, digits: int) -> float | None:
-    return None if value is None else round(value, digits)
-
-
 def to_json(view: StatusView) -> dict[str, Any]:
     """The view as the /status.json document."""
     facts = view.monitor
+    p50, p99 = facts.detection_delay or (None, None)
     document: dict[str, Any] = {
         "generated_at": iso(view.now),
         "monitor": {
@@ -69,7 +58,11 @@ def to_json(view: StatusView) -> dict[str, Any]:
             "shard": {"index": facts.shard_index, "count": facts.shard_count},
             "promotions": view.watched,
             "attention": {name: view.attention.get(name, 0) for name in ATTENTION},
-            "detection_delay_seconds": _delay(facts.detection_delay),
+            "detection_delay_seconds": {
+                "p50": None if p50 is None else round(p50, 2),
+                "p99": None if p99 is None else round(p99, 2),
+                "window_seconds": DELAY_WINDOW_SECONDS,
+            },
         },
         "page": {
             "number": view.page,

@@ -22,7 +22,7 @@ LABELS: Final = {
 }
 # Job statuses in the order a reader scans them: trouble, work in progress, then history.
 _STATUS_ORDER: Final = ("failed", "cancelling", "processing", "pending", "completed", "cancelled")
-_STATUS_CLASSES: Final = frozenset(_STATUS_ORDER)
+_STATUS_RANK: Final = {status: rank for rank, status in enumerate(_STATUS_ORDER)}
 
 # Scripts may not run at all, whatever a text from the API smuggles in; styles are inline only.
 CONTENT_SECURITY_POLICY: Final = (
@@ -33,14 +33,13 @@ CONTENT_SECURITY_POLICY: Final = (
 
 @cache
 def _template() -> jinja2.Template:
-    environment = jinja2.Environment(
+    return jinja2.Environment(
         loader=jinja2.PackageLoader("monitor", "templates"),
         autoescape=True,  # every value is text; markup comes only from the template
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
-    )
-    return environment.get_template("status.html")
+    ).get_template("status.html")
 
 
 def ago(now: float, moment: float | None, *, suffix: bool = True) -> str:
@@ -68,11 +67,9 @@ def utc(moment: float | None) -> str:
 
 
 def job_chips(jobs: dict[str, int]) -> list[tuple[str, int]]:
-    def order(status: str) -> tuple[int, str]:
-        known = _STATUS_ORDER.index(status) if status in _STATUS_CLASSES else len(_STATUS_ORDER)
-        return known, status
-
-    return [(status, jobs[status]) for status in sorted(jobs, key=order)]
+    return sorted(
+        jobs.items(), key=lambda chip: (_STATUS_RANK.get(chip[0], len(_STATUS_RANK)), chip[0])
+    )
 
 
 # What a partial listing means to the person reading the page (reasons: monitor.client.Incomplete).
@@ -86,7 +83,7 @@ INCOMPLETE_NOTES: Final = {
 
 
 def status_class(status: str) -> str:
-    return f"s-{status}" if status in _STATUS_CLASSES else "s-other"
+    return f"s-{status}" if status in _STATUS_RANK else "s-other"
 
 
 def render_page(view: StatusView, query: StatusQuery) -> str:
@@ -99,8 +96,7 @@ def render_page(view: StatusView, query: StatusQuery) -> str:
     }
 
     def qs(**changes: object) -> str:
-        params = {**current, **changes}
-        kept = {k: v for k, v in params.items() if v is not None}
+        kept = {k: v for k, v in (current | changes).items() if v is not None}
         return "?" + urlencode(kept) if kept else ""
 
     def link(**changes: object) -> str:

@@ -1,5 +1,4 @@
-"""The HTTP face of the monitor: /metrics, /healthz, /readyz, and the status page at / and
-/status.json."""
+"""The HTTP face of the monitor: /metrics, /healthz, /readyz, the status page (/, /status.json)."""
 
 from __future__ import annotations
 
@@ -7,7 +6,7 @@ import base64
 import hmac
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -37,8 +36,6 @@ class Health:
         return not self.started or now - self.progress() <= self.stale_after
 
 
-StatusSource = Callable[[StatusQuery], StatusView | None]
-
 # The status page holds what the monitor knows now: never cached, never sniffed as another type.
 _PAGE_HEADERS: Final = {
     "Cache-Control": "no-store",
@@ -46,12 +43,11 @@ _PAGE_HEADERS: Final = {
     "Referrer-Policy": "no-referrer",
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
 }
-_NOT_WATCHED: Final = "promotion: not watched by this monitor"
 
 
 @dataclass(frozen=True)
 class WebSecurity:
-    """Optional TLS and basic auth for /metrics, for clusters that require them."""
+    """Optional TLS, and basic auth for /metrics and the status page, where clusters want them."""
 
     ssl_context: ssl.SSLContext | None = None
     username: str | None = None
@@ -83,7 +79,7 @@ def authorized(header: str | None, username: str, password: str) -> bool:
         return False
     try:
         decoded = base64.b64decode(credentials.strip(), validate=True).decode()
-    except (ValueError, UnicodeDecodeError):
+    except ValueError:  # (bad base64, or not UTF-8)
         return False
     user, _, given = decoded.partition(":")
     # Both comparisons always run, so timing says nothing about which part was wrong.
@@ -97,24 +93,11 @@ def build_app(
     health: Health,
     security: WebSecurity | None = None,
     *,
-    status: StatusSource,
+    status: Callable[[StatusQuery], StatusView | None],
     exposition: Exposition | None = None,
 ) -> web.Application:
     security = security or WebSecurity()
     metrics_handler = make_aiohttp_handler(registry)
-
-    async def exposed(request: web.Request) -> web.StreamResponse:
-        if exposition is None:
-            return await metrics_handler(request)
-        accept = ",".join(request.headers.getall(hdrs.ACCEPT, []))
-        chunks, content_type = exposition.stream(accept, request.query.getall("name[]", []))
-        response = web.StreamResponse(headers={hdrs.CONTENT_TYPE: content_type})
-        response.enable_compression()  # gzip or deflate, when the scraper asks for it
-        await response.prepare(request)
-        for chunk in chunks:
-            await response.write(chunk)
-        await response.write_eof()
-        return response
 
     def refused(request: web.Request) -> web.Response | None:
         # Probes stay open (the kubelet sends no credentials); only the data is protected.
@@ -131,7 +114,17 @@ def build_app(
     async def metrics(request: web.Request) -> web.StreamResponse:
         if (refusal := refused(request)) is not None:
             return refusal
-        return await exposed(request)
+        if exposition is None:
+            return await metrics_handler(request)
+        accept = ",".join(request.headers.getall(hdrs.ACCEPT, []))
+        chunks, content_type = exposition.stream(accept, request.query.getall("name[]", []))
+        response = web.StreamResponse(headers={hdrs.CONTENT_TYPE: content_type})
+        response.enable_compression()  # gzip or deflate, when the scraper asks for it
+        await response.prepare(request)
+        for chunk in chunks:
+            await response.write(chunk)
+        await response.write_eof()
+        return response
 
     async def healthz(_: web.Request) -> web.Response:
         if health.alive(time.monotonic()):
@@ -144,43 +137,31 @@ def build_app(
             return web.Response(text="ready\n")
         return web.Response(status=503, text="stopping\n" if health.stopping else "starting\n")
 
-    def status_handler(
-        render: Callable[[StatusView, StatusQuery], web.Response],
-        failure: Callable[[int, str], web.Response],
-    ) -> Callable[[web.Request], Awaitable[web.Response]]:
-        async def handle(request: web.Request) -> web.Response:
-            if (refusal := refused(request)) is not None:
-                return refusal
-            try:
-                query = parse_query(request.query)
-            except QueryError as exc:
-                return failure(400, str(exc))
-            view = status(query)
-            if view is None:
-                return failure(404, _NOT_WATCHED)
-            return render(view, query)
-
-        return handle
-
-    page = status_handler(
-        lambda view, query: web.Response(
-            text=render_page(view, query), content_type="text/html", headers=_PAGE_HEADERS
-        ),
-        lambda code, message: web.Response(status=code, text=message + "\n", headers=_PAGE_HEADERS),
-    )
-    status_json = status_handler(
-        lambda view, _: web.json_response(to_json(view), headers=_PAGE_HEADERS),
-        lambda code, message: web.json_response(
-            {"error": message}, status=code, headers=_PAGE_HEADERS
-        ),
-    )
+    async def status_page(request: web.Request) -> web.Response:
+        if (refusal := refused(request)) is not None:
+            return refusal
+        as_json = request.path == "/status.json"
+        try:
+            query = parse_query(request.query)
+        except QueryError as exc:
+            code, message = 400, str(exc)
+        else:
+            if (view := status(query)) is not None:
+                if as_json:
+                    return web.json_response(to_json(view), headers=_PAGE_HEADERS)
+                page = render_page(view, query)
+                return web.Response(text=page, content_type="text/html", headers=_PAGE_HEADERS)
+            code, message = 404, "promotion: not watched by this monitor"
+        if as_json:
+            return web.json_response({"error": message}, status=code, headers=_PAGE_HEADERS)
+        return web.Response(status=code, text=message + "\n", headers=_PAGE_HEADERS)
 
     app = web.Application()
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/", page)
-    app.router.add_get("/status.json", status_json)
+    app.router.add_get("/", status_page)
+    app.router.add_get("/status.json", status_page)
     return app
 
 
@@ -197,8 +178,7 @@ class WebServer:
     async def start(self, host: str, port: int) -> int:
         await self._runner.setup()
         await web.TCPSite(self._runner, host, port, ssl_context=self._ssl_context).start()
-        addresses = self._runner.addresses
-        self.port = int(addresses[0][1]) if addresses else port
+        self.port = int(self._runner.addresses[0][1])
         return self.port
 
     async def stop(self) -> None:
