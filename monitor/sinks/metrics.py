@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable
-from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
@@ -22,49 +21,19 @@ from monitor.models import (
 )
 from monitor.sinks.error_kinds import ErrorKinds
 from monitor.sinks.exposition import (
-    Entry,
     Exposition,
     Family,
     PromotionCounter,
     PromotionGauge,
     PromotionSeries,
+    Rows,
     Samples,
-    sample_line,
 )
 
 # (promotion id, kind, name) of every promotion whose name is known (monitor.names.PromotionNames).
 Names = Iterable[tuple[str, PromotionKind, str]]
 
-# Job durations run from seconds (small exports) to hours (queued behind other jobs).
-DURATION_BUCKETS: Final = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400)
-POLL_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
-DETECTION_BUCKETS: Final = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
-
-
-INFO: Final = (
-    "epcc_promotion_info",
-    "The promotion's name in Elastic Path (value 1), to join on promotion_id.",
-)
-JOBS: Final = ("epcc_promotion_jobs", "Jobs of each promotion now in each status.")
-STUCK: Final = (
-    "epcc_promotion_jobs_stuck",
-    "Jobs in pending/processing/cancelling for longer than poll.stuck_after_seconds.",
-)
-FAILED_INFO: Final = (
-    "epcc_promotion_job_failed_info",
-    "1 for each failed job (the most recent per promotion), with its error text.",
-)
-INFO_LABELS: Final = ("promotion_id", "kind", "name")
-JOB_LABELS: Final = ("promotion_id", "job_type", "status")
-FAILED_LABELS: Final = ("promotion_id", "job_id", "job_type", "error")
-
-Rows = list[tuple[tuple[str, ...], float]]
-
-
-def job_rows(pid: str, summary: JobSummary) -> Rows:
-    return [
-        ((pid, job_type, status), count) for (job_type, status), count in summary.counts.items()
-    ]
+JOB_LABELS = ("promotion_id", "job_type", "status")
 
 
 def stuck_rows(pid: str, summary: JobSummary, now: float, stuck_after: float) -> tuple[Rows, float]:
@@ -77,10 +46,6 @@ def stuck_rows(pid: str, summary: JobSummary, now: float, stuck_after: float) ->
         elif job.status_since is not None:
             until = min(until, job.status_since + stuck_after)
     return [((pid, job_type, status), n) for (job_type, status), n in stuck.items()], until
-
-
-def failed_rows(pid: str, summary: JobSummary) -> Rows:
-    return [((pid, job.id, job.job_type, job.error or ""), 1) for job in summary.failed]
 
 
 class SnapshotFamilies:
@@ -98,9 +63,21 @@ class SnapshotFamilies:
         self._clock = clock
         self._stuck_after = stuck_after
         self._summaries = Summaries()
-        self._jobs = Family(*JOBS, "gauge")
-        self._stuck = Family(*STUCK, "gauge")
-        self._failed = Family(*FAILED_INFO, "gauge")
+        self._jobs = Family(
+            "epcc_promotion_jobs", "Jobs of each promotion now in each status.", "gauge", JOB_LABELS
+        )
+        self._stuck = Family(
+            "epcc_promotion_jobs_stuck",
+            "Jobs in pending/processing/cancelling for longer than poll.stuck_after_seconds.",
+            "gauge",
+            JOB_LABELS,
+        )
+        self._failed = Family(
+            "epcc_promotion_job_failed_info",
+            "1 for each failed job (the most recent per promotion), with its error text.",
+            "gauge",
+            ("promotion_id", "job_id", "job_type", "error"),
+        )
         # promotion -> (the snapshot rendered, when the stuck counts were, until when they hold)
         self._rendered: dict[str, tuple[PromotionSnapshot, float, float]] = {}
 
@@ -116,25 +93,18 @@ class SnapshotFamilies:
                 continue
             summary = self._summaries.of(snapshot)
             if new:
-                self._jobs.put(pid, _entry(self._jobs, JOB_LABELS, job_rows(pid, summary)))
-                failed = failed_rows(pid, summary)
-                self._failed.put(pid, _entry(self._failed, FAILED_LABELS, failed))
+                self._jobs.put(pid, [((pid, *key), n) for key, n in summary.counts.items()])
+                failed = summary.failed
+                self._failed.put(pid, [((pid, j.id, j.job_type, j.error or ""), 1) for j in failed])
             rows, until = stuck_rows(pid, summary, now, self._stuck_after)
-            self._stuck.put(pid, _entry(self._stuck, JOB_LABELS, rows))
+            self._stuck.put(pid, rows)
             self._rendered[pid] = (snapshot, now, until)
         for gone in self._rendered.keys() - live:
             del self._rendered[gone]
             for family in (self._jobs, self._stuck, self._failed):
-                family.chunks.pop(gone, None)
+                family.put(gone, ())
         self._summaries.keep_only(live)
         return (self._jobs, self._stuck, self._failed)
-
-
-def _entry(family: Family, names: tuple[str, ...], rows: Rows) -> Entry | None:
-    if not rows:
-        return None
-    lines = [sample_line(family.name, zip(names, labels, strict=True), v) for labels, v in rows]
-    return "".join(lines).encode()
 
 
 class NameFamily:
@@ -142,7 +112,12 @@ class NameFamily:
 
     def __init__(self, names: Names) -> None:
         self._names = names
-        self._family = Family(*INFO, "gauge")
+        self._family = Family(
+            "epcc_promotion_info",
+            "The promotion's name in Elastic Path (value 1), to join on promotion_id.",
+            "gauge",
+            ("promotion_id", "kind", "name"),
+        )
         self._rendered: dict[str, tuple[str, str]] = {}
 
     def refresh(self) -> Iterable[Family]:
@@ -151,11 +126,10 @@ class NameFamily:
             live.add(pid)
             if self._rendered.get(pid) != (kind.value, name):
                 self._rendered[pid] = (kind.value, name)
-                rows: Rows = [((pid, kind.value, name), 1)]
-                self._family.put(pid, _entry(self._family, INFO_LABELS, rows))
+                self._family.put(pid, [((pid, kind.value, name), 1)])
         for gone in self._rendered.keys() - live:
             del self._rendered[gone]
-            self._family.chunks.pop(gone, None)
+            self._family.put(gone, ())
         return (self._family,)
 
 
@@ -233,7 +207,8 @@ class MonitorMetrics:
             "epcc_promotion_job_duration_seconds",
             "created_at to updated_at of jobs seen reaching a terminal status.",
             ["job_type", "status"],
-            buckets=DURATION_BUCKETS,
+            # Job durations run from seconds (small exports) to hours (queued behind other jobs).
+            buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400),
             registry=None,
         )
         self.up = PromotionGauge(
@@ -249,14 +224,14 @@ class MonitorMetrics:
         self.poll_duration = Histogram(
             "epcc_monitor_poll_duration_seconds",
             "Time to poll one promotion (all pages, retries included).",
-            buckets=POLL_BUCKETS,
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
             registry=process,
         )
         self.detection_delay = Histogram(
             "epcc_monitor_detection_delay_seconds",
             "For each job first seen after its promotion's baseline: when it was first seen "
             "minus its created_at.",
-            buckets=DETECTION_BUCKETS,
+            buckets=(0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
             registry=process,
         )
         self.poll_errors = PromotionCounter(
@@ -341,35 +316,12 @@ class MonitorMetrics:
             "or was late): a new leader may report them again.",
             registry=process,
         )
-        # (in the order declared above, on either side of the duration histogram)
-        reported: tuple[PromotionSeries, ...] = (
-            self.failures,
-            self.errors,
-            self.last_failure,
-            self.codes_generated,
-            self.codes_deleted,
-            self.shortfalls,
-            self.last_shortfall,
-            self.transitions,
-        )
-        polled: tuple[PromotionSeries, ...] = (
-            self.up,
-            self.last_success,
-            self.poll_errors,
-            self.polls_incomplete,
-            self.jobs_skipped,
-        )
-        self._series = reported + polled
+        # The promotion series, and the duration histogram among them, in the order declared.
+        self._series = [v for v in vars(self).values() if isinstance(v, PromotionSeries)]
+        parts = [v for v in vars(self).values() if v in self._series or v is self.duration]
+        snapshot_families = SnapshotFamilies(snapshots, self._store_now, stuck_after)
         self.exposition = Exposition(
-            registry,
-            visible,
-            [
-                *reported,
-                self.duration,
-                *polled,
-                SnapshotFamilies(snapshots, self._store_now, stuck_after),
-                NameFamily(names),
-            ],
+            registry, visible, [*parts, snapshot_families, NameFamily(names)]
         )
 
     def watch(self, promotion_id: str) -> None:
@@ -403,22 +355,17 @@ class MonitorMetrics:
                 self.last_failure.labels(pid, job.job_type).set(self._clock())
                 kind = self.error_kinds.label(job.error)
                 self.errors.labels(pid, job.job_type, kind).inc()
-            if change.reached_terminal:
-                self._produced(pid, change)
-                if job.duration is not None:
-                    self.duration.labels(job.job_type, job.status).observe(job.duration)
-
-    def _produced(self, pid: str, change: Change) -> None:
-        """What a job seen finishing produced: codes generated, deleted, or a shortfall."""
-        job = change.job
-        assert job is not None
-        if job.status == COMPLETED and job.codes_generated:
-            self.codes_generated.labels(pid).inc(job.codes_generated)
-        elif job.status == CANCELLED and job.codes_deleted:
-            self.codes_deleted.labels(pid).inc(job.codes_deleted)
-        if change.is_shortfall:
-            self.shortfalls.labels(pid).inc()
-            self.last_shortfall.labels(pid).set(self._clock())
+            if not change.reached_terminal:
+                continue
+            if job.duration is not None:
+                self.duration.labels(job.job_type, job.status).observe(job.duration)
+            if job.status == COMPLETED and job.codes_generated:
+                self.codes_generated.labels(pid).inc(job.codes_generated)
+            elif job.status == CANCELLED and job.codes_deleted:
+                self.codes_deleted.labels(pid).inc(job.codes_deleted)
+            if change.is_shortfall:
+                self.shortfalls.labels(pid).inc()
+                self.last_shortfall.labels(pid).set(self._clock())
 
     def poll_succeeded(self, promotion_id: str, now: float) -> None:
         self.up.labels(promotion_id).set(1)
