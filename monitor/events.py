@@ -1,10 +1,6 @@
-"""Every log event the monitor emits, declared once: the event contract.
-
-An event is a frozen value with a name, a level and typed fields. Code that has something to
-report builds one and hands it to an `EventSink`; the sink decides how it looks (JSON lines via
-structlog in `sinks/logs.py`). Fields that are None are left out of the rendered line. The
-README's event table lists the same events with the same fields (a test holds them together).
-"""
+"""Every log event the monitor emits, declared once: the event contract (docs/hooks.py renders
+its reference). Code with something to report builds an event and hands it to an `EventSink`;
+the sink decides how it looks (JSON lines via structlog in `sinks/logs.py`)."""
 
 from __future__ import annotations
 
@@ -21,11 +17,8 @@ Level = Literal["debug", "info", "warning", "error"]
 
 @dataclass_transform(kw_only_default=True, frozen_default=True)
 class Event:
-    """Base of every event: `NAME` and `LEVEL` are the class's, the fields the instance's.
-
-    A subclass is a frozen, keyword-only dataclass: `class JobFailed(JobEvent, name="job_failed",
-    level="error")` and its fields are the whole declaration.
-    """
+    """Base of every event: `NAME` and `LEVEL` are the class's, the fields the instance's (a
+    frozen, keyword-only dataclass: the class line and fields are the whole declaration)."""
 
     NAME: ClassVar[str]
     LEVEL: ClassVar[Level]
@@ -310,6 +303,12 @@ def all_events() -> list[type[Event]]:
 
 D = TypeVar("D", bound=DescribedJobEvent)
 
+_PLAIN: dict[ChangeKind, type[JobEvent]] = {
+    ChangeKind.DISCOVERED: JobDiscovered,
+    ChangeKind.UPDATED: JobUpdated,
+    ChangeKind.VANISHED: JobVanished,
+}
+
 
 def _describe(
     cls: type[D], change: Change, job: Job, names: Callable[[str], str | None], **extra: Any
@@ -333,27 +332,30 @@ def job_events(
 ) -> Iterator[Event]:
     """The events a poll's changes announce, in order; pure."""
     for change in changes:
+        pid, job = change.promotion_id, change.job
         if change.kind is ChangeKind.BASELINE:
             counts = dict(change.counts or {})
-            yield BaselineLoaded(
-                promotion_id=change.promotion_id, jobs=sum(counts.values()), by_status=counts
-            )
+            yield BaselineLoaded(promotion_id=pid, jobs=sum(counts.values()), by_status=counts)
             continue
-        job = change.job
         if job is None:
             continue
-        pid = change.promotion_id
+        ids: dict[str, Any] = {
+            "promotion_id": pid,
+            "job_id": job.id,
+            "job_type": job.job_type,
+            "status": job.status,
+        }
         if change.late:
-            yield JobSeenLate(
-                promotion_id=pid, job_id=job.id, job_type=job.job_type, status=job.status
-            )
+            yield JobSeenLate(**ids)
         elif change.during_baseline:
             pass  # part of the baseline: only its failure is news (below)
         elif change.kind is ChangeKind.STATUS_CHANGED:
             previous = change.previous.status if change.previous else None
             yield _describe(JobStatusChanged, change, job, names, previous_status=previous)
+        elif change.kind is ChangeKind.STUCK:
+            yield JobStuck(**ids, since=job.status_since)
         else:
-            yield from _plain(change.kind, pid, job)
+            yield _PLAIN[change.kind](**ids)
         if change.is_failure:
             during = True if change.during_baseline else None
             yield _describe(
@@ -361,26 +363,6 @@ def job_events(
             )
         elif change.is_shortfall:
             yield _describe(JobIncomplete, change, job, names)
-
-
-_PLAIN: dict[ChangeKind, type[JobEvent]] = {
-    ChangeKind.DISCOVERED: JobDiscovered,
-    ChangeKind.UPDATED: JobUpdated,
-    ChangeKind.VANISHED: JobVanished,
-}
-
-
-def _plain(kind: ChangeKind, promotion_id: str, job: Job) -> Iterator[JobEvent]:
-    ids = {
-        "promotion_id": promotion_id,
-        "job_id": job.id,
-        "job_type": job.job_type,
-        "status": job.status,
-    }
-    if kind is ChangeKind.STUCK:
-        yield JobStuck(**ids, since=job.status_since)
-    elif kind in _PLAIN:
-        yield _PLAIN[kind](**ids)
 
 
 # from a state write

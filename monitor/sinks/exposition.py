@@ -99,14 +99,14 @@ class _GaugePoint:
 
 
 class PromotionSeries:
-    """A counter or gauge whose first label is promotion_id, its lines rendered again only after
+    """A counter or gauge labelled promotion_id then `labels`, its lines rendered again only after
     a labels() call (every change goes through one, so none is missed). Values are plain floats:
     a prometheus_client child costs ~700 bytes, and a promotion has seven or more."""
 
     kind: ClassVar[str]
 
-    def __init__(self, name: str, documentation: str, labelnames: Sequence[str]) -> None:
-        self._labelnames = tuple(labelnames)
+    def __init__(self, name: str, documentation: str, labels: Sequence[str] = ()) -> None:
+        self._labelnames = ("promotion_id", *labels)
         self.family = Family(
             name.removesuffix("_total"), documentation, self.kind, self._labelnames
         )
