@@ -1,5 +1,5 @@
-"""/metrics as concatenation: each promotion's series are rendered once when they change and
-reused by every scrape, then joined family by family.
+"""/metrics as concatenation: each promotion's series are rendered when they change and reused
+by every scrape, then joined family by family.
 
 At 10,000 promotions a fresh render formats ~100,000 samples per scrape (over a second in
 prometheus_client), while between two scrapes only the promotions polled with news change; so,

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from monitor.diff import is_stuck
-from monitor.job_summary import JobSummary, Summaries
+from monitor.job_summary import Summaries
 from monitor.models import (
     CANCELLED,
     COMPLETED,
@@ -26,7 +25,6 @@ from monitor.sinks.exposition import (
     PromotionCounter,
     PromotionGauge,
     PromotionSeries,
-    Rows,
     Samples,
 )
 
@@ -36,21 +34,9 @@ Names = Iterable[tuple[str, PromotionKind, str]]
 JOB_LABELS = ("promotion_id", "job_type", "status")
 
 
-def stuck_rows(pid: str, summary: JobSummary, now: float, stuck_after: float) -> tuple[Rows, float]:
-    """The stuck counts at `now`, and until when they hold (the next job to turn stuck)."""
-    stuck: Tally[tuple[str, str]] = Tally()
-    until = math.inf
-    for job in summary.active:
-        if is_stuck(job, now, stuck_after):
-            stuck[(job.job_type, job.status)] += 1
-        elif job.status_since is not None:
-            until = min(until, job.status_since + stuck_after)
-    return [((pid, job_type, status), n) for (job_type, status), n in stuck.items()], until
-
-
 class SnapshotFamilies:
     """The job gauges, rendered from the live snapshots: a promotion's again only when its
-    snapshot object changes, or, for the stuck counts, when a job turns stuck. A job that leaves
+    snapshot object changes, the stuck counts (few active jobs) at every scrape. A job that leaves
     the snapshot leaves /metrics with it, so nothing has to remember to delete its series."""
 
     def __init__(
@@ -78,8 +64,7 @@ class SnapshotFamilies:
             "gauge",
             ("promotion_id", "job_id", "job_type", "error"),
         )
-        # promotion -> (the snapshot rendered, when the stuck counts were, until when they hold)
-        self._rendered: dict[str, tuple[PromotionSnapshot, float, float]] = {}
+        self._rendered: dict[str, PromotionSnapshot] = {}  # by promotion
 
     def refresh(self) -> Iterable[Family]:
         now = self._clock()
@@ -87,18 +72,18 @@ class SnapshotFamilies:
         for snapshot in self._snapshots():
             pid = snapshot.promotion_id
             live.add(pid)
-            rendered = self._rendered.get(pid)
-            new = rendered is None or rendered[0] is not snapshot
-            if not new and rendered is not None and rendered[1] <= now <= rendered[2]:
-                continue
             summary = self._summaries.of(snapshot)
-            if new:
+            if self._rendered.get(pid) is not snapshot:
                 self._jobs.put(pid, [((pid, *key), n) for key, n in summary.counts.items()])
                 failed = summary.failed
                 self._failed.put(pid, [((pid, j.id, j.job_type, j.error or ""), 1) for j in failed])
-            rows, until = stuck_rows(pid, summary, now, self._stuck_after)
-            self._stuck.put(pid, rows)
-            self._rendered[pid] = (snapshot, now, until)
+            stuck = Tally(
+                (job.job_type, job.status)
+                for job in summary.active
+                if is_stuck(job, now, self._stuck_after)
+            )
+            self._stuck.put(pid, [((pid, *key), n) for key, n in stuck.items()])
+            self._rendered[pid] = snapshot
         for gone in self._rendered.keys() - live:
             del self._rendered[gone]
             for family in (self._jobs, self._stuck, self._failed):
@@ -108,7 +93,7 @@ class SnapshotFamilies:
 
 
 class NameFamily:
-    """`epcc_promotion_info`, rendered again when a name or kind changes."""
+    """`epcc_promotion_info`, rendered from the names at each scrape."""
 
     def __init__(self, names: Names) -> None:
         self._names = names
@@ -118,18 +103,11 @@ class NameFamily:
             "gauge",
             ("promotion_id", "kind", "name"),
         )
-        self._rendered: dict[str, tuple[str, str]] = {}
 
     def refresh(self) -> Iterable[Family]:
-        live: set[str] = set()
+        self._family.chunks.clear()
         for pid, kind, name in self._names:
-            live.add(pid)
-            if self._rendered.get(pid) != (kind.value, name):
-                self._rendered[pid] = (kind.value, name)
-                self._family.put(pid, [((pid, kind.value, name), 1)])
-        for gone in self._rendered.keys() - live:
-            del self._rendered[gone]
-            self._family.put(gone, ())
+            self._family.put(pid, [((pid, kind.value, name), 1)])
         return (self._family,)
 
 
