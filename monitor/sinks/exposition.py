@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Final, Protocol, cast, runtime_checkable
+from typing import ClassVar, Protocol, cast, runtime_checkable
 
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
@@ -19,12 +19,6 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 _go_float = cast("Callable[[float], str]", floatToGoString)  # (untyped in prometheus_client)
-
-OPENMETRICS: Final = "application/openmetrics-text"
-_EOF: Final = b"# EOF\n"
-
-# One promotion's samples of one family: label values (in the family's label order), value.
-Rows = Iterable[tuple[tuple[str, ...], float]]
 
 
 def escape(value: str) -> str:
@@ -55,8 +49,8 @@ class Family:
             head = f"# HELP {self.sample_name} {help_text}\n# TYPE {self.sample_name} "
         return f"{head}{self.kind}\n".encode() + b"".join(self.chunks.values())
 
-    def put(self, promotion_id: str, rows: Rows) -> None:
-        """A promotion's samples, instead of its last ones; labels in name order, as
+    def put(self, promotion_id: str, rows: Iterable[tuple[tuple[str, ...], float]]) -> None:
+        """Replace a promotion's samples (label values, value); labels sorted by name, as
         prometheus_client writes them."""
         lines = []
         for values, value in rows:
@@ -83,9 +77,7 @@ class _CounterPoint:
         self._point = point
 
     def inc(self, amount: float = 1) -> None:
-        if amount < 0:
-            raise ValueError("Counters can only be incremented by non-negative amounts.")
-        self._point[0] += amount
+        self._point[0] += amount  # (never negative: counts and codes are parsed as such)
 
 
 class _GaugePoint:
@@ -191,13 +183,13 @@ class Exposition:
         does); given `names`, only the samples so named. Streamed: a scrape never holds the whole
         exposition (13 MB at 10,000 promotions) nor a compressed copy of it."""
         encoder, content_type = choose_encoder(accept)
-        om = content_type.startswith(OPENMETRICS)
+        om = content_type.startswith("application/openmetrics-text")
 
         def chunks() -> Iterator[bytes]:
             if self._visible():
                 for part in self._parts:
                     if not isinstance(part, Part):  # (few series, none per promotion: anew)
-                        yield encoder(Samples(part, names)).removesuffix(_EOF)
+                        yield encoder(Samples(part, names)).removesuffix(b"# EOF\n")
                         continue
                     for family in part.refresh():
                         if not names or family.sample_name in names:
