@@ -54,9 +54,6 @@ class Recorder:
         self.events.append(event)
 
 
-# lifecycle
-
-
 class MonitorStarted(Event, name="monitor_started", level="info"):
     version: str
     promotions: int
@@ -76,9 +73,6 @@ class MonitorStarted(Event, name="monitor_started", level="info"):
 
 class MonitorStopped(Event, name="monitor_stopped", level="info"):
     state_saved: bool
-
-
-# jobs
 
 
 class JobEvent(Event):
@@ -142,9 +136,6 @@ class JobUpdated(JobEvent, name="job_updated", level="debug"):
     """A job changed without changing status."""
 
 
-# polls and requests
-
-
 class PollFailed(Event, name="poll_failed", level="warning"):
     promotion_id: str
     reason: str
@@ -181,9 +172,6 @@ class TokenRefreshed(Event, name="token_refreshed", level="info"):
     expires_in: float
 
 
-# what is watched
-
-
 class PromotionAdded(Event, name="promotion_added", level="info"):
     promotion_id: str
     kind: str
@@ -215,9 +203,6 @@ class NameLookupFailed(Event, name="name_lookup_failed", level="warning"):
     detail: str
 
 
-# state
-
-
 class StateDiscarded(Event, name="state_discarded", level="warning"):
     path: str
     reason: str
@@ -236,9 +221,6 @@ class StateWriteFailed(Event, name="state_write_failed", level="error"):
 
 class StateWriteRecovered(Event, name="state_write_recovered", level="info"):
     path: str
-
-
-# coordination
 
 
 class LeaderElected(Event, name="leader_elected", level="info"):

@@ -287,12 +287,11 @@ class MonitorMetrics:
             registry=process,
         )
         # The promotion series, and the duration histogram among them, in the order declared.
-        self._series = [v for v in vars(self).values() if isinstance(v, PromotionSeries)]
-        parts = [v for v in vars(self).values() if v in self._series or v is self.duration]
-        snapshot_families = SnapshotFamilies(snapshots, self._store_now, stuck_after)
-        self.exposition = Exposition(
-            registry, visible, [*parts, snapshot_families, NameFamily(names)]
-        )
+        declared = vars(self).values()
+        parts = [v for v in declared if isinstance(v, PromotionSeries) or v is self.duration]
+        self._series = [v for v in parts if isinstance(v, PromotionSeries)]
+        families = (SnapshotFamilies(snapshots, self._store_now, stuck_after), NameFamily(names))
+        self.exposition = Exposition(registry, visible, [*parts, *families])
 
     def watch(self, promotion_id: str) -> None:
         """Pre-set counters to 0, so the first failure (or shortfall, or codes generated) is an
