@@ -1,10 +1,6 @@
-"""Every log event the monitor emits, declared once: the event contract.
-
-An event is a frozen value with a name, a level and typed fields. Code that has something to
-report builds one and hands it to an `EventSink`; the sink decides how it looks (JSON lines via
-structlog in `sinks/logs.py`). Fields that are None are left out of the rendered line. The
-README's event table lists the same events with the same fields (a test holds them together).
-"""
+"""Every log event the monitor emits, declared once: the event contract (docs/hooks.py renders
+its reference). Code with something to report builds an event and hands it to an `EventSink`;
+the sink decides how it looks (JSON lines via structlog in `sinks/logs.py`)."""
 
 from __future__ import annotations
 
@@ -21,11 +17,8 @@ Level = Literal["debug", "info", "warning", "error"]
 
 @dataclass_transform(kw_only_default=True, frozen_default=True)
 class Event:
-    """Base of every event: `NAME` and `LEVEL` are the class's, the fields the instance's.
-
-    A subclass is a frozen, keyword-only dataclass: `class JobFailed(JobEvent, name="job_failed",
-    level="error")` and its fields are the whole declaration.
-    """
+    """Base of every event: `NAME` and `LEVEL` are the class's, the fields the instance's (a
+    frozen, keyword-only dataclass: the class line and fields are the whole declaration)."""
 
     NAME: ClassVar[str]
     LEVEL: ClassVar[Level]
@@ -61,9 +54,6 @@ class Recorder:
         self.events.append(event)
 
 
-# lifecycle
-
-
 class MonitorStarted(Event, name="monitor_started", level="info"):
     version: str
     promotions: int
@@ -83,9 +73,6 @@ class MonitorStarted(Event, name="monitor_started", level="info"):
 
 class MonitorStopped(Event, name="monitor_stopped", level="info"):
     state_saved: bool
-
-
-# jobs
 
 
 class JobEvent(Event):
@@ -149,9 +136,6 @@ class JobUpdated(JobEvent, name="job_updated", level="debug"):
     """A job changed without changing status."""
 
 
-# polls and requests
-
-
 class PollFailed(Event, name="poll_failed", level="warning"):
     promotion_id: str
     reason: str
@@ -188,9 +172,6 @@ class TokenRefreshed(Event, name="token_refreshed", level="info"):
     expires_in: float
 
 
-# what is watched
-
-
 class PromotionAdded(Event, name="promotion_added", level="info"):
     promotion_id: str
     kind: str
@@ -222,9 +203,6 @@ class NameLookupFailed(Event, name="name_lookup_failed", level="warning"):
     detail: str
 
 
-# state
-
-
 class StateDiscarded(Event, name="state_discarded", level="warning"):
     path: str
     reason: str
@@ -243,9 +221,6 @@ class StateWriteFailed(Event, name="state_write_failed", level="error"):
 
 class StateWriteRecovered(Event, name="state_write_recovered", level="info"):
     path: str
-
-
-# coordination
 
 
 class LeaderElected(Event, name="leader_elected", level="info"):
@@ -295,20 +270,20 @@ class HandoverTruncated(Event, name="handover_truncated", level="warning"):
 
 
 def all_events() -> list[type[Event]]:
-    """Every concrete event class (those with a NAME), for the reference and its test."""
-    found: list[type[Event]] = []
-    pending: list[type[Event]] = [Event]
-    while pending:
-        cls = pending.pop()
-        pending.extend(cls.__subclasses__())
-        if hasattr(cls, "NAME"):
-            found.append(cls)
-    return found
+    """Every concrete event class (those with a NAME), in declaration order, for the reference."""
+    found = globals().values()
+    return [c for c in found if isinstance(c, type) and issubclass(c, Event) and hasattr(c, "NAME")]
 
 
 # from changes
 
 D = TypeVar("D", bound=DescribedJobEvent)
+
+_PLAIN: dict[ChangeKind, type[JobEvent]] = {
+    ChangeKind.DISCOVERED: JobDiscovered,
+    ChangeKind.UPDATED: JobUpdated,
+    ChangeKind.VANISHED: JobVanished,
+}
 
 
 def _describe(
@@ -333,27 +308,30 @@ def job_events(
 ) -> Iterator[Event]:
     """The events a poll's changes announce, in order; pure."""
     for change in changes:
+        pid, job = change.promotion_id, change.job
         if change.kind is ChangeKind.BASELINE:
             counts = dict(change.counts or {})
-            yield BaselineLoaded(
-                promotion_id=change.promotion_id, jobs=sum(counts.values()), by_status=counts
-            )
+            yield BaselineLoaded(promotion_id=pid, jobs=sum(counts.values()), by_status=counts)
             continue
-        job = change.job
         if job is None:
             continue
-        pid = change.promotion_id
+        ids: dict[str, Any] = {
+            "promotion_id": pid,
+            "job_id": job.id,
+            "job_type": job.job_type,
+            "status": job.status,
+        }
         if change.late:
-            yield JobSeenLate(
-                promotion_id=pid, job_id=job.id, job_type=job.job_type, status=job.status
-            )
+            yield JobSeenLate(**ids)
         elif change.during_baseline:
             pass  # part of the baseline: only its failure is news (below)
         elif change.kind is ChangeKind.STATUS_CHANGED:
             previous = change.previous.status if change.previous else None
             yield _describe(JobStatusChanged, change, job, names, previous_status=previous)
+        elif change.kind is ChangeKind.STUCK:
+            yield JobStuck(**ids, since=job.status_since)
         else:
-            yield from _plain(change.kind, pid, job)
+            yield _PLAIN[change.kind](**ids)
         if change.is_failure:
             during = True if change.during_baseline else None
             yield _describe(
@@ -361,26 +339,6 @@ def job_events(
             )
         elif change.is_shortfall:
             yield _describe(JobIncomplete, change, job, names)
-
-
-_PLAIN: dict[ChangeKind, type[JobEvent]] = {
-    ChangeKind.DISCOVERED: JobDiscovered,
-    ChangeKind.UPDATED: JobUpdated,
-    ChangeKind.VANISHED: JobVanished,
-}
-
-
-def _plain(kind: ChangeKind, promotion_id: str, job: Job) -> Iterator[JobEvent]:
-    ids = {
-        "promotion_id": promotion_id,
-        "job_id": job.id,
-        "job_type": job.job_type,
-        "status": job.status,
-    }
-    if kind is ChangeKind.STUCK:
-        yield JobStuck(**ids, since=job.status_since)
-    elif kind in _PLAIN:
-        yield _PLAIN[kind](**ids)
 
 
 # from a state write

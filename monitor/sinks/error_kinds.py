@@ -7,7 +7,6 @@ import re
 from typing import Final
 
 MAX_ERROR_KINDS: Final = 50
-OTHER: Final = "other"
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
 # Hex runs with a digit and a letter: request ids, hashes. Plain numbers are left to _NUMBER, so
@@ -35,9 +34,7 @@ class ErrorKinds:
 
     def label(self, error: str | None) -> str:
         kind = normalize_error(error or "")
-        if kind in self._seen:
-            return kind
-        if len(self._seen) >= self._cap:
-            return OTHER
+        if kind not in self._seen and len(self._seen) >= self._cap:
+            return "other"
         self._seen.add(kind)
         return kind

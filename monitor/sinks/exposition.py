@@ -1,19 +1,17 @@
-"""/metrics as concatenation: each promotion's series are rendered once when they change and
-reused by every scrape, then joined family by family.
+"""/metrics as concatenation: each promotion's series are rendered when they change and reused
+by every scrape, then joined family by family.
 
-kube-state-metrics keeps pre-serialised metric families per object for the same reason: at
-10,000 promotions a fresh render formats ~100,000 samples per scrape (prometheus_client takes
-over a second for it), while between two scrapes only the promotions that were polled with news
-(and the per-poll gauges) change. The text format needs every sample of a family under one
-HELP/TYPE, so the cache holds one chunk per family per promotion. This is the only renderer of
-the promotion series; the few series without a promotion label are prometheus_client's.
+At 10,000 promotions a fresh render formats ~100,000 samples per scrape (over a second in
+prometheus_client), while between two scrapes only the promotions polled with news change; so,
+as kube-state-metrics does, the cache holds one chunk per family per promotion (the text format
+needs a family's samples under one HELP/TYPE). This is the only renderer of the promotion series.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Final, Protocol, cast, runtime_checkable
+from typing import ClassVar, Protocol, cast, runtime_checkable
 
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
@@ -22,22 +20,10 @@ from prometheus_client.utils import floatToGoString
 
 _go_float = cast("Callable[[float], str]", floatToGoString)  # (untyped in prometheus_client)
 
-OPENMETRICS: Final = "application/openmetrics-text"
-_EOF: Final = b"# EOF\n"
-
-# One promotion's lines of one family, each ending in a newline (label values escape theirs).
-Entry = bytes
-
 
 def escape(value: str) -> str:
     """A label value (or OpenMetrics help text) as prometheus_client escapes it."""
     return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
-
-
-def sample_line(name: str, labels: Iterable[tuple[str, str]], value: float) -> str:
-    """One sample, labels in name order (as prometheus_client writes them)."""
-    inner = ",".join(f'{key}="{escape(text)}"' for key, text in sorted(labels))
-    return f"{name}{{{inner}}} {_go_float(value)}\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +33,9 @@ class Family:
     name: str  # a counter's without `_total`, as OpenMetrics names the family
     documentation: str
     kind: str  # "counter" or "gauge"
-    chunks: dict[str, Entry] = field(default_factory=dict)
+    labelnames: tuple[str, ...]
+    # One promotion's lines, each ending in a newline (label values escape theirs).
+    chunks: dict[str, bytes] = field(default_factory=dict)
 
     @property
     def sample_name(self) -> str:
@@ -61,11 +49,18 @@ class Family:
             head = f"# HELP {self.sample_name} {help_text}\n# TYPE {self.sample_name} "
         return f"{head}{self.kind}\n".encode() + b"".join(self.chunks.values())
 
-    def put(self, promotion_id: str, entry: Entry | None) -> None:
-        if entry is None:
-            self.chunks.pop(promotion_id, None)
+    def put(self, promotion_id: str, rows: Iterable[tuple[tuple[str, ...], float]]) -> None:
+        """Replace a promotion's samples (label values, value); labels sorted by name, as
+        prometheus_client writes them."""
+        lines = []
+        for values, value in rows:
+            labels = sorted(zip(self.labelnames, values, strict=True))
+            inner = ",".join(f'{key}="{escape(text)}"' for key, text in labels)
+            lines.append(f"{self.sample_name}{{{inner}}} {_go_float(value)}\n")
+        if lines:
+            self.chunks[promotion_id] = "".join(lines).encode()
         else:
-            self.chunks[promotion_id] = entry
+            self.chunks.pop(promotion_id, None)
 
 
 @runtime_checkable
@@ -82,9 +77,7 @@ class _CounterPoint:
         self._point = point
 
     def inc(self, amount: float = 1) -> None:
-        if amount < 0:
-            raise ValueError("Counters can only be incremented by non-negative amounts.")
-        self._point[0] += amount
+        self._point[0] += amount  # (never negative: counts and codes are parsed as such)
 
 
 class _GaugePoint:
@@ -98,21 +91,17 @@ class _GaugePoint:
 
 
 class PromotionSeries:
-    """A counter or gauge whose first label is promotion_id, kept by promotion so that a
-    promotion's lines are rendered again only after a call that may have changed them.
-
-    Every change goes through labels() (`.labels(...).inc()`), so marking the promotion there
-    cannot miss one. Values are plain floats rather than prometheus_client children, which
-    cost ~700 bytes each, seven or more per promotion.
-    """
+    """A counter or gauge labelled promotion_id then `labels`, its lines rendered again only after
+    a labels() call (every change goes through one, so none is missed). Values are plain floats:
+    a prometheus_client child costs ~700 bytes, and a promotion has seven or more."""
 
     kind: ClassVar[str]
 
-    def __init__(self, name: str, documentation: str, labelnames: Sequence[str]) -> None:
-        if labelnames[0] != "promotion_id":
-            raise ValueError("the first label must be promotion_id")
-        self.family = Family(name.removesuffix("_total"), documentation, self.kind)
-        self._labelnames = tuple(labelnames)
+    def __init__(self, name: str, documentation: str, labels: Sequence[str] = ()) -> None:
+        self._labelnames = ("promotion_id", *labels)
+        self.family = Family(
+            name.removesuffix("_total"), documentation, self.kind, self._labelnames
+        )
         self._points: dict[tuple[str, ...], list[float]] = {}
         self._keys: dict[str, tuple[tuple[str, ...], ...]] = {}  # by promotion, as created
         self._changed: set[str] = set()
@@ -133,13 +122,8 @@ class PromotionSeries:
         self._changed.add(promotion_id)
 
     def refresh(self) -> Iterable[Family]:
-        name, names = self.family.sample_name, self._labelnames
         for pid in self._changed:
-            lines = [
-                sample_line(name, zip(names, key, strict=True), self._points[key][0])
-                for key in self._keys.get(pid, ())
-            ]
-            self.family.put(pid, "".join(lines).encode() if lines else None)
+            self.family.put(pid, [(key, self._points[key][0]) for key in self._keys.get(pid, ())])
         self._changed.clear()
         return (self.family,)
 
@@ -195,18 +179,17 @@ class Exposition:
         return b"".join(chunks), content_type
 
     def stream(self, accept: str, names: Collection[str] = ()) -> tuple[Iterator[bytes], str]:
-        """The body, family by family, and its content type for an Accept header (negotiated
-        as prometheus_client does); given `names`, only the samples so named. Written out as it
-        is made, a scrape never holds the whole exposition (13 MB at 10,000 promotions) nor a
-        compressed copy of it."""
+        """The body, family by family, and its content type (negotiated as prometheus_client
+        does); given `names`, only the samples so named. Streamed: a scrape never holds the whole
+        exposition (13 MB at 10,000 promotions) nor a compressed copy of it."""
         encoder, content_type = choose_encoder(accept)
-        om = content_type.startswith(OPENMETRICS)
+        om = content_type.startswith("application/openmetrics-text")
 
         def chunks() -> Iterator[bytes]:
             if self._visible():
                 for part in self._parts:
                     if not isinstance(part, Part):  # (few series, none per promotion: anew)
-                        yield encoder(Samples(part, names)).removesuffix(_EOF)
+                        yield encoder(Samples(part, names)).removesuffix(b"# EOF\n")
                         continue
                     for family in part.refresh():
                         if not names or family.sample_name in names:

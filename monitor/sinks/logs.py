@@ -14,6 +14,7 @@ from monitor.models import shown
 
 # Keys that must never carry a value into a log line, whoever passes them.
 _SECRET_KEYS: Final = ("secret", "token", "password", "authorization")
+_LEVELS: Final = logging.getLevelNamesMapping()
 
 
 def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -49,23 +50,15 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | N
             *escape,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]
-        ),
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level.upper()]),
         logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stdout),
         # Not cached: tests and `once` reconfigure within one process.
         cache_logger_on_first_use=False,
     )
 
 
-_LEVELS: Final = logging.getLevelNamesMapping()
-
-
 class LogSink:
     """Renders events as structured log lines; the events themselves are in monitor/events.py."""
 
-    def __init__(self, logger: structlog.typing.FilteringBoundLogger | None = None) -> None:
-        self._log: structlog.typing.FilteringBoundLogger = logger or structlog.get_logger()
-
     def emit(self, event: Event) -> None:
-        self._log.log(_LEVELS[event.LEVEL.upper()], event.NAME, **event.fields())
+        structlog.get_logger().log(_LEVELS[event.LEVEL.upper()], event.NAME, **event.fields())

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable
-from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from monitor.diff import is_stuck
-from monitor.job_summary import JobSummary, Summaries
+from monitor.job_summary import Summaries
 from monitor.models import (
     CANCELLED,
     COMPLETED,
@@ -22,70 +20,23 @@ from monitor.models import (
 )
 from monitor.sinks.error_kinds import ErrorKinds
 from monitor.sinks.exposition import (
-    Entry,
     Exposition,
     Family,
     PromotionCounter,
     PromotionGauge,
     PromotionSeries,
     Samples,
-    sample_line,
 )
 
 # (promotion id, kind, name) of every promotion whose name is known (monitor.names.PromotionNames).
 Names = Iterable[tuple[str, PromotionKind, str]]
 
-# Job durations run from seconds (small exports) to hours (queued behind other jobs).
-DURATION_BUCKETS: Final = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400)
-POLL_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
-DETECTION_BUCKETS: Final = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
-
-
-INFO: Final = (
-    "epcc_promotion_info",
-    "The promotion's name in Elastic Path (value 1), to join on promotion_id.",
-)
-JOBS: Final = ("epcc_promotion_jobs", "Jobs of each promotion now in each status.")
-STUCK: Final = (
-    "epcc_promotion_jobs_stuck",
-    "Jobs in pending/processing/cancelling for longer than poll.stuck_after_seconds.",
-)
-FAILED_INFO: Final = (
-    "epcc_promotion_job_failed_info",
-    "1 for each failed job (the most recent per promotion), with its error text.",
-)
-INFO_LABELS: Final = ("promotion_id", "kind", "name")
-JOB_LABELS: Final = ("promotion_id", "job_type", "status")
-FAILED_LABELS: Final = ("promotion_id", "job_id", "job_type", "error")
-
-Rows = list[tuple[tuple[str, ...], float]]
-
-
-def job_rows(pid: str, summary: JobSummary) -> Rows:
-    return [
-        ((pid, job_type, status), count) for (job_type, status), count in summary.counts.items()
-    ]
-
-
-def stuck_rows(pid: str, summary: JobSummary, now: float, stuck_after: float) -> tuple[Rows, float]:
-    """The stuck counts at `now`, and until when they hold (the next job to turn stuck)."""
-    stuck: Tally[tuple[str, str]] = Tally()
-    until = math.inf
-    for job in summary.active:
-        if is_stuck(job, now, stuck_after):
-            stuck[(job.job_type, job.status)] += 1
-        elif job.status_since is not None:
-            until = min(until, job.status_since + stuck_after)
-    return [((pid, job_type, status), n) for (job_type, status), n in stuck.items()], until
-
-
-def failed_rows(pid: str, summary: JobSummary) -> Rows:
-    return [((pid, job.id, job.job_type, job.error or ""), 1) for job in summary.failed]
+JOB_LABELS = ("promotion_id", "job_type", "status")
 
 
 class SnapshotFamilies:
     """The job gauges, rendered from the live snapshots: a promotion's again only when its
-    snapshot object changes, or, for the stuck counts, when a job turns stuck. A job that leaves
+    snapshot object changes, the stuck counts (few active jobs) at every scrape. A job that leaves
     the snapshot leaves /metrics with it, so nothing has to remember to delete its series."""
 
     def __init__(
@@ -98,11 +49,22 @@ class SnapshotFamilies:
         self._clock = clock
         self._stuck_after = stuck_after
         self._summaries = Summaries()
-        self._jobs = Family(*JOBS, "gauge")
-        self._stuck = Family(*STUCK, "gauge")
-        self._failed = Family(*FAILED_INFO, "gauge")
-        # promotion -> (the snapshot rendered, when the stuck counts were, until when they hold)
-        self._rendered: dict[str, tuple[PromotionSnapshot, float, float]] = {}
+        self._jobs = Family(
+            "epcc_promotion_jobs", "Jobs of each promotion now in each status.", "gauge", JOB_LABELS
+        )
+        self._stuck = Family(
+            "epcc_promotion_jobs_stuck",
+            "Jobs in pending/processing/cancelling for longer than poll.stuck_after_seconds.",
+            "gauge",
+            JOB_LABELS,
+        )
+        self._failed = Family(
+            "epcc_promotion_job_failed_info",
+            "1 for each failed job (the most recent per promotion), with its error text.",
+            "gauge",
+            ("promotion_id", "job_id", "job_type", "error"),
+        )
+        self._rendered: dict[str, PromotionSnapshot] = {}  # by promotion
 
     def refresh(self) -> Iterable[Family]:
         now = self._clock()
@@ -110,52 +72,42 @@ class SnapshotFamilies:
         for snapshot in self._snapshots():
             pid = snapshot.promotion_id
             live.add(pid)
-            rendered = self._rendered.get(pid)
-            new = rendered is None or rendered[0] is not snapshot
-            if not new and rendered is not None and rendered[1] <= now <= rendered[2]:
-                continue
             summary = self._summaries.of(snapshot)
-            if new:
-                self._jobs.put(pid, _entry(self._jobs, JOB_LABELS, job_rows(pid, summary)))
-                failed = failed_rows(pid, summary)
-                self._failed.put(pid, _entry(self._failed, FAILED_LABELS, failed))
-            rows, until = stuck_rows(pid, summary, now, self._stuck_after)
-            self._stuck.put(pid, _entry(self._stuck, JOB_LABELS, rows))
-            self._rendered[pid] = (snapshot, now, until)
+            if self._rendered.get(pid) is not snapshot:
+                self._jobs.put(pid, [((pid, *key), n) for key, n in summary.counts.items()])
+                failed = summary.failed
+                self._failed.put(pid, [((pid, j.id, j.job_type, j.error or ""), 1) for j in failed])
+            stuck = Tally(
+                (job.job_type, job.status)
+                for job in summary.active
+                if is_stuck(job, now, self._stuck_after)
+            )
+            self._stuck.put(pid, [((pid, *key), n) for key, n in stuck.items()])
+            self._rendered[pid] = snapshot
         for gone in self._rendered.keys() - live:
             del self._rendered[gone]
             for family in (self._jobs, self._stuck, self._failed):
-                family.chunks.pop(gone, None)
+                family.put(gone, ())
         self._summaries.keep_only(live)
         return (self._jobs, self._stuck, self._failed)
 
 
-def _entry(family: Family, names: tuple[str, ...], rows: Rows) -> Entry | None:
-    if not rows:
-        return None
-    lines = [sample_line(family.name, zip(names, labels, strict=True), v) for labels, v in rows]
-    return "".join(lines).encode()
-
-
 class NameFamily:
-    """`epcc_promotion_info`, rendered again when a name or kind changes."""
+    """`epcc_promotion_info`, rendered from the names at each scrape."""
 
     def __init__(self, names: Names) -> None:
         self._names = names
-        self._family = Family(*INFO, "gauge")
-        self._rendered: dict[str, tuple[str, str]] = {}
+        self._family = Family(
+            "epcc_promotion_info",
+            "The promotion's name in Elastic Path (value 1), to join on promotion_id.",
+            "gauge",
+            ("promotion_id", "kind", "name"),
+        )
 
     def refresh(self) -> Iterable[Family]:
-        live: set[str] = set()
+        self._family.chunks.clear()
         for pid, kind, name in self._names:
-            live.add(pid)
-            if self._rendered.get(pid) != (kind.value, name):
-                self._rendered[pid] = (kind.value, name)
-                rows: Rows = [((pid, kind.value, name), 1)]
-                self._family.put(pid, _entry(self._family, INFO_LABELS, rows))
-        for gone in self._rendered.keys() - live:
-            del self._rendered[gone]
-            self._family.chunks.pop(gone, None)
+            self._family.put(pid, [((pid, kind.value, name), 1)])
         return (self._family,)
 
 
@@ -185,16 +137,15 @@ class MonitorMetrics:
         # stale or zero series beside the leader's, or alerts that take the max would see them).
         process = CollectorRegistry(auto_describe=True)
         registry.register(Samples(process))
-        job = ["promotion_id", "job_type"]
         self.failures = PromotionCounter(
             "epcc_promotion_job_failures_total",
             "Jobs seen turning failed (or first seen already failed) since the monitor started.",
-            job,
+            ["job_type"],
         )
         self.errors = PromotionCounter(
             "epcc_promotion_job_errors_total",
             "Failures by normalized error text (ids and numbers masked; at most 50 kinds).",
-            [*job, "error"],
+            ["job_type", "error"],
         )
         # The alert's age branch reads this: a counter that starts above 0 on a new pod (a failure
         # found by its baseline lookback) has no increase() to see, a timestamp always does.
@@ -202,73 +153,68 @@ class MonitorMetrics:
             "epcc_promotion_job_last_failure_timestamp_seconds",
             "Unix time at which this monitor last reported a failure of the promotion and job "
             "type.",
-            job,
+            ["job_type"],
         )
         self.codes_generated = PromotionCounter(
             "epcc_promotion_codes_generated",
             "Codes generated by jobs seen completing (result.generated).",
-            ["promotion_id"],
         )
         self.codes_deleted = PromotionCounter(
             "epcc_promotion_codes_deleted",
             "Codes deleted by jobs seen being cancelled (result.deleted).",
-            ["promotion_id"],
         )
         self.shortfalls = PromotionCounter(
             "epcc_promotion_job_shortfalls",
             "code_generate jobs seen completing with fewer codes than number_of_codes.",
-            ["promotion_id"],
         )
         self.last_shortfall = PromotionGauge(
             "epcc_promotion_job_last_shortfall_timestamp_seconds",
             "Unix time at which this monitor last reported a shortfall of the promotion.",
-            ["promotion_id"],
         )
         self.transitions = PromotionCounter(
             "epcc_promotion_job_transitions_total",
             "Job status changes seen; from_status is 'new' for jobs seen for the first time.",
-            [*job, "from_status", "to_status"],
+            ["job_type", "from_status", "to_status"],
         )
         self.duration = Histogram(
             "epcc_promotion_job_duration_seconds",
             "created_at to updated_at of jobs seen reaching a terminal status.",
             ["job_type", "status"],
-            buckets=DURATION_BUCKETS,
+            # Job durations run from seconds (small exports) to hours (queued behind other jobs).
+            buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400),
             registry=None,
         )
         self.up = PromotionGauge(
             "epcc_monitor_up",
             "1 if the last poll of the promotion succeeded, 0 if it failed.",
-            ["promotion_id"],
         )
         self.last_success = PromotionGauge(
             "epcc_monitor_last_success_timestamp_seconds",
             "Unix time of the last successful poll of the promotion.",
-            ["promotion_id"],
         )
         self.poll_duration = Histogram(
             "epcc_monitor_poll_duration_seconds",
             "Time to poll one promotion (all pages, retries included).",
-            buckets=POLL_BUCKETS,
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
             registry=process,
         )
         self.detection_delay = Histogram(
             "epcc_monitor_detection_delay_seconds",
             "For each job first seen after its promotion's baseline: when it was first seen "
             "minus its created_at.",
-            buckets=DETECTION_BUCKETS,
+            buckets=(0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
             registry=process,
         )
         self.poll_errors = PromotionCounter(
             "epcc_monitor_poll_errors_total",
             "Failed polls by promotion and reason.",
-            ["promotion_id", "reason"],
+            ["reason"],
         )
         self.polls_incomplete = PromotionCounter(
             "epcc_monitor_polls_incomplete_total",
             "Polls whose job listing could not be read whole (reason: offset_limit, "
             "offset_ignored, short); unseen jobs are kept as last known.",
-            ["promotion_id", "reason"],
+            ["reason"],
         )
         self.api_requests = Counter(
             "epcc_monitor_api_requests_total",
@@ -295,7 +241,6 @@ class MonitorMetrics:
         self.jobs_skipped = PromotionCounter(
             "epcc_monitor_jobs_skipped_total",
             "Job objects in API answers that could not be identified (no id, not an object).",
-            ["promotion_id"],
         )
         self.schedule_lag = Gauge(
             "epcc_monitor_schedule_lag_seconds",
@@ -341,36 +286,12 @@ class MonitorMetrics:
             "or was late): a new leader may report them again.",
             registry=process,
         )
-        # (in the order declared above, on either side of the duration histogram)
-        reported: tuple[PromotionSeries, ...] = (
-            self.failures,
-            self.errors,
-            self.last_failure,
-            self.codes_generated,
-            self.codes_deleted,
-            self.shortfalls,
-            self.last_shortfall,
-            self.transitions,
-        )
-        polled: tuple[PromotionSeries, ...] = (
-            self.up,
-            self.last_success,
-            self.poll_errors,
-            self.polls_incomplete,
-            self.jobs_skipped,
-        )
-        self._series = reported + polled
-        self.exposition = Exposition(
-            registry,
-            visible,
-            [
-                *reported,
-                self.duration,
-                *polled,
-                SnapshotFamilies(snapshots, self._store_now, stuck_after),
-                NameFamily(names),
-            ],
-        )
+        # The promotion series, and the duration histogram among them, in the order declared.
+        declared = vars(self).values()
+        parts = [v for v in declared if isinstance(v, PromotionSeries) or v is self.duration]
+        self._series = [v for v in parts if isinstance(v, PromotionSeries)]
+        families = (SnapshotFamilies(snapshots, self._store_now, stuck_after), NameFamily(names))
+        self.exposition = Exposition(registry, visible, [*parts, *families])
 
     def watch(self, promotion_id: str) -> None:
         """Pre-set counters to 0, so the first failure (or shortfall, or codes generated) is an
@@ -403,22 +324,17 @@ class MonitorMetrics:
                 self.last_failure.labels(pid, job.job_type).set(self._clock())
                 kind = self.error_kinds.label(job.error)
                 self.errors.labels(pid, job.job_type, kind).inc()
-            if change.reached_terminal:
-                self._produced(pid, change)
-                if job.duration is not None:
-                    self.duration.labels(job.job_type, job.status).observe(job.duration)
-
-    def _produced(self, pid: str, change: Change) -> None:
-        """What a job seen finishing produced: codes generated, deleted, or a shortfall."""
-        job = change.job
-        assert job is not None
-        if job.status == COMPLETED and job.codes_generated:
-            self.codes_generated.labels(pid).inc(job.codes_generated)
-        elif job.status == CANCELLED and job.codes_deleted:
-            self.codes_deleted.labels(pid).inc(job.codes_deleted)
-        if change.is_shortfall:
-            self.shortfalls.labels(pid).inc()
-            self.last_shortfall.labels(pid).set(self._clock())
+            if not change.reached_terminal:
+                continue
+            if job.duration is not None:
+                self.duration.labels(job.job_type, job.status).observe(job.duration)
+            if job.status == COMPLETED and job.codes_generated:
+                self.codes_generated.labels(pid).inc(job.codes_generated)
+            elif job.status == CANCELLED and job.codes_deleted:
+                self.codes_deleted.labels(pid).inc(job.codes_deleted)
+            if change.is_shortfall:
+                self.shortfalls.labels(pid).inc()
+                self.last_shortfall.labels(pid).set(self._clock())
 
     def poll_succeeded(self, promotion_id: str, now: float) -> None:
         self.up.labels(promotion_id).set(1)
