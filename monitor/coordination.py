@@ -120,6 +120,8 @@ class HandoverRecord(Protocol):
 
     async def asked(self) -> None: ...
 
+    def seen(self, text: str | None) -> None: ...
+
 
 class LeaderElector:
     """Acquires and renews one Lease every retry period; reports gaining and losing it."""
@@ -170,6 +172,8 @@ class LeaderElector:
         if current is None:
             mine = LeaseRecord(self.identity, duration, now_text, now_text, 0)
             return await self._write(self._api.create, mine, started, kept_state=True)
+        if not self.leading:
+            self._record.seen(current.handover)  # (what it says was announced)
         if current != self._observed:
             self._observed = current
             self._observed_at = started

@@ -95,6 +95,9 @@ class JobEvent(Event):
     job_id: str
     job_type: str
     status: str
+    # True: announced at start from what a killed process owed, which may have announced it
+    # already (monitor.report); dedupe such an event on (event, promotion_id, job_id, status).
+    redelivered: bool | None = None
 
 
 class DescribedJobEvent(JobEvent):
@@ -371,7 +374,7 @@ _PLAIN: dict[ChangeKind, type[JobEvent]] = {
 
 
 def _plain(kind: ChangeKind, promotion_id: str, job: Job) -> Iterator[JobEvent]:
-    ids = {
+    ids: dict[str, Any] = {
         "promotion_id": promotion_id,
         "job_id": job.id,
         "job_type": job.job_type,

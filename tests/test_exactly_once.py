@@ -55,7 +55,7 @@ async def failed_after_baseline(
     return monitor, await monitor.poller.poll(target), running
 
 
-async def restarted_failures(sim: Simulator, directory: Path, pid: str) -> list[str]:
+async def restarted_failures(sim: Simulator, directory: Path, pid: str) -> list[JobFailed]:
     """The failures a new process on the same state announces at start and at its first poll."""
     again = Recorder()
     restarted = in_process_monitor(directory, sim, [{"id": pid}], events=again)
@@ -64,7 +64,7 @@ async def restarted_failures(sim: Simulator, directory: Path, pid: str) -> list[
     assert await restarted.scheduler.reporter.report(poll)
     await restarted.client.close()
     restarted.store.close()
-    return failed_ids(again)
+    return [e for e in again.events if isinstance(e, JobFailed)]
 
 
 def failed_ids(events: Recorder) -> list[str]:
@@ -102,6 +102,7 @@ async def test_a_poll_cancelled_inside_its_write_still_announces_and_no_restart_
 
     again = await restarted_failures(sim, tmp_path, outcome.promotion_id)
     assert (failed_ids(first), again) == ([running], [])
+    assert [e.redelivered for e in first.events if isinstance(e, JobFailed)] == [None]
 
 
 async def test_what_a_killed_process_owed_is_announced_at_the_next_start(
@@ -119,7 +120,11 @@ async def test_what_a_killed_process_owed_is_announced_at_the_next_start(
     monitor.store.close()
 
     again = await restarted_failures(sim, tmp_path, outcome.promotion_id)
-    assert (failed_ids(first), again) == ([], [running])
+    assert (failed_ids(first), [e.job_id for e in again]) == ([], [running])
+    # It may have been announced before the kill: said so, for consumers to dedupe on.
+    assert [(e.status, e.redelivered, e.fields()["redelivered"]) for e in again] == [
+        ("failed", True, True)
+    ]
 
 
 async def test_an_empty_answer_does_not_announce_a_failure_again(tmp_path: Path) -> None:
