@@ -69,7 +69,7 @@ class SnapshotStore:
         self.path = path.with_suffix(".db") if path.suffix == ".json" else path
         self._db: sqlite3.Connection | None = None
         self._snapshots: dict[str, PromotionSnapshot] = {}
-        self._on_disk: dict[str, PromotionSnapshot] = {}  # what the database holds
+        self._on_disk: dict[str, PromotionSnapshot | None] = {}  # what the database holds
         self._owed: dict[int, Owed] = {}
         self._next_ticket = 1
         self._ledger: dict[tuple[str, str], float] = {}
@@ -281,16 +281,14 @@ class SnapshotStore:
     ) -> None:
         """Bring the database's copy of one promotion to `snap` (None: dropped), row by row."""
         old = self._on_disk.get(pid)
-        if snap is None:
+        if old is None or snap is None:
             db.execute("DELETE FROM jobs WHERE promotion_id = ?", (pid,))
+        if snap is None:
             db.execute("DELETE FROM promotions WHERE id = ?", (pid,))
             return
         before = old.jobs if old is not None else {}
-        if old is None:
-            db.execute("DELETE FROM jobs WHERE promotion_id = ?", (pid,))
-        else:
-            gone = [(pid, job_id) for job_id in before.keys() - snap.jobs.keys()]
-            db.executemany("DELETE FROM jobs WHERE promotion_id = ? AND id = ?", gone)
+        gone = [(pid, job_id) for job_id in before.keys() - snap.jobs.keys()]
+        db.executemany("DELETE FROM jobs WHERE promotion_id = ? AND id = ?", gone)
         db.executemany(
             records.PUT_JOB,
             (
@@ -366,11 +364,7 @@ class SnapshotStore:
                 self.write_failed = True
             else:
                 recovered, self.write_failed = self.write_failed, False
-                for pid, snap in batch.snapshots.items():
-                    if snap is None:
-                        self._on_disk.pop(pid, None)
-                    else:
-                        self._on_disk[pid] = snap
+                self._on_disk.update(batch.snapshots)
         if cancelled:
             raise asyncio.CancelledError
         if error is not None:
