@@ -84,12 +84,10 @@ def failure_keys(changes: Iterable[Change]) -> set[Key]:
 
 
 def gap_failures(
-    changes: Iterable[Change], snapshot: PromotionSnapshot | None, was_active: Mapping[str, str]
+    changes: Iterable[Change], snapshot: PromotionSnapshot, was_active: Mapping[str, str]
 ) -> tuple[Change, ...]:
     """At a baseline, the jobs a predecessor saw active that are failed now and not already
     reported by the baseline itself: they failed in the gap, however old their timestamps say."""
-    if snapshot is None:
-        return ()
     failing = {c.job.id for c in changes if c.is_failure and c.job is not None}
     return tuple(
         Change(ChangeKind.DISCOVERED, snapshot.promotion_id, job, during_baseline=True)

@@ -144,8 +144,7 @@ class Reporter:
             self._events.emit(
                 JobsSkipped(promotion_id=pid, count=len(outcome.skipped), reason=outcome.skipped[0])
             )
-        incomplete = outcome.incomplete
-        if incomplete is None:
+        if (incomplete := outcome.incomplete) is None:
             return
         self._metrics.polls_incomplete.labels(pid, incomplete).inc()
         if (pid, incomplete) not in self._incomplete_warned:
@@ -199,8 +198,7 @@ class Reporter:
     async def save(self, *, compact: bool = False) -> bool:
         """Write the state; a failed write (and the first success after failed ones) is news."""
         saved = await self._store.save(compact=compact)
-        written = state_written(saved)
-        if written is not None:
+        if (written := state_written(saved)) is not None:
             self._events.emit(written)
         return saved.ok
 
