@@ -31,8 +31,8 @@ Key = tuple[str, str]  # (promotion, job)
 
 
 class Record(BaseModel):
-    """The annotation's content: when it was written (Unix seconds), {promotion: {job: seconds
-    between the failure's report and `at`}}, {promotion: {job: status}}."""
+    """The annotation's content: when it was written (Unix seconds), failures {promotion: {job:
+    seconds between the failure's report and `at`}}, active jobs {promotion: {job: status}}."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     v: Literal[1]
@@ -219,10 +219,9 @@ class Handover:
         self._announced |= failure_keys(changes)
 
     async def announced_elsewhere(self, keys: set[Key]) -> set[Key]:
-        """Of these failures, which a process before this one owed, those another replica
-        announced, as the records say once this replica leads, or once they say it of all of
-        them, or after the lookback (past it, a leader's baseline takes a failure for news only
-        if a record saw it active: a repeat then, never a loss)."""
+        """Of these failures a process before this one owed, those the records say another replica
+        announced, once this replica leads, or they say it of all, or the lookback has passed
+        (after it a leader's baseline reports one only if a record saw it active: a repeat)."""
         self._waiting = True
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self._lookback):

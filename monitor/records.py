@@ -36,10 +36,6 @@ CREATE TABLE reported (
 ) WITHOUT ROWID;
 """
 
-SELECT_JOBS: Final = (
-    "SELECT promotion_id, id, job_type, status, error, created_at, updated_at, name,"
-    " codes_requested, codes_generated, codes_deleted FROM jobs"
-)
 PUT_JOB: Final = "INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 

@@ -113,7 +113,7 @@ class SnapshotStore:
 
     def _read(self, db: sqlite3.Connection) -> None:
         jobs: dict[str, dict[str, Job]] = {}
-        for pid, *columns in db.execute(records.SELECT_JOBS):
+        for pid, *columns in db.execute("SELECT * FROM jobs"):
             job = Job(*columns)
             jobs.setdefault(pid, {})[job.id] = job
         for pid, baseline_at, stuck, known in db.execute("SELECT * FROM promotions"):
@@ -186,9 +186,8 @@ class SnapshotStore:
     def owe(
         self, promotion_id: str, changes: Sequence[Change], at: float, history: Iterable[str] = ()
     ) -> Owed:
-        """Record that `changes` are owed an announcement, and put their failures on the ledger,
-        with the failed jobs taken for `history`: all reach the disk in the same write as the
-        snapshot they came with."""
+        """Owe `changes` an announcement and put their failures, and the failed jobs taken for
+        `history`, on the ledger: all on disk in the same write as the snapshot they came with."""
         owed = Owed(self._next_ticket, promotion_id, tuple(changes))
         self._next_ticket += 1
         self._owed[owed.ticket] = owed
