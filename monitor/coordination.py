@@ -16,9 +16,13 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from monitor.events import LeaderElected, LeaderLost, LeaseUnavailable, LeaseUnreachable
+
+if TYPE_CHECKING:
+    from monitor.handover import Handover  # what a leader writes on the Lease besides its lease
+    from monitor.kube import KubernetesLeases  # (only loaded with coordination.mode: lease)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,18 +46,6 @@ class LeaseUnavailableError(Exception):
     """The Kubernetes API did not answer, or refused the request."""
 
 
-class LeaseApi(Protocol):
-    """The three calls an election needs, on one named Lease."""
-
-    name: str
-
-    async def get(self) -> LeaseRecord | None: ...
-
-    async def create(self, record: LeaseRecord) -> LeaseRecord: ...
-
-    async def replace(self, record: LeaseRecord) -> LeaseRecord: ...
-
-
 @dataclass(frozen=True, slots=True)
 class Timing:
     lease_duration: int
@@ -67,12 +59,8 @@ def micro_time(epoch: float) -> str:
 
 
 class Fence:
-    """Whether this replica may poll now: it holds the lease and renewed it recently enough.
-
-    Read by the scheduler before every dispatch and by the poller before it reports anything,
-    so a leader cut off from the API server falls silent at the deadline, on its own clock,
-    whatever its renewal requests are doing.
-    """
+    """Whether this replica may poll now: it holds the lease and renewed it recently enough, on
+    its own clock (a leader cut off from the API server falls silent at the deadline)."""
 
     def __init__(self, renew_deadline: float, clock: Callable[[], float] = time.monotonic) -> None:
         self._renew_deadline = renew_deadline
@@ -111,28 +99,18 @@ class ElectionReports(Protocol):
         """The Lease could not be read or written (a LeaseUnreachable while leading)."""
 
 
-class HandoverRecord(Protocol):
-    """What a leader writes on the Lease besides its lease (monitor.handover.Handover)."""
-
-    def text(self) -> str: ...
-
-    async def settled(self, written: bool) -> None: ...
-
-    async def asked(self) -> None: ...
-
-
 class LeaderElector:
     """Acquires and renews one Lease every retry period; reports gaining and losing it."""
 
     def __init__(
         self,
-        api: LeaseApi,
+        api: KubernetesLeases,
         identity: str,
         timing: Timing,
         fence: Fence,
         reports: ElectionReports,
         *,
-        record: HandoverRecord,
+        record: Handover,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
@@ -153,10 +131,9 @@ class LeaderElector:
         """One attempt; True if this replica holds the lease (and may poll) afterwards."""
         held = await self._attempt()
         await self._record.settled(held)
-        if held:
-            return True
-        self.notice_fence()
-        return False
+        if not held:
+            self.notice_fence()
+        return held
 
     async def _attempt(self) -> bool:
         started = self._clock()
@@ -170,6 +147,8 @@ class LeaderElector:
         if current is None:
             mine = LeaseRecord(self.identity, duration, now_text, now_text, 0)
             return await self._write(self._api.create, mine, started, kept_state=True)
+        if not self.leading:
+            self._record.seen(current.handover)  # (what it says was announced)
         if current != self._observed:
             self._observed = current
             self._observed_at = started

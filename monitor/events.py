@@ -82,6 +82,9 @@ class JobEvent(Event):
     job_id: str
     job_type: str
     status: str
+    # True: announced at start from what a killed process owed, which may have announced it
+    # already (monitor.report); dedupe such an event on (event, promotion_id, job_id, status).
+    redelivered: bool | None = None
 
 
 class DescribedJobEvent(JobEvent):

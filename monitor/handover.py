@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Set
 from dataclasses import dataclass
 from typing import Literal
 
@@ -31,30 +31,43 @@ Key = tuple[str, str]  # (promotion, job)
 
 
 class Record(BaseModel):
-    """The annotation's content: when it was written (Unix seconds), {promotion: {job: seconds
-    between the failure's report and `at`}}, {promotion: {job: status}}."""
+    """The annotation's content: when it was written (Unix seconds), failures {promotion: {job:
+    seconds between the failure's report and `at`}}, active jobs {promotion: {job: status}}."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     v: Literal[1]
     at: int
     failed: dict[str, dict[str, float]] = {}
     active: dict[str, dict[str, str]] = {}
+    # As `failed`, for failures known announced (not merely written before announced).
+    announced: dict[str, dict[str, float]] = {}
+
+    def failures(self) -> dict[Key, float]:
+        """Both kinds of failure, with when each was reported."""
+        every = (*self.failed.items(), *self.announced.items())
+        return {(pid, job): self.at - age for pid, jobs in every for job, age in jobs.items()}
 
 
 def encode(
-    at: float, failed: Mapping[Key, float], active: Mapping[Key, str], cap: int = CAP
+    at: float,
+    failed: Mapping[Key, float],
+    active: Mapping[Key, str],
+    cap: int = CAP,
+    announced: Set[Key] = frozenset(),
 ) -> tuple[str, int]:
     """The record as text of at most `cap` bytes, and how many entries did not fit: failures go
     oldest first, then active jobs. Ages, not times: three digits instead of ten."""
     newest_first = sorted(failed.items(), key=lambda item: -item[1])
-    ordered: list[tuple[Key, str | int]] = [*active.items()]
-    ordered += [(key, max(0, int(at - when))) for key, when in newest_first]
+    ordered: list[tuple[str, Key, str | int]] = [("active", k, v) for k, v in active.items()]
+    ordered += [
+        ("announced" if key in announced else "failed", key, max(0, int(at - when)))
+        for key, when in newest_first
+    ]
 
     def text(count: int) -> str:
         record: dict[str, dict[str, dict[str, str | int]]] = {"failed": {}, "active": {}}
-        for (pid, job), value in ordered[:count]:
-            section = "active" if isinstance(value, str) else "failed"
-            record[section].setdefault(pid, {})[job] = value
+        for section, (pid, job), value in ordered[:count]:
+            record.setdefault(section, {}).setdefault(pid, {})[job] = value
         return json.dumps({"v": 1, "at": int(at), **record}, separators=(",", ":"))
 
     low, high = 0, len(ordered)
@@ -66,13 +79,15 @@ def encode(
     return text(low), len(ordered) - low
 
 
+def failure_keys(changes: Iterable[Change]) -> set[Key]:
+    return {(c.promotion_id, c.job.id) for c in changes if c.is_failure and c.job is not None}
+
+
 def gap_failures(
-    changes: Iterable[Change], snapshot: PromotionSnapshot | None, was_active: Mapping[str, str]
+    changes: Iterable[Change], snapshot: PromotionSnapshot, was_active: Mapping[str, str]
 ) -> tuple[Change, ...]:
     """At a baseline, the jobs a predecessor saw active that are failed now and not already
     reported by the baseline itself: they failed in the gap, however old their timestamps say."""
-    if snapshot is None:
-        return ()
     failing = {c.job.id for c in changes if c.is_failure and c.job is not None}
     return tuple(
         Change(ChangeKind.DISCOVERED, snapshot.promotion_id, job, during_baseline=True)
@@ -118,6 +133,10 @@ class Handover:
         self._in_flight = False
         self._wake = asyncio.Event()
         self._settled = asyncio.Condition()
+        # Failures known announced (here, or as a record said), for announced_elsewhere.
+        self._announced: set[Key] = set()
+        self._waiting = self._leads = False
+        self._news = asyncio.Event()  # a record read, or this replica leads
 
     # what the elector writes
 
@@ -136,7 +155,9 @@ class Handover:
                 active.update(
                     ((snap.promotion_id, j.id), j.status) for j in snap.jobs.values() if j.is_active
                 )
-        text, self._dropped = encode(now, self._store.reported_since(horizon), active, self._cap)
+        reported = self._store.reported_since(horizon)
+        self._announced.intersection_update(reported)
+        text, self._dropped = encode(now, reported, active, self._cap, self._announced)
         self._told = self._told and self._dropped > 0
         self._carrying, self._in_flight = self._asked, True
         self._wake.clear()
@@ -163,6 +184,23 @@ class Handover:
         """Before the first poll: the failures of a predecessor's record go on the ledger, its
         active jobs are remembered for those promotions' baselines. A record that cannot be
         read is ignored, with a warning (at least once, then)."""
+        self._leads = True
+        self._news.set()
+        record = self._read(text)
+        if not isinstance(record, Record):
+            return record
+        self._store.remember(record.failures())
+        for pid, jobs in record.active.items():
+            if self._store.get(pid) is None:
+                self._inherited.setdefault(pid, {}).update(jobs)
+        return None
+
+    def seen(self, text: str | None) -> None:
+        """A record read while following: what it says was announced (announced_elsewhere)."""
+        if self._waiting and isinstance(self._read(text), Record):
+            self._news.set()
+
+    def _read(self, text: str | None) -> Record | HandoverIgnored | None:
         if text is None:
             return None
         try:
@@ -173,17 +211,25 @@ class Handover:
                 f"{'.'.join(map(str, e['loc'])) or 'record'}: {e['msg']}" for e in exc.errors()
             )
             return HandoverIgnored(lease=self._lease, reason="; ".join(where)[:300])
-        self._store.remember(
-            {
-                (pid, job): record.at - age
-                for pid, jobs in record.failed.items()
-                for job, age in jobs.items()
-            }
-        )
-        for pid, jobs in record.active.items():
-            if self._store.get(pid) is None:
-                self._inherited.setdefault(pid, {}).update(jobs)
-        return None
+        self._announced.update((p, job) for p, jobs in record.announced.items() for job in jobs)
+        return record
+
+    def announced(self, changes: Iterable[Change]) -> None:
+        """These changes were announced: their failures go on the record as such."""
+        self._announced |= failure_keys(changes)
+
+    async def announced_elsewhere(self, keys: set[Key]) -> set[Key]:
+        """Of these failures a process before this one owed, those the records say another replica
+        announced, once this replica leads, or they say it of all, or the lookback has passed
+        (after it a leader's baseline reports one only if a record saw it active: a repeat)."""
+        self._waiting = True
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._lookback):
+                while not self._leads and not keys <= self._announced:
+                    self._news.clear()
+                    await self._news.wait()
+        self._waiting = False
+        return keys & self._announced
 
     # what the reporting step asks
 

@@ -26,33 +26,6 @@ HTTP_NOT_FOUND = 404
 HTTP_CONFLICT = 409
 
 
-async def api_client(
-    env: Mapping[str, str] = os.environ, service_account: Path = SERVICE_ACCOUNT_DIR
-) -> client.ApiClient:
-    """An API client from KUBECONFIG, the in-cluster service account, or ~/.kube/config."""
-    configuration = client.Configuration()
-    found = kubernetes_api(env)
-    kubeconfig = None if found == "in-cluster" else found
-    try:
-        if kubeconfig is not None:
-            await config.load_kube_config(
-                config_file=kubeconfig, client_configuration=configuration, persist_config=False
-            )
-        else:
-            config.load_incluster_config(  # type: ignore[no-untyped-call]
-                client_configuration=configuration,
-                token_filename=str(service_account / "token"),
-                cert_filename=str(service_account / "ca.crt"),
-                environ=dict(env),
-            )
-    except (config.ConfigException, OSError, ValueError) as exc:
-        # The loaders' texts name files and fields, never a token.
-        raise ConfigError(
-            [f"coordination: cannot configure the Kubernetes API client: {exc}"]
-        ) from None
-    return client.ApiClient(configuration)
-
-
 def _micro(value: datetime | None) -> str | None:
     if value is None:
         return None
@@ -103,7 +76,27 @@ class KubernetesLeases:
 
     async def open(self) -> None:
         """Configure the client (ConfigError if there is no way to the API); makes no request."""
-        self._client = await api_client(self._env, self._service_account)
+        configuration = client.Configuration()
+        found = kubernetes_api(self._env)
+        account = self._service_account
+        try:
+            if found != "in-cluster":
+                await config.load_kube_config(
+                    config_file=found, client_configuration=configuration, persist_config=False
+                )
+            else:
+                config.load_incluster_config(  # type: ignore[no-untyped-call]
+                    client_configuration=configuration,
+                    token_filename=str(account / "token"),
+                    cert_filename=str(account / "ca.crt"),
+                    environ=dict(self._env),
+                )
+        except (config.ConfigException, OSError, ValueError) as exc:
+            # The loaders' texts name files and fields, never a token.
+            raise ConfigError(
+                [f"coordination: cannot configure the Kubernetes API client: {exc}"]
+            ) from None
+        self._client = client.ApiClient(configuration)
 
     @property
     def _api(self) -> client.CoordinationV1Api:
@@ -112,26 +105,25 @@ class KubernetesLeases:
         return client.CoordinationV1Api(self._client)
 
     def _body(self, record: LeaseRecord) -> dict[str, Any]:
-        metadata: dict[str, Any] = {"name": self.name, "namespace": self.namespace}
-        if record.resource_version is not None:
-            metadata["resourceVersion"] = record.resource_version
-        if record.handover is not None:
-            metadata["annotations"] = {ANNOTATION: record.handover}
-        spec: dict[str, Any] = {
+        metadata = {
+            "name": self.name,
+            "namespace": self.namespace,
+            "resourceVersion": record.resource_version,
+            "annotations": None if record.handover is None else {ANNOTATION: record.handover},
+        }
+        spec = {
             "holderIdentity": record.holder,
             "leaseDurationSeconds": record.lease_duration,
             "leaseTransitions": record.transitions,
+            # Sent as text: the API server wants MicroTime with exactly six fractional digits.
+            "acquireTime": record.acquire_time,
+            "renewTime": record.renew_time,
         }
-        # Sent as text: the API server wants MicroTime with exactly six fractional digits.
-        if record.acquire_time is not None:
-            spec["acquireTime"] = record.acquire_time
-        if record.renew_time is not None:
-            spec["renewTime"] = record.renew_time
         return {
             "apiVersion": "coordination.k8s.io/v1",
             "kind": "Lease",
-            "metadata": metadata,
-            "spec": spec,
+            "metadata": {key: value for key, value in metadata.items() if value is not None},
+            "spec": {key: value for key, value in spec.items() if value is not None},
         }
 
     async def get(self) -> LeaseRecord | None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any, Final
 
 from monitor.models import Change, ChangeKind, Job, PromotionSnapshot
@@ -36,10 +36,6 @@ CREATE TABLE reported (
 ) WITHOUT ROWID;
 """
 
-SELECT_JOBS: Final = (
-    "SELECT promotion_id, id, job_type, status, error, created_at, updated_at, name,"
-    " codes_requested, codes_generated, codes_deleted FROM jobs"
-)
 PUT_JOB: Final = "INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 
@@ -49,10 +45,6 @@ _JOB_FIELDS: Final = tuple(f.name for f in dataclasses.fields(Job) if f.name != 
 
 def row(job: Job) -> tuple[Any, ...]:
     return tuple(getattr(job, name) for name in _JOB_FIELDS)
-
-
-def job_of(row: Sequence[Any]) -> Job:
-    return Job(*row)
 
 
 def _flags(change: Change) -> tuple[Any, ...]:
@@ -69,9 +61,7 @@ def encode_changes(changes: Iterable[Change]) -> str:
 
 def decode_changes(pid: str, text: str) -> tuple[Change, ...]:
     return tuple(
-        Change(
-            ChangeKind(kind), pid, job and job_of(job), old and job_of(old), counts, during, late
-        )
+        Change(ChangeKind(kind), pid, job and Job(*job), old and Job(*old), counts, during, late)
         for kind, job, old, counts, during, late in json.loads(text)
     )
 
@@ -96,11 +86,8 @@ def prepare(db: sqlite3.Connection) -> None:
 
 
 def legacy_snapshot(data: bytes) -> dict[str, PromotionSnapshot]:
-    """The promotions of a snapshot.json written before the SQLite state (formats 1 and 2).
-
-    Its journal is not read: a clean shutdown folded it into the file; after a crash the
-    snapshot alone is older, and an older state can only repeat an announcement, never lose one.
-    """
+    """The promotions of a snapshot.json of before the SQLite state (formats 1 and 2). Not its
+    journal: a crash left it older, which can only repeat an announcement, never lose one."""
     # (Text held before it was made valid at parse may hold a lone surrogate: UTF-8, and so
     # SQLite, cannot take it. Round-tripped through UTF-8 it is replaced.)
     text = json.dumps(json.loads(data), ensure_ascii=False)
@@ -111,7 +98,7 @@ def legacy_snapshot(data: bytes) -> dict[str, PromotionSnapshot]:
     for pid, entry in document["promotions"].items():
         jobs = {}
         for row in entry["jobs"]:
-            job = job_of(row if len(row) == 10 else [*row, None, None, None, None])
+            job = Job(*(row if len(row) == 10 else [*row, None, None, None, None]))
             jobs[job.id] = job
         stuck = frozenset(s for s in entry.get("stuck", []) if s in jobs)
         snapshots[pid] = PromotionSnapshot(pid, jobs, stuck, entry.get("baseline_at"))

@@ -10,18 +10,20 @@ twice. The coordination fence is asked once, here.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from monitor.events import (
     EventSink,
+    JobEvent,
     JobsSkipped,
     PollFailed,
     PollIncomplete,
     job_events,
     state_written,
 )
-from monitor.handover import Handover
+from monitor.handover import Handover, failure_keys
 from monitor.models import FAILED, Change, ChangeKind
 from monitor.names import PromotionNames
 from monitor.planner import PollPlan
@@ -81,6 +83,7 @@ class Reporter:
         # (promotion, reason) pairs already warned about: an unordered store makes every poll
         # incomplete, and one warning says it.
         self._incomplete_warned: set[tuple[str, str]] = set()
+        self._redelivery: asyncio.Task[None] | None = None  # (kept from the garbage collector)
 
     async def report(self, outcome: PollOutcome) -> bool:
         """Report one poll; False when it was not (this replica may no longer poll, so another
@@ -141,8 +144,7 @@ class Reporter:
             self._events.emit(
                 JobsSkipped(promotion_id=pid, count=len(outcome.skipped), reason=outcome.skipped[0])
             )
-        incomplete = outcome.incomplete
-        if incomplete is None:
+        if (incomplete := outcome.incomplete) is None:
             return
         self._metrics.polls_incomplete.labels(pid, incomplete).inc()
         if (pid, incomplete) not in self._incomplete_warned:
@@ -165,26 +167,38 @@ class Reporter:
             for change in changes
         )
 
-    def announce(self, owed: Owed) -> None:
+    def announce(self, owed: Owed, *, redelivered: bool = False) -> None:
         """Emit what a poll owes (metrics and events), then mark it done."""
         self._metrics.record(owed.changes)
         for event in job_events(owed.changes, self._names.get):
-            self._events.emit(event)
+            redone = redelivered and isinstance(event, JobEvent)
+            self._events.emit(replace(event, redelivered=True) if redone else event)
         self._store.announced(owed)
+        if self._handover is not None:
+            self._handover.announced(owed.changes)
 
     async def announce_owed(self) -> None:
-        """At start: what a stopped process had written but not announced goes out now."""
+        """At start: what a stopped process had written but not announced goes out now. With a
+        lease, in the background: first the Lease's records say which of its failures another
+        replica announced meanwhile, and those are left out."""
         owed = self._store.owed()
+        if owed and self._handover is not None:
+            self._redelivery = asyncio.create_task(self._redeliver(owed, self._handover))
+        elif owed:
+            await self._redeliver(owed, None)
+
+    async def _redeliver(self, owed: list[Owed], handover: Handover | None) -> None:
+        keys = {key for each in owed for key in failure_keys(each.changes)}
+        elsewhere = await handover.announced_elsewhere(keys) if handover else set()
         for each in owed:
-            self.announce(each)
-        if owed:
-            await self.save()
+            kept = tuple(c for c in each.changes if not failure_keys([c]) & elsewhere)
+            self.announce(replace(each, changes=kept), redelivered=True)
+        await self.save()
 
     async def save(self, *, compact: bool = False) -> bool:
         """Write the state; a failed write (and the first success after failed ones) is news."""
         saved = await self._store.save(compact=compact)
-        written = state_written(saved)
-        if written is not None:
+        if (written := state_written(saved)) is not None:
             self._events.emit(written)
         return saved.ok
 

@@ -1,18 +1,12 @@
 """What the monitor knows, in memory and in a SQLite database, so restarts neither repeat nor miss.
 
-Three things are kept (open the file with `sqlite3` to see them):
-- `jobs` / `promotions`: the last snapshot of every watched promotion;
-- `owed`: the announcements a poll's changes owe, written in the same transaction as the
-  changes and deleted once emitted. Whatever is still owed at start is announced then, so a
-  crash between a write and its announcement repeats at worst, never loses;
-- `reported`: the ledger of failures already announced, or taken for history when first seen
-  (job, promotion, when). It is the one authority on "already reported": a job that vanishes
-  and comes back, a re-watch or a fresh baseline never announces a failure on it again.
-
-A write is one transaction over what changed since the last (WAL; `synchronous=NORMAL`: a
-commit survives a killed process; a power cut may roll back the last commits, snapshot, owed
-and ledger together, which can only repeat an announcement). Writes are group-committed: polls
-that finish while a write is under way share the next one.
+Its tables (open the file with `sqlite3`): `jobs`/`promotions`, the last snapshot of every watched
+promotion; `owed`, the announcements a poll's changes owe, written in the same transaction and
+deleted once emitted (still owed at start: announced then, so a crash repeats, never loses);
+`reported`, the ledger of failures announced or taken for history, the one authority on "already
+reported". A write is one transaction over what changed since the last, shared by the polls that
+finish while one is under way (WAL, `synchronous=NORMAL`: a power cut may roll back the last
+commits together, which can only repeat an announcement).
 """
 
 from __future__ import annotations
@@ -26,17 +20,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from monitor import records
 from monitor.models import Change, Job, PromotionSnapshot
-from monitor.records import (
-    PUT_JOB,
-    SELECT_JOBS,
-    decode_changes,
-    encode_changes,
-    job_of,
-    legacy_snapshot,
-    prepare,
-    row,
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,8 +60,7 @@ class Owed:
 
 
 class SnapshotStore:
-    """The current snapshot of every watched promotion, the announcements owed, the ledger of
-    reported failures, and their durable copy."""
+    """Every watched promotion's snapshot, the announcements owed, the ledger, on disk too."""
 
     def __init__(self, path: Path) -> None:
         # A `state.path` naming a snapshot.json of an older release: the database goes beside
@@ -85,7 +69,7 @@ class SnapshotStore:
         self.path = path.with_suffix(".db") if path.suffix == ".json" else path
         self._db: sqlite3.Connection | None = None
         self._snapshots: dict[str, PromotionSnapshot] = {}
-        self._on_disk: dict[str, PromotionSnapshot] = {}  # what the database holds
+        self._on_disk: dict[str, PromotionSnapshot | None] = {}  # what the database holds
         self._owed: dict[int, Owed] = {}
         self._next_ticket = 1
         self._ledger: dict[tuple[str, str], float] = {}
@@ -121,7 +105,7 @@ class SnapshotStore:
         # One writer thread at a time (under _lock), never two: the check is ours, not sqlite3's.
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         try:
-            prepare(db)
+            records.prepare(db)
         except BaseException:
             db.close()
             raise
@@ -129,8 +113,8 @@ class SnapshotStore:
 
     def _read(self, db: sqlite3.Connection) -> None:
         jobs: dict[str, dict[str, Job]] = {}
-        for pid, *columns in db.execute(SELECT_JOBS):
-            job = job_of(columns)
+        for pid, *columns in db.execute("SELECT * FROM jobs"):
+            job = Job(*columns)
             jobs.setdefault(pid, {})[job.id] = job
         for pid, baseline_at, stuck, known in db.execute("SELECT * FROM promotions"):
             held = jobs.get(pid, {})
@@ -139,29 +123,26 @@ class SnapshotStore:
             self._snapshots[pid] = snapshot
         self._on_disk = dict(self._snapshots)
         for ticket, pid, changes in db.execute("SELECT ticket, promotion_id, changes FROM owed"):
-            self._owed[ticket] = Owed(ticket, pid, decode_changes(pid, changes))
+            self._owed[ticket] = Owed(ticket, pid, records.decode_changes(pid, changes))
             self._next_ticket = max(self._next_ticket, ticket + 1)
         for pid, job_id, at in db.execute("SELECT promotion_id, job_id, reported_at FROM reported"):
             self._ledger[(pid, job_id)] = at
 
     def _import_legacy(self) -> Discarded | None:
-        """Write the old file's promotions into the database, then keep the file aside as
-        `.imported`, so it is read once."""
+        """Import the old file's promotions, then keep it aside as `.imported` (read once)."""
         try:
-            snapshots = legacy_snapshot(self.legacy.read_bytes())
+            snapshots = records.legacy_snapshot(self.legacy.read_bytes())
         except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
             return Discarded(self.legacy, str(exc) or type(exc).__name__)
         for snap in snapshots.values():
             self.put(snap)
         try:
             self._write(self._take_batch())
+            self._on_disk.update(self._snapshots)
             os.replace(self.legacy, self.legacy.with_name(self.legacy.name + ".imported"))
         except (OSError, sqlite3.Error):
-            # (not written: the snapshots stay pending for the first write, the file for the
-            # next start)
+            # (the snapshots stay pending for the first write, the file for the next start)
             self._changed = dict.fromkeys(self._snapshots)
-            return None
-        self._on_disk.update(self._snapshots)
         return None
 
     def close(self) -> None:
@@ -205,9 +186,8 @@ class SnapshotStore:
     def owe(
         self, promotion_id: str, changes: Sequence[Change], at: float, history: Iterable[str] = ()
     ) -> Owed:
-        """Record that `changes` are owed an announcement, and put their failures on the ledger,
-        with the failed jobs taken for `history`: all reach the disk in the same write as the
-        snapshot they came with."""
+        """Owe `changes` an announcement and put their failures, and the failed jobs taken for
+        `history`, on the ledger: all on disk in the same write as the snapshot they came with."""
         owed = Owed(self._next_ticket, promotion_id, tuple(changes))
         self._next_ticket += 1
         self._owed[owed.ticket] = owed
@@ -228,13 +208,10 @@ class SnapshotStore:
         if self._owed_added.pop(owed.ticket, 0) is None:
             return  # (never written: nothing to delete)
         if self._db is not None and not self._lock.locked():
-            try:
+            with contextlib.suppress(sqlite3.Error):
                 self._db.execute("DELETE FROM owed WHERE ticket = ?", (owed.ticket,))
-            except sqlite3.Error:
-                pass  # (the next write deletes it)
-            else:
                 return
-        self._owed_done[owed.ticket] = None
+        self._owed_done[owed.ticket] = None  # (the next write deletes it)
 
     def owed(self) -> list[Owed]:
         """What is still owed, oldest first (at start: what a stopped process did not announce)."""
@@ -289,10 +266,7 @@ class SnapshotStore:
                 batch.owed,
             )
             db.executemany("DELETE FROM owed WHERE ticket = ?", ((t,) for t in batch.owed_done))
-            db.executemany(
-                "INSERT OR REPLACE INTO reported VALUES (?, ?, ?)",
-                batch.ledger,
-            )
+            db.executemany("INSERT OR REPLACE INTO reported VALUES (?, ?, ?)", batch.ledger)
             if batch.ledger_horizon is not None:
                 db.execute("DELETE FROM reported WHERE reported_at < ?", (batch.ledger_horizon,))
             db.execute("COMMIT")
@@ -306,20 +280,18 @@ class SnapshotStore:
     ) -> None:
         """Bring the database's copy of one promotion to `snap` (None: dropped), row by row."""
         old = self._on_disk.get(pid)
-        if snap is None:
+        if old is None or snap is None:
             db.execute("DELETE FROM jobs WHERE promotion_id = ?", (pid,))
+        if snap is None:
             db.execute("DELETE FROM promotions WHERE id = ?", (pid,))
             return
         before = old.jobs if old is not None else {}
-        if old is None:
-            db.execute("DELETE FROM jobs WHERE promotion_id = ?", (pid,))
-        else:
-            gone = [(pid, job_id) for job_id in before.keys() - snap.jobs.keys()]
-            db.executemany("DELETE FROM jobs WHERE promotion_id = ? AND id = ?", gone)
+        gone = [(pid, job_id) for job_id in before.keys() - snap.jobs.keys()]
+        db.executemany("DELETE FROM jobs WHERE promotion_id = ? AND id = ?", gone)
         db.executemany(
-            PUT_JOB,
+            records.PUT_JOB,
             (
-                (pid, *row(job))
+                (pid, *records.row(job))
                 for job_id, job in snap.jobs.items()
                 if (held := before.get(job_id)) is not job and held != job
             ),
@@ -334,11 +306,10 @@ class SnapshotStore:
         batch = _Batch(
             snapshots={pid: self._snapshots.get(pid) for pid in self._changed},
             owed=[
-                (t, o.promotion_id, encode_changes(o.changes))
+                (t, o.promotion_id, records.encode_changes(o.changes))
                 for t in self._owed_added
                 if (o := self._owed.get(t)) is not None
             ],
-            owed_tickets=list(self._owed_added),
             owed_done=list(self._owed_done),
             ledger=[(pid, job, self._ledger[(pid, job)]) for pid, job in self._ledger_added],
             ledger_horizon=self._ledger_horizon,
@@ -351,9 +322,7 @@ class SnapshotStore:
         """A write that failed rolled back: what it carried is pending again."""
         self._changed = dict.fromkeys(batch.snapshots) | self._changed
         # (an announcement marked done meanwhile needs no row at all)
-        self._owed_added = {t: None for t in batch.owed_tickets if t in self._owed} | (
-            self._owed_added
-        )
+        self._owed_added = {t: None for t, _, _ in batch.owed if t in self._owed} | self._owed_added
         self._owed_done = dict.fromkeys(batch.owed_done) | self._owed_done
         still = [(pid, job) for pid, job, _ in batch.ledger if (pid, job) in self._ledger]
         self._ledger_added = dict.fromkeys(still) | self._ledger_added
@@ -361,9 +330,7 @@ class SnapshotStore:
             self._ledger_horizon = batch.ledger_horizon
 
     async def save(self, *, compact: bool = False) -> Saved:
-        """persist(), answering instead of raising: whether every change is durable, and whether
-        this call's write ended a run of failed writes (the scheduler retries every 30 s while
-        `write_failed`)."""
+        """persist(), answering instead of raising (the scheduler retries while `write_failed`)."""
         try:
             recovered = await self.persist(compact=compact)
         except (OSError, sqlite3.Error) as exc:
@@ -371,16 +338,13 @@ class SnapshotStore:
         return Saved(self.path, ok=True, recovered=recovered)
 
     async def persist(self, *, compact: bool = False) -> bool:
-        """Make every change made so far durable; concurrent callers share one write. Returns
-        True when this call's write is the first to work after failed ones.
-
-        `compact` (at a clean shutdown) checkpoints the WAL into the database file.
-        """
+        """Make every change made so far durable (one write for concurrent callers; `compact`
+        checkpoints the WAL); True when this write is the first to work after failed ones."""
         async with self._lock:
             if not self.dirty and not compact:
                 return False
-            batch = self._take_batch()
-            write = asyncio.ensure_future(asyncio.to_thread(self._commit, batch, compact))
+            dirty, batch = self.dirty, self._take_batch()
+            write = asyncio.ensure_future(asyncio.to_thread(self._commit, batch, dirty, compact))
             cancelled = False
             while not write.done():
                 try:
@@ -399,19 +363,15 @@ class SnapshotStore:
                 self.write_failed = True
             else:
                 recovered, self.write_failed = self.write_failed, False
-                for pid, snap in batch.snapshots.items():
-                    if snap is None:
-                        self._on_disk.pop(pid, None)
-                    else:
-                        self._on_disk[pid] = snap
+                self._on_disk.update(batch.snapshots)
         if cancelled:
             raise asyncio.CancelledError
         if error is not None:
             raise error
         return recovered
 
-    def _commit(self, batch: _Batch, compact: bool) -> None:
-        if batch:
+    def _commit(self, batch: _Batch, dirty: bool, compact: bool) -> None:
+        if dirty:
             self._write(batch)
         if compact and self._db is not None:
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -423,16 +383,6 @@ class _Batch:
 
     snapshots: dict[str, PromotionSnapshot | None]
     owed: list[tuple[int, str, str]]
-    owed_tickets: list[int]
     owed_done: list[int]
     ledger: list[tuple[str, str, float]]
     ledger_horizon: float | None
-
-    def __bool__(self) -> bool:
-        return bool(
-            self.snapshots
-            or self.owed
-            or self.owed_done
-            or self.ledger
-            or self.ledger_horizon is not None
-        )

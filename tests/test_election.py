@@ -91,7 +91,7 @@ class Cluster:
     candidates: list[Candidate] = field(default_factory=list)
     events: Recorder = field(default_factory=Recorder)
 
-    async def candidate(self, identity: str, cap: int = CAP) -> Candidate:
+    async def candidate(self, identity: str, cap: int = CAP, lookback: float = 900.0) -> Candidate:
         kubeconfig = write_kubeconfig(
             self.directory / f"{identity}.kubeconfig", self.url, self.fake.token_for(identity)
         )
@@ -105,7 +105,7 @@ class Cluster:
             store,
             lease=LEASE,
             clock=self.clock,
-            lookback=900.0,
+            lookback=lookback,
             patience=TIMING.renew_deadline,
             cap=cap,
         )
@@ -377,6 +377,53 @@ async def test_a_new_failure_wakes_a_write_and_waits_for_it(cluster: Cluster) ->
     assert await a.elector.try_acquire_or_renew()
     assert await carried == Carried()  # nothing to count or warn of
     assert annotation(cluster)["failed"] == {"p1": {"j1": 0}}
+
+
+async def test_a_restarted_replica_leaves_out_of_what_it_owed_what_another_announced(
+    cluster: Cluster,
+) -> None:
+    # a is killed between its state write and its record's: two failures owed on its disk
+    # (kept, as an emptyDir is), none on the Lease. b takes over and announces j1 itself.
+    a = await cluster.candidate("pod-a")
+    b = await cluster.candidate("pod-b")
+    assert a.store.load() is None
+    assert await a.elector.try_acquire_or_renew()
+    assert not await b.elector.try_acquire_or_renew()
+    a.store.owe("p1", [failed("p1", "j1"), failed("p1", "j2")], cluster.clock.now)
+    assert (await a.store.save()).ok
+    a.store.close()
+    cluster.clock.now += TIMING.lease_duration + 0.1
+    assert await b.elector.try_acquire_or_renew()
+    assert b.handover.take(b.reports.found[-1]) is None
+    b.store.owe("p1", [failed("p1", "j1")], cluster.clock.now)
+    b.handover.announced([failed("p1", "j1")])
+    assert await b.elector.try_acquire_or_renew()
+    assert annotation(cluster)["announced"] == {"p1": {"j1": 0}}
+    owed = {("p1", "j1"), ("p1", "j2")}
+
+    # Restarted as a follower: j1 is left out as soon as a record says b announced it; j2,
+    # which nobody announced, waits for the bound (the lookback; here 0.3 s) and goes out.
+    again = await cluster.candidate("pod-a", lookback=0.3)
+    assert again.store.load() is None
+    assert [len(o.changes) for o in again.store.owed()] == [2]
+    waiting = asyncio.create_task(again.handover.announced_elsewhere(owed))
+    await asyncio.sleep(0.01)
+    assert not await again.elector.try_acquire_or_renew()  # (b leads; its record is read)
+    await asyncio.sleep(0.1)
+    assert not waiting.done()
+    async with asyncio.timeout(1):
+        assert await waiting == {("p1", "j1")}
+
+    # Restarted again, and it leads: what the record says is known at once, without the bound.
+    again.store.close()
+    last = await cluster.candidate("pod-a")
+    assert last.store.load() is None
+    waiting = asyncio.create_task(last.handover.announced_elsewhere(owed))
+    await b.elector.release()
+    assert await last.elector.try_acquire_or_renew()
+    assert last.handover.take(last.reports.found[-1]) is None  # (as Lifecycle.elected does)
+    async with asyncio.timeout(1):
+        assert await waiting == {("p1", "j1")}
 
 
 async def test_a_deposed_leader_cannot_overwrite_its_successor_and_announces_anyway(

@@ -21,10 +21,12 @@ from monitor.poller import PollOutcome
 from monitor.simulator import Fault, Simulator
 from monitor.state import SnapshotStore
 from tests.fault_support import CODES_LIMIT, Store, polled, watching
+from tests.kube_fake import FakeLeaseApi, write_kubeconfig
 from tests.support import (
     Daemon,
     in_process_monitor,
     running_daemon,
+    serving,
     started,
     value,
     write_config,
@@ -55,7 +57,7 @@ async def failed_after_baseline(
     return monitor, await monitor.poller.poll(target), running
 
 
-async def restarted_failures(sim: Simulator, directory: Path, pid: str) -> list[str]:
+async def restarted_failures(sim: Simulator, directory: Path, pid: str) -> list[JobFailed]:
     """The failures a new process on the same state announces at start and at its first poll."""
     again = Recorder()
     restarted = in_process_monitor(directory, sim, [{"id": pid}], events=again)
@@ -64,7 +66,7 @@ async def restarted_failures(sim: Simulator, directory: Path, pid: str) -> list[
     assert await restarted.scheduler.reporter.report(poll)
     await restarted.client.close()
     restarted.store.close()
-    return failed_ids(again)
+    return [e for e in again.events if isinstance(e, JobFailed)]
 
 
 def failed_ids(events: Recorder) -> list[str]:
@@ -102,6 +104,7 @@ async def test_a_poll_cancelled_inside_its_write_still_announces_and_no_restart_
 
     again = await restarted_failures(sim, tmp_path, outcome.promotion_id)
     assert (failed_ids(first), again) == ([running], [])
+    assert [e.redelivered for e in first.events if isinstance(e, JobFailed)] == [None]
 
 
 async def test_what_a_killed_process_owed_is_announced_at_the_next_start(
@@ -119,7 +122,91 @@ async def test_what_a_killed_process_owed_is_announced_at_the_next_start(
     monitor.store.close()
 
     again = await restarted_failures(sim, tmp_path, outcome.promotion_id)
-    assert (failed_ids(first), again) == ([], [running])
+    assert (failed_ids(first), [e.job_id for e in again]) == ([], [running])
+    # It may have been announced before the kill: said so, for consumers to dedupe on.
+    assert [(e.status, e.redelivered, e.fields()["redelivered"]) for e in again] == [
+        ("failed", True, True)
+    ]
+
+
+async def test_a_replica_restarted_on_its_state_leaves_out_what_the_new_leader_announced(
+    sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With a lease: a is killed between its state write and its record's, its failure owed on
+    # its disk (an emptyDir outlives a container) and not on the Lease. b takes over and reports
+    # it from its baseline; a's container restarts, a follower now, and must not report it too.
+    pid = sim.add_promotion()
+    running = sim.add_job(pid, status="processing")
+    fake = FakeLeaseApi()
+    timing = {"lease_duration_seconds": 1, "renew_deadline_seconds": 0.8}
+    async with serving(fake.app()) as url:
+
+        async def replica(name: str, events: Recorder) -> Monitor:
+            kubeconfig = write_kubeconfig(tmp_path / name, url, fake.token_for(name))
+            monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+            lease = {
+                "mode": "lease",
+                "namespace": "shop",
+                "identity": name,
+                "retry_period_seconds": 0.2,
+            }
+            monitor = in_process_monitor(
+                tmp_path / f"{name}-state",
+                sim,
+                [{"id": pid}],
+                events=events,
+                coordination=lease | timing,
+            )
+            assert monitor.leases is not None
+            await monitor.leases.open()
+            await monitor.lifecycle.load_state()
+            return monitor
+
+        async def stopped(monitor: Monitor) -> None:
+            assert monitor.leases is not None
+            await monitor.leases.close()
+            await monitor.client.close()
+            monitor.store.close()
+
+        a = await replica("pod-a", Recorder())
+        assert a.elector is not None
+        assert await a.elector.try_acquire_or_renew()
+        assert await a.scheduler.reporter.report(await a.poller.poll(a.targets[0]))
+        sim.set_job_status(pid, running, "failed", error=CODES_LIMIT)
+        outcome = await a.poller.poll(a.targets[0])
+        assert outcome.snapshot is not None
+        a.store.put(outcome.snapshot)
+        a.store.owe(pid, outcome.changes, a.scheduler.clock())
+        assert await a.scheduler.reporter.save()
+        await stopped(a)  # (killed: the Lease still in its name, nothing announced)
+
+        b_events = Recorder()
+        b = await replica("pod-b", b_events)
+        assert b.elector is not None
+        campaign = asyncio.create_task(b.elector.run())
+        async with asyncio.timeout(10):
+            while not b.elector.leading:  # (once a's lease has expired)
+                await asyncio.sleep(0.05)
+            assert await b.scheduler.reporter.report(await b.poller.poll(b.targets[0]))
+            while '"announced"' not in str(fake.leases):  # (b's next renewal says so)
+                await asyncio.sleep(0.05)
+
+        a_events = Recorder()
+        again = await replica("pod-a", a_events)
+        assert again.elector is not None
+        assert [len(o.changes) for o in again.store.owed()] == [1]  # (held, not announced)
+        assert not await again.elector.try_acquire_or_renew()  # b leads; its record is read
+        async with asyncio.timeout(2):
+            while again.store.owed():
+                await asyncio.sleep(0.01)
+        campaign.cancel()
+        await asyncio.gather(campaign, return_exceptions=True)
+        await stopped(b)
+        await stopped(again)
+    assert [(e.job_id, e.during_baseline) for e in b_events.events if isinstance(e, JobFailed)] == [
+        (running, True)
+    ]
+    assert failed_ids(a_events) == []
 
 
 async def test_an_empty_answer_does_not_announce_a_failure_again(tmp_path: Path) -> None:
