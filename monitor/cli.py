@@ -14,7 +14,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from monitor import __version__
 from monitor.app import Monitor, serve
@@ -25,9 +25,9 @@ from monitor.settings import (
     Settings,
     check_kubernetes,
     load_settings,
+    parse_settings,
     summary,
 )
-from monitor.settings import parse_settings as parse_settings_document
 from monitor.sinks.logs import configure_logging
 from monitor.table import render_table
 
@@ -40,8 +40,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Watch Elastic Path promotion code jobs; failures become metrics and events.",
     )
     parser.add_argument("--version", action="version", version=f"promo-monitor {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands.required = True
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def with_config(name: str, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
@@ -72,23 +71,19 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _config_path(given: Path | None) -> Path:
-    if given is not None:
-        return given
-    from_env = os.environ.get(CONFIG_ENV)
-    if from_env:
-        return Path(from_env)
+    if found := given or os.environ.get(CONFIG_ENV):
+        return Path(found)
     raise ConfigError([f"config: pass --config FILE or set {CONFIG_ENV}"])
 
 
-def _fail(lines: Sequence[str], code: int, stream: TextIO = sys.stderr) -> int:
+def _fail(lines: Sequence[str], code: int) -> int:
     for line in lines:
-        print(f"promo-monitor: {line}", file=stream)
+        print(f"promo-monitor: {line}", file=sys.stderr)
     return code
 
 
 async def _run(settings: Settings) -> int:
-    monitor = Monitor.build(settings)
-    return await serve(monitor)
+    return await serve(Monitor.build(settings))
 
 
 async def _once(settings: Settings, fmt: str) -> int:
@@ -127,7 +122,7 @@ async def _demo(duration: float | None, port: int, promotions: int) -> int:
             "state": {"path": str(Path(state_dir) / "monitor.db")},
             "log": {"level": "info", "format": "console"},
         }
-        settings = parse_settings_document(document)
+        settings = parse_settings(document)
         configure_logging(settings.log.level, settings.log.format)
         print(
             f"demo: simulated Elastic Path at {base_url}; status page at http://127.0.0.1:{port}/, "
@@ -135,14 +130,11 @@ async def _demo(duration: float | None, port: int, promotions: int) -> int:
             flush=True,
         )
         stop = asyncio.Event()
-        timer = None
         if duration is not None:
-            timer = asyncio.get_running_loop().call_later(duration, stop.set)
+            asyncio.get_running_loop().call_later(duration, stop.set)
         try:
             return await serve(Monitor.build(settings), stop)
         finally:
-            if timer is not None:
-                timer.cancel()
             lifecycle.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await lifecycle
