@@ -31,7 +31,7 @@ from monitor.rates import JobRates
 from monitor.recent_activity import RecentActivity
 from monitor.report import HINTS, Reporter
 from monitor.scheduler import Lifecycle, PollScheduler
-from monitor.settings import CoordinationSettings, Settings
+from monitor.settings import Settings
 from monitor.sinks.client_reports import RequestReports
 from monitor.sinks.logs import LogSink
 from monitor.sinks.metrics import MonitorMetrics
@@ -286,7 +286,24 @@ class Monitor:
             web = WebServer(app, security.ssl_context)
         leases, elector = None, None
         if fence is not None and handover is not None:
-            leases, elector = _election(lifecycle, fence, handover, coordination)
+            from monitor.kube import KubernetesLeases  # noqa: PLC0415 - see the TYPE_CHECKING import
+
+            assert coordination.namespace is not None  # resolved or refused by the settings
+            assert coordination.identity is not None
+            leases = KubernetesLeases(
+                namespace=coordination.namespace,
+                name=coordination.lease_name,
+                # A renewal must not outlive the time the fence gives it.
+                timeout=coordination.renew_deadline_seconds - coordination.retry_period_seconds,
+            )
+            timing = Timing(
+                coordination.lease_duration_seconds,
+                coordination.renew_deadline_seconds,
+                coordination.retry_period_seconds,
+            )
+            elector = LeaderElector(
+                leases, coordination.identity, timing, fence, lifecycle, record=handover
+            )
         else:
             metrics.leader.set(1)
         return cls(
@@ -304,35 +321,3 @@ class Monitor:
             leases,
             elector,
         )
-
-
-def _election(
-    lifecycle: Lifecycle,
-    fence: Fence,
-    handover: Handover,
-    coordination: CoordinationSettings,
-) -> tuple[KubernetesLeases, LeaderElector]:
-    """The Lease and its elector, for coordination.mode: lease."""
-    from monitor.kube import KubernetesLeases  # noqa: PLC0415 - see the TYPE_CHECKING import
-
-    assert coordination.namespace is not None  # resolved or refused by the settings
-    assert coordination.identity is not None
-    leases = KubernetesLeases(
-        namespace=coordination.namespace,
-        name=coordination.lease_name,
-        # A renewal must not outlive the time the fence gives it.
-        timeout=coordination.renew_deadline_seconds - coordination.retry_period_seconds,
-    )
-    elector = LeaderElector(
-        leases,
-        coordination.identity,
-        Timing(
-            coordination.lease_duration_seconds,
-            coordination.renew_deadline_seconds,
-            coordination.retry_period_seconds,
-        ),
-        fence,
-        lifecycle,
-        record=handover,
-    )
-    return leases, elector

@@ -1,8 +1,5 @@
-"""`promo-monitor run | once | check-config | demo`.
-
-User errors (bad config, a port in use) end in one clear line on stderr and exit 2 or 1,
-never a traceback.
-"""
+"""`promo-monitor run | once | check-config | demo`: a user error (a bad config, a port in use)
+ends in one clear line on stderr and exit 2 or 1, never a traceback."""
 
 from __future__ import annotations
 
@@ -44,12 +41,7 @@ def _parser() -> argparse.ArgumentParser:
 
     def with_config(name: str, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
-        sub.add_argument(
-            "--config",
-            type=Path,
-            default=None,
-            help=f"YAML config file (default: ${CONFIG_ENV})",
-        )
+        sub.add_argument("--config", type=Path, help=f"YAML config file (default: ${CONFIG_ENV})")
         return sub
 
     with_config("run", "Run the daemon: poll on a schedule, serve /metrics.")
@@ -64,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", help="Run against a built-in simulated Elastic Path (no credentials needed)."
     )
-    demo.add_argument("--duration", type=float, default=None, help="stop after S seconds")
+    demo.add_argument("--duration", type=float, help="stop after S seconds")
     demo.add_argument("--port", type=int, default=DEFAULT_PORT, help="metrics port")
     demo.add_argument("--promotions", type=int, default=4, help="simulated promotions")
     return parser

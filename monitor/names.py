@@ -1,9 +1,6 @@
-"""The names of watched promotions, so that a person paged reads "Spring sale", not a UUID.
-
-Names come from the discovery lists, or, for configured promotions, from one lookup each
-(`GET /v2/promotions/:id`, `/v2/rule-promotions/:id`) at start and at the discovery interval.
-A name is a convenience: a lookup that fails keeps the last name and never holds up a poll.
-"""
+"""Promotion names, so that a person paged reads "Spring sale", not a UUID: from the discovery
+lists, else one lookup each (`GET /v2/promotions/:id`) at start and every discovery interval. A
+name is a convenience: a lookup that fails keeps the last name and never holds up a poll."""
 
 from __future__ import annotations
 

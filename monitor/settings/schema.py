@@ -1,8 +1,5 @@
-"""The configuration schema: every key, its type, default, bounds and meaning (the docs' reference).
-
-Pure: no environment, no files. Cross-key rules raise `ValueError("key: what is wrong")` so the
-verdict can name the key.
-"""
+"""The configuration schema, pure (no environment, no files): every key, its type, default, bounds
+and meaning (the docs' reference). Cross-key rules name their key: `ValueError("key: problem")`."""
 
 from __future__ import annotations
 
