@@ -88,8 +88,6 @@ class Monitor:
     elector: LeaderElector | None = None
     _campaign: asyncio.Task[None] | None = None  # the elector running (startup to shutdown)
 
-    # start and stop
-
     async def startup(self) -> None:
         if self.leases is not None:
             await self.leases.open()
@@ -130,8 +128,6 @@ class Monitor:
     @property
     def targets(self) -> list[JobsTarget]:
         return self.scheduler.targets
-
-    # composition
 
     @classmethod
     def build(

@@ -11,7 +11,6 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from monitor import __version__
 from monitor.app import Monitor, serve
@@ -101,7 +100,7 @@ async def _demo(duration: float | None, port: int, promotions: int) -> int:
     base_url = await simulator.start("127.0.0.1", 0)
     lifecycle = asyncio.create_task(simulator.run_lifecycle(period=3.0))
     with tempfile.TemporaryDirectory(prefix="promo-monitor-demo-") as state_dir:
-        document: dict[str, Any] = {
+        document = {
             "api": {
                 "base_url": base_url,
                 "client_id": "demo-client-id",
@@ -112,10 +111,9 @@ async def _demo(duration: float | None, port: int, promotions: int) -> int:
             "promotions": [{"id": p["id"], "kind": p["type"]} for p in simulator.promotions()],
             "server": {"host": "127.0.0.1", "port": port},
             "state": {"path": str(Path(state_dir) / "monitor.db")},
-            "log": {"level": "info", "format": "console"},
         }
         settings = parse_settings(document)
-        configure_logging(settings.log.level, settings.log.format)
+        configure_logging("info", "console")
         print(
             f"demo: simulated Elastic Path at {base_url}; status page at http://127.0.0.1:{port}/, "
             f"metrics at http://127.0.0.1:{port}/metrics (Ctrl-C to stop)",

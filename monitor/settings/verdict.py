@@ -26,10 +26,6 @@ class ConfigError(Exception):
         self.problems = problems
 
 
-def _location(loc: tuple[int | str, ...]) -> str:
-    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).removeprefix(".")
-
-
 def _bound(value: Any) -> str:
     return f"{value:g}" if isinstance(value, int | float) else str(value)
 
@@ -42,7 +38,6 @@ def _message(error: Mapping[str, Any]) -> str:
         "extra_forbidden": "unknown key",
         "greater_than": f"must be > {ctx.get('gt')}",
         "greater_than_equal": f"must be >= {ctx.get('ge')}",
-        "less_than": f"must be < {ctx.get('lt')}",
         "less_than_equal": f"must be <= {ctx.get('le')}",
         "too_short": "must not be empty",
         "string_too_short": "must not be empty",
@@ -59,7 +54,8 @@ def format_validation_error(exc: ValidationError) -> list[str]:
     problems = []
     for error in exc.errors(include_input=False, include_url=False):
         message = _message(error)
-        loc = _location(tuple(error["loc"]))
+        loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"])
+        loc = loc.removeprefix(".")
         # Model-level checks name their own key inside the message ("client_id: required").
         head, sep, rest = message.partition(": ")
         if sep and " " not in head and error["type"] == "value_error":
