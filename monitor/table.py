@@ -54,7 +54,7 @@ def render_table(monitor: Monitor, outcomes: Sequence[PollOutcome]) -> str:
             for job in sorted(failed, key=lambda job: job.status_since or 0.0, reverse=True)
         )
     rows = [[shown(cell) for cell in row] for row in rows]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(HEADER))]
+    widths = [max(map(len, column)) for column in zip(*rows, strict=True)]
     lines = [
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
         for row in rows

@@ -102,8 +102,7 @@ class PollSettings(_Section):
     interval_seconds: float = Field(60.0, gt=0)
     """How often an idle promotion is polled, in seconds."""
     active_interval_seconds: float | None = Field(None, gt=0)
-    """How often a promotion with an active job is polled, in seconds; unset: 10, or
-    interval_seconds if shorter."""
+    """Seconds between polls of a promotion with an active job; unset: min(10, interval_seconds)."""
     stuck_after_seconds: float = Field(3600.0, gt=0)
     """A job active longer than this is stuck, in seconds."""
     # Keep it below the 30 min window of the PromoMonitorJobFailed rule.
@@ -116,8 +115,7 @@ class PollSettings(_Section):
     """An idle promotion is polled at most this often, in seconds, where jobs happen (the requests
     interval_seconds spends go where jobs happen); unset: the active interval."""
     max_interval_seconds: float | None = Field(None, gt=0)
-    """Every promotion is polled at least this often, in seconds, however quiet; unset: 900, or
-    interval_seconds if longer."""
+    """The longest any promotion goes unpolled, in seconds; unset: max(900, interval_seconds)."""
 
     @property
     def active_interval(self) -> float:

@@ -86,9 +86,8 @@ def parse_settings(raw: object) -> Settings:
     return settings
 
 
-def load_settings(path: Path | str) -> Settings:
+def load_settings(path: Path) -> Settings:
     """Read and validate a YAML config file; every problem becomes a ConfigError line."""
-    path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
