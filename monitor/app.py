@@ -225,12 +225,11 @@ class Monitor:
             retention=retention,
             may_poll=may_poll,
         )
-        discovery = Discovery(client, settings)
         lifecycle = Lifecycle(
             scheduler,
             settings,
             watching=watching,
-            discovery=discovery,
+            discovery=Discovery(client, settings),
             lookups=NameLookups(client, names),
             store=store,
             metrics=metrics,
@@ -256,8 +255,8 @@ class Monitor:
                     requests_budget=client.budget.max_rate,
                     requests_rate_in_force=client.budget.rate,
                     requests_per_second=activity.requests_per_second(clock()),
-                    shard_index=discovery.shard_index,
-                    shard_count=discovery.shard_count,
+                    shard_index=settings.sharding.index,
+                    shard_count=settings.sharding.shard_count,
                     detection_delay=activity.detection_delay(clock()),
                 )
 

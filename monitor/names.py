@@ -1,6 +1,6 @@
 """Promotion names, so that a person paged reads "Spring sale", not a UUID: from the discovery
-lists, else one lookup each (`GET /v2/promotions/:id`) at start and every discovery interval. A
-name is a convenience: a lookup that fails keeps the last name and never holds up a poll."""
+lists, else one lookup each (`GET /v2/promotions/:id`, `/v2/rule-promotions/:id`) at start and
+every discovery interval. A lookup that fails keeps the last name and never holds up a poll."""
 
 from __future__ import annotations
 
