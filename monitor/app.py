@@ -1,9 +1,6 @@
-"""The composition root: builds every part from settings, then runs them.
-
-Read top-down, as uvicorn's server reads: `serve()` → `Monitor.startup()` → wait for a signal →
-`Monitor.shutdown()`. `Monitor.build()` wires the parts; each gets its collaborators and
-callbacks through its constructor, nothing is patched on afterwards.
-"""
+"""The composition root: `Monitor.build()` gives every part its collaborators and callbacks
+through its constructor (nothing is patched on afterwards); `serve()` runs them as uvicorn's
+server reads: `Monitor.startup()` → wait for a signal → `Monitor.shutdown()`."""
 
 from __future__ import annotations
 
@@ -11,7 +8,7 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -26,7 +23,7 @@ from monitor.coordination import Fence, LeaderElector, Timing
 from monitor.discovery import Discovery
 from monitor.events import EventSink
 from monitor.handover import Handover
-from monitor.models import PromotionSnapshot, utc_now
+from monitor.models import utc_now
 from monitor.names import NameLookups, PromotionNames
 from monitor.planner import PollPlan
 from monitor.poller import Poller, PollOutcome
@@ -34,7 +31,7 @@ from monitor.rates import JobRates
 from monitor.recent_activity import RecentActivity
 from monitor.report import HINTS, Reporter
 from monitor.scheduler import Lifecycle, PollScheduler
-from monitor.settings import CoordinationSettings, Settings
+from monitor.settings import Settings
 from monitor.sinks.client_reports import RequestReports
 from monitor.sinks.logs import LogSink
 from monitor.sinks.metrics import MonitorMetrics
@@ -76,27 +73,20 @@ class Monitor:
     """Everything one monitor process runs, wired together."""
 
     settings: Settings
-    registry: CollectorRegistry
-    events: EventSink
     store: SnapshotStore
     metrics: MonitorMetrics
     client: ElasticPathClient
     names: PromotionNames
     poller: Poller
-    discovery: Discovery
     scheduler: PollScheduler
     lifecycle: Lifecycle
     health: Health
-    activity: RecentActivity
-    clock: Callable[[], float]
     rates: JobRates
     web: WebServer | None = None
     # Only with coordination.mode: lease (monitor.coordination).
     leases: KubernetesLeases | None = None
     elector: LeaderElector | None = None
     _campaign: asyncio.Task[None] | None = None  # the elector running (startup to shutdown)
-
-    # start and stop
 
     async def startup(self) -> None:
         if self.leases is not None:
@@ -139,8 +129,6 @@ class Monitor:
     def targets(self) -> list[JobsTarget]:
         return self.scheduler.targets
 
-    # composition
-
     @classmethod
     def build(
         cls,
@@ -163,17 +151,13 @@ class Monitor:
         elects = coordinated and coordination.mode == "lease"
         fence = Fence(coordination.renew_deadline_seconds) if elects else None
         may_poll = fence.allows if fence is not None else lambda: True
-
-        def snapshots() -> Iterator[PromotionSnapshot]:
-            return iter(store)
-
         names = PromotionNames()
         # The store's clock, from the Date of its answers: its job timestamps are judged by it.
         store_clock = StoreClock(clock)
         metrics = MonitorMetrics(
             registry,
             version=__version__,
-            snapshots=snapshots,
+            snapshots=lambda: iter(store),
             clock=clock,
             stuck_after=settings.poll.stuck_after_seconds,
             names=names,
@@ -189,7 +173,8 @@ class Monitor:
             user_agent=f"promo-monitor/{__version__}",
             store_clock=store_clock,
         )
-        rates = JobRates(window=settings.state.retention_days * 86_400)
+        retention = settings.state.retention_days * 86_400
+        rates = JobRates(window=retention)
         plan = PollPlan(
             interval=settings.poll.interval_seconds,
             active_interval=settings.poll.active_interval,
@@ -200,7 +185,6 @@ class Monitor:
             rate=lambda pid: rates.rate(pid, clock()),
         )
         watching = WatchedSet(plan, store, metrics, names=names, activity=activity, rates=rates)
-        retention = settings.state.retention_days * 86_400
         poller = Poller(
             client,
             store.get,
@@ -241,12 +225,11 @@ class Monitor:
             retention=retention,
             may_poll=may_poll,
         )
-        discovery = Discovery(client, settings)
         lifecycle = Lifecycle(
             scheduler,
             settings,
             watching=watching,
-            discovery=discovery,
+            discovery=Discovery(client, settings),
             lookups=NameLookups(client, names),
             store=store,
             metrics=metrics,
@@ -262,11 +245,26 @@ class Monitor:
         )
         web = None
         if serve_http:
+
+            def facts() -> MonitorFacts:
+                """What the status page says of the monitor itself, read at each request."""
+                return MonitorFacts(
+                    version=__version__,
+                    started_at=activity.started_at,
+                    ready=health.started and not health.stopping,
+                    requests_budget=client.budget.max_rate,
+                    requests_rate_in_force=client.budget.rate,
+                    requests_per_second=activity.requests_per_second(clock()),
+                    shard_index=settings.sharding.index,
+                    shard_count=settings.sharding.shard_count,
+                    detection_delay=activity.detection_delay(clock()),
+                )
+
             board = StatusBoard(
                 snapshots=lambda: iter(store),
                 watched=lambda: {t.promotion_id: t.kind.value for t in scheduler.targets},
                 activity=activity,
-                facts=_facts(health, client, activity, discovery, clock),
+                facts=facts,
                 clock=clock,
                 stuck_after=settings.poll.stuck_after_seconds,
                 names=names.get,
@@ -276,99 +274,45 @@ class Monitor:
                 ),
                 store_now=store_clock.now,
             )
-            web = _web(settings, registry, health, metrics, board)
+            security = load_web_security(settings.server)
+            app = build_app(
+                registry, health, security, status=board.view, exposition=metrics.exposition
+            )
+            web = WebServer(app, security.ssl_context)
         leases, elector = None, None
         if fence is not None and handover is not None:
-            leases, elector = _election(lifecycle, fence, handover, coordination)
+            from monitor.kube import KubernetesLeases  # noqa: PLC0415 - see the TYPE_CHECKING import
+
+            assert coordination.namespace is not None  # resolved or refused by the settings
+            assert coordination.identity is not None
+            leases = KubernetesLeases(
+                namespace=coordination.namespace,
+                name=coordination.lease_name,
+                # A renewal must not outlive the time the fence gives it.
+                timeout=coordination.renew_deadline_seconds - coordination.retry_period_seconds,
+            )
+            timing = Timing(
+                coordination.lease_duration_seconds,
+                coordination.renew_deadline_seconds,
+                coordination.retry_period_seconds,
+            )
+            elector = LeaderElector(
+                leases, coordination.identity, timing, fence, lifecycle, record=handover
+            )
         else:
             metrics.leader.set(1)
         return cls(
             settings,
-            registry,
-            events,
             store,
             metrics,
             client,
             names,
             poller,
-            discovery,
             scheduler,
             lifecycle,
             health,
-            activity,
-            clock,
             rates,
             web,
             leases,
             elector,
         )
-
-
-def _facts(
-    health: Health,
-    client: ElasticPathClient,
-    activity: RecentActivity,
-    discovery: Discovery,
-    clock: Callable[[], float],
-) -> Callable[[], MonitorFacts]:
-    """What the status page says of the monitor itself, read when the page is asked for."""
-
-    def facts() -> MonitorFacts:
-        return MonitorFacts(
-            version=__version__,
-            started_at=activity.started_at,
-            ready=health.started and not health.stopping,
-            requests_budget=client.budget.max_rate,
-            requests_rate_in_force=client.budget.rate,
-            requests_per_second=activity.requests_per_second(clock()),
-            shard_index=discovery.shard_index,
-            shard_count=discovery.shard_count,
-            detection_delay=activity.detection_delay(clock()),
-        )
-
-    return facts
-
-
-def _web(
-    settings: Settings,
-    registry: CollectorRegistry,
-    health: Health,
-    metrics: MonitorMetrics,
-    board: StatusBoard,
-) -> WebServer:
-    """/metrics, the probes, and the status page over the monitor's live state."""
-    security = load_web_security(settings.server)
-    app = build_app(registry, health, security, status=board.view, exposition=metrics.exposition)
-    return WebServer(app, security.ssl_context)
-
-
-def _election(
-    lifecycle: Lifecycle,
-    fence: Fence,
-    handover: Handover,
-    coordination: CoordinationSettings,
-) -> tuple[KubernetesLeases, LeaderElector]:
-    """The Lease and its elector, for coordination.mode: lease."""
-    from monitor.kube import KubernetesLeases  # noqa: PLC0415 - see the TYPE_CHECKING import
-
-    assert coordination.namespace is not None  # resolved or refused by the settings
-    assert coordination.identity is not None
-    leases = KubernetesLeases(
-        namespace=coordination.namespace,
-        name=coordination.lease_name,
-        # A renewal must not outlive the time the fence gives it.
-        timeout=coordination.renew_deadline_seconds - coordination.retry_period_seconds,
-    )
-    elector = LeaderElector(
-        leases,
-        coordination.identity,
-        Timing(
-            coordination.lease_duration_seconds,
-            coordination.renew_deadline_seconds,
-            coordination.retry_period_seconds,
-        ),
-        fence,
-        lifecycle,
-        record=handover,
-    )
-    return leases, elector

@@ -1,8 +1,5 @@
-"""`promo-monitor run | once | check-config | demo`.
-
-User errors (bad config, a port in use) end in one clear line on stderr and exit 2 or 1,
-never a traceback.
-"""
+"""`promo-monitor run | once | check-config | demo`: a user error (a bad config, a port in use)
+ends in one clear line on stderr and exit 2 or 1, never a traceback."""
 
 from __future__ import annotations
 
@@ -14,7 +11,6 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
 
 from monitor import __version__
 from monitor.app import Monitor, serve
@@ -25,9 +21,9 @@ from monitor.settings import (
     Settings,
     check_kubernetes,
     load_settings,
+    parse_settings,
     summary,
 )
-from monitor.settings import parse_settings as parse_settings_document
 from monitor.sinks.logs import configure_logging
 from monitor.table import render_table
 
@@ -40,17 +36,11 @@ def _parser() -> argparse.ArgumentParser:
         description="Watch Elastic Path promotion code jobs; failures become metrics and events.",
     )
     parser.add_argument("--version", action="version", version=f"promo-monitor {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands.required = True
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def with_config(name: str, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
-        sub.add_argument(
-            "--config",
-            type=Path,
-            default=None,
-            help=f"YAML config file (default: ${CONFIG_ENV})",
-        )
+        sub.add_argument("--config", type=Path, help=f"YAML config file (default: ${CONFIG_ENV})")
         return sub
 
     with_config("run", "Run the daemon: poll on a schedule, serve /metrics.")
@@ -65,30 +55,26 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", help="Run against a built-in simulated Elastic Path (no credentials needed)."
     )
-    demo.add_argument("--duration", type=float, default=None, help="stop after S seconds")
+    demo.add_argument("--duration", type=float, help="stop after S seconds")
     demo.add_argument("--port", type=int, default=DEFAULT_PORT, help="metrics port")
     demo.add_argument("--promotions", type=int, default=4, help="simulated promotions")
     return parser
 
 
 def _config_path(given: Path | None) -> Path:
-    if given is not None:
-        return given
-    from_env = os.environ.get(CONFIG_ENV)
-    if from_env:
-        return Path(from_env)
+    if found := given or os.environ.get(CONFIG_ENV):
+        return Path(found)
     raise ConfigError([f"config: pass --config FILE or set {CONFIG_ENV}"])
 
 
-def _fail(lines: Sequence[str], code: int, stream: TextIO = sys.stderr) -> int:
+def _fail(lines: Sequence[str], code: int) -> int:
     for line in lines:
-        print(f"promo-monitor: {line}", file=stream)
+        print(f"promo-monitor: {line}", file=sys.stderr)
     return code
 
 
 async def _run(settings: Settings) -> int:
-    monitor = Monitor.build(settings)
-    return await serve(monitor)
+    return await serve(Monitor.build(settings))
 
 
 async def _once(settings: Settings, fmt: str) -> int:
@@ -114,7 +100,7 @@ async def _demo(duration: float | None, port: int, promotions: int) -> int:
     base_url = await simulator.start("127.0.0.1", 0)
     lifecycle = asyncio.create_task(simulator.run_lifecycle(period=3.0))
     with tempfile.TemporaryDirectory(prefix="promo-monitor-demo-") as state_dir:
-        document: dict[str, Any] = {
+        document = {
             "api": {
                 "base_url": base_url,
                 "client_id": "demo-client-id",
@@ -125,24 +111,20 @@ async def _demo(duration: float | None, port: int, promotions: int) -> int:
             "promotions": [{"id": p["id"], "kind": p["type"]} for p in simulator.promotions()],
             "server": {"host": "127.0.0.1", "port": port},
             "state": {"path": str(Path(state_dir) / "monitor.db")},
-            "log": {"level": "info", "format": "console"},
         }
-        settings = parse_settings_document(document)
-        configure_logging(settings.log.level, settings.log.format)
+        settings = parse_settings(document)
+        configure_logging("info", "console")
         print(
             f"demo: simulated Elastic Path at {base_url}; status page at http://127.0.0.1:{port}/, "
             f"metrics at http://127.0.0.1:{port}/metrics (Ctrl-C to stop)",
             flush=True,
         )
         stop = asyncio.Event()
-        timer = None
         if duration is not None:
-            timer = asyncio.get_running_loop().call_later(duration, stop.set)
+            asyncio.get_running_loop().call_later(duration, stop.set)
         try:
             return await serve(Monitor.build(settings), stop)
         finally:
-            if timer is not None:
-                timer.cancel()
             lifecycle.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await lifecycle

@@ -1,9 +1,6 @@
-"""The names of watched promotions, so that a person paged reads "Spring sale", not a UUID.
-
-Names come from the discovery lists, or, for configured promotions, from one lookup each
-(`GET /v2/promotions/:id`, `/v2/rule-promotions/:id`) at start and at the discovery interval.
-A name is a convenience: a lookup that fails keeps the last name and never holds up a poll.
-"""
+"""Promotion names, so that a person paged reads "Spring sale", not a UUID: from the discovery
+lists, else one lookup each (`GET /v2/promotions/:id`, `/v2/rule-promotions/:id`) at start and
+every discovery interval. A lookup that fails keeps the last name and never holds up a poll."""
 
 from __future__ import annotations
 
@@ -20,9 +17,7 @@ MAX_NAME_CHARS: Final = 200
 def promotion_name(promotion: Mapping[str, object]) -> str | None:
     """The usable name of a listed or fetched promotion object, or None."""
     name = promotion.get("name")
-    if not isinstance(name, str) or not name.strip():
-        return None
-    return single_line(name, MAX_NAME_CHARS) or None
+    return (single_line(name, MAX_NAME_CHARS) or None) if isinstance(name, str) else None
 
 
 class PromotionNames:
@@ -65,10 +60,8 @@ class NameLookups:
     async def look_up(
         self, targets: Iterable[JobsTarget], watched: Callable[[str], bool]
     ) -> list[tuple[str, ApiError]]:
-        """Look up every target's name that no list gave; a failed lookup keeps the last.
-
-        Returns the lookups that began to fail: each is news once, until one works again.
-        """
+        """Look up the names no list gave (a failed lookup keeps the last); returns the lookups
+        that began to fail: each is news once, until one works again."""
         targets = list(targets)
         failed: list[tuple[str, ApiError]] = []
         self._failing &= {target.promotion_id for target in targets}  # (forget the unwatched)

@@ -1,8 +1,6 @@
-"""`once --format table`: jobs by promotion and status, for a person at a terminal.
-
-Every cell is text from the store; a control character in it (ESC, OSC, CSI, C1) would be obeyed
-by the terminal (clear the screen, set the title, write the clipboard), so it is shown escaped.
-"""
+"""`once --format table`: jobs by promotion and status, for a person at a terminal. A control
+character in the store's text (ESC, OSC, CSI, C1) would be obeyed by the terminal (clear the
+screen, set the title, write the clipboard), so it is shown escaped."""
 
 from __future__ import annotations
 
@@ -12,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Final
 
 from monitor.app import Monitor
-from monitor.models import ACTIVE_STATUSES, COMPLETED, FAILED, PromotionSnapshot, shown
+from monitor.models import ACTIVE_STATUSES, COMPLETED, FAILED, Job, shown
 from monitor.poller import PollOutcome
 
 # (one line: a list literal is formatted one name a line)
@@ -32,36 +30,31 @@ def render_table(monitor: Monitor, outcomes: Sequence[PollOutcome]) -> str:
     failures: list[str] = []
     shortfalls: list[str] = []
     for target in monitor.targets:
-        outcome = by_id.get(target.promotion_id)
+        pid = target.promotion_id
+        outcome = by_id.get(pid)
         poll = "ok" if outcome and outcome.ok else f"failed: {outcome.reason if outcome else '?'}"
-        snapshot = monitor.store.get(target.promotion_id) or PromotionSnapshot(
-            target.promotion_id, {}
-        )
-        statuses = Counter(job.status for job in snapshot.jobs.values())
+        snapshot = monitor.store.get(pid)
+        jobs = list(snapshot.jobs.values()) if snapshot else []
+        statuses = Counter(job.status for job in jobs)
         active = sum(statuses[s] for s in ACTIVE_STATUSES)
-        other = sum(statuses.values()) - active - statuses[COMPLETED] - statuses[FAILED]
-        counts = [len(snapshot.jobs), active, statuses[COMPLETED], statuses[FAILED], other]
-        name = monitor.names.get(target.promotion_id) or "-"
-        kind = target.kind.value
-        rows.append([target.promotion_id, kind, poll, *map(str, counts), _codes(snapshot), name])
+        other = len(jobs) - active - statuses[COMPLETED] - statuses[FAILED]
+        counts = [len(jobs), active, statuses[COMPLETED], statuses[FAILED], other]
+        name = monitor.names.get(pid) or "-"
+        rows.append([pid, target.kind.value, poll, *map(str, counts), _codes(jobs), name])
         shortfalls.extend(
-            f"  {target.promotion_id}  {job.id}  {job.codes_generated} of {job.codes_requested}"
+            f"  {pid}  {job.id}  {job.codes_generated} of {job.codes_requested}"
             f"  {_when(job.status_since)}  {job.name or ''}"
-            for job in snapshot.jobs.values()
+            for job in jobs
             if job.shortfall
         )
-        failed = sorted(
-            (job for job in snapshot.jobs.values() if job.status == FAILED),
-            key=lambda job: job.status_since or 0.0,
-            reverse=True,
-        )
+        failed = [job for job in jobs if job.status == FAILED]
         failures.extend(
-            f"  {target.promotion_id}  {job.id}  {job.job_type:<13}  "
+            f"  {pid}  {job.id}  {job.job_type:<13}  "
             f"{_when(job.status_since)}  {job.error or '(no error text)'}"
-            for job in failed
+            for job in sorted(failed, key=lambda job: job.status_since or 0.0, reverse=True)
         )
     rows = [[shown(cell) for cell in row] for row in rows]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(HEADER))]
+    widths = [max(map(len, column)) for column in zip(*rows, strict=True)]
     lines = [
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
         for row in rows
@@ -74,13 +67,9 @@ def render_table(monitor: Monitor, outcomes: Sequence[PollOutcome]) -> str:
     return "\n".join(shown(line.rstrip()) for line in lines)
 
 
-def _codes(snapshot: PromotionSnapshot) -> str:
+def _codes(jobs: list[Job]) -> str:
     """Codes generated of requested by the promotion's completed code_generate jobs."""
-    done = [
-        job
-        for job in snapshot.jobs.values()
-        if job.status == COMPLETED and job.codes_requested is not None
-    ]
+    done = [job for job in jobs if job.status == COMPLETED and job.codes_requested is not None]
     if not done:
         return "-"
     generated = sum(job.codes_generated or 0 for job in done)

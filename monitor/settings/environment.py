@@ -34,8 +34,7 @@ _ORDINAL = re.compile(r"-(\d+)$")
 def shard_index_from_env(env: Mapping[str, str]) -> int | str | None:
     """$SHARD_INDEX (as given: a value that is no index is refused by validation, never
     replaced by a guess), else the ordinal at the end of $POD_NAME or $HOSTNAME, else None."""
-    raw = (env.get("SHARD_INDEX") or "").strip()
-    if raw:
+    if raw := (env.get("SHARD_INDEX") or "").strip():
         return int(raw) if raw.isdigit() else raw
     match = _ORDINAL.search(env.get("POD_NAME") or env.get("HOSTNAME") or "")
     return int(match.group(1)) if match else None
@@ -66,8 +65,7 @@ class _Environment(PydanticBaseSettingsSource):
         return None, field_name, False  # (unused: __call__ gives whole sections)
 
     def section(self, name: str) -> dict[str, Any] | None:
-        """The file's section under what the sources above set; None if the file's is no mapping
-        (validation names it, the environment does not paper over it)."""
+        """The file's section under the sources above; None if no mapping (validation names it)."""
         given = self.document.get(name, {})
         return {**given, **self.current_state.get(name, {})} if isinstance(given, dict) else None
 

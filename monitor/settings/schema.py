@@ -1,8 +1,5 @@
-"""The configuration schema: every key, its type, default, bounds and meaning (the docs' reference).
-
-Pure: no environment, no files. Cross-key rules raise `ValueError("key: what is wrong")` so the
-verdict can name the key.
-"""
+"""The configuration schema, pure (no environment, no files): every key, its type, default, bounds
+and meaning (the docs' reference). Cross-key rules name their key: `ValueError("key: problem")`."""
 
 from __future__ import annotations
 
@@ -25,7 +22,7 @@ _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 class _Section(BaseModel):
     # Unknown keys are errors: a misspelt key silently ignored is a monitor silently wrong.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 def _is_loopback(host: str) -> bool:
@@ -36,34 +33,24 @@ def _is_loopback(host: str) -> bool:
 
 
 class ApiSettings(_Section):
-    base_url: str = Field(
-        "https://useast.api.elasticpath.com",
-        description="The store's API root (no path); env EPCC_API_BASE_URL overrides it.",
-    )
-    client_id: str | None = Field(
-        None, description="OAuth2 client_credentials id; env EPCC_CLIENT_ID overrides it."
-    )
-    client_secret: SecretStr | None = Field(
-        None, description="The client secret inline; env EPCC_CLIENT_SECRET overrides it."
-    )
-    client_secret_file: Path | None = Field(
-        None, description="A file holding the client secret, re-read at every token refresh."
-    )
-    token_file: Path | None = Field(
-        None, description="Instead of client credentials: a bearer token, re-read on a 401."
-    )
-    allow_insecure_http: bool = Field(
-        False, description="Permit http:// to a host that is not loopback (credentials in clear)."
-    )
-    timeout_seconds: float = Field(
-        10.0, gt=0, le=300, description="How long one request may take, in seconds."
-    )
-    max_requests_per_second: float = Field(
-        10.0, gt=0, le=1000, description="The process's budget (token requests too), in requests/s."
-    )
-    page_limit: int = Field(
-        100, ge=1, le=100, description="Jobs asked for per page; 100 is the API's maximum."
-    )
+    base_url: str = "https://useast.api.elasticpath.com"
+    """The store's API root (no path); env EPCC_API_BASE_URL overrides it."""
+    client_id: str | None = None
+    """OAuth2 client_credentials id; env EPCC_CLIENT_ID overrides it."""
+    client_secret: SecretStr | None = None
+    """The client secret inline; env EPCC_CLIENT_SECRET overrides it."""
+    client_secret_file: Path | None = None
+    """A file holding the client secret, re-read at every token refresh."""
+    token_file: Path | None = None
+    """Instead of client credentials: a bearer token, re-read on a 401."""
+    allow_insecure_http: bool = False
+    """Permit http:// to a host that is not loopback (credentials in clear)."""
+    timeout_seconds: float = Field(10.0, gt=0, le=300)
+    """How long one request may take, in seconds."""
+    max_requests_per_second: float = Field(10.0, gt=0, le=1000)
+    """The process's budget (token requests too), in requests/s."""
+    page_limit: int = Field(100, ge=1, le=100)
+    """Jobs asked for per page; 100 is the API's maximum."""
 
     @field_validator("base_url")
     @classmethod
@@ -112,48 +99,27 @@ class ApiSettings(_Section):
 
 
 class PollSettings(_Section):
-    interval_seconds: float = Field(
-        60.0, gt=0, description="How often an idle promotion is polled, in seconds."
-    )
-    active_interval_seconds: float | None = Field(
-        None,
-        gt=0,
-        description="How often a promotion with an active job is polled, in seconds; unset: "
-        "10, or interval_seconds if shorter.",
-    )
-    stuck_after_seconds: float = Field(
-        3600.0, gt=0, description="A job active longer than this is stuck, in seconds."
-    )
+    interval_seconds: float = Field(60.0, gt=0)
+    """How often an idle promotion is polled, in seconds."""
+    active_interval_seconds: float | None = Field(None, gt=0)
+    """Seconds between polls of a promotion with an active job; unset: min(10, interval_seconds)."""
+    stuck_after_seconds: float = Field(3600.0, gt=0)
+    """A job active longer than this is stuck, in seconds."""
     # Keep it below the 30 min window of the PromoMonitorJobFailed rule.
-    baseline_lookback_seconds: float = Field(
-        900.0,
-        ge=0,
-        le=86_400,
-        description="At a first poll (a new pod), jobs that failed this recently, in seconds, "
-        "are reported, not taken as history; 0 turns it off.",
-    )
-    max_concurrent_polls: int = Field(
-        8, ge=1, le=256, description="Promotions polled at once (the budget still paces requests)."
-    )
-    min_interval_seconds: float | None = Field(
-        None,
-        gt=0,
-        description="An idle promotion where jobs happen is polled at most this often, in "
-        "seconds (idle ones are polled more often where jobs happen, for the requests "
-        "interval_seconds spends); unset: the active interval.",
-    )
-    max_interval_seconds: float | None = Field(
-        None,
-        gt=0,
-        description="Every promotion is polled at least this often, in seconds, however quiet; "
-        "unset: 900, or interval_seconds if longer.",
-    )
+    baseline_lookback_seconds: float = Field(900.0, ge=0, le=86_400)
+    """At a first poll (a new pod), jobs that failed this recently, in seconds, are reported, not
+    taken as history; 0 turns it off."""
+    max_concurrent_polls: int = Field(8, ge=1, le=256)
+    """Promotions polled at once (the budget still paces requests)."""
+    min_interval_seconds: float | None = Field(None, gt=0)
+    """An idle promotion is polled at most this often, in seconds, where jobs happen (the requests
+    interval_seconds spends go where jobs happen); unset: the active interval."""
+    max_interval_seconds: float | None = Field(None, gt=0)
+    """The longest any promotion goes unpolled, in seconds; unset: max(900, interval_seconds)."""
 
     @property
     def active_interval(self) -> float:
-        if self.active_interval_seconds is not None:
-            return self.active_interval_seconds
-        return min(10.0, self.interval_seconds)
+        return self.active_interval_seconds or min(10.0, self.interval_seconds)
 
     @property
     def min_interval(self) -> float:
@@ -178,16 +144,12 @@ class PollSettings(_Section):
 
 
 class PromotionSettings(_Section):
-    id: str = Field(description="The promotion's id, a UUID (it goes into URL paths).")
-    kind: PromotionKind = Field(
-        PromotionKind.PROMOTION, description="Its API: /v2/promotions or /v2/rule-promotions."
-    )
-    filter: str | None = Field(
-        None,
-        min_length=1,
-        max_length=500,
-        description="A filter for the jobs endpoint, e.g. eq(job_type,code_generate).",
-    )
+    id: str
+    """The promotion's id, a UUID (it goes into URL paths)."""
+    kind: PromotionKind = PromotionKind.PROMOTION
+    """Its API: /v2/promotions or /v2/rule-promotions."""
+    filter: str | None = Field(None, min_length=1, max_length=500)
+    """A filter for the jobs endpoint, e.g. eq(job_type,code_generate)."""
 
     @field_validator("id")
     @classmethod
@@ -208,9 +170,12 @@ class PromotionSettings(_Section):
 
 
 class BasicAuthSettings(_Section):
-    username: str = Field(min_length=1, description="The user name scrapes must present.")
-    password: SecretStr | None = Field(None, description="The password scrapes present.")
-    password_file: Path | None = Field(None, description="A file holding that password.")
+    username: str = Field(min_length=1)
+    """The user name scrapes must present."""
+    password: SecretStr | None = None
+    """The password scrapes present."""
+    password_file: Path | None = None
+    """A file holding that password."""
 
     @model_validator(mode="after")
     def _one_password(self) -> BasicAuthSettings:
@@ -220,18 +185,16 @@ class BasicAuthSettings(_Section):
 
 
 class ServerSettings(_Section):
-    host: str = Field(
-        "0.0.0.0",  # noqa: S104 - a sidecar's metrics must be reachable by Prometheus
-        description="The address /metrics, the probes and the status page are served on.",
-    )
-    port: int = Field(DEFAULT_PORT, ge=0, le=65535, description="TCP port (0: any free one).")
-    tls_cert_file: Path | None = Field(
-        None, description="PEM certificate: serve HTTPS (probes too); needs tls_key_file."
-    )
-    tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file.")
-    basic_auth: BasicAuthSettings | None = Field(
-        None, description="Credentials scrapes and the status page need; probes stay open."
-    )
+    host: str = "0.0.0.0"  # noqa: S104 - a sidecar's metrics must be reachable by Prometheus
+    """The address /metrics, the probes and the status page are served on."""
+    port: int = Field(DEFAULT_PORT, ge=0, le=65535)
+    """TCP port (0: any free one)."""
+    tls_cert_file: Path | None = None
+    """PEM certificate: serve HTTPS (probes too); needs tls_key_file."""
+    tls_key_file: Path | None = None
+    """PEM private key of tls_cert_file."""
+    basic_auth: BasicAuthSettings | None = None
+    """Credentials scrapes and the status page need; probes stay open."""
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ServerSettings:
@@ -241,41 +204,32 @@ class ServerSettings(_Section):
 
 
 class StateSettings(_Section):
-    path: Path = Field(
-        Path("./state/monitor.db"),
-        description="The SQLite state (snapshots, announcements owed, reported failures); keep"
-        " it and its -wal file on a volume. A path ending in .json is an older release's"
-        " snapshot: imported once into the .db beside it.",
-    )
-    retention_days: float = Field(
-        7.0, gt=0, description="Finished jobs older than this leave state and metrics, in days."
-    )
+    path: Path = Path("./state/monitor.db")
+    """The SQLite state (snapshots, announcements owed, failures reported); keep it and its -wal on
+    a volume. A .json path (an older release's snapshot) is imported once into the .db beside it."""
+    retention_days: float = Field(7.0, gt=0)
+    """Finished jobs older than this leave state and metrics, in days."""
 
 
 class DiscoverySettings(_Section):
-    enabled: bool = Field(
-        False, description="Watch every promotion of the store, not only those listed."
-    )
-    kinds: list[PromotionKind] = Field(
-        list(PromotionKind), min_length=1, description="Which kinds of promotion are listed."
-    )
-    interval_seconds: float = Field(
-        300.0, gt=0, description="How often the lists and names are read, in seconds."
-    )
+    enabled: bool = False
+    """Watch every promotion of the store, not only those listed."""
+    kinds: list[PromotionKind] = Field(list(PromotionKind), min_length=1)
+    """Which kinds of promotion are listed."""
+    interval_seconds: float = Field(300.0, gt=0)
+    """How often the lists and names are read, in seconds."""
     # Elastic Path creates promotions disabled and codes are generated before a campaign is
     # switched on: a job that fails then is the one a launch depends on.
-    include_disabled: bool = Field(True, description="Watch disabled promotions too.")
-    include_expired: bool = Field(
-        False, description="Watch promotions past their end (and its grace) too."
-    )
+    include_disabled: bool = True
+    """Watch disabled promotions too."""
+    include_expired: bool = False
+    """Watch promotions past their end (and its grace) too."""
     # A code job queued before a promotion's end can fail after it, and a monitor that starts
     # then (a rollout) knows no running job to keep the promotion for.
-    expired_grace_seconds: float = Field(
-        86_400.0, ge=0, description="How long after its end a promotion expires, in seconds."
-    )
-    name_pattern: str | None = Field(
-        None, description="A regular expression a promotion's name must match."
-    )
+    expired_grace_seconds: float = Field(86_400.0, ge=0)
+    """How long after its end a promotion expires, in seconds."""
+    name_pattern: str | None = None
+    """A regular expression a promotion's name must match."""
 
     @field_validator("name_pattern")
     @classmethod
@@ -289,24 +243,19 @@ class DiscoverySettings(_Section):
 
 
 class ShardingSettings(_Section):
-    shard_count: int = Field(
-        1, ge=1, le=1024, description="Replicas sharing the promotions; env SHARD_COUNT overrides."
-    )
-    shard_index: int | None = Field(
-        None, ge=0, description="This replica's shard; unset: $SHARD_INDEX, else the pod ordinal."
-    )
-    max_requests_per_second: float | None = Field(
-        None, gt=0, description="This replica's budget, in requests/s; unset: an even share."
-    )
+    shard_count: int = Field(1, ge=1, le=1024)
+    """Replicas sharing the promotions; env SHARD_COUNT overrides."""
+    shard_index: int | None = Field(None, ge=0)
+    """This replica's shard; unset: $SHARD_INDEX, else the pod ordinal."""
+    max_requests_per_second: float | None = Field(None, gt=0)
+    """This replica's budget, in requests/s; unset: an even share."""
 
     @model_validator(mode="after")
     def _index_in_range(self) -> ShardingSettings:
         if self.shard_index is not None and self.shard_index >= self.shard_count:
             # (an index is read from the environment only when sharded: this one was configured)
             raise ValueError("shard_index must be < shard_count")
-        if self.shard_count == 1:
-            return self
-        if self.shard_index is None:
+        if self.shard_count > 1 and self.shard_index is None:
             raise ValueError(
                 "shard_index: shard_count > 1 but no shard_index, $SHARD_INDEX or pod ordinal "
                 "(a pod name ending in -N, as a StatefulSet gives)"
@@ -316,38 +265,24 @@ class ShardingSettings(_Section):
     @property
     def index(self) -> int:
         """This replica's shard (0 when unsharded)."""
-        if self.shard_count == 1 or self.shard_index is None:
-            return 0
-        return self.shard_index
+        return self.shard_index or 0
 
 
 class CoordinationSettings(_Section):
-    """Sidecar replicas elect one poller through a Kubernetes Lease (mode `lease`)."""
-
-    mode: Literal["none", "lease"] = Field(
-        "none", description="lease: replicas elect one poller; env COORDINATION_MODE overrides."
-    )
-    lease_name: str = Field(
-        "promo-monitor", description="The Lease's name; replicas sharing it share one poller."
-    )
-    namespace: str | None = Field(
-        None, description="The Lease's namespace; unset: $POD_NAMESPACE, else the pod's."
-    )
-    identity: str | None = Field(
-        None,
-        min_length=1,
-        max_length=253,
-        description="This replica's name in the Lease; unset: $POD_NAME, else the hostname.",
-    )
-    lease_duration_seconds: int = Field(
-        15, ge=1, le=3600, description="A lease not renewed this long may be taken, in seconds."
-    )
-    renew_deadline_seconds: float = Field(
-        10.0, gt=0, description="A leader not renewed this long stops polling, in seconds."
-    )
-    retry_period_seconds: float = Field(
-        2.0, gt=0, description="How often the leader renews and others try, in seconds."
-    )
+    mode: Literal["none", "lease"] = "none"
+    """lease: replicas elect one poller; env COORDINATION_MODE overrides."""
+    lease_name: str = "promo-monitor"
+    """The Lease's name; replicas sharing it share one poller."""
+    namespace: str | None = None
+    """The Lease's namespace; unset: $POD_NAMESPACE, else the pod's."""
+    identity: str | None = Field(None, min_length=1, max_length=253)
+    """This replica's name in the Lease; unset: $POD_NAME, else the hostname."""
+    lease_duration_seconds: int = Field(15, ge=1, le=3600)
+    """A lease not renewed this long may be taken, in seconds."""
+    renew_deadline_seconds: float = Field(10.0, gt=0)
+    """A leader not renewed this long stops polling, in seconds."""
+    retry_period_seconds: float = Field(2.0, gt=0)
+    """How often the leader renews and others try, in seconds."""
 
     @field_validator("lease_name")
     @classmethod
@@ -379,34 +314,31 @@ class CoordinationSettings(_Section):
 
 
 class LogSettings(_Section):
-    level: Literal["debug", "info", "warning", "error"] = Field(
-        "info", description="The least severe level of event written."
-    )
-    format: Literal["json", "console"] = Field(
-        "json", description="json: one object per line on stdout; console: for people."
-    )
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    """The least severe level of event written."""
+    format: Literal["json", "console"] = "json"
+    """json: one object per line on stdout; console: for people."""
 
 
 class Settings(_Section):
-    api: ApiSettings = Field(description="The Elastic Path store and its credentials.")
-    poll: PollSettings = Field(PollSettings(), description="When promotions are polled.")
-    promotions: list[PromotionSettings] = Field(
-        [], description="The promotions to watch; an entry wins over a discovered one."
-    )
-    discovery: DiscoverySettings = Field(
-        DiscoverySettings(), description="Which of the store's promotions are found and watched."
-    )
-    sharding: ShardingSettings = Field(
-        ShardingSettings(), description="How promotions and the budget are split over replicas."
-    )
-    server: ServerSettings = Field(
-        ServerSettings(), description="Where metrics, probes and the status page are served."
-    )
-    state: StateSettings = Field(StateSettings(), description="What is kept across restarts.")
-    log: LogSettings = Field(LogSettings(), description="The event log on stdout.")
-    coordination: CoordinationSettings = Field(
-        CoordinationSettings(), description="Leader election among sidecar replicas."
-    )
+    api: ApiSettings
+    """The Elastic Path store and its credentials."""
+    poll: PollSettings = PollSettings()
+    """When promotions are polled."""
+    promotions: list[PromotionSettings] = []
+    """The promotions to watch; an entry wins over a discovered one."""
+    discovery: DiscoverySettings = DiscoverySettings()
+    """Which of the store's promotions are found and watched."""
+    sharding: ShardingSettings = ShardingSettings()
+    """How promotions and the budget are split over replicas."""
+    server: ServerSettings = ServerSettings()
+    """Where metrics, probes and the status page are served."""
+    state: StateSettings = StateSettings()
+    """What is kept across restarts."""
+    log: LogSettings = LogSettings()
+    """The event log on stdout."""
+    coordination: CoordinationSettings = CoordinationSettings()
+    """Leader election among sidecar replicas."""
 
     @model_validator(mode="after")
     def _something_to_watch(self) -> Settings:

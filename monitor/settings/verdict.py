@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import ssl
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from pydantic import ValidationError
 
 from monitor.models import PromotionKind, without_password
 from monitor.settings.environment import EnvironmentSettings
-from monitor.settings.schema import ServerSettings, Settings
+from monitor.settings.schema import Settings
 
 
 class ConfigError(Exception):
@@ -23,10 +24,6 @@ class ConfigError(Exception):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
-
-
-def _location(loc: tuple[int | str, ...]) -> str:
-    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).removeprefix(".")
 
 
 def _bound(value: Any) -> str:
@@ -41,7 +38,6 @@ def _message(error: Mapping[str, Any]) -> str:
         "extra_forbidden": "unknown key",
         "greater_than": f"must be > {ctx.get('gt')}",
         "greater_than_equal": f"must be >= {ctx.get('ge')}",
-        "less_than": f"must be < {ctx.get('lt')}",
         "less_than_equal": f"must be <= {ctx.get('le')}",
         "too_short": "must not be empty",
         "string_too_short": "must not be empty",
@@ -58,7 +54,8 @@ def format_validation_error(exc: ValidationError) -> list[str]:
     problems = []
     for error in exc.errors(include_input=False, include_url=False):
         message = _message(error)
-        loc = _location(tuple(error["loc"]))
+        loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"])
+        loc = loc.removeprefix(".")
         # Model-level checks name their own key inside the message ("client_id: required").
         head, sep, rest = message.partition(": ")
         if sep and " " not in head and error["type"] == "value_error":
@@ -89,9 +86,8 @@ def parse_settings(raw: object) -> Settings:
     return settings
 
 
-def load_settings(path: Path | str) -> Settings:
+def load_settings(path: Path) -> Settings:
     """Read and validate a YAML config file; every problem becomes a ConfigError line."""
-    path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -109,24 +105,20 @@ def load_settings(path: Path | str) -> Settings:
 
 
 def _check_files(settings: Settings) -> None:
-    auth = settings.server.basic_auth
+    """Every file named is readable; what `run` reads once at start must be usable too, or
+    `check-config` would pass a config that `run` cannot serve."""
+    server, auth = settings.server, settings.server.basic_auth
     files = {
         "api.client_secret_file": settings.api.client_secret_file,
         "api.token_file": settings.api.token_file,
-        "server.tls_cert_file": settings.server.tls_cert_file,
-        "server.tls_key_file": settings.server.tls_key_file,
+        "server.tls_cert_file": server.tls_cert_file,
+        "server.tls_key_file": server.tls_key_file,
         "server.basic_auth.password_file": auth.password_file if auth else None,
     }
     if unread := [
         f"{key}: cannot read {f}" for key, f in files.items() if f and not os.access(f, os.R_OK)
     ]:
         raise ConfigError(unread)
-    _check_server_files(settings.server)
-
-
-def _check_server_files(server: ServerSettings) -> None:
-    """What `run` reads once at start must be usable, or `check-config` would pass a config that
-    `run` cannot serve: the certificate pair loads, the scrape password is text."""
     problems = []
     if server.tls_cert_file is not None and server.tls_key_file is not None:
         try:
@@ -139,7 +131,6 @@ def _check_server_files(server: ServerSettings) -> None:
                 f"server.tls_cert_file: {server.tls_cert_file} and {server.tls_key_file} are "
                 f"not a PEM certificate and its key ({reason})"
             )
-    auth = server.basic_auth
     if auth is not None and auth.password_file is not None:
         try:
             password = auth.password_file.read_text(encoding="utf-8").strip()
@@ -156,8 +147,7 @@ def _check_server_files(server: ServerSettings) -> None:
 def kubernetes_api(env: Mapping[str, str]) -> str:
     """How the Kubernetes API is reached: "in-cluster", or a kubeconfig's path; ConfigError if
     there is no way (the same verdict for check-config and for run opening the Lease client)."""
-    kubeconfig = env.get("KUBECONFIG") or None
-    if kubeconfig is not None:
+    if kubeconfig := env.get("KUBECONFIG"):
         return kubeconfig
     if env.get("KUBERNETES_SERVICE_HOST"):
         return "in-cluster"
@@ -184,10 +174,8 @@ def check_kubernetes(settings: Settings, env: Mapping[str, str]) -> None:
 
 def summary(settings: Settings) -> str:
     """A short description for check-config; names where secrets come from, never them."""
-    kinds = dict.fromkeys(PromotionKind, 0)
-    for promotion in settings.promotions:
-        kinds[promotion.kind] += 1
-    counts = ", ".join(f"{n} {kind.value}" for kind, n in kinds.items())
+    kinds = Counter(promotion.kind for promotion in settings.promotions)
+    counts = ", ".join(f"{kinds[kind]} {kind.value}" for kind in PromotionKind)
     discovery = (
         f"discovery: every {settings.discovery.interval_seconds:g}s of "
         + ", ".join(k.value for k in settings.discovery.kinds)
