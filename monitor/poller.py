@@ -5,15 +5,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
-from monitor.client import (
-    UNREACHABLE,
-    ApiError,
-    ElasticPathClient,
-    FetchResult,
-    JobsTarget,
-)
+from monitor.client import UNREACHABLE, ApiError, ElasticPathClient, FetchResult, JobsTarget
 from monitor.diff import diff, expired
 from monitor.models import Change, Job, PromotionSnapshot
 
@@ -38,8 +32,7 @@ class PollOutcome:
     incomplete: str | None = None
     # The snapshot to record (None: the one held is still right).
     snapshot: PromotionSnapshot | None = None
-    # Why objects were skipped.
-    skipped: tuple[str, ...] = ()
+    skipped: tuple[str, ...] = ()  # why objects were skipped
     now: float = 0.0  # when the poll's answer was judged
     duration: float = 0.0
     requests: int = 1  # pages read: what a poll of this promotion costs the budget
@@ -78,15 +71,6 @@ class Poller:
 
         return keep
 
-    @staticmethod
-    def _seen_jobs(result: FetchResult, previous: PromotionSnapshot | None) -> list[Job]:
-        """The jobs to diff: those read, plus, when the listing was incomplete, the last known
-        state of every job it did not show (not seen is not removed: no vanish)."""
-        if result.listing.incomplete is None or previous is None:
-            return result.jobs
-        seen = {job.id for job in result.jobs}
-        return result.jobs + [job for job in previous.jobs.values() if job.id not in seen]
-
     async def _fetch(self, target: JobsTarget, previous: PromotionSnapshot | None) -> FetchResult:
         known = previous.jobs if previous else None
         keep = self._keeper(previous)
@@ -107,59 +91,48 @@ class Poller:
         pid = target.promotion_id
         started = time.perf_counter()
         previous = self._snapshots(pid)
-        was_active = previous is not None and previous.has_active
         try:
             result = await self._fetch(target, previous)
-        except ApiError as exc:
-            # What the monitor knew stays known: no vanished jobs, gauges keep their values.
-            return PollOutcome(
-                pid,
-                ok=False,
-                reason=exc.reason,
-                detail=str(exc),
-                http_status=exc.http_status,
-                active=was_active,
-                duration=time.perf_counter() - started,
-            )
         except Exception as exc:
-            # An answer shaped in a way nobody foresaw must cost one poll, not the daemon.
+            # What the monitor knew stays known: no vanished jobs, gauges keep their values. An
+            # answer shaped in a way nobody foresaw must cost one poll, not the daemon.
+            error = exc if isinstance(exc, ApiError) else ApiError("bad_response", repr(exc)[:300])
             return PollOutcome(
                 pid,
                 ok=False,
-                reason="bad_response",
-                detail=repr(exc)[:300],
-                active=was_active,
+                reason=error.reason,
+                detail=str(error),
+                http_status=error.http_status,
+                active=previous is not None and previous.has_active,
                 duration=time.perf_counter() - started,
             )
+        jobs = result.jobs
+        if result.listing.incomplete is not None and previous is not None:
+            # Not seen is not removed (no vanish): a job the listing did not show keeps its state.
+            read = {job.id for job in jobs}
+            jobs = jobs + [job for job in previous.jobs.values() if job.id not in read]
         now = self._clock()
-        # The store's times (ages, lookback, stuck, retention) are judged by the store's clock.
-        store_now = self._client.store_clock.store_time(now)
-        seen = PollOutcome(
-            pid,
-            ok=True,
-            active=was_active,
-            incomplete=result.listing.incomplete,
-            skipped=tuple(result.skipped),
-            requests=result.listing.pages,
-            now=now,
-            duration=time.perf_counter() - started,
-        )
         found = diff(
             previous,
-            self._seen_jobs(result, previous),
+            jobs,
             promotion_id=pid,
-            now=store_now,
+            # The store's times (ages, lookback, stuck, retention) are judged by the store's clock.
+            now=self._client.store_clock.store_time(now),
             stuck_after=self._stuck_after,
             retention=self._retention,
             lookback=self._lookback,
             failures_known=result.complete or result.failures_complete,
         )
-        # (Without changes, only expired history was pruned; the next write carries it.)
-        changed = found.snapshot if found.snapshot is not previous else None
-        return replace(
-            seen,
+        return PollOutcome(
+            pid,
+            ok=True,
             changes=tuple(found.changes),
             active=found.snapshot.has_active,
-            snapshot=changed,
+            incomplete=result.listing.incomplete,
+            # (Without changes, only expired history was pruned; the next write carries it.)
+            snapshot=found.snapshot if found.snapshot is not previous else None,
+            skipped=tuple(result.skipped),
+            now=now,
             duration=time.perf_counter() - started,
+            requests=result.listing.pages,
         )

@@ -6,7 +6,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from functools import partial
+from pathlib import Path
 
 from yarl import URL
 
@@ -22,18 +23,10 @@ from monitor.client.pager import (
     promotion_object,
     read_pages,
 )
-from monitor.client.tokens import (
-    ClientCredentials,
-    StaticTokenFile,
-    TokenSource,
-    constant,
-    read_secret_file,
-)
+from monitor.client.tokens import ClientCredentials, StaticTokenFile, TokenSource
 from monitor.client.transport import ClientEvents, NoEvents, Transport
 from monitor.models import Job, ParseResult, PromotionKind, parse_jobs
 from monitor.settings import ApiSettings
-
-T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -82,6 +75,8 @@ class ElasticPathClient:
         self.redactions = Redactions()
         for password in (self._base.password, self._base.raw_password):  # in its user-info
             self.redactions.remember(password or "")
+        self.budget = budget
+        self.store_clock = store_clock or StoreClock()
         self.transport = Transport(
             budget=budget,
             events=events,
@@ -91,36 +86,23 @@ class ElasticPathClient:
             max_retries=max_retries,
             retry_wait_initial=retry_wait_initial,
             retry_wait_max=retry_wait_max,
-            store_clock=store_clock,
+            store_clock=self.store_clock,
         )
-        self.tokens = self._token_source(events, token_clock)
-
-    def _token_source(self, events: ClientEvents, clock: Callable[[], float]) -> TokenSource:
-        settings = self.settings
+        self.tokens: TokenSource
         if settings.token_file is not None:
-            return StaticTokenFile(settings.token_file, self.redactions)
-        assert settings.client_id is not None  # guaranteed by ApiSettings validation
-        if settings.client_secret_file is not None:
-            secret = read_secret_file(settings.client_secret_file)
+            self.tokens = StaticTokenFile(settings.token_file, self.redactions)
         else:
-            assert settings.client_secret is not None
-            secret = constant(settings.client_secret.get_secret_value())
-        return ClientCredentials(
-            self.post_form,
-            settings.client_id,
-            secret,
-            redactions=self.redactions,
-            on_refreshed=events.token_refreshed,
-            clock=clock,
-        )
-
-    @property
-    def budget(self) -> RequestBudget:
-        return self.transport.budget
-
-    @property
-    def store_clock(self) -> StoreClock:
-        return self.transport.store_clock
+            secret = settings.client_secret_file or settings.client_secret
+            assert settings.client_id is not None  # guaranteed by ApiSettings validation
+            assert secret is not None
+            self.tokens = ClientCredentials(
+                self.post_form,
+                settings.client_id,
+                secret if isinstance(secret, Path) else secret.get_secret_value(),
+                redactions=self.redactions,
+                on_refreshed=events.token_refreshed,
+                clock=token_clock,
+            )
 
     async def __aenter__(self) -> ElasticPathClient:
         return self
@@ -200,24 +182,13 @@ class ElasticPathClient:
 
     async def post_form(self, path: str, form: Mapping[str, str]) -> object:
         """POST form-encoded without a bearer token (the token endpoint itself)."""
-
-        def read(body: bytes) -> object:
-            return decode_json(body, "token")
-
-        return await self.transport.request(
-            "POST", self._base.with_path(path), "token", read, data=dict(form)
-        )
+        url = self._base.with_path(path)
+        read = partial(decode_json, endpoint="token")
+        return await self.transport.request("POST", url, "token", read, data=dict(form))
 
     async def _get_json(self, url: URL, endpoint: str, params: Mapping[str, str]) -> object:
-        def read(body: bytes) -> object:
-            return decode_json(body, endpoint, self.redactions.scrub)
-
-        return await self._get(url, endpoint, read, params)
-
-    async def _get(
-        self, url: URL, endpoint: str, read: Callable[[bytes], T], params: Mapping[str, str]
-    ) -> T:
         """An authorized GET; a 401 gets one fresh token, then it is an auth error."""
+        read = partial(decode_json, endpoint=endpoint, scrub=self.redactions.scrub)
         stale: str | None = None
         while True:
             token = await self.tokens.token(stale)

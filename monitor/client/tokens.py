@@ -17,13 +17,19 @@ from monitor.client.errors import ApiError, Redactions
 TOKEN_MARGIN_SECONDS: Final = 60.0
 
 PostForm = Callable[[str, Mapping[str, str]], Awaitable[object]]
-Secret = Callable[[], Awaitable[str]]
 
 
 class TokenSource(Protocol):
     async def token(self, stale: str | None) -> str:
         """A bearer token; `stale` is one the API just rejected, so do not return it again."""
         ...
+
+
+async def _read(path: Path, what: str) -> str:
+    try:
+        return (await asyncio.to_thread(path.read_text, encoding="utf-8")).strip()
+    except OSError as exc:
+        raise ApiError("auth", f"cannot read {what} {path}: {exc.strerror}") from None
 
 
 class StaticTokenFile:
@@ -36,13 +42,7 @@ class StaticTokenFile:
 
     async def token(self, stale: str | None) -> str:
         if self._token is None or self._token == stale:
-            try:
-                text = await asyncio.to_thread(self._path.read_text, encoding="utf-8")
-            except OSError as exc:
-                raise ApiError(
-                    "auth", f"cannot read token file {self._path}: {exc.strerror}"
-                ) from None
-            fresh = text.strip()
+            fresh = await _read(self._path, "token file")
             if not fresh or fresh == stale:
                 raise ApiError("auth", f"the token in {self._path} was rejected or is empty")
             self._token = self._redactions.remember(fresh)
@@ -50,13 +50,14 @@ class StaticTokenFile:
 
 
 class ClientCredentials:
-    """OAuth2 client_credentials tokens, reused until shortly before they expire."""
+    """OAuth2 client_credentials tokens, reused until shortly before they expire. A secret given
+    as a Path is re-read for each token: a rotated Kubernetes Secret is picked up at the next."""
 
     def __init__(
         self,
         post_form: PostForm,
         client_id: str,
-        secret: Secret,
+        secret: str | Path,
         *,
         redactions: Redactions,
         on_refreshed: Callable[[float], None] = lambda _: None,
@@ -77,10 +78,13 @@ class ClientCredentials:
         async with self._lock:
             if self._token is not None and self._token != stale and self._clock() < self._renew_at:
                 return self._token
+            secret = self._secret
+            if isinstance(secret, Path):
+                secret = await _read(secret, "client secret file")
             form = {
                 "grant_type": "client_credentials",
                 "client_id": self._client_id,
-                "client_secret": self._redactions.remember(await self._secret()),
+                "client_secret": self._redactions.remember(secret),
             }
             answer = await self._post_form("/oauth/access_token", form)
             # The authentication description's examples wrap the token in `data`; the SDKs and
@@ -94,23 +98,3 @@ class ClientCredentials:
             self._renew_at = self._clock() + max(lifetime - TOKEN_MARGIN_SECONDS, lifetime / 2)
             self._on_refreshed(lifetime)
             return self._token
-
-
-def read_secret_file(path: Path) -> Secret:
-    async def read() -> str:
-        # Re-read each time: a rotated Kubernetes Secret is picked up at the next token.
-        try:
-            return (await asyncio.to_thread(path.read_text, encoding="utf-8")).strip()
-        except OSError as exc:
-            raise ApiError(
-                "auth", f"cannot read client secret file {path}: {exc.strerror}"
-            ) from None
-
-    return read
-
-
-def constant(value: str) -> Secret:
-    async def read() -> str:
-        return value
-
-    return read
