@@ -13,7 +13,7 @@ from yarl import URL
 
 from monitor.client.budget import RequestBudget
 from monitor.client.clock import StoreClock
-from monitor.client.endpoints import JOBS_ENDPOINT, LIST_ENDPOINT, ONE_ENDPOINT, JobsTarget
+from monitor.client.endpoints import SEGMENT, JobsTarget
 from monitor.client.errors import ApiError, Redactions, decode_json
 from monitor.client.pager import (
     Listing,
@@ -154,9 +154,8 @@ class ElasticPathClient:
     ) -> tuple[list[Mapping[str, object]], Listing]:
         """Every promotion of one kind (GET /v2/promotions or /v2/rule-promotions), and how
         completely the store listed them."""
-        segment, _ = JOBS_ENDPOINT[kind]
-        endpoint = LIST_ENDPOINT[kind]
-        url = self._base / "v2" / segment
+        endpoint = f"{kind}s"
+        url = self._base / "v2" / SEGMENT[kind]
         params = {"page[limit]": str(self.settings.page_limit)}
         found: list[Mapping[str, object]] = []
 
@@ -167,17 +166,15 @@ class ElasticPathClient:
             found.extend(item for item in items if item is not None)
             return Page(id_hashes(items), total)
 
-        listing = await read_pages(page_at)
-        return found, listing
+        return found, await read_pages(page_at)
 
     async def get_promotion(self, kind: PromotionKind, promotion_id: str) -> Mapping[str, object]:
         """One promotion (GET /v2/promotions/:id or /v2/rule-promotions/:id), for its name."""
-        segment, _ = JOBS_ENDPOINT[kind]
-        endpoint = ONE_ENDPOINT[kind]
-        document = await self._get_json(self._base / "v2" / segment / promotion_id, endpoint, {})
+        url = self._base / "v2" / SEGMENT[kind] / promotion_id
+        document = await self._get_json(url, str(kind), {})
         found = promotion_object(document.get("data") if isinstance(document, dict) else None)
         if found is None:
-            raise ApiError("bad_response", f"{endpoint}: answer has no promotion object")
+            raise ApiError("bad_response", f"{kind}: answer has no promotion object")
         return found
 
     async def post_form(self, path: str, form: Mapping[str, str]) -> object:

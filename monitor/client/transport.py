@@ -15,6 +15,7 @@ from monitor.client.budget import RequestBudget
 from monitor.client.clock import StoreClock
 from monitor.client.errors import (
     ApiError,
+    Reason,
     Redactions,
     classify_status,
     error_summary,
@@ -178,25 +179,18 @@ class Transport:
                         transient=reason in ("http_5xx", "rate_limited"),
                     )
         except TimeoutError:
-            raise ApiError(
-                "timeout",
-                f"{endpoint}: no answer within {self._timeout.total:g}s",
-                transient=True,
-            ) from None
+            fault: tuple[Reason, str] = ("timeout", f"no answer within {self._timeout.total:g}s")
         except aiohttp.ClientPayloadError as exc:
-            raise ApiError(
-                "bad_response", f"{endpoint}: truncated answer ({exc})", transient=True
-            ) from None
+            fault = ("bad_response", f"truncated answer ({exc})")
         except aiohttp.ClientError as exc:
-            raise ApiError(
-                "network",
-                self._redactions.scrub(f"{endpoint}: {type(exc).__name__}: {exc}"),
-                transient=True,
-            ) from None
+            fault = ("network", f"{type(exc).__name__}: {exc}")
+        else:
+            self.budget.recover()
+            return status, body
         finally:
             self._events.request_done(endpoint, code)
-        self.budget.recover()
-        return status, body
+        reason, detail = fault
+        raise ApiError(reason, self._redactions.scrub(f"{endpoint}: {detail}"), transient=True)
 
 
 async def _read_capped(response: aiohttp.ClientResponse, endpoint: str) -> bytes:
