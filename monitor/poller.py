@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 
 from monitor.client import UNREACHABLE, ApiError, ElasticPathClient, FetchResult, JobsTarget
 from monitor.diff import diff, expired
@@ -38,32 +38,24 @@ class PollOutcome:
     requests: int = 1  # pages read: what a poll of this promotion costs the budget
 
 
+@dataclass(frozen=True, slots=True)
 class Poller:
     """Polls one promotion at a time and tells what changed; the store is only read."""
 
-    def __init__(
-        self,
-        client: ElasticPathClient,
-        snapshots: Callable[[str], PromotionSnapshot | None],
-        *,
-        clock: Callable[[], float],
-        stuck_after: float,
-        retention: float | None = None,
-        lookback: float = 0.0,
-    ) -> None:
-        self._client = client
-        self._snapshots = snapshots
-        self._clock = clock
-        self._stuck_after = stuck_after
-        self._retention = retention
-        self._lookback = lookback
+    client: ElasticPathClient
+    snapshots: Callable[[str], PromotionSnapshot | None]
+    _: KW_ONLY
+    clock: Callable[[], float]
+    stuck_after: float
+    retention: float | None = None
+    lookback: float = 0.0
 
     def _keeper(self, previous: PromotionSnapshot | None) -> Callable[[Job], bool] | None:
         """The diff's retention rule, applied while parsing so expired history is never held:
         a job we hold is always kept (its news must be reported), an unknown one only if recent."""
-        if self._retention is None:
+        if self.retention is None:
             return None
-        horizon = self._client.store_clock.store_time(self._clock()) - self._retention
+        horizon = self.client.store_clock.store_time(self.clock()) - self.retention
         held = previous.jobs if previous is not None else {}
 
         def keep(job: Job) -> bool:
@@ -74,13 +66,13 @@ class Poller:
     async def _fetch(self, target: JobsTarget, previous: PromotionSnapshot | None) -> FetchResult:
         known = previous.jobs if previous else None
         keep = self._keeper(previous)
-        result = await self._client.fetch_jobs(target, known, keep)
+        result = await self.client.fetch_jobs(target, known, keep)
         if result.listing.incomplete in UNREACHABLE:
             # The store cannot be paged past some point: its failed jobs alone (the documented
             # status filter) are few, and a failure past the pages read must still page.
             narrowed = target.narrowed(FAILED_ONLY)
             try:
-                failed = await self._client.fetch_jobs(narrowed, known, keep)
+                failed = await self.client.fetch_jobs(narrowed, known, keep)
             except ApiError:
                 # (a store that refuses the filter still gave the listing: keep what it gave)
                 return result
@@ -90,7 +82,7 @@ class Poller:
     async def poll(self, target: JobsTarget) -> PollOutcome:
         pid = target.promotion_id
         started = time.perf_counter()
-        previous = self._snapshots(pid)
+        previous = self.snapshots(pid)
         try:
             result = await self._fetch(target, previous)
         except Exception as exc:
@@ -111,16 +103,16 @@ class Poller:
             # Not seen is not removed (no vanish): a job the listing did not show keeps its state.
             read = {job.id for job in jobs}
             jobs = jobs + [job for job in previous.jobs.values() if job.id not in read]
-        now = self._clock()
+        now = self.clock()
         found = diff(
             previous,
             jobs,
             promotion_id=pid,
             # The store's times (ages, lookback, stuck, retention) are judged by the store's clock.
-            now=self._client.store_clock.store_time(now),
-            stuck_after=self._stuck_after,
-            retention=self._retention,
-            lookback=self._lookback,
+            now=self.client.store_clock.store_time(now),
+            stuck_after=self.stuck_after,
+            retention=self.retention,
+            lookback=self.lookback,
             failures_known=result.complete or result.failures_complete,
         )
         return PollOutcome(

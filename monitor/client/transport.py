@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Final, Protocol, TypeVar
 
 import aiohttp
@@ -48,39 +49,29 @@ class NoEvents:
     def store_clock_skew(self, seconds: float) -> None: ...
 
 
+@dataclass(kw_only=True, slots=True)
 class Transport:
     """One aiohttp session and one request budget; bounded retries of transient faults."""
 
-    def __init__(
-        self,
-        *,
-        budget: RequestBudget,
-        events: ClientEvents,
-        redactions: Redactions,
-        timeout_seconds: float,
-        user_agent: str,
-        max_retries: int = 3,
-        retry_wait_initial: float = 0.5,
-        retry_wait_max: float = 10.0,
-        store_clock: StoreClock,
-    ) -> None:
-        self.budget = budget
-        self._events = events
-        self._redactions = redactions
-        self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
-        self._headers = {"Accept": "application/json", "User-Agent": user_agent}
-        self._max_retries = max_retries
-        self._wait_initial = retry_wait_initial
-        self._wait_max = retry_wait_max
-        self._session: aiohttp.ClientSession | None = None
-        self.store_clock = store_clock
+    budget: RequestBudget
+    events: ClientEvents
+    redactions: Redactions
+    store_clock: StoreClock
+    timeout_seconds: float
+    user_agent: str
+    max_retries: int
+    retry_wait_initial: float
+    retry_wait_max: float
+    _session: aiohttp.ClientSession | None = field(default=None, init=False)
 
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
             # Created lazily: a session must be made inside the running event loop.
             self._session = aiohttp.ClientSession(
-                headers=self._headers, timeout=self._timeout, raise_for_status=False
+                headers={"Accept": "application/json", "User-Agent": self.user_agent},
+                timeout=aiohttp.ClientTimeout(total=self.timeout_seconds),
+                raise_for_status=False,
             )
             # aiohttp silently re-sends a GET once when a kept-alive connection was reset; that
             # request would bypass the budget and the request metric. Our retries cover it.
@@ -115,20 +106,20 @@ class Transport:
             tries += 1
             if exc.reason == "rate_limited":
                 self.budget.slow_down()
-            if not exc.transient or tries > self._max_retries:
+            if not exc.transient or tries > self.max_retries:
                 return False
-            self._events.retry_scheduled(endpoint, exc, tries)
+            self.events.retry_scheduled(endpoint, exc, tries)
             if exc.reason == "rate_limited" and exc.retry_after is not None:
                 return exc.retry_after
             return True
 
         async for retry in stamina.retry_context(
             on=backoff,
-            attempts=self._max_retries + 1,
+            attempts=self.max_retries + 1,
             timeout=None,
-            wait_initial=self._wait_initial,
-            wait_max=self._wait_max,
-            wait_jitter=self._wait_initial,
+            wait_initial=self.retry_wait_initial,
+            wait_max=self.retry_wait_max,
+            wait_jitter=self.retry_wait_initial,
         ):
             with retry:
                 status, body = await self._exchange(
@@ -154,7 +145,7 @@ class Transport:
         """One exchange within the budget: a 2xx answer's status and body, or a typed ApiError."""
         waited = await self.budget.acquire()
         if waited > 0:
-            self._events.budget_waited(waited)
+            self.events.budget_waited(waited)
         code = "error"
         try:
             async with self.session.request(
@@ -165,12 +156,12 @@ class Transport:
                 body = await _read_capped(response, endpoint)
                 date = self.store_clock.observe(response.headers.get("Date"))
                 if date is not None and self.store_clock.skew is not None:
-                    self._events.store_clock_skew(self.store_clock.skew)
+                    self.events.store_clock_skew(self.store_clock.skew)
                 if not 200 <= status < 300:
                     reason = classify_status(status)
                     raise ApiError(
                         reason,
-                        f"{endpoint}: HTTP {status}: {error_summary(body, self._redactions.scrub)}",
+                        f"{endpoint}: HTTP {status}: {error_summary(body, self.redactions.scrub)}",
                         http_status=status,
                         # (an HTTP-date is read against this answer's Date: the store's clock)
                         retry_after=parse_retry_after(
@@ -179,7 +170,7 @@ class Transport:
                         transient=reason in ("http_5xx", "rate_limited"),
                     )
         except TimeoutError:
-            fault: tuple[Reason, str] = ("timeout", f"no answer within {self._timeout.total:g}s")
+            fault: tuple[Reason, str] = ("timeout", f"no answer within {self.timeout_seconds:g}s")
         except aiohttp.ClientPayloadError as exc:
             fault = ("bad_response", f"truncated answer ({exc})")
         except aiohttp.ClientError as exc:
@@ -188,9 +179,9 @@ class Transport:
             self.budget.recover()
             return status, body
         finally:
-            self._events.request_done(endpoint, code)
+            self.events.request_done(endpoint, code)
         reason, detail = fault
-        raise ApiError(reason, self._redactions.scrub(f"{endpoint}: {detail}"), transient=True)
+        raise ApiError(reason, self.redactions.scrub(f"{endpoint}: {detail}"), transient=True)
 
 
 async def _read_capped(response: aiohttp.ClientResponse, endpoint: str) -> bytes:
