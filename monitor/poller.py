@@ -8,8 +8,8 @@ from collections.abc import Callable
 from dataclasses import KW_ONLY, dataclass
 
 from monitor.client import UNREACHABLE, ApiError, ElasticPathClient, FetchResult, JobsTarget
-from monitor.diff import diff, expired
-from monitor.models import Change, Job, PromotionSnapshot
+from monitor.diff import diff
+from monitor.models import Change, PromotionSnapshot
 
 # The one job filter the descriptions document for both kinds (eq on status or job_type).
 FAILED_ONLY = "eq(status,failed)"
@@ -50,29 +50,15 @@ class Poller:
     retention: float | None = None
     lookback: float = 0.0
 
-    def _keeper(self, previous: PromotionSnapshot | None) -> Callable[[Job], bool] | None:
-        """The diff's retention rule, applied while parsing so expired history is never held:
-        a job we hold is always kept (its news must be reported), an unknown one only if recent."""
-        if self.retention is None:
-            return None
-        horizon = self.client.store_clock.store_time(self.clock()) - self.retention
-        held = previous.jobs if previous is not None else {}
-
-        def keep(job: Job) -> bool:
-            return job.id in held or not expired(job, horizon)
-
-        return keep
-
     async def _fetch(self, target: JobsTarget, previous: PromotionSnapshot | None) -> FetchResult:
         known = previous.jobs if previous else None
-        keep = self._keeper(previous)
-        result = await self.client.fetch_jobs(target, known, keep)
+        result = await self.client.fetch_jobs(target, known)
         if result.listing.incomplete in UNREACHABLE:
             # The store cannot be paged past some point: its failed jobs alone (the documented
             # status filter) are few, and a failure past the pages read must still page.
             narrowed = target.narrowed(FAILED_ONLY)
             try:
-                failed = await self.client.fetch_jobs(narrowed, known, keep)
+                failed = await self.client.fetch_jobs(narrowed, known)
             except ApiError:
                 # (a store that refuses the filter still gave the listing: keep what it gave)
                 return result

@@ -121,17 +121,10 @@ class ElasticPathClient:
         )
 
     async def fetch_jobs(
-        self,
-        target: JobsTarget,
-        known: Mapping[str, Job] | None = None,
-        keep: Callable[[Job], bool] | None = None,
+        self, target: JobsTarget, known: Mapping[str, Job] | None = None
     ) -> FetchResult:
-        """Every job of one promotion, as far as the API pages.
-
-        `known`: the jobs the monitor already holds, reused where the API shows them unchanged.
-        `keep`: which parsed jobs matter (the rest, e.g. history past retention, are dropped, so
-        what is held costs the retention window, not the API history).
-        """
+        """Every job of one promotion, as far as the API pages; `known` (the jobs the monitor
+        holds) are reused where the API shows them unchanged."""
         pages: list[ParseResult] = []
 
         async def page_at(offset: int) -> Page:
@@ -145,7 +138,7 @@ class ElasticPathClient:
         if result.listing.incomplete == "offset_ignored":
             pages.pop()  # the repeat of the page before it
         for page in pages:
-            result.jobs.extend(page.jobs if keep is None else filter(keep, page.jobs))
+            result.jobs.extend(page.jobs)
             result.skipped.extend(page.skipped)
         return result
 
