@@ -1,7 +1,5 @@
-"""The pure core: what changed between the last snapshot of a promotion and its jobs now.
-
-No I/O and no clock reads: `now` comes in as an argument, so every rule here is a table test.
-"""
+"""The pure core: what changed between the last snapshot of a promotion and its jobs now. No I/O
+and no clock reads: `now` comes in as an argument, so every rule here is a table test."""
 
 from __future__ import annotations
 

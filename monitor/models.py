@@ -55,9 +55,7 @@ class PromotionKind(enum.StrEnum):
 def single_line(text: str, limit: int = MAX_ERROR_CHARS) -> str:
     """Collapse whitespace and cap length, so API text is safe as a label value or log field."""
     flat = _WHITESPACE.sub(" ", text).strip()
-    if len(flat) > limit:
-        return flat[: limit - 1] + "…"
-    return flat
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 def shown(text: str) -> str:
@@ -159,9 +157,7 @@ class ParseResult:
 
 def _text(obj: Mapping[str, Any], key: str) -> str | None:
     value = obj.get(key)
-    if isinstance(value, str) and value.strip():
-        return value.strip()
-    return None
+    return (value.strip() or None) if isinstance(value, str) else None
 
 
 def _count(obj: object, key: str) -> int | None:

@@ -62,7 +62,11 @@ class Poller:
             except ApiError:
                 # (a store that refuses the filter still gave the listing: keep what it gave)
                 return result
-            result.add(failed)
+            # Its jobs that the listing did not show; the listing stays as incomplete as it was
+            # (and the failed jobs' skipped objects are the listing's too: not counted twice).
+            listed = {job.id for job in result.jobs}
+            result.jobs.extend(job for job in failed.jobs if job.id not in listed)
+            result.failures_complete = failed.complete
         return result
 
     async def poll(self, target: JobsTarget) -> PollOutcome:

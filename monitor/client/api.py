@@ -15,14 +15,7 @@ from monitor.client.budget import RequestBudget
 from monitor.client.clock import StoreClock
 from monitor.client.endpoints import SEGMENT, JobsTarget
 from monitor.client.errors import ApiError, Redactions, decode_json
-from monitor.client.pager import (
-    Listing,
-    Page,
-    id_hashes,
-    list_page,
-    promotion_object,
-    read_pages,
-)
+from monitor.client.pager import Listing, Page, id_hashes, list_page, promotion_object, read_pages
 from monitor.client.tokens import ClientCredentials, StaticTokenFile, TokenSource
 from monitor.client.transport import ClientEvents, NoEvents, Transport
 from monitor.models import Job, ParseResult, PromotionKind, parse_jobs
@@ -43,14 +36,6 @@ class FetchResult:
     def complete(self) -> bool:
         """Every job the API holds was seen, so a job missing from `jobs` is really gone."""
         return self.listing.incomplete is None
-
-    def add(self, other: FetchResult) -> None:
-        """Take in the jobs of another listing of the same promotion (e.g. its failed jobs alone)
-        that this one did not show; the listing stays as incomplete as it was."""
-        listed = {job.id for job in self.jobs}
-        # (its skipped objects are this listing's too: not counted twice)
-        self.jobs.extend(job for job in other.jobs if job.id not in listed)
-        self.failures_complete = other.complete
 
 
 class ElasticPathClient:

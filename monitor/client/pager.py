@@ -41,15 +41,8 @@ class Page:
 def id_hashes(items: Iterable[object]) -> array[int]:
     """hash() of each record's id in page order: enough to count distinct records across pages
     and to see a page repeat, at 8 bytes a record. A record without a usable id counts as -1."""
-    return array(
-        "q",
-        [
-            hash(item["id"])
-            if isinstance(item, Mapping) and isinstance(item.get("id"), str)
-            else -1
-            for item in items
-        ],
-    )
+    ids = (item.get("id") if isinstance(item, Mapping) else None for item in items)
+    return array("q", [hash(i) if isinstance(i, str) else -1 for i in ids])
 
 
 async def read_pages(page_at: Callable[[int], Awaitable[Page]]) -> Listing:
