@@ -204,10 +204,8 @@ def _unchanged(obj: dict[str, Any], known: Mapping[str, Job]) -> Job | None:
 
 
 def parse_job(obj: object, known: Mapping[str, Job] | None = None) -> Job | str:
-    """Parse one API job object; returns the Job, or a short reason why it was skipped.
-
-    `known` (the jobs of the last snapshot, by id) lets an unchanged job be reused as is.
-    """
+    """Parse one API job object into a Job, or a short reason why it was skipped; `known` (the
+    jobs of the last snapshot, by id) lets an unchanged job be reused as is."""
     if known and type(obj) is dict and type(obj.get("id")) is str:
         reused = _unchanged(obj, known)
         if reused is not None:
