@@ -1,7 +1,5 @@
-"""The pure core: what changed between the last snapshot of a promotion and its jobs now.
-
-No I/O and no clock reads: `now` comes in as an argument, so every rule here is a table test.
-"""
+"""The pure core: what changed between the last snapshot of a promotion and its jobs now. No I/O
+and no clock reads: `now` comes in as an argument, so every rule here is a table test."""
 
 from __future__ import annotations
 
@@ -82,15 +80,13 @@ def diff(
 ) -> Diff:
     """Compare a successful poll's jobs with the previous snapshot of the same promotion.
 
-    Only call this for a poll that succeeded: a failed poll must change nothing, and a job
-    missing from a partial answer would otherwise look vanished (the poller adds the jobs an
-    incomplete listing did not show). With `retention`, finished jobs older than that many
-    seconds are left out of both sides, silently: they are history, and memory must not grow
-    with it. `lookback`: at a baseline, jobs that failed less than that many seconds ago are
-    reported as failures; a job first seen after the baseline but last changed before the
-    baseline minus the lookback is history seen late, not news — unless the view before showed
-    every failed job (`previous.failures_known`): then a failure first seen now is news whatever
-    its timestamps say. `failures_known`: this poll's view showed every failed job.
+    Only for a poll that succeeded: a failed poll must change nothing, and a job missing from a
+    partial answer would look vanished (the poller adds the jobs an incomplete listing did not
+    show). `retention`: finished jobs older than that are left out of both sides, silently
+    (memory must not grow with history). `lookback`: at a baseline, failures younger than that
+    are reported; later, a job first seen but last changed before the baseline minus the
+    lookback is history seen late, unless the view before showed every failed job
+    (`previous.failures_known`). `failures_known`: this poll's view showed every failed job.
     """
     # The API gives no order and pages can shift under us; a job seen twice counts once.
     jobs = {job.id: job for job in current}
@@ -151,11 +147,9 @@ def diff(
         and job.id not in previous.stuck
         and is_stuck(job, now, stuck_after, seen.get(job.id))
     )
-    if not changes:
-        if seen == previous.seen and failures_known == previous.failures_known:
-            return Diff(changes, previous)
-        return Diff(changes, replace(previous, seen=seen, failures_known=failures_known))
-    after = apply(previous, changes)
+    if not changes and seen == previous.seen and failures_known == previous.failures_known:
+        return Diff(changes, previous)
+    after = apply(previous, changes) if changes else previous
     return Diff(changes, replace(after, seen=seen, failures_known=failures_known))
 
 

@@ -1,16 +1,13 @@
-"""Domain types: jobs as the monitor understands them, snapshots, and changes between them.
-
-Job objects come from an API whose public descriptions disagree with each other (see
-shared/docs/elastic-path-api.md), so parsing is deliberately tolerant: anything we can still
-identify is kept, anything we cannot is dropped with a reason instead of raising.
-"""
+"""Domain types: jobs, snapshots, and changes between them. Job objects come from an API whose
+public descriptions disagree (shared/docs/elastic-path-api.md), so parsing is tolerant: anything
+still identifiable is kept, anything else is dropped with a reason instead of raising."""
 
 from __future__ import annotations
 
 import enum
 import re
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -31,6 +28,8 @@ UNKNOWN: Final = "unknown"
 
 # The API reference's filter example writes "complete"; everything else writes "completed".
 _STATUS_ALIASES: Final = {"complete": COMPLETED}
+# Raw statuses as the API writes them, already normalized: the fast path's whole vocabulary.
+_CLEAN_STATUSES: Final = {s: s for s in ACTIVE_STATUSES | TERMINAL_STATUSES} | _STATUS_ALIASES
 
 # Label values must stay one line and bounded however long the API's error text is.
 MAX_ERROR_CHARS: Final = 200
@@ -53,18 +52,10 @@ class PromotionKind(enum.StrEnum):
     RULE_PROMOTION = "rule_promotion"
 
 
-def normalize_status(value: str) -> str:
-    """Lower-case a status and fold known aliases; unknown statuses are kept verbatim."""
-    status = value.strip().lower()
-    return _STATUS_ALIASES.get(status, status)
-
-
 def single_line(text: str, limit: int = MAX_ERROR_CHARS) -> str:
     """Collapse whitespace and cap length, so API text is safe as a label value or log field."""
     flat = _WHITESPACE.sub(" ", text).strip()
-    if len(flat) > limit:
-        return flat[: limit - 1] + "…"
-    return flat
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 def shown(text: str) -> str:
@@ -166,9 +157,7 @@ class ParseResult:
 
 def _text(obj: Mapping[str, Any], key: str) -> str | None:
     value = obj.get(key)
-    if isinstance(value, str) and value.strip():
-        return value.strip()
-    return None
+    return (value.strip() or None) if isinstance(value, str) else None
 
 
 def _count(obj: object, key: str) -> int | None:
@@ -191,20 +180,10 @@ def code_result(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
     return None
 
 
-# Raw statuses as the API writes them, already normalized: the fast path's whole vocabulary.
-_CLEAN_STATUSES: Final = {
-    status: normalize_status(status)
-    for status in (PENDING, PROCESSING, COMPLETED, FAILED, CANCELLING, CANCELLED, "complete")
-}
-
-
 def _unchanged(obj: dict[str, Any], known: Mapping[str, Job]) -> Job | None:
-    """The known Job when the object shows the same status, error and updated_at text.
-
-    Nearly every job on a page is unchanged since the last poll; reusing its parsed form skips
-    timestamp parsing and object construction, the bulk of a poll's CPU. (A job's id, type and
-    created_at never change, so they need no comparison.)
-    """
+    """The known Job when the object shows the same status, error and updated_at text: nearly
+    every job is unchanged since the last poll, and its parsing is the bulk of a poll's CPU.
+    (A job's id, type and created_at never change, so they need no comparison.)"""
     previous = known.get(obj["id"])
     if previous is None or previous.updated_key is None:
         return None
@@ -225,10 +204,8 @@ def _unchanged(obj: dict[str, Any], known: Mapping[str, Job]) -> Job | None:
 
 
 def parse_job(obj: object, known: Mapping[str, Job] | None = None) -> Job | str:
-    """Parse one API job object; returns the Job, or a short reason why it was skipped.
-
-    `known` (the jobs of the last snapshot, by id) lets an unchanged job be reused as is.
-    """
+    """Parse one API job object into a Job, or a short reason why it was skipped; `known` (the
+    jobs of the last snapshot, by id) lets an unchanged job be reused as is."""
     if known and type(obj) is dict and type(obj.get("id")) is str:
         reused = _unchanged(obj, known)
         if reused is not None:
@@ -238,10 +215,9 @@ def parse_job(obj: object, known: Mapping[str, Job] | None = None) -> Job | str:
     job_id = _text(obj, "id")
     if job_id is None:
         return "job has no id"
-    raw_status = _text(obj, "status")
-    status = normalize_status(raw_status) if raw_status else UNKNOWN
+    status = (_text(obj, "status") or UNKNOWN).lower()
     job_type = _text(obj, "job_type") or UNKNOWN
-    error = _text(obj, "error") if "error" in obj else None
+    error = _text(obj, "error")
     meta = obj.get("meta")
     timestamps = meta.get("timestamps") if isinstance(meta, Mapping) else None
     if not isinstance(timestamps, Mapping):
@@ -257,7 +233,7 @@ def parse_job(obj: object, known: Mapping[str, Job] | None = None) -> Job | str:
         id=job_id,
         # A handful of distinct values shared by every job: one copy each, not one per job.
         job_type=sys.intern(single_line(job_type, 64) or UNKNOWN),
-        status=sys.intern(single_line(status, 64) or UNKNOWN),
+        status=sys.intern(single_line(_STATUS_ALIASES.get(status, status), 64) or UNKNOWN),
         error=(single_line(error) or None) if error else None,  # (controls alone are no text)
         created_at=created_at,
         updated_at=updated_at,
@@ -337,18 +313,20 @@ class Change:
     # it), or a failure already on the ledger of reported failures (monitor.report).
     late: bool = False
 
+    def _arrived(self, at: Callable[[Job], bool]) -> bool:
+        """The job was seen arriving where `at` holds (history seen late is not arriving)."""
+        if self.job is None or self.late or not at(self.job):
+            return False
+        return self.kind is ChangeKind.DISCOVERED or (
+            self.kind is ChangeKind.STATUS_CHANGED
+            and self.previous is not None
+            and not at(self.previous)
+        )
+
     @property
     def is_failure(self) -> bool:
         """A job that became failed while we watched (not one that already was at baseline)."""
-        if self.job is None or self.job.status != FAILED or self.late:
-            return False
-        if self.kind is ChangeKind.DISCOVERED:
-            return True
-        return (
-            self.kind is ChangeKind.STATUS_CHANGED
-            and self.previous is not None
-            and self.previous.status != FAILED
-        )
+        return self._arrived(lambda job: job.status == FAILED)
 
     def detection_delay(self, seen_at: float) -> float | None:
         """How long after its creation a job first seen after its promotion's baseline was seen
@@ -366,13 +344,7 @@ class Change:
     @property
     def reached_terminal(self) -> bool:
         """The job was seen arriving in a terminal status (for duration histograms)."""
-        if self.job is None or not self.job.is_terminal or self.late:
-            return False
-        return self.kind is ChangeKind.DISCOVERED or (
-            self.kind is ChangeKind.STATUS_CHANGED
-            and self.previous is not None
-            and not self.previous.is_terminal
-        )
+        return self._arrived(lambda job: job.is_terminal)
 
 
 def utc_now() -> float:

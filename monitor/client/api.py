@@ -6,34 +6,20 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from functools import partial
+from pathlib import Path
 
 from yarl import URL
 
 from monitor.client.budget import RequestBudget
 from monitor.client.clock import StoreClock
-from monitor.client.endpoints import JOBS_ENDPOINT, LIST_ENDPOINT, ONE_ENDPOINT, JobsTarget
+from monitor.client.endpoints import SEGMENT, JobsTarget
 from monitor.client.errors import ApiError, Redactions, decode_json
-from monitor.client.pager import (
-    Listing,
-    Page,
-    id_hashes,
-    list_page,
-    promotion_object,
-    read_pages,
-)
-from monitor.client.tokens import (
-    ClientCredentials,
-    StaticTokenFile,
-    TokenSource,
-    constant,
-    read_secret_file,
-)
+from monitor.client.pager import Listing, Page, id_hashes, list_page, promotion_object, read_pages
+from monitor.client.tokens import ClientCredentials, StaticTokenFile, TokenSource
 from monitor.client.transport import ClientEvents, NoEvents, Transport
 from monitor.models import Job, ParseResult, PromotionKind, parse_jobs
 from monitor.settings import ApiSettings
-
-T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -50,14 +36,6 @@ class FetchResult:
     def complete(self) -> bool:
         """Every job the API holds was seen, so a job missing from `jobs` is really gone."""
         return self.listing.incomplete is None
-
-    def add(self, other: FetchResult) -> None:
-        """Take in the jobs of another listing of the same promotion (e.g. its failed jobs alone)
-        that this one did not show; the listing stays as incomplete as it was."""
-        listed = {job.id for job in self.jobs}
-        # (its skipped objects are this listing's too: not counted twice)
-        self.jobs.extend(job for job in other.jobs if job.id not in listed)
-        self.failures_complete = other.complete
 
 
 class ElasticPathClient:
@@ -82,6 +60,8 @@ class ElasticPathClient:
         self.redactions = Redactions()
         for password in (self._base.password, self._base.raw_password):  # in its user-info
             self.redactions.remember(password or "")
+        self.budget = budget
+        self.store_clock = store_clock or StoreClock()
         self.transport = Transport(
             budget=budget,
             events=events,
@@ -91,36 +71,23 @@ class ElasticPathClient:
             max_retries=max_retries,
             retry_wait_initial=retry_wait_initial,
             retry_wait_max=retry_wait_max,
-            store_clock=store_clock,
+            store_clock=self.store_clock,
         )
-        self.tokens = self._token_source(events, token_clock)
-
-    def _token_source(self, events: ClientEvents, clock: Callable[[], float]) -> TokenSource:
-        settings = self.settings
+        self.tokens: TokenSource
         if settings.token_file is not None:
-            return StaticTokenFile(settings.token_file, self.redactions)
-        assert settings.client_id is not None  # guaranteed by ApiSettings validation
-        if settings.client_secret_file is not None:
-            secret = read_secret_file(settings.client_secret_file)
+            self.tokens = StaticTokenFile(settings.token_file, self.redactions)
         else:
-            assert settings.client_secret is not None
-            secret = constant(settings.client_secret.get_secret_value())
-        return ClientCredentials(
-            self.post_form,
-            settings.client_id,
-            secret,
-            redactions=self.redactions,
-            on_refreshed=events.token_refreshed,
-            clock=clock,
-        )
-
-    @property
-    def budget(self) -> RequestBudget:
-        return self.transport.budget
-
-    @property
-    def store_clock(self) -> StoreClock:
-        return self.transport.store_clock
+            secret = settings.client_secret_file or settings.client_secret
+            assert settings.client_id is not None  # guaranteed by ApiSettings validation
+            assert secret is not None
+            self.tokens = ClientCredentials(
+                self.post_form,
+                settings.client_id,
+                secret if isinstance(secret, Path) else secret.get_secret_value(),
+                redactions=self.redactions,
+                on_refreshed=events.token_refreshed,
+                clock=token_clock,
+            )
 
     async def __aenter__(self) -> ElasticPathClient:
         return self
@@ -139,17 +106,10 @@ class ElasticPathClient:
         )
 
     async def fetch_jobs(
-        self,
-        target: JobsTarget,
-        known: Mapping[str, Job] | None = None,
-        keep: Callable[[Job], bool] | None = None,
+        self, target: JobsTarget, known: Mapping[str, Job] | None = None
     ) -> FetchResult:
-        """Every job of one promotion, as far as the API pages.
-
-        `known`: the jobs the monitor already holds, reused where the API shows them unchanged.
-        `keep`: which parsed jobs matter (the rest, e.g. history past retention, are dropped, so
-        what is held costs the retention window, not the API history).
-        """
+        """Every job of one promotion, as far as the API pages; `known` (the jobs the monitor
+        holds) are reused where the API shows them unchanged."""
         pages: list[ParseResult] = []
 
         async def page_at(offset: int) -> Page:
@@ -163,7 +123,7 @@ class ElasticPathClient:
         if result.listing.incomplete == "offset_ignored":
             pages.pop()  # the repeat of the page before it
         for page in pages:
-            result.jobs.extend(page.jobs if keep is None else filter(keep, page.jobs))
+            result.jobs.extend(page.jobs)
             result.skipped.extend(page.skipped)
         return result
 
@@ -172,9 +132,8 @@ class ElasticPathClient:
     ) -> tuple[list[Mapping[str, object]], Listing]:
         """Every promotion of one kind (GET /v2/promotions or /v2/rule-promotions), and how
         completely the store listed them."""
-        segment, _ = JOBS_ENDPOINT[kind]
-        endpoint = LIST_ENDPOINT[kind]
-        url = self._base / "v2" / segment
+        endpoint = f"{kind}s"
+        url = self._base / "v2" / SEGMENT[kind]
         params = {"page[limit]": str(self.settings.page_limit)}
         found: list[Mapping[str, object]] = []
 
@@ -185,39 +144,26 @@ class ElasticPathClient:
             found.extend(item for item in items if item is not None)
             return Page(id_hashes(items), total)
 
-        listing = await read_pages(page_at)
-        return found, listing
+        return found, await read_pages(page_at)
 
     async def get_promotion(self, kind: PromotionKind, promotion_id: str) -> Mapping[str, object]:
         """One promotion (GET /v2/promotions/:id or /v2/rule-promotions/:id), for its name."""
-        segment, _ = JOBS_ENDPOINT[kind]
-        endpoint = ONE_ENDPOINT[kind]
-        document = await self._get_json(self._base / "v2" / segment / promotion_id, endpoint, {})
+        url = self._base / "v2" / SEGMENT[kind] / promotion_id
+        document = await self._get_json(url, str(kind), {})
         found = promotion_object(document.get("data") if isinstance(document, dict) else None)
         if found is None:
-            raise ApiError("bad_response", f"{endpoint}: answer has no promotion object")
+            raise ApiError("bad_response", f"{kind}: answer has no promotion object")
         return found
 
     async def post_form(self, path: str, form: Mapping[str, str]) -> object:
         """POST form-encoded without a bearer token (the token endpoint itself)."""
-
-        def read(body: bytes) -> object:
-            return decode_json(body, "token")
-
-        return await self.transport.request(
-            "POST", self._base.with_path(path), "token", read, data=dict(form)
-        )
+        url = self._base.with_path(path)
+        read = partial(decode_json, endpoint="token")
+        return await self.transport.request("POST", url, "token", read, data=dict(form))
 
     async def _get_json(self, url: URL, endpoint: str, params: Mapping[str, str]) -> object:
-        def read(body: bytes) -> object:
-            return decode_json(body, endpoint, self.redactions.scrub)
-
-        return await self._get(url, endpoint, read, params)
-
-    async def _get(
-        self, url: URL, endpoint: str, read: Callable[[bytes], T], params: Mapping[str, str]
-    ) -> T:
         """An authorized GET; a 401 gets one fresh token, then it is an auth error."""
+        read = partial(decode_json, endpoint=endpoint, scrub=self.redactions.scrub)
         stale: str | None = None
         while True:
             token = await self.tokens.token(stale)

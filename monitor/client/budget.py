@@ -10,11 +10,9 @@ from collections.abc import Awaitable, Callable
 class RequestBudget:
     """Spaces requests evenly at `rate` per second and slows down while the store says 429.
 
-    A leaky bucket with a burst allowance would let a cycle start with a burst; Elastic Path's
-    limit is shared by every client of the store, so requests are spaced instead: in any
-    one-second window at most `rate` requests start. Slots are granted one at a time (FIFO)
-    and measured from the moment of the grant, so an event loop that stalls for a moment
-    cannot release a bunch of overdue requests at once.
+    Elastic Path's limit is shared by every client of the store, so no burst (a leaky bucket's
+    allowance): in any one-second window at most `rate` requests start. Slots are granted one at
+    a time (FIFO), measured from the grant, so a loop that stalls cannot release a bunch at once.
     """
 
     # Grants are spaced this much wider than 1/rate, so the few milliseconds of jitter between

@@ -10,18 +10,11 @@ from yarl import URL
 
 from monitor.models import PromotionKind
 
-# (path segment, endpoint label) of each kind's promotions; the label names requests in metrics.
-JOBS_ENDPOINT: Final = {
-    PromotionKind.PROMOTION: ("promotions", "promotion_jobs"),
-    PromotionKind.RULE_PROMOTION: ("rule-promotions", "rule_promotion_jobs"),
-}
-LIST_ENDPOINT: Final = {
+# Each kind's path segment. The endpoint labels that name its requests in metrics are the kind
+# itself (one promotion), `<kind>s` (the list) and `<kind>_jobs`.
+SEGMENT: Final = {
     PromotionKind.PROMOTION: "promotions",
-    PromotionKind.RULE_PROMOTION: "rule_promotions",
-}
-ONE_ENDPOINT: Final = {
-    PromotionKind.PROMOTION: "promotion",
-    PromotionKind.RULE_PROMOTION: "rule_promotion",
+    PromotionKind.RULE_PROMOTION: "rule-promotions",
 }
 
 
@@ -44,12 +37,11 @@ class JobsTarget:
         job_filter: str | None,
         limit: int,
     ) -> JobsTarget:
-        segment, endpoint = JOBS_ENDPOINT[kind]
         params = {"page[limit]": str(limit)}
         if job_filter:
             params["filter"] = job_filter
-        url = URL(base_url) / "v2" / segment / promotion_id / "jobs"
-        return cls(promotion_id, kind, url, endpoint, params)
+        url = URL(base_url) / "v2" / SEGMENT[kind] / promotion_id / "jobs"
+        return cls(promotion_id, kind, url, f"{kind}_jobs", params)
 
     def narrowed(self, job_filter: str) -> JobsTarget:
         """The same jobs list, filtered by `job_filter` too (conditions joined by ":" all hold)."""

@@ -114,12 +114,11 @@ def error_summary(body: bytes, scrub: Callable[[str], str] = str) -> str:
 def decode_json(body: bytes, endpoint: str, scrub: Callable[[str], str] = str) -> object:
     """A 2xx answer's JSON; garbage is a transient bad_response (a truncated body retries)."""
     try:
-        document = valid_json(body, scrub)
+        return valid_json(body, scrub)
     except (ValueError, RecursionError):
         raise ApiError(
             "bad_response", f"{endpoint}: answer is not JSON ({len(body)} bytes)", transient=True
         ) from None
-    return document
 
 
 class Redactions:

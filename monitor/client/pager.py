@@ -41,28 +41,19 @@ class Page:
 def id_hashes(items: Iterable[object]) -> array[int]:
     """hash() of each record's id in page order: enough to count distinct records across pages
     and to see a page repeat, at 8 bytes a record. A record without a usable id counts as -1."""
-    return array(
-        "q",
-        [
-            hash(item["id"])
-            if isinstance(item, Mapping) and isinstance(item.get("id"), str)
-            else -1
-            for item in items
-        ],
-    )
+    ids = (item.get("id") if isinstance(item, Mapping) else None for item in items)
+    return array("q", [hash(i) if isinstance(i, str) else -1 for i in ids])
 
 
 async def read_pages(page_at: Callable[[int], Awaitable[Page]]) -> Listing:
     """Read pages by offset until every record is read; `page_at(offset)` reads one page.
 
-    The offset steps by the records the server returned, not by what was asked: neither jobs
-    endpoint declares page parameters, and a store's page length is a store setting. Paging
-    ends at meta.results.total or an empty page (without a total a short page proves
-    nothing), at a page that repeats the one before (a server ignoring page[offset] would
-    otherwise be read forever), or at the API's offset limit. links.next is ignored on
-    purpose: the real API fills it even on the last page. A repeated page is never taken for
-    the whole list, even one longer than asked for: without a total to say so, a server that
-    serves pages of its own length and ignores the offset looks the same.
+    The offset steps by the records returned, not asked for: neither jobs endpoint declares page
+    parameters, and a store's page length is a store setting. Paging ends at meta.results.total
+    or an empty page (without a total a short page proves nothing), at a page that repeats the
+    one before (a server ignoring page[offset], never taken for the whole list: without a total
+    it looks the same as one serving pages of its own length), or at the API's offset limit.
+    links.next is ignored on purpose: the real API fills it even on the last page.
     """
     listing = Listing()
     distinct: set[int] = set()
@@ -97,31 +88,28 @@ async def read_pages(page_at: Callable[[int], Awaitable[Page]]) -> Listing:
 
 def list_page(document: object, endpoint: str) -> tuple[list[object], int | None]:
     """The data array and meta.results.total of a list page; anything else is bad_response.
-    An object with neither `meta` nor `links` is the whole list (the jobs list is described
-    with `data` only): its total is its length, so no further page is asked for.
 
-    A bare array is a page too: Promotions Builder's SDK description declares the
-    rule-promotion list that way. It carries no total, so paging goes on to an empty page.
-    So does a total whose `total_method` is not "exact" (Promotions Builder's PaginationMeta
-    names how the total was counted): an estimate must not end paging before the last job.
+    An object with neither `meta` nor `links` is the whole list (the jobs list is described with
+    `data` only). A bare array (Promotions Builder's SDK description of the rule-promotion list)
+    has no total, so paging goes on to an empty page; so does a total whose `total_method` is
+    not "exact" (Builder's PaginationMeta): an estimate must not end paging before the last job.
     """
     if isinstance(document, list):
         return document, None
-    data = document.get("data") if isinstance(document, dict) else None
-    if not isinstance(data, list):
+    if not isinstance(document, dict) or not isinstance(document.get("data"), list):
         raise ApiError("bad_response", f"{endpoint}: answer has no data array")
-    assert isinstance(document, dict)
+    data = document["data"]
     if "meta" not in document and "links" not in document:
         return data, len(data)  # a store that does not page: this is the whole list
     meta = document.get("meta")
     results = meta.get("results") if isinstance(meta, dict) else None
-    raw_total = results.get("total") if isinstance(results, dict) else None
-    method = results.get("total_method") if isinstance(results, dict) else None
+    if not isinstance(results, dict):
+        return data, None
+    method = results.get("total_method")
     if isinstance(method, str) and method.strip().lower() != "exact":
         return data, None
-    if isinstance(raw_total, int) and not isinstance(raw_total, bool) and raw_total >= 0:
-        return data, raw_total
-    return data, None
+    total = results.get("total")
+    return data, total if type(total) is int and total >= 0 else None
 
 
 def promotion_object(item: object) -> Mapping[str, object] | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, Protocol, TypeVar
 
 import aiohttp
@@ -16,6 +16,7 @@ from monitor.client.budget import RequestBudget
 from monitor.client.clock import StoreClock
 from monitor.client.errors import (
     ApiError,
+    Reason,
     Redactions,
     classify_status,
     error_summary,
@@ -41,68 +42,36 @@ class ClientEvents(Protocol):
 class NoEvents:
     """A ClientEvents that records nothing (for one-off scripts)."""
 
-    def request_done(self, endpoint: str, code: str) -> None:
-        return None
-
-    def token_refreshed(self, expires_in: float) -> None:
-        return None
-
-    def retry_scheduled(self, endpoint: str, error: ApiError, attempt: int) -> None:
-        return None
-
-    def budget_waited(self, seconds: float) -> None:
-        return None
-
-    def store_clock_skew(self, seconds: float) -> None:
-        return None
+    def request_done(self, endpoint: str, code: str) -> None: ...
+    def token_refreshed(self, expires_in: float) -> None: ...
+    def retry_scheduled(self, endpoint: str, error: ApiError, attempt: int) -> None: ...
+    def budget_waited(self, seconds: float) -> None: ...
+    def store_clock_skew(self, seconds: float) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
-    """One request as the transport sends it (again, on a retry)."""
-
-    method: str
-    url: URL
-    endpoint: str
-    params: Mapping[str, str] | None
-    data: Mapping[str, str] | None
-    headers: Mapping[str, str]
-
-
+@dataclass(kw_only=True, slots=True)
 class Transport:
     """One aiohttp session and one request budget; bounded retries of transient faults."""
 
-    def __init__(
-        self,
-        *,
-        budget: RequestBudget,
-        events: ClientEvents,
-        redactions: Redactions,
-        timeout_seconds: float,
-        user_agent: str,
-        max_retries: int = 3,
-        retry_wait_initial: float = 0.5,
-        retry_wait_max: float = 10.0,
-        store_clock: StoreClock | None = None,
-    ) -> None:
-        self.budget = budget
-        self._events = events
-        self._redactions = redactions
-        self._timeout_seconds = timeout_seconds
-        self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
-        self._headers = {"Accept": "application/json", "User-Agent": user_agent}
-        self._max_retries = max_retries
-        self._wait_initial = retry_wait_initial
-        self._wait_max = retry_wait_max
-        self._session: aiohttp.ClientSession | None = None
-        self.store_clock = store_clock or StoreClock()
+    budget: RequestBudget
+    events: ClientEvents
+    redactions: Redactions
+    store_clock: StoreClock
+    timeout_seconds: float
+    user_agent: str
+    max_retries: int
+    retry_wait_initial: float
+    retry_wait_max: float
+    _session: aiohttp.ClientSession | None = field(default=None, init=False)
 
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
             # Created lazily: a session must be made inside the running event loop.
             self._session = aiohttp.ClientSession(
-                headers=self._headers, timeout=self._timeout, raise_for_status=False
+                headers={"Accept": "application/json", "User-Agent": self.user_agent},
+                timeout=aiohttp.ClientTimeout(total=self.timeout_seconds),
+                raise_for_status=False,
             )
             # aiohttp silently re-sends a GET once when a kept-alive connection was reset; that
             # request would bypass the budget and the request metric. Our retries cover it.
@@ -128,7 +97,6 @@ class Transport:
     ) -> T:
         """A 2xx answer's body as `read` turns it into a value (inside the retries, so an
         answer `read` refuses as transient is asked again); anything else raises ApiError."""
-        request = Request(method, url, endpoint, params, data, headers or {})
         tries = 0
 
         def backoff(exc: Exception) -> bool | float:
@@ -138,23 +106,25 @@ class Transport:
             tries += 1
             if exc.reason == "rate_limited":
                 self.budget.slow_down()
-            if not exc.transient or tries > self._max_retries:
+            if not exc.transient or tries > self.max_retries:
                 return False
-            self._events.retry_scheduled(endpoint, exc, tries)
+            self.events.retry_scheduled(endpoint, exc, tries)
             if exc.reason == "rate_limited" and exc.retry_after is not None:
                 return exc.retry_after
             return True
 
         async for retry in stamina.retry_context(
             on=backoff,
-            attempts=self._max_retries + 1,
+            attempts=self.max_retries + 1,
             timeout=None,
-            wait_initial=self._wait_initial,
-            wait_max=self._wait_max,
-            wait_jitter=self._wait_initial,
+            wait_initial=self.retry_wait_initial,
+            wait_max=self.retry_wait_max,
+            wait_jitter=self.retry_wait_initial,
         ):
             with retry:
-                status, body = await self._once(request)
+                status, body = await self._exchange(
+                    method, url, endpoint, params=params, data=data, headers=headers
+                )
                 try:
                     return read(body)
                 except ApiError as exc:
@@ -162,65 +132,56 @@ class Transport:
                     raise
         raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
 
-    async def _once(self, request: Request) -> tuple[int, bytes]:
+    async def _exchange(
+        self,
+        method: str,
+        url: URL,
+        endpoint: str,
+        *,
+        params: Mapping[str, str] | None,
+        data: Mapping[str, str] | None,
+        headers: Mapping[str, str] | None,
+    ) -> tuple[int, bytes]:
+        """One exchange within the budget: a 2xx answer's status and body, or a typed ApiError."""
         waited = await self.budget.acquire()
         if waited > 0:
-            self._events.budget_waited(waited)
-        status, body, retry_after = await self._exchange(request)
-        endpoint = request.endpoint
-        if 200 <= status < 300:
-            self.budget.recover()
-            return status, body
-        reason = classify_status(status)
-        raise ApiError(
-            reason,
-            f"{endpoint}: HTTP {status}: {error_summary(body, self._redactions.scrub)}",
-            http_status=status,
-            retry_after=retry_after,
-            transient=reason in ("http_5xx", "rate_limited"),
-        )
-
-    async def _exchange(self, request: Request) -> tuple[int, bytes, float | None]:
-        """One HTTP exchange; returns status, body and Retry-After, or raises a typed ApiError."""
-        endpoint = request.endpoint
+            self.events.budget_waited(waited)
         code = "error"
         try:
             async with self.session.request(
-                request.method,
-                request.url,
-                params=request.params,
-                data=request.data,
-                headers=request.headers,
-                allow_redirects=False,
+                method, url, params=params, data=data, headers=headers, allow_redirects=False
             ) as response:
-                code = str(response.status)
+                status = response.status
+                code = str(status)
                 body = await _read_capped(response, endpoint)
                 date = self.store_clock.observe(response.headers.get("Date"))
                 if date is not None and self.store_clock.skew is not None:
-                    self._events.store_clock_skew(self.store_clock.skew)
-                # (an HTTP-date is read against this answer's Date: the store's clock)
-                retry_after = parse_retry_after(
-                    response.headers.get("Retry-After"), date or time.time()
-                )
-                return response.status, body, retry_after
+                    self.events.store_clock_skew(self.store_clock.skew)
+                if not 200 <= status < 300:
+                    reason = classify_status(status)
+                    raise ApiError(
+                        reason,
+                        f"{endpoint}: HTTP {status}: {error_summary(body, self.redactions.scrub)}",
+                        http_status=status,
+                        # (an HTTP-date is read against this answer's Date: the store's clock)
+                        retry_after=parse_retry_after(
+                            response.headers.get("Retry-After"), date or time.time()
+                        ),
+                        transient=reason in ("http_5xx", "rate_limited"),
+                    )
         except TimeoutError:
-            raise ApiError(
-                "timeout",
-                f"{endpoint}: no answer within {self._timeout_seconds:g}s",
-                transient=True,
-            ) from None
+            fault: tuple[Reason, str] = ("timeout", f"no answer within {self.timeout_seconds:g}s")
         except aiohttp.ClientPayloadError as exc:
-            raise ApiError(
-                "bad_response", f"{endpoint}: truncated answer ({exc})", transient=True
-            ) from None
+            fault = ("bad_response", f"truncated answer ({exc})")
         except aiohttp.ClientError as exc:
-            raise ApiError(
-                "network",
-                self._redactions.scrub(f"{endpoint}: {type(exc).__name__}: {exc}"),
-                transient=True,
-            ) from None
+            fault = ("network", f"{type(exc).__name__}: {exc}")
+        else:
+            self.budget.recover()
+            return status, body
         finally:
-            self._events.request_done(endpoint, code)
+            self.events.request_done(endpoint, code)
+        reason, detail = fault
+        raise ApiError(reason, self.redactions.scrub(f"{endpoint}: {detail}"), transient=True)
 
 
 async def _read_capped(response: aiohttp.ClientResponse, endpoint: str) -> bytes:
