@@ -334,7 +334,7 @@ class Lifecycle:
             )
         applied = self._apply(targets, authoritative=found.complete, discovered=found.discovered)
         for pid, updated_at in found.touched.items():
-            self._rates.warm(pid, updated_at, self._clock())
+            self._rates.warm(pid, updated_at)
         self._lookups.listed(found.names, found.listed)
         self._events.emit(
             DiscoveryCompleted(
