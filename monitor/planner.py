@@ -211,9 +211,8 @@ class PollPlan:
         removed = [pid for pid in self._entries if pid not in targets]
         for pid in removed:
             self.remove(pid)
-        for pid, target in targets.items():
-            known = pid in self._entries
-            self.add(target, now, active=not known and active(pid))
+        for pid, target in targets.items():  # (`active` only counts for an added one)
+            self.add(target, now, active=pid not in self._entries and active(pid))
         return added, removed
 
     def take_due(self, now: float, limit: int) -> list[JobsTarget]:
