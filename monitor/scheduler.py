@@ -103,8 +103,14 @@ class PollScheduler:
         """Run another periodic coroutine (discovery) on the same scheduler, while polling."""
 
         async def gated() -> None:
-            if self._may_poll():
-                await self._until_stopped(job)
+            # Shutting APScheduler down cancels the jobs it has running, and it logs a cancelled
+            # job as one that raised: a clean stop must not print a traceback.
+            try:
+                if self._may_poll():
+                    await job()
+            except asyncio.CancelledError:
+                if not self._stopping:
+                    raise
 
         self._add(gated, seconds, name, now=True)
 
@@ -127,15 +133,6 @@ class PollScheduler:
         # (APScheduler runs a coroutine function on the loop; dispatch never awaits, so a stop
         # cannot cancel it midway)
         self.dispatch()
-
-    async def _until_stopped(self, job: Callable[[], Awaitable[None]]) -> None:
-        # Shutting APScheduler down cancels the jobs it has running, and it logs a cancelled
-        # job as one that raised: a clean stop must not print a traceback.
-        try:
-            await job()
-        except asyncio.CancelledError:
-            if not self._stopping:
-                raise
 
     def dispatch(self) -> None:
         """Start polls for due promotions while there are free slots."""
@@ -204,8 +201,7 @@ class PollScheduler:
             _, late = await asyncio.wait(pending, timeout=grace)
             for task in late:
                 task.cancel()
-            if late:
-                await asyncio.gather(*late, return_exceptions=True)
+            await asyncio.gather(*late, return_exceptions=True)
 
 
 class Lifecycle:
