@@ -92,14 +92,11 @@ class JobRates:
         # The share of promotions active: those with no job, less the dormant ones expected to
         # have none, against all; at least one promotion's share, so evidence can still tell.
         counted = len(self._evidence)
-        active = 1 - self._quiet * math.exp(self._dormant) / counted
-        active = min(1.0, max(active, 1 / (counted + 1)))
-        if active == 1.0:
-            return 1.0
-        # log of Poisson(jobs; jobs) / Poisson(jobs; dormant): active at its own rate or not
+        active = max(1 - self._quiet * math.exp(self._dormant) / counted, 1 / (counted + 1))
+        # log of Poisson(jobs; jobs) / Poisson(jobs; dormant), never below 0: active at its own
+        # rate or not.
         evidence = jobs * math.log(jobs / self._dormant) - jobs + self._dormant
-        log_odds = math.log(active / (1 - active)) + evidence
-        return 1 / (1 + math.exp(-log_odds)) if log_odds > -700 else 0.0
+        return 1 / (1 + (1 - active) / active * math.exp(-evidence))
 
     def forget(self, promotion_id: str) -> None:
         gone = self._evidence.pop(promotion_id, None)
