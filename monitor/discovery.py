@@ -90,9 +90,7 @@ class Discovery:
             if self.owns(p.id)
         }
 
-    async def discover(
-        self, now: float, active: Callable[[str], bool] = lambda _: False
-    ) -> Watchlist:
+    async def discover(self, now: float, active: Callable[[str], bool]) -> Watchlist:
         """List the store's promotions; raises ApiError if any list call fails (keep the old).
 
         `active`: whether the monitor holds a pending or processing job of a promotion. One that

@@ -34,23 +34,14 @@ WARM: Final = 24 / DAY
 class JobRates:
     """Jobs per second of each promotion, from the created_at of the jobs it holds."""
 
-    def __init__(
-        self,
-        *,
-        window: float,
-        time_constant: float = TIME_CONSTANT,
-        prior: float = PRIOR,
-        warm: float = WARM,
-    ) -> None:
-        self.prior = prior
-        self._tau = time_constant
+    def __init__(self, *, window: float) -> None:
         self._window = window
         # Jobs older than the window (the state's retention) are gone, so the count covers
-        # tau * (1 - e^(-window/tau)) seconds of history, not tau: a short retention still
-        # gives an unbiased rate.
-        self._exposure = time_constant * -math.expm1(-window / time_constant)
-        self._warm = warm * self._exposure  # as a number of jobs at the moment of the update
-        self._dormant = prior * window  # jobs a dormant promotion shows in the window
+        # τ(1 - e^(-window/τ)) seconds of history (τ the time constant), not τ: a short
+        # retention still gives an unbiased rate.
+        self._exposure = TIME_CONSTANT * -math.expm1(-window / TIME_CONSTANT)
+        self._warm = WARM * self._exposure  # as a number of jobs at the moment of the update
+        self._dormant = PRIOR * window  # jobs a dormant promotion shows in the window
         # promotion -> (decayed count of its jobs, the time that count is as of, jobs counted)
         self._evidence: dict[str, tuple[float, float, int]] = {}
         self._quiet = 0  # promotions whose last count found no job
@@ -66,7 +57,7 @@ class JobRates:
         ages = [max(0.0, now - at) for at in created if at is not None and at >= horizon]
         previous = self._evidence.get(promotion_id)
         self._quiet += (not ages) - (previous is not None and not previous[2])
-        count = math.fsum(math.exp(-age / self._tau) for age in ages)
+        count = math.fsum(math.exp(-age / TIME_CONSTANT) for age in ages)
         self._evidence[promotion_id] = (count, now, len(ages))
 
     def warm(self, promotion_id: str, updated_at: float) -> None:
@@ -79,11 +70,11 @@ class JobRates:
     def rate(self, promotion_id: str, now: float) -> float:
         """Estimated new jobs per second now, the prior included."""
         count, at, jobs = self._evidence.get(promotion_id, (0.0, now, 0))
-        count *= self._belief(jobs) * math.exp(-max(0.0, now - at) / self._tau)
+        count *= self._belief(jobs) * math.exp(-max(0.0, now - at) / TIME_CONSTANT)
         warmed = self._warmed.get(promotion_id)
         if warmed is not None:
-            count += self._warm * math.exp(-max(0.0, now - warmed) / self._tau)
-        return self.prior + count / self._exposure
+            count += self._warm * math.exp(-max(0.0, now - warmed) / TIME_CONSTANT)
+        return PRIOR + count / self._exposure
 
     def _belief(self, jobs: int) -> float:
         """The probability that a promotion with `jobs` in the window is not dormant."""
