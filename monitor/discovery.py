@@ -90,17 +90,15 @@ class Discovery:
             if self.owns(p.id)
         }
 
-    async def discover(
-        self, now: float, active: Callable[[str], bool] = lambda _: False
-    ) -> Watchlist:
+    async def discover(self, now: float, active: Callable[[str], bool]) -> Watchlist:
         """List the store's promotions; raises ApiError if any list call fails (keep the old).
 
         `active`: whether the monitor holds a pending or processing job of a promotion. One that
         stops being wanted (its end passed, it was switched off, renamed) is watched until its
         jobs have finished: a job queued before the end can still fail after it.
         """
-        targets = self.explicit()
-        discovered: set[str] = set()
+        explicit = self.explicit()
+        targets = dict(explicit)
         names: dict[str, tuple[PromotionKind, str]] = {}
         listed: set[str] = set()
         touched: dict[str, float] = {}
@@ -114,8 +112,8 @@ class Discovery:
                 pid = _canonical(raw_id) if isinstance(raw_id, str) else None
                 if pid is None or not self.owns(pid):
                     continue
-                explicit = pid in targets
-                if not explicit and not wanted(promotion, rules, now) and not active(pid):
+                known = pid in targets
+                if not known and not wanted(promotion, rules, now) and not active(pid):
                     continue
                 listed.add(pid)
                 updated = last_touched(promotion)
@@ -124,13 +122,10 @@ class Discovery:
                 name = promotion_name(promotion)
                 if name is not None:
                     names[pid] = (kind, name)
-                if explicit:
-                    continue
-                targets[pid] = self._client.target(pid, kind)
-                discovered.add(pid)
-        return Watchlist(
-            targets, frozenset(discovered), names, frozenset(listed), complete, touched
-        )
+                if not known:
+                    targets[pid] = self._client.target(pid, kind)
+        discovered = frozenset(targets.keys() - explicit.keys())
+        return Watchlist(targets, discovered, names, frozenset(listed), complete, touched)
 
 
 def last_touched(promotion: Mapping[str, object]) -> float | None:

@@ -50,10 +50,9 @@ def water_level(
     weights: Sequence[float], costs: Sequence[float], spend: float, lo: float, hi: float
 ) -> float:
     """The level k at which intervals `interval_at(k, w_i, lo, hi)` spend Σ c_i / T_i = `spend`
-    requests/s; with w_i = √(λ_i / c_i) that is the √-law within the bounds.
+    requests/s (the √-law within the bounds, for w_i = √(λ_i / c_i)).
 
-    0 when `spend` cannot poll everyone every `hi`: everyone gets `hi`, and the request budget
-    makes them take turns (the lag shows it), as before; inf when it can every `lo`.
+    0 when `spend` cannot poll everyone every `hi` (they take turns at the budget, as before).
     """
     total = math.fsum(costs)
     if spend <= total / hi:
@@ -114,17 +113,11 @@ _Item = tuple[float, int, int, _Entry]
 class PollPlan:
     """Due times for every watched promotion.
 
-    A promotion is polled as soon as it is added (so baselines come quickly, paced only by the
-    request budget), then on a grid at its own phase of the interval, so polls never bunch at
-    the top of a cycle. Promotions with an active job use the shorter interval and, when the
-    budget cannot keep up with everything, are served first.
-
-    Idle promotions get √-law intervals (`water_fill`) from `rate` (new jobs per second, the
-    prior included) and the pages their last poll read; with equal rates and costs that is
-    `interval` for every one, or what the budget allows.
-
-    Two heaps (active or never polled; idle) make a poll O(log P): the dispatcher asks after
-    every finished poll, so a scan of every promotion there costs O(P) per poll and O(P²) overall.
+    A promotion is polled as soon as it is added (baselines come quickly), then on a grid at its
+    own phase of its interval, so polls never bunch. Active promotions use the active interval
+    and go first; idle ones get √-law intervals from `rate` (jobs/s, the prior included) and
+    the pages their last poll read. Two heaps make a poll O(log P): the dispatcher asks after
+    every finished poll, and a scan there would cost O(P²) overall.
     """
 
     def __init__(
@@ -169,6 +162,13 @@ class PollPlan:
     def targets(self) -> list[JobsTarget]:
         return [entry.target for entry in self._entries.values()]
 
+    def poll_interval(self, promotion_id: str) -> float:
+        """A watched promotion's interval as planned now."""
+        return self._interval_of(self._entries[promotion_id])
+
+    def active_count(self) -> int:
+        return self._active
+
     def add(self, target: JobsTarget, now: float, *, active: bool = False) -> None:
         pid = target.promotion_id
         existing = self._entries.get(pid)
@@ -211,9 +211,8 @@ class PollPlan:
         removed = [pid for pid in self._entries if pid not in targets]
         for pid in removed:
             self.remove(pid)
-        for pid, target in targets.items():
-            known = pid in self._entries
-            self.add(target, now, active=not known and active(pid))
+        for pid, target in targets.items():  # (`active` only counts for an added one)
+            self.add(target, now, active=pid not in self._entries and active(pid))
         return added, removed
 
     def take_due(self, now: float, limit: int) -> list[JobsTarget]:
@@ -250,7 +249,7 @@ class PollPlan:
         entry.active = active
         if not active and self._level is not None:  # its rate and cost now, at the level
             entry.interval = self._interval_at(self._level, self._weight(entry))
-        interval = self.interval_of(entry)
+        interval = self._interval_of(entry)
         if interval != entry.spacing:
             if entry.spacing:  # (the slot it was due at: entry.due, until now)
                 entry.anchor = entry.due - entry.phase * interval
@@ -267,10 +266,8 @@ class PollPlan:
         self._queue(entry)
         self._compact()
 
-    def interval_of(self, entry: _Entry) -> float:
-        if entry.active:
-            return self.active_interval
-        return entry.interval or self.interval
+    def _interval_of(self, entry: _Entry) -> float:
+        return self.active_interval if entry.active else entry.interval or self.interval
 
     def _weight(self, entry: _Entry) -> float:
         return math.sqrt(max(self._rate(entry.target.promotion_id), 1e-300) / entry.cost)
@@ -280,14 +277,9 @@ class PollPlan:
         # (rounding must not move an equal-rate grid off today's slots)
         return self.interval if math.isclose(interval, self.interval) else interval
 
-    def poll_interval(self, promotion_id: str) -> float:
-        """A watched promotion's interval as planned now."""
-        return self.interval_of(self._entries[promotion_id])
-
     def plan(self, now: float) -> None:
-        """Plan every idle promotion's interval again from its rate and cost, and move the
-        ones whose next poll is now much too far (a change of rate, without a burst: each
-        goes to its own phase of its new interval)."""
+        """Plan every idle promotion's interval from its rate and cost; move the ones whose
+        interval changed much to their own phase of the new one (without a burst)."""
         self._planned_at, self._replan = now, False
         idle = [entry for entry in self._entries.values() if not entry.active]
         if not idle:
@@ -313,11 +305,8 @@ class PollPlan:
         self._compact()
 
     def abandoned(self, promotion_id: str) -> None:
-        """A poll given up before it finished (the replica lost the lease): due again as it was.
-
-        Its queue item was taken with the poll, so it goes back in; without that the promotion
-        would sit in no queue and never be polled again.
-        """
+        """A poll given up before it finished (the lease lost): due again as it was (its queue
+        item went with the poll; without one it would never be polled again)."""
         entry = self._entries.get(promotion_id)
         if entry is not None and entry.in_flight:
             entry.in_flight = False
@@ -336,9 +325,6 @@ class PollPlan:
         """How far behind schedule the most overdue waiting promotion is (0 when on time)."""
         tops = [top[0] for top in (_live_top(self._urgent), _live_top(self._idle)) if top]
         return max(0.0, now - min(tops)) if tops else 0.0
-
-    def active_count(self) -> int:
-        return self._active
 
     def _queue(self, entry: _Entry) -> None:
         self._tokens += 1

@@ -3,6 +3,11 @@
 The planner polls where jobs happen (monitor.planner); this is its evidence. It is derived from
 the jobs the state holds (kept for the retention period), so it survives restarts without a
 record of its own. Pure: every time is passed in.
+
+Most promotions are dormant, a stray job at the prior rate now and then, so a promotion's jobs
+count as far as they tell it from a dormant one: by the odds of "active at the rate its jobs
+show" against "dormant", the prior odds from the share of watched promotions with no job that
+dormancy does not explain. One job among thousands of quiet promotions is mostly chance.
 """
 
 from __future__ import annotations
@@ -29,25 +34,18 @@ WARM: Final = 24 / DAY
 class JobRates:
     """Jobs per second of each promotion, from the created_at of the jobs it holds."""
 
-    def __init__(
-        self,
-        *,
-        window: float,
-        time_constant: float = TIME_CONSTANT,
-        prior: float = PRIOR,
-        warm: float = WARM,
-    ) -> None:
-        self.prior = prior
-        self._tau = time_constant
+    def __init__(self, *, window: float) -> None:
         self._window = window
         # Jobs older than the window (the state's retention) are gone, so the count covers
-        # tau * (1 - e^(-window/tau)) seconds of history, not tau: a short retention still
-        # gives an unbiased rate.
-        self._exposure = time_constant * -math.expm1(-window / time_constant)
-        self._warm = warm * self._exposure  # as a number of jobs at the moment of the update
-        # promotion -> (decayed count of its jobs and warmth, the time that count is as of)
-        self._evidence: dict[str, tuple[float, float]] = {}
-        self._warmed: dict[str, float] = {}  # promotion -> the update time already counted
+        # τ(1 - e^(-window/τ)) seconds of history (τ the time constant), not τ: a short
+        # retention still gives an unbiased rate.
+        self._exposure = TIME_CONSTANT * -math.expm1(-window / TIME_CONSTANT)
+        self._warm = WARM * self._exposure  # as a number of jobs at the moment of the update
+        self._dormant = PRIOR * window  # jobs a dormant promotion shows in the window
+        # promotion -> (decayed count of its jobs, the time that count is as of, jobs counted)
+        self._evidence: dict[str, tuple[float, float, int]] = {}
+        self._quiet = 0  # promotions whose last count found no job
+        self._warmed: dict[str, float] = {}  # promotion -> its latest update discovery listed
 
     def held(self, snapshot: PromotionSnapshot, now: float) -> None:
         """The jobs the state now holds of a promotion."""
@@ -56,39 +54,42 @@ class JobRates:
     def observe(self, promotion_id: str, created: Iterable[float | None], now: float) -> None:
         """Jobs of a promotion by their created_at (an unknown one counts none)."""
         horizon = now - self._window
-        count = math.fsum(
-            math.exp(-max(0.0, now - at) / self._tau)
-            for at in created
-            if at is not None and at >= horizon
-        )
-        warmed = self._warmed.get(promotion_id)
-        if warmed is not None:
-            count += self._warm * math.exp(-max(0.0, now - warmed) / self._tau)
-        self._evidence[promotion_id] = (count, now)
+        ages = [max(0.0, now - at) for at in created if at is not None and at >= horizon]
+        previous = self._evidence.get(promotion_id)
+        self._quiet += (not ages) - (previous is not None and not previous[2])
+        count = math.fsum(math.exp(-age / TIME_CONSTANT) for age in ages)
+        self._evidence[promotion_id] = (count, now, len(ages))
 
-    def warm(self, promotion_id: str, updated_at: float, now: float) -> None:
+    def warm(self, promotion_id: str, updated_at: float) -> None:
         """Discovery saw the promotion created or updated at `updated_at`: it starts warm.
 
-        The same update told again (each discovery lists it) counts once; warmth from an update
-        long past has decayed to nothing."""
-        previous = self._warmed.get(promotion_id)
-        if previous is not None and updated_at <= previous:
-            return
-        self._warmed[promotion_id] = updated_at
-        count = self._count(promotion_id, now)
-        if previous is not None:  # the newer update replaces the older one's warmth
-            count -= self._warm * math.exp(-max(0.0, now - previous) / self._tau)
-        count += self._warm * math.exp(-max(0.0, now - updated_at) / self._tau)
-        self._evidence[promotion_id] = (max(0.0, count), now)
+        The same update told again (each discovery lists it) counts once, a newer one replaces
+        it; warmth from an update long past has decayed to nothing."""
+        self._warmed[promotion_id] = max(updated_at, self._warmed.get(promotion_id, updated_at))
 
     def rate(self, promotion_id: str, now: float) -> float:
         """Estimated new jobs per second now, the prior included."""
-        return self.prior + self._count(promotion_id, now) / self._exposure
+        count, at, jobs = self._evidence.get(promotion_id, (0.0, now, 0))
+        count *= self._belief(jobs) * math.exp(-max(0.0, now - at) / TIME_CONSTANT)
+        warmed = self._warmed.get(promotion_id)
+        if warmed is not None:
+            count += self._warm * math.exp(-max(0.0, now - warmed) / TIME_CONSTANT)
+        return PRIOR + count / self._exposure
 
-    def _count(self, promotion_id: str, now: float) -> float:
-        count, at = self._evidence.get(promotion_id, (0.0, now))
-        return count * math.exp(-max(0.0, now - at) / self._tau)
+    def _belief(self, jobs: int) -> float:
+        """The probability that a promotion with `jobs` in the window is not dormant."""
+        if not jobs:
+            return 0.0
+        # The share of promotions active: those with no job, less the dormant ones expected to
+        # have none, against all; at least one promotion's share, so evidence can still tell.
+        counted = len(self._evidence)
+        active = max(1 - self._quiet * math.exp(self._dormant) / counted, 1 / (counted + 1))
+        # log of Poisson(jobs; jobs) / Poisson(jobs; dormant), never below 0: active at its own
+        # rate or not.
+        evidence = jobs * math.log(jobs / self._dormant) - jobs + self._dormant
+        return 1 / (1 + (1 - active) / active * math.exp(-evidence))
 
     def forget(self, promotion_id: str) -> None:
-        self._evidence.pop(promotion_id, None)
+        gone = self._evidence.pop(promotion_id, None)
+        self._quiet -= gone is not None and not gone[2]
         self._warmed.pop(promotion_id, None)

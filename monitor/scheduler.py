@@ -1,11 +1,7 @@
-"""The loop: APScheduler dispatches due polls and runs the upkeep (discovery, name lookups,
-retries of failed state writes); leadership changes arrive here too.
-
-APScheduler's interval job is the heartbeat; which promotion is polled when is the PollPlan's
-decision, so adaptive intervals and priorities stay in one pure, tested place. A poll's
-outcome goes to the one reporting step (monitor.report); the other events are emitted here: the
-parts below (state, watching, names, the elector) answer with values, and what is news is
-decided where the loop runs them.
+"""The loop: APScheduler dispatches due polls (which promotion when is the PollPlan's decision)
+and runs the upkeep (discovery, name lookups, retries of failed state writes). A poll's outcome
+goes to monitor.report; the other events are emitted here, where the loop runs the parts that
+answer with values (state, watching, names, the elector).
 """
 
 from __future__ import annotations
@@ -99,45 +95,33 @@ class PollScheduler:
 
     def start(self) -> None:
         self.heartbeat = self._monotonic()
-        self._scheduler.add_job(
-            self._dispatch_job,
-            IntervalTrigger(seconds=self._tick, timezone=UTC),
-            id="dispatch",
-            name="start due polls",
-            # A slow dispatch must not queue more behind it: the next tick does the same work.
-            max_instances=1,
-            coalesce=True,
-            misfire_grace_time=None,
-            next_run_time=datetime.now(UTC),
-        )
-        self._scheduler.add_job(
-            self._flush,
-            IntervalTrigger(seconds=FLUSH_SECONDS, timezone=UTC),
-            id="state_flush",
-            name="retry failed state writes, prune the ledger",
-            max_instances=1,
-            coalesce=True,
-        )
+        self._add(self._dispatch_job, self._tick, "dispatch", now=True)
+        self._add(self._flush, FLUSH_SECONDS, "state_flush", now=False)  # (retries, prunes)
         self._scheduler.start()
 
-    def every(
-        self, seconds: float, job: Callable[[], Awaitable[None]], *, name: str, now: bool
-    ) -> None:
+    def every(self, seconds: float, job: Callable[[], Awaitable[None]], *, name: str) -> None:
         """Run another periodic coroutine (discovery) on the same scheduler, while polling."""
 
         async def gated() -> None:
-            if self._may_poll():
-                await self._until_stopped(job)
+            # Shutting APScheduler down cancels the jobs it has running, and it logs a cancelled
+            # job as one that raised: a clean stop must not print a traceback.
+            try:
+                if self._may_poll():
+                    await job()
+            except asyncio.CancelledError:
+                if not self._stopping:
+                    raise
 
+        self._add(gated, seconds, name, now=True)
+
+    def _add(
+        self, job: Callable[[], Awaitable[None]], seconds: float, name: str, now: bool
+    ) -> None:
+        # A slow run must not queue more behind it: the next does the same work.
+        first = {"misfire_grace_time": None, "next_run_time": datetime.now(UTC)} if now else {}
+        trigger = IntervalTrigger(seconds=seconds, timezone=UTC)
         self._scheduler.add_job(
-            gated,
-            IntervalTrigger(seconds=seconds, timezone=UTC),
-            id=name,
-            name=name,
-            max_instances=1,
-            coalesce=True,
-            misfire_grace_time=None,
-            next_run_time=datetime.now(UTC) if now else None,
+            job, trigger, id=name, name=name, max_instances=1, coalesce=True, **first
         )
 
     def run_soon(self, name: str) -> None:
@@ -146,19 +130,9 @@ class PollScheduler:
             self._scheduler.modify_job(name, next_run_time=datetime.now(UTC))
 
     async def _dispatch_job(self) -> None:
-        async def dispatch() -> None:
-            self.dispatch()
-
-        await self._until_stopped(dispatch)
-
-    async def _until_stopped(self, job: Callable[[], Awaitable[None]]) -> None:
-        # Shutting APScheduler down cancels the jobs it has running, and it logs a cancelled
-        # job as one that raised: a clean stop must not print a traceback.
-        try:
-            await job()
-        except asyncio.CancelledError:
-            if not self._stopping:
-                raise
+        # (APScheduler runs a coroutine function on the loop; dispatch never awaits, so a stop
+        # cannot cancel it midway)
+        self.dispatch()
 
     def dispatch(self) -> None:
         """Start polls for due promotions while there are free slots."""
@@ -227,8 +201,7 @@ class PollScheduler:
             _, late = await asyncio.wait(pending, timeout=grace)
             for task in late:
                 task.cancel()
-            if late:
-                await asyncio.gather(*late, return_exceptions=True)
+            await asyncio.gather(*late, return_exceptions=True)
 
 
 class Lifecycle:
@@ -289,9 +262,24 @@ class Lifecycle:
         """Start the loop; `port` is where /metrics ended up (for the monitor_started line)."""
         self._scheduler.start()
         self._scheduler.every(
-            self._settings.discovery.interval_seconds, self.refresh, name="discovery", now=True
+            self._settings.discovery.interval_seconds, self.refresh, name="discovery"
         )
-        self._events.emit(self._started(port))
+        settings = self._settings
+        self._events.emit(
+            MonitorStarted(
+                version=__version__,
+                promotions=len(self._scheduler.targets),
+                discovery=settings.discovery.enabled,
+                shard=f"{self._discovery.shard_index}/{self._discovery.shard_count}",
+                base_url=settings.api.base_url,
+                metrics_port=port,
+                interval_seconds=settings.poll.interval_seconds,
+                active_interval_seconds=settings.poll.active_interval,
+                requests_per_second=settings.request_rate,
+                state_path=str(self._store.path),
+                coordination=settings.coordination.mode,
+            )
+        )
 
     async def stop(self, grace: float) -> None:
         """Stop the loop (in-flight polls get `grace` seconds), then write the whole state."""
@@ -334,7 +322,7 @@ class Lifecycle:
             )
         applied = self._apply(targets, authoritative=found.complete, discovered=found.discovered)
         for pid, updated_at in found.touched.items():
-            self._rates.warm(pid, updated_at, self._clock())
+            self._rates.warm(pid, updated_at)
         self._lookups.listed(found.names, found.listed)
         self._events.emit(
             DiscoveryCompleted(
@@ -402,19 +390,3 @@ class Lifecycle:
 
     def unavailable(self, news: LeaseUnavailable) -> None:
         self._events.emit(news)
-
-    def _started(self, port: int) -> MonitorStarted:
-        settings = self._settings
-        return MonitorStarted(
-            version=__version__,
-            promotions=len(self._scheduler.targets),
-            discovery=settings.discovery.enabled,
-            shard=f"{self._discovery.shard_index}/{self._discovery.shard_count}",
-            base_url=settings.api.base_url,
-            metrics_port=port,
-            interval_seconds=settings.poll.interval_seconds,
-            active_interval_seconds=settings.poll.active_interval,
-            requests_per_second=settings.request_rate,
-            state_path=str(self._store.path),
-            coordination=settings.coordination.mode,
-        )

@@ -49,17 +49,9 @@ class WatchedSet:
         self._activity = activity
         self._monotonic = monotonic
 
-    def apply(
-        self,
-        targets: Mapping[str, JobsTarget],
-        *,
-        authoritative: bool,
-    ) -> Applied:
-        """Poll exactly `targets` from now on.
-
-        `authoritative`: the list is the whole truth, so saved state of promotions not in it
-        goes too (not so at start with discovery on, before the first discovery has said).
-        """
+    def apply(self, targets: Mapping[str, JobsTarget], *, authoritative: bool) -> Applied:
+        """Poll exactly `targets` from now on; `authoritative` (the list is the whole truth, not
+        so at start before the first discovery): saved state of promotions not in it goes too."""
         added, removed = self._plan.reconcile(targets, self._monotonic(), active=self._store.active)
         for pid in added:
             self._metrics.watch(pid)
@@ -81,8 +73,7 @@ class WatchedSet:
             self._activity.forget(pid)
 
     def forget(self, promotion_id: str) -> None:
-        """Everything the monitor holds of a promotion no longer watched: its series, its
-        snapshot, its recent activity, its name, its job rate."""
+        """Everything the monitor holds of a promotion no longer watched."""
         self._rates.forget(promotion_id)
         self._metrics.forget(promotion_id)
         self._store.drop(promotion_id)

@@ -81,13 +81,33 @@ def test_a_job_created_in_the_future_counts_as_new_not_more() -> None:
     assert rates.rate("ahead", 1e9) == twin.rate("now", 1e9)
 
 
+def test_one_job_among_quiet_promotions_is_mostly_chance_and_three_are_not() -> None:
+    # 900 promotions without a job in the week, 100 with one a day: a single job is what a
+    # dormant promotion shows now and then; three are not. Where every promotion gets jobs, one
+    # job is taken at its word.
+    now = 1e9
+    exposure = TIME_CONSTANT * -math.expm1(-WEEK / TIME_CONSTANT)
+    rates, busy = JobRates(window=WEEK), JobRates(window=WEEK)
+    for n in range(900):
+        rates.observe(f"quiet-{n}", [], now)
+    for n in range(100):
+        for population in (rates, busy):
+            population.observe(f"daily-{n}", [now - k * DAY for k in range(7)], now)
+    for population in (rates, busy):
+        population.observe("one", [now], now)
+    rates.observe("three", [now, now - 1, now - 2], now)
+    assert rates.rate("one", now) - PRIOR < 0.5 / exposure
+    assert rates.rate("three", now) - PRIOR > 0.95 * 3 / exposure
+    assert busy.rate("one", now) == pytest.approx(PRIOR + 1 / exposure)
+
+
 def test_a_newly_created_promotion_starts_warm_and_cools() -> None:
     now = 1e9
     rates = JobRates(window=WEEK)
-    rates.warm("fresh", updated_at=now - 60, now=now)
+    rates.warm("fresh", updated_at=now - 60)
     assert rates.rate("fresh", now) - PRIOR == pytest.approx(WARM * math.exp(-60 / TIME_CONSTANT))
     # Listed again by the next discovery: the same update counts once.
-    rates.warm("fresh", updated_at=now - 60, now=now + 300)
+    rates.warm("fresh", updated_at=now - 60)
     assert rates.rate("fresh", now + 300) - PRIOR == pytest.approx(
         WARM * math.exp(-360 / TIME_CONSTANT)
     )
@@ -97,15 +117,15 @@ def test_a_newly_created_promotion_starts_warm_and_cools() -> None:
     expected = WARM * math.exp(-460 / TIME_CONSTANT) + 1 / exposure
     assert rates.rate("fresh", now + 400) - PRIOR == pytest.approx(expected)
     # An update long past is no reason to poll it more.
-    rates.warm("stale", updated_at=now - 60 * DAY, now=now)
+    rates.warm("stale", updated_at=now - 60 * DAY)
     assert rates.rate("stale", now) - PRIOR < WARM * 1e-8
 
 
 def test_a_newer_update_replaces_the_warmth_of_the_older() -> None:
     now = 1e9
     rates = JobRates(window=WEEK)
-    rates.warm("p", updated_at=now - DAY, now=now)
-    rates.warm("p", updated_at=now, now=now)
+    rates.warm("p", updated_at=now - DAY)
+    rates.warm("p", updated_at=now)
     assert rates.rate("p", now) - PRIOR == pytest.approx(WARM)
 
 
