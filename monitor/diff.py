@@ -29,13 +29,7 @@ def prune(snapshot: PromotionSnapshot, horizon: float) -> PromotionSnapshot:
     kept = {k: j for k, j in snapshot.jobs.items() if not expired(j, horizon)}
     if len(kept) == len(snapshot.jobs):
         return snapshot  # (the same object: nothing changed, nothing to write)
-    return PromotionSnapshot(
-        snapshot.promotion_id,
-        kept,
-        snapshot.stuck & kept.keys(),
-        snapshot.baseline_at,
-        snapshot.seen,
-    )
+    return replace(snapshot, jobs=kept, stuck=snapshot.stuck & kept.keys())
 
 
 def recent(job: Job, since: float) -> bool:

@@ -437,3 +437,23 @@ def test_a_failure_first_seen_after_a_view_of_every_failure_is_news_whatever_its
     (change,) = found.changes
     assert change.kind is ChangeKind.DISCOVERED
     assert change.is_failure is news
+
+
+def test_pruning_expired_history_keeps_the_view_of_every_failure() -> None:
+    # The same poll prunes a finished job past retention: the failure first seen is news all the
+    # same (the pruned snapshot once forgot that the view before showed every failed job).
+    finished = Job("done", "code_export", "completed", None, DAY, DAY)
+    before = PromotionSnapshot("p", {"done": finished}, baseline_at=10 * DAY, failures_known=True)
+    old_failure = Job("j", "code_generate", "failed", "codes limit exceeded", 5 * DAY, 5 * DAY)
+
+    found = diff(
+        before,
+        [old_failure],
+        promotion_id="p",
+        now=10 * DAY + 60,
+        stuck_after=3600,
+        retention=7 * DAY,
+    )
+
+    (change,) = found.changes
+    assert change.kind is ChangeKind.DISCOVERED and change.is_failure
