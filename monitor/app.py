@@ -16,7 +16,7 @@ import stamina
 from prometheus_client import CollectorRegistry
 
 from monitor import __version__
-from monitor.client import ElasticPathClient, JobsTarget
+from monitor.client import ElasticPathClient
 from monitor.client.budget import RequestBudget
 from monitor.client.clock import StoreClock
 from monitor.coordination import Fence, LeaderElector, Timing
@@ -124,10 +124,6 @@ class Monitor:
             return await self.lifecycle.run_once()
         finally:
             await self.client.close()
-
-    @property
-    def targets(self) -> list[JobsTarget]:
-        return self.scheduler.targets
 
     @classmethod
     def build(
@@ -241,7 +237,6 @@ class Monitor:
         health = Health(
             progress=lambda: scheduler.heartbeat,
             stale_after=max(5 * settings.poll.interval_seconds, 300.0),
-            version=__version__,
         )
         web = None
         if serve_http:
@@ -275,9 +270,7 @@ class Monitor:
                 store_now=store_clock.now,
             )
             security = load_web_security(settings.server)
-            app = build_app(
-                registry, health, security, status=board.view, exposition=metrics.exposition
-            )
+            app = build_app(health, security, status=board.view, exposition=metrics.exposition)
             web = WebServer(app, security.ssl_context)
         leases, elector = None, None
         if fence is not None and handover is not None:

@@ -11,8 +11,6 @@ from dataclasses import dataclass
 from typing import Final
 
 from aiohttp import hdrs, web
-from prometheus_client import CollectorRegistry
-from prometheus_client.aiohttp import make_aiohttp_handler
 
 from monitor.settings import ServerSettings
 from monitor.sinks.exposition import Exposition
@@ -27,7 +25,6 @@ class Health:
 
     progress: Callable[[], float]  # monotonic time the scheduler last ticked
     stale_after: float = 300.0
-    version: str = ""
     started: bool = False
     stopping: bool = False
 
@@ -89,15 +86,13 @@ def authorized(header: str | None, username: str, password: str) -> bool:
 
 
 def build_app(
-    registry: CollectorRegistry,
     health: Health,
     security: WebSecurity | None = None,
     *,
     status: Callable[[StatusQuery], StatusView | None],
-    exposition: Exposition | None = None,
+    exposition: Exposition,
 ) -> web.Application:
     security = security or WebSecurity()
-    metrics_handler = make_aiohttp_handler(registry)
 
     def refused(request: web.Request) -> web.Response | None:
         # Probes stay open (the kubelet sends no credentials); only the data is protected.
@@ -114,8 +109,6 @@ def build_app(
     async def metrics(request: web.Request) -> web.StreamResponse:
         if (refusal := refused(request)) is not None:
             return refusal
-        if exposition is None:
-            return await metrics_handler(request)
         accept = ",".join(request.headers.getall(hdrs.ACCEPT, []))
         chunks, content_type = exposition.stream(accept, request.query.getall("name[]", []))
         response = web.StreamResponse(headers={hdrs.CONTENT_TYPE: content_type})

@@ -456,4 +456,5 @@ def test_pruning_expired_history_keeps_the_view_of_every_failure() -> None:
     )
 
     (change,) = found.changes
-    assert change.kind is ChangeKind.DISCOVERED and change.is_failure
+    assert change.kind is ChangeKind.DISCOVERED
+    assert change.is_failure

@@ -250,7 +250,6 @@ async def test_metrics_are_served_gzipped_as_openmetrics_and_by_name_when_asked(
     world.metrics.duration.labels("code_generate", "failed").observe(3)
     world.snapshots["p-a"] = PromotionSnapshot("p-a", jobs(("j1", "failed", "x", NOW)))
     app = build_app(
-        world.registry,
         Health(progress=lambda: 0.0),
         status=lambda _: None,
         exposition=world.metrics.exposition,

@@ -17,6 +17,7 @@ from prometheus_client.openmetrics.parser import (
 
 from monitor.models import Job, PromotionSnapshot
 from monitor.recent_activity import RecentActivity
+from monitor.sinks.exposition import Exposition
 from monitor.status import MonitorFacts, StatusBoard
 from monitor.web import Health, WebSecurity, WebServer, build_app
 from tests.support import parse_metrics, value
@@ -40,7 +41,7 @@ def registry() -> CollectorRegistry:
 
 @pytest.fixture
 def health() -> Health:
-    return Health(progress=recent, stale_after=STALE_AFTER, version="1.2.3")
+    return Health(progress=recent, stale_after=STALE_AFTER)
 
 
 PROMOTION = "6a1d1c3e-5b2f-4c4e-9d1a-2b3c4d5e6f70"
@@ -61,9 +62,13 @@ def board(version: str = "1.2.3") -> StatusBoard:
 
 
 def app_of(
-    registry: CollectorRegistry, health: Health, security: WebSecurity | None = None
+    registry: CollectorRegistry,
+    health: Health,
+    security: WebSecurity | None = None,
+    version: str = "1.2.3",
 ) -> web.Application:
-    return build_app(registry, health, security, status=board(health.version).view)
+    exposition = Exposition(registry, visible=lambda: True, parts=[])
+    return build_app(health, security, status=board(version).view, exposition=exposition)
 
 
 @pytest.fixture
@@ -129,8 +134,9 @@ async def test_readyz_follows_the_lifecycle(
 async def test_status_page_is_html_with_relative_links_and_no_script(
     registry: CollectorRegistry,
 ) -> None:
-    health = Health(progress=recent, version="1.0<script>&")
-    async with TestClient(TestServer(app_of(registry, health), host="127.0.0.1")) as client:
+    health = Health(progress=recent)
+    app = app_of(registry, health, version="1.0<script>&")
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
         async with client.get("/") as response:
             assert response.status == 200
             assert response.content_type == "text/html"
