@@ -257,7 +257,7 @@ class Monitor:
 
             board = StatusBoard(
                 snapshots=lambda: iter(store),
-                watched=lambda: {t.promotion_id: t.kind.value for t in scheduler.targets},
+                watched=lambda: {t.promotion_id: t.kind.value for t in scheduler.plan.targets},
                 activity=activity,
                 facts=facts,
                 clock=clock,

@@ -44,16 +44,6 @@ class EventSink(Protocol):
     def emit(self, event: Event) -> None: ...
 
 
-class Recorder:
-    """An EventSink that keeps what it is given (for code that reads events back, e.g. tests)."""
-
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-
-    def emit(self, event: Event) -> None:
-        self.events.append(event)
-
-
 class MonitorStarted(Event, name="monitor_started", level="info"):
     version: str
     promotions: int

@@ -85,10 +85,6 @@ class PollScheduler:
         self._tick = min(1.0, max(0.05, plan.active_interval / 10))
 
     @property
-    def targets(self) -> list[JobsTarget]:
-        return self.plan.targets
-
-    @property
     def running(self) -> bool:
         """Started and not stopped: the loop dispatches polls."""
         return self._scheduler.running and not self._stopping
@@ -268,7 +264,7 @@ class Lifecycle:
         self._events.emit(
             MonitorStarted(
                 version=__version__,
-                promotions=len(self._scheduler.targets),
+                promotions=len(self._scheduler.plan.targets),
                 discovery=settings.discovery.enabled,
                 shard=f"{self._discovery.shard_index}/{self._discovery.shard_count}",
                 base_url=settings.api.base_url,
@@ -314,7 +310,7 @@ class Lifecycle:
         if not found.complete:
             # Pages overlapped or the store ignored the offset: what was listed is added, and
             # nothing is removed on the word of a partial list.
-            targets = {t.promotion_id: t for t in self._scheduler.targets} | dict(targets)
+            targets = {t.promotion_id: t for t in self._scheduler.plan.targets} | dict(targets)
             self._events.emit(
                 DiscoveryIncomplete(
                     detail="the store's promotion list could not be read whole; nothing removed"

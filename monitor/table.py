@@ -29,7 +29,7 @@ def render_table(monitor: Monitor, outcomes: Sequence[PollOutcome]) -> str:
     rows: list[list[str]] = [list(HEADER)]
     failures: list[str] = []
     shortfalls: list[str] = []
-    for target in monitor.scheduler.targets:
+    for target in monitor.scheduler.plan.targets:
         pid = target.promotion_id
         outcome = by_id.get(pid)
         poll = "ok" if outcome and outcome.ok else f"failed: {outcome.reason if outcome else '?'}"

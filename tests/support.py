@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.app import Monitor
-from monitor.events import EventSink
+from monitor.events import Event, EventSink
 from monitor.settings import parse_settings
 from monitor.simulator import Simulator
 
@@ -36,6 +36,16 @@ TOKEN_PATH = "/oauth/access_token"
 JOBS_ROUTE = "/v2/promotions/{pid}/jobs"
 # 2024-12-04T00:03:46Z: where a fake clock starts unless a test says otherwise.
 START = 1_733_270_626.0
+
+
+class Recorder:
+    """An EventSink that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def emit(self, event: Event) -> None:
+        self.events.append(event)
 
 
 class FakeClock:

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from monitor.app import Monitor
 from monitor.discovery import shard_of, wanted
-from monitor.events import BaselineLoaded, Recorder
+from monitor.events import BaselineLoaded
 from monitor.settings import (
     DiscoverySettings,
     ShardingSettings,
@@ -25,7 +25,16 @@ from monitor.settings import (
     shard_index_from_env,
 )
 from monitor.simulator import Fault, Simulator
-from tests.support import Daemon, long_ago, run_cli, running_daemon, series, value, write_config
+from tests.support import (
+    Daemon,
+    Recorder,
+    long_ago,
+    run_cli,
+    running_daemon,
+    series,
+    value,
+    write_config,
+)
 
 PAST = "2020-01-01T00:00:00.000Z"
 FUTURE = "2099-01-01T00:00:00.000Z"

@@ -29,14 +29,14 @@ from monitor.coordination import (
     LeaseUnavailableError,
     Timing,
 )
-from monitor.events import LeaderElected, LeaderLost, LeaseUnavailable, Recorder
+from monitor.events import LeaderElected, LeaderLost, LeaseUnavailable
 from monitor.handover import ANNOTATION, CAP, Carried, Handover
 from monitor.kube import KubernetesLeases
 from monitor.models import Change, ChangeKind, Job, PromotionSnapshot
 from monitor.settings import ConfigError
 from monitor.state import SnapshotStore
 from tests.kube_fake import LEASES, FakeLeaseApi, write_kubeconfig
-from tests.support import FakeClock, serving
+from tests.support import FakeClock, Recorder, serving
 
 NAMESPACE = "shop"
 LEASE = "promo-monitor"

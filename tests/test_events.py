@@ -17,13 +17,12 @@ from monitor.events import (
     EventSink,
     JobFailed,
     JobSeenLate,
-    Recorder,
     job_events,
 )
 from monitor.models import Change, ChangeKind, Job
 from monitor.simulator import Simulator
 from monitor.sinks.logs import LogSink
-from tests.support import in_process_monitor, long_ago
+from tests.support import Recorder, in_process_monitor, long_ago
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = 1_700_000_000.0

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from monitor.app import Monitor
-from monitor.events import JobFailed, Recorder
+from monitor.events import JobFailed
 from monitor.poller import PollOutcome
 from monitor.simulator import Fault, Simulator
 from monitor.state import SnapshotStore
@@ -24,6 +24,7 @@ from tests.fault_support import CODES_LIMIT, Store, polled, watching
 from tests.kube_fake import FakeLeaseApi, write_kubeconfig
 from tests.support import (
     Daemon,
+    Recorder,
     in_process_monitor,
     running_daemon,
     serving,
@@ -51,7 +52,7 @@ async def failed_after_baseline(
     running = sim.add_job(pid, status="processing")
     monitor = in_process_monitor(directory, sim, [{"id": pid}], events=events)
     await monitor.lifecycle.load_state()
-    target = monitor.scheduler.targets[0]
+    target = monitor.scheduler.plan.targets[0]
     assert await monitor.scheduler.reporter.report(await monitor.poller.poll(target))
     sim.set_job_status(pid, running, "failed", error=CODES_LIMIT)
     return monitor, await monitor.poller.poll(target), running
@@ -62,7 +63,7 @@ async def restarted_failures(sim: Simulator, directory: Path, pid: str) -> list[
     again = Recorder()
     restarted = in_process_monitor(directory, sim, [{"id": pid}], events=again)
     await restarted.lifecycle.load_state()  # (announces what is still owed)
-    poll = await restarted.poller.poll(restarted.scheduler.targets[0])
+    poll = await restarted.poller.poll(restarted.scheduler.plan.targets[0])
     assert await restarted.scheduler.reporter.report(poll)
     await restarted.client.close()
     restarted.store.close()
@@ -171,9 +172,9 @@ async def test_a_replica_restarted_on_its_state_leaves_out_what_the_new_leader_a
         a = await replica("pod-a", Recorder())
         assert a.elector is not None
         assert await a.elector.try_acquire_or_renew()
-        assert await a.scheduler.reporter.report(await a.poller.poll(a.scheduler.targets[0]))
+        assert await a.scheduler.reporter.report(await a.poller.poll(a.scheduler.plan.targets[0]))
         sim.set_job_status(pid, running, "failed", error=CODES_LIMIT)
-        outcome = await a.poller.poll(a.scheduler.targets[0])
+        outcome = await a.poller.poll(a.scheduler.plan.targets[0])
         assert outcome.snapshot is not None
         a.store.put(outcome.snapshot)
         a.store.owe(pid, outcome.changes, a.scheduler.clock())
@@ -187,7 +188,9 @@ async def test_a_replica_restarted_on_its_state_leaves_out_what_the_new_leader_a
         async with asyncio.timeout(10):
             while not b.elector.leading:  # (once a's lease has expired)
                 await asyncio.sleep(0.05)
-            assert await b.scheduler.reporter.report(await b.poller.poll(b.scheduler.targets[0]))
+            assert await b.scheduler.reporter.report(
+                await b.poller.poll(b.scheduler.plan.targets[0])
+            )
             while '"announced"' not in str(fake.leases):  # (b's next renewal says so)
                 await asyncio.sleep(0.05)
 

@@ -19,10 +19,10 @@ from prometheus_client import CollectorRegistry
 from monitor.app import Monitor
 from monitor.client import ElasticPathClient, FetchResult
 from monitor.client.budget import RequestBudget
-from monitor.events import PollFailed, Recorder
+from monitor.events import PollFailed
 from monitor.models import PromotionKind
 from monitor.settings import ApiSettings, parse_settings
-from tests.support import serving, store_app
+from tests.support import Recorder, serving, store_app
 
 PID = "ad386702-e780-42c6-b190-0527ad768917"
 JOBS = f"/v2/promotions/{PID}/jobs"

@@ -26,7 +26,7 @@ async def test_a_monitor_with_nothing_to_poll_still_shows_a_live_loop(tmp_path: 
     monitor = Monitor.build(settings, registry=CollectorRegistry(), serve_http=False)
     monitor.health.stale_after = 0.5
     await monitor.lifecycle.load_state()
-    assert monitor.scheduler.targets == []
+    assert monitor.scheduler.plan.targets == []
     monitor.scheduler.start()
     monitor.health.started = True
     try:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from monitor.events import Recorder, StoreClockSkewed
+from monitor.events import StoreClockSkewed
 from monitor.recent_activity import RecentActivity
 from monitor.simulator import Fault, Simulator
 from monitor.sinks.client_reports import RequestReports
@@ -25,6 +25,7 @@ from tests.fault_support import jobs_requests
 from tests.support import (
     Daemon,
     FakeClock,
+    Recorder,
     parse_metrics,
     series,
     started,
