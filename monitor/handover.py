@@ -135,8 +135,8 @@ class Handover:
         self._settled = asyncio.Condition()
         # Failures known announced (here, or as a record said), for announced_elsewhere.
         self._announced: set[Key] = set()
-        self._waiting = self._leads = False
-        self._news = asyncio.Event()  # a record read, or this replica leads
+        self._waiting = self._over = False
+        self._news = asyncio.Event()  # a record read, or the wait is over
 
     # what the elector writes
 
@@ -184,8 +184,7 @@ class Handover:
         """Before the first poll: the failures of a predecessor's record go on the ledger, its
         active jobs are remembered for those promotions' baselines. A record that cannot be
         read is ignored, with a warning (at least once, then)."""
-        self._leads = True
-        self._news.set()
+        self.end_wait()
         record = self._read(text)
         if not isinstance(record, Record):
             return record
@@ -194,6 +193,10 @@ class Handover:
             if self._store.get(pid) is None:
                 self._inherited.setdefault(pid, {}).update(jobs)
         return None
+
+    def end_wait(self) -> None:  # (it leads, or stops: announced_elsewhere answers now)
+        self._over = True
+        self._news.set()
 
     def seen(self, text: str | None) -> None:
         """A record read while following: what it says was announced (announced_elsewhere)."""
@@ -220,12 +223,12 @@ class Handover:
 
     async def announced_elsewhere(self, keys: set[Key]) -> set[Key]:
         """Of these failures a process before this one owed, those the records say another replica
-        announced, once this replica leads, or they say it of all, or the lookback has passed
+        announced, once this replica leads or stops, or they say it of all, or the lookback passed
         (after it a leader's baseline reports one only if a record saw it active: a repeat)."""
         self._waiting = True
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self._lookback):
-                while not self._leads and not keys <= self._announced:
+                while not self._over and not keys <= self._announced:
                     self._news.clear()
                     await self._news.wait()
         self._waiting = False

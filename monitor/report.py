@@ -181,15 +181,14 @@ class Reporter:
         """At start: what a stopped process had written but not announced goes out now. With a
         lease, in the background: first the Lease's records say which of its failures another
         replica announced meanwhile, and those are left out."""
-        owed = self._store.owed()
-        if owed and self._handover is not None:
-            self._redelivery = asyncio.create_task(self._redeliver(owed, self._handover))
-        elif owed:
-            await self._redeliver(owed, None)
+        if owed := self._store.owed():
+            self._redelivery = asyncio.create_task(self._redeliver(owed))
+            if self._handover is None:  # (without a lease, before the loop starts)
+                await self._redelivery
 
-    async def _redeliver(self, owed: list[Owed], handover: Handover | None) -> None:
+    async def _redeliver(self, owed: list[Owed]) -> None:
         keys = {key for each in owed for key in failure_keys(each.changes)}
-        elsewhere = await handover.announced_elsewhere(keys) if handover else set()
+        elsewhere = await self._handover.announced_elsewhere(keys) if self._handover else set()
         for each in owed:
             kept = tuple(c for c in each.changes if not failure_keys([c]) & elsewhere)
             self.announce(replace(each, changes=kept), redelivered=True)
@@ -197,6 +196,9 @@ class Reporter:
 
     async def save(self, *, compact: bool = False) -> bool:
         """Write the state; a failed write (and the first success after failed ones) is news."""
+        if compact and self._redelivery is not None and self._handover is not None:
+            self._handover.end_wait()  # (the last write: what start held goes out, not with a pod)
+            await asyncio.wait([self._redelivery])  # (its own failure is not the last write's)
         saved = await self._store.save(compact=compact)
         if (written := state_written(saved)) is not None:
             self._events.emit(written)

@@ -327,3 +327,38 @@ async def test_a_promotion_disabled_and_enabled_again_does_not_announce_its_fail
 
     assert [e["job_id"] for e in daemon.named("job_failed")] == [running]
     assert failures(samples, pid) == 0  # (the re-watched promotion's counter starts again)
+
+
+async def test_a_restarted_replica_stopped_while_it_holds_what_it_owed_announces_it(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    # With a lease, a replica restarted on its old state holds what it owed while it follows;
+    # stopped before a record says another announced it (a rollout: its emptyDir goes with the
+    # pod), it must announce it then, not take it to a state nobody will read.
+    first = Recorder()
+    monitor, outcome, running = await failed_after_baseline(sim, tmp_path, first)
+    assert outcome.snapshot is not None
+    monitor.store.put(outcome.snapshot)
+    monitor.store.owe(outcome.promotion_id, outcome.changes, 0.0)
+    assert await monitor.scheduler.reporter.save()
+    await monitor.client.close()
+    monitor.store.close()
+
+    again = Recorder()
+    lease = {"mode": "lease", "namespace": "shop", "identity": "pod-a"}
+    restarted = in_process_monitor(
+        tmp_path, sim, [{"id": outcome.promotion_id}], events=again, coordination=lease
+    )
+    await restarted.lifecycle.load_state()  # (a follower: nothing read yet, it holds)
+    await asyncio.sleep(0.05)
+    assert failed_ids(again) == []
+    async with asyncio.timeout(5):
+        await restarted.lifecycle.stop(0.0)
+    await restarted.client.close()
+    restarted.store.close()
+    assert [(e.job_id, e.redelivered) for e in again.events if isinstance(e, JobFailed)] == [
+        (running, True)
+    ]
+    store = SnapshotStore(tmp_path / "state" / "monitor.db")
+    assert (store.load(), store.owed()) == (None, [])  # (marked done on disk)
+    store.close()
