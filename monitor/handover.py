@@ -25,6 +25,7 @@ from monitor.state import SnapshotStore
 
 ANNOTATION = "promo-monitor/handover"
 CAP = 128 * 1024
+ANNOUNCED = "announced"  # (no job has this status)
 # Failures are kept a minute past the lookback: the nodes' clocks may disagree a little.
 MARGIN = 60.0
 Key = tuple[str, str]  # (promotion, job)
@@ -38,14 +39,9 @@ class Record(BaseModel):
     v: Literal[1]
     at: int
     failed: dict[str, dict[str, float]] = {}
+    # Besides active jobs, failures known announced (not merely written before announced), as
+    # ANNOUNCED: a release before this one reads the record whole, and takes them as reported.
     active: dict[str, dict[str, str]] = {}
-    # As `failed`, for failures known announced (not merely written before announced).
-    announced: dict[str, dict[str, float]] = {}
-
-    def failures(self) -> dict[Key, float]:
-        """Both kinds of failure, with when each was reported."""
-        every = (*self.failed.items(), *self.announced.items())
-        return {(pid, job): self.at - age for pid, jobs in every for job, age in jobs.items()}
 
 
 def encode(
@@ -55,14 +51,13 @@ def encode(
     cap: int = CAP,
     announced: Set[Key] = frozenset(),
 ) -> tuple[str, int]:
-    """The record as text of at most `cap` bytes, and how many entries did not fit: failures go
-    oldest first, then active jobs. Ages, not times: three digits instead of ten."""
+    """The record as text of at most `cap` bytes, and how many entries did not fit: marks of
+    announcement go first, then failures oldest first, then active jobs. Ages, not times: three
+    digits instead of ten."""
     newest_first = sorted(failed.items(), key=lambda item: -item[1])
     ordered: list[tuple[str, Key, str | int]] = [("active", k, v) for k, v in active.items()]
-    ordered += [
-        ("announced" if key in announced else "failed", key, max(0, int(at - when)))
-        for key, when in newest_first
-    ]
+    ordered += [("failed", key, max(0, int(at - when))) for key, when in newest_first]
+    ordered += [("active", key, ANNOUNCED) for key, _ in newest_first if key in announced]
 
     def text(count: int) -> str:
         record: dict[str, dict[str, dict[str, str | int]]] = {"failed": {}, "active": {}}
@@ -188,10 +183,12 @@ class Handover:
         record = self._read(text)
         if not isinstance(record, Record):
             return record
-        self._store.remember(record.failures())
+        failed = record.failed.items()
+        self._store.remember({(p, j): record.at - age for p, js in failed for j, age in js.items()})
         for pid, jobs in record.active.items():
             if self._store.get(pid) is None:
-                self._inherited.setdefault(pid, {}).update(jobs)
+                active = {job: status for job, status in jobs.items() if status != ANNOUNCED}
+                self._inherited.setdefault(pid, {}).update(active)
         return None
 
     def end_wait(self) -> None:  # (it leads, or stops: announced_elsewhere answers now)
@@ -214,7 +211,10 @@ class Handover:
                 f"{'.'.join(map(str, e['loc'])) or 'record'}: {e['msg']}" for e in exc.errors()
             )
             return HandoverIgnored(lease=self._lease, reason="; ".join(where)[:300])
-        self._announced.update((p, job) for p, jobs in record.announced.items() for job in jobs)
+        marks = (
+            (p, j) for p, jobs in record.active.items() for j, s in jobs.items() if s == ANNOUNCED
+        )
+        self._announced.update(marks)
         return record
 
     def announced(self, changes: Iterable[Change]) -> None:

@@ -398,7 +398,9 @@ async def test_a_restarted_replica_leaves_out_of_what_it_owed_what_another_annou
     b.store.owe("p1", [failed("p1", "j1")], cluster.clock.now)
     b.handover.announced([failed("p1", "j1")])
     assert await b.elector.try_acquire_or_renew()
-    assert annotation(cluster)["announced"] == {"p1": {"j1": 0}}
+    record = annotation(cluster)
+    assert record["failed"] == {"p1": {"j1": 0}}
+    assert record["active"] == {"p1": {"j1": "announced"}}
     owed = {("p1", "j1"), ("p1", "j2")}
 
     # Restarted as a follower: j1 is left out as soon as a record says b announced it; j2,

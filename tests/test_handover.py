@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import BaseModel, ConfigDict
 
 from monitor.diff import diff
 from monitor.handover import Handover, encode, gap_failures
@@ -148,6 +150,32 @@ def test_past_the_cap_the_oldest_failures_go_first_then_active_jobs() -> None:
     only_some, dropped = encode(100, {}, active, cap=70)
     assert 0 < len(json.loads(only_some)["active"].get("p", {})) < 10
     assert len(only_some) <= 70
+
+
+class ReleaseBeforeRecord(BaseModel):
+    """The record as the release before this one reads it (its model, as it shipped)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    v: Literal[1]
+    at: int
+    failed: dict[str, dict[str, float]] = {}
+    active: dict[str, dict[str, str]] = {}
+
+
+def test_marks_of_announcement_are_a_record_the_release_before_reads_whole() -> None:
+    # In a rolling upgrade an old replica may lead after a new one: a record it cannot read would
+    # cost it the failures (repeated) and the active jobs (a gap failure taken for history).
+    failed = {("p", "f1"): 90.0, ("p", "f2"): 95.0}
+    text, _ = encode(100, failed, {("q", "a1"): "processing"}, announced={("p", "f1")})
+
+    old = ReleaseBeforeRecord.model_validate_json(text)
+    assert old.failed == {"p": {"f1": 10, "f2": 5}}
+    assert old.active["q"] == {"a1": "processing"}
+    # And past the cap, marks go before any failure: a failure is never left out for a mark.
+    whole = len(encode(100, failed, {}, announced=set(failed))[0])
+    short, dropped = encode(100, failed, {}, cap=whole - 1, announced=set(failed))
+    assert dropped == 1
+    assert json.loads(short)["failed"] == {"p": {"f1": 10, "f2": 5}}
 
 
 # The property: a world of one promotion, three replicas and a Lease, driven step by step.
