@@ -20,9 +20,24 @@ WEEK = 7 * DAY
 
 def test_a_promotion_without_history_gets_the_prior() -> None:
     rates = JobRates(window=WEEK)
-    assert rates.rate("never-seen", 1e9) == PRIOR
+    assert rates.rate("never-seen", 1e9) == pytest.approx(PRIOR)
     rates.observe("empty", [], 1e9)
-    assert rates.rate("empty", 1e9) == PRIOR
+    assert rates.rate("empty", 1e9) == rates.prior()
+    assert rates.prior() == pytest.approx(PRIOR, rel=0.02)  # (one promotion says little)
+
+
+@pytest.mark.parametrize("single", [0, 300])
+def test_the_prior_is_what_the_watched_promotions_show(single: int) -> None:
+    # Robbins: a promotion with no job in the window expects as many as N1 / N0 (promotions with
+    # one job, with none) in the next; 900 promotions say more than the default bet.
+    rates = JobRates(window=WEEK)
+    for n in range(900):
+        rates.observe(f"p{n}", [1e9 - DAY] if n < single else [], 1e9)
+    if single:
+        assert rates.prior() * WEEK == pytest.approx(single / (900 - single), rel=0.15)
+    else:
+        assert rates.prior() < PRIOR / 5  # none of 900 got a job: they are polled less
+    assert rates.rate("p899", 1e9) == rates.prior()
 
 
 def test_a_steady_history_gives_its_rate() -> None:
@@ -61,16 +76,16 @@ def test_a_promotion_that_goes_quiet_cools_within_days() -> None:
     now = 1e9
     rates = JobRates(window=WEEK)
     rates.observe("quiet", [now - k * 60.0 for k in range(1440)], now)  # a busy day, then none
-    busy = rates.rate("quiet", now) - PRIOR
-    assert rates.rate("quiet", now + TIME_CONSTANT) - PRIOR == pytest.approx(busy / math.e)
-    assert rates.rate("quiet", now + WEEK) - PRIOR < busy / 10
+    busy = rates.rate("quiet", now) - rates.prior()
+    assert rates.rate("quiet", now + TIME_CONSTANT) - rates.prior() == pytest.approx(busy / math.e)
+    assert rates.rate("quiet", now + WEEK) - rates.prior() < busy / 10
 
 
 def test_jobs_past_the_window_and_unknown_times_count_nothing() -> None:
     now = 1e9
     rates = JobRates(window=WEEK)
     rates.observe("old", [now - 8 * DAY, None, None], now)
-    assert rates.rate("old", now) == PRIOR
+    assert rates.rate("old", now) == rates.prior()
 
 
 def test_a_job_created_in_the_future_counts_as_new_not_more() -> None:
@@ -82,43 +97,45 @@ def test_a_job_created_in_the_future_counts_as_new_not_more() -> None:
 
 
 def test_one_job_among_quiet_promotions_is_mostly_chance_and_three_are_not() -> None:
-    # 900 promotions without a job in the week, 100 with one a day: a single job is what a
-    # dormant promotion shows now and then; three are not. Where every promotion gets jobs, one
-    # job is taken at its word.
+    # 900 dormant promotions, 70 of them with a stray job in the week, 100 with one a day: a
+    # single job is what a dormant promotion shows now and then; three are not. Where every
+    # promotion gets jobs, one job is taken at its word.
     now = 1e9
     exposure = TIME_CONSTANT * -math.expm1(-WEEK / TIME_CONSTANT)
     rates, busy = JobRates(window=WEEK), JobRates(window=WEEK)
     for n in range(900):
-        rates.observe(f"quiet-{n}", [], now)
+        rates.observe(f"quiet-{n}", [now - 3 * DAY] if n < 70 else [], now)
     for n in range(100):
         for population in (rates, busy):
             population.observe(f"daily-{n}", [now - k * DAY for k in range(7)], now)
     for population in (rates, busy):
         population.observe("one", [now], now)
     rates.observe("three", [now, now - 1, now - 2], now)
-    assert rates.rate("one", now) - PRIOR < 0.5 / exposure
-    assert rates.rate("three", now) - PRIOR > 0.95 * 3 / exposure
-    assert busy.rate("one", now) == pytest.approx(PRIOR + 1 / exposure)
+    assert rates.rate("one", now) - rates.prior() < 0.5 / exposure
+    assert rates.rate("three", now) - rates.prior() > 0.95 * 3 / exposure
+    assert busy.rate("one", now) == pytest.approx(busy.prior() + 1 / exposure)
 
 
 def test_a_newly_created_promotion_starts_warm_and_cools() -> None:
     now = 1e9
     rates = JobRates(window=WEEK)
     rates.warm("fresh", updated_at=now - 60)
-    assert rates.rate("fresh", now) - PRIOR == pytest.approx(WARM * math.exp(-60 / TIME_CONSTANT))
+    assert rates.rate("fresh", now) - rates.prior() == pytest.approx(
+        WARM * math.exp(-60 / TIME_CONSTANT)
+    )
     # Listed again by the next discovery: the same update counts once.
     rates.warm("fresh", updated_at=now - 60)
-    assert rates.rate("fresh", now + 300) - PRIOR == pytest.approx(
+    assert rates.rate("fresh", now + 300) - rates.prior() == pytest.approx(
         WARM * math.exp(-360 / TIME_CONSTANT)
     )
     # Its first poll's jobs keep the warmth: the update is evidence besides them.
     rates.observe("fresh", [now + 400], now + 400)
     exposure = TIME_CONSTANT * -math.expm1(-WEEK / TIME_CONSTANT)
     expected = WARM * math.exp(-460 / TIME_CONSTANT) + 1 / exposure
-    assert rates.rate("fresh", now + 400) - PRIOR == pytest.approx(expected)
+    assert rates.rate("fresh", now + 400) - rates.prior() == pytest.approx(expected)
     # An update long past is no reason to poll it more.
     rates.warm("stale", updated_at=now - 60 * DAY)
-    assert rates.rate("stale", now) - PRIOR < WARM * 1e-8
+    assert rates.rate("stale", now) - rates.prior() < WARM * 1e-8
 
 
 def test_a_newer_update_replaces_the_warmth_of_the_older() -> None:
@@ -126,14 +143,14 @@ def test_a_newer_update_replaces_the_warmth_of_the_older() -> None:
     rates = JobRates(window=WEEK)
     rates.warm("p", updated_at=now - DAY)
     rates.warm("p", updated_at=now)
-    assert rates.rate("p", now) - PRIOR == pytest.approx(WARM)
+    assert rates.rate("p", now) - rates.prior() == pytest.approx(WARM)
 
 
 def test_forget_drops_the_estimate() -> None:
     rates = JobRates(window=WEEK)
     rates.observe("p", [1e9], 1e9)
     rates.forget("p")
-    assert rates.rate("p", 1e9) == PRIOR
+    assert rates.rate("p", 1e9) == rates.prior()
 
 
 # properties, with time passed in
@@ -147,11 +164,11 @@ _ages = st.lists(st.floats(0, WEEK), max_size=60)
 def test_without_new_jobs_the_estimate_decays_to_the_prior(ages: list[float], later: float) -> None:
     rates = JobRates(window=WEEK)
     rates.observe("p", [NOW - age for age in ages], NOW)
-    now = rates.rate("p", NOW) - PRIOR
-    assert rates.rate("p", NOW + later) - PRIOR == pytest.approx(
+    now = rates.rate("p", NOW) - rates.prior()
+    assert rates.rate("p", NOW + later) - rates.prior() == pytest.approx(
         now * math.exp(-later / TIME_CONSTANT), rel=1e-6, abs=1e-15
     )
-    assert rates.rate("p", NOW + later) >= PRIOR
+    assert rates.rate("p", NOW + later) >= rates.prior()
 
 
 @settings(max_examples=200)
@@ -163,8 +180,10 @@ def test_jobs_add_up_and_more_jobs_never_mean_a_lower_rate(
     one.observe("p", [NOW - age for age in first], NOW)
     other.observe("p", [NOW - age for age in second], NOW)
     both.observe("p", [NOW - age for age in first + second], NOW)
-    assert both.rate("p", NOW) - PRIOR == pytest.approx(
-        one.rate("p", NOW) + other.rate("p", NOW) - 2 * PRIOR, rel=1e-6, abs=1e-15
+    assert both.rate("p", NOW) - both.prior() == pytest.approx(
+        one.rate("p", NOW) - one.prior() + other.rate("p", NOW) - other.prior(),
+        rel=1e-6,
+        abs=1e-15,
     )
     assert both.rate("p", NOW) >= max(one.rate("p", NOW), other.rate("p", NOW))
 
@@ -195,7 +214,7 @@ def test_a_steady_promotion_is_estimated_near_its_rate(rate: float, seed: int) -
     expected = rate * TIME_CONSTANT * -math.expm1(-WEEK / TIME_CONSTANT)
     sd = math.sqrt(rate * TIME_CONSTANT / 2)
     exposure = TIME_CONSTANT * -math.expm1(-WEEK / TIME_CONSTANT)
-    count = (rates.rate("p", NOW) - PRIOR) * exposure
+    count = (rates.rate("p", NOW) - rates.prior()) * exposure
     assert abs(count - expected) <= 5 * sd + 1
 
 
@@ -209,7 +228,7 @@ async def test_the_monitor_derives_rates_from_the_state_at_load_and_after_polls(
     for n in range(48):  # two an hour for the last day
         sim.add_job(pid, status="completed", created_at=time.time() - 1800 * (n + 1))
     first = in_process_monitor(tmp_path, sim, [{"id": pid}])
-    assert first.rates.rate(pid, time.time()) == PRIOR  # (nothing held yet)
+    assert first.rates.rate(pid, time.time()) == first.rates.prior()  # (nothing held yet)
     await first.run_once()  # (writes the state; its report derives the rates as any poll's)
     assert 12 < first.rates.rate(pid, time.time()) * DAY < 17
 
