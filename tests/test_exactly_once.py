@@ -58,6 +58,21 @@ async def failed_after_baseline(
     return monitor, await monitor.poller.poll(target), running
 
 
+async def killed_owing(
+    sim: Simulator, directory: Path, events: Recorder
+) -> tuple[PollOutcome, str]:
+    """failed_after_baseline, killed after its write and before its announcement: the poll's
+    record and what it owes are on disk, nothing was emitted."""
+    monitor, outcome, running = await failed_after_baseline(sim, directory, events)
+    assert outcome.snapshot is not None
+    monitor.store.put(outcome.snapshot)
+    monitor.store.owe(outcome.promotion_id, outcome.changes, 0.0)
+    assert await monitor.scheduler.reporter.save()
+    await monitor.client.close()
+    monitor.store.close()
+    return outcome, running
+
+
 async def restarted_failures(sim: Simulator, directory: Path, pid: str) -> list[JobFailed]:
     """The failures a new process on the same state announces at start and at its first poll."""
     again = Recorder()
@@ -112,15 +127,7 @@ async def test_what_a_killed_process_owed_is_announced_at_the_next_start(
     sim: Simulator, tmp_path: Path
 ) -> None:
     first = Recorder()
-    monitor, outcome, running = await failed_after_baseline(sim, tmp_path, first)
-    # Killed after the write and before the announcement: the poll's record and what it owes
-    # are on disk, nothing was emitted.
-    assert outcome.snapshot is not None
-    monitor.store.put(outcome.snapshot)
-    monitor.store.owe(outcome.promotion_id, outcome.changes, 0.0)
-    assert await monitor.scheduler.reporter.save()
-    await monitor.client.close()
-    monitor.store.close()
+    outcome, running = await killed_owing(sim, tmp_path, first)
 
     again = await restarted_failures(sim, tmp_path, outcome.promotion_id)
     assert (failed_ids(first), [e.job_id for e in again]) == ([], [running])
@@ -335,14 +342,7 @@ async def test_a_restarted_replica_stopped_while_it_holds_what_it_owed_announces
     # With a lease, a replica restarted on its old state holds what it owed while it follows;
     # stopped before a record says another announced it (a rollout: its emptyDir goes with the
     # pod), it must announce it then, not take it to a state nobody will read.
-    first = Recorder()
-    monitor, outcome, running = await failed_after_baseline(sim, tmp_path, first)
-    assert outcome.snapshot is not None
-    monitor.store.put(outcome.snapshot)
-    monitor.store.owe(outcome.promotion_id, outcome.changes, 0.0)
-    assert await monitor.scheduler.reporter.save()
-    await monitor.client.close()
-    monitor.store.close()
+    outcome, running = await killed_owing(sim, tmp_path, Recorder())
 
     again = Recorder()
     lease = {"mode": "lease", "namespace": "shop", "identity": "pod-a"}
