@@ -204,12 +204,19 @@ def periodic(w: Workload, intervals: np.ndarray, costs: np.ndarray) -> Run:
     return run
 
 
-def optimum_intervals(rates: np.ndarray, costs: np.ndarray, spend: float) -> np.ndarray:
-    """f_i = clip(k √(λ_i / c_i), 1/max, 1/min) with Σ c_i f_i = spend, k by bisection."""
-    weights = np.sqrt(rates / costs)
+def optimum_intervals(
+    rates: np.ndarray,
+    costs: np.ndarray,
+    spend: float,
+    lo: float = MIN_INTERVAL,
+    hi: float = MAX_INTERVAL,
+) -> np.ndarray:
+    """f_i = clip(k √(λ_i / c_i), 1/hi, 1/lo) with Σ c_i f_i = spend, k by bisection (not the
+    planner's code: the reference it is measured against)."""
+    weights = np.sqrt(np.maximum(rates, 1e-12) / costs)
 
     def spent(k: float) -> float:
-        return float(np.sum(costs * np.clip(k * weights, 1 / MAX_INTERVAL, 1 / MIN_INTERVAL)))
+        return float(np.sum(costs * np.clip(k * weights, 1 / hi, 1 / lo)))
 
     low, high = 0.0, 1.0
     while spent(high) < spend:
@@ -217,7 +224,7 @@ def optimum_intervals(rates: np.ndarray, costs: np.ndarray, spend: float) -> np.
     for _ in range(200):
         middle = (low + high) / 2
         low, high = (middle, high) if spent(middle) < spend else (low, middle)
-    intervals: np.ndarray = 1 / np.clip(low * weights, 1 / MAX_INTERVAL, 1 / MIN_INTERVAL)
+    intervals: np.ndarray = 1 / np.clip(low * weights, 1 / hi, 1 / lo)
     return intervals
 
 

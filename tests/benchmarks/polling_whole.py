@@ -41,6 +41,7 @@ from tests.benchmarks.common import (
     percentile,
     write_yaml,
 )
+from tests.benchmarks.polling import optimum_intervals
 from tests.support import parse_metrics, value
 
 NAME = "polling_whole"
@@ -152,23 +153,6 @@ def expected_delay(starts: list[float], begin: float, end: float) -> float:
     return total / (end - begin)
 
 
-def optimum(rates: np.ndarray, costs: np.ndarray, spend: float) -> np.ndarray:
-    """√-law intervals within [min, max] spending `spend`, by bisection (not the planner's code)."""
-    weights = np.sqrt(np.maximum(rates, 1e-12) / costs)
-
-    def spent(k: float) -> float:
-        return float(np.sum(costs * np.clip(k * weights, 1 / MAX_INTERVAL, 1 / MIN_INTERVAL)))
-
-    low, high = 0.0, 1.0
-    while spent(high) < spend:
-        high *= 2
-    for _ in range(200):
-        middle = (low + high) / 2
-        low, high = (middle, high) if spent(middle) < spend else (low, middle)
-    intervals: np.ndarray = 1 / np.clip(low * weights, 1 / MAX_INTERVAL, 1 / MIN_INTERVAL)
-    return intervals
-
-
 def _epoch(stamp: str) -> float:
     return datetime.fromisoformat(stamp).timestamp()
 
@@ -218,7 +202,7 @@ async def run() -> Result:
     hot = rates > 0
     monitor = float(np.sum(rates[hot] * waits[hot]) / np.sum(rates[hot]))
     round_robin = float(np.sum(costs)) / spent / 2
-    best = optimum(rates, costs, spent)
+    best = optimum_intervals(rates, costs, spent, MIN_INTERVAL, MAX_INTERVAL)
     optimal = float(np.sum(rates[hot] * best[hot] / 2) / np.sum(rates[hot]))
     ratio = monitor / optimal
     result.check("mean delay / optimum", round(ratio, 3), "x", "<= 1.25", ratio <= 1.25)
